@@ -1,0 +1,559 @@
+//! The event bus: listeners registered by name, events emitted by name, each delivery its own
+//! Tokio task.
+
+use std::any::TypeId;
+use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::runtime::Handle;
+
+use crate::dispatch::{Dispatch, Dispatcher, Tasks};
+use crate::emission::{Emission, Outcomes};
+use crate::error::{AddListenerError, DeliveryError, EmitError};
+use crate::listener::{self, Erased, ErasedEvent, Listener};
+use crate::name;
+use crate::registry::{
+    Added, Entry, ListenerId, ListenerInfo, ListenerKind, NewListener, Registry, SourceLocation,
+};
+
+/// An async event bus.
+///
+/// Listeners are registered under an event name; [`emit`](EventBus::emit) hands an event to
+/// every listener of its name, concurrently, and returns without waiting for them.
+///
+/// `EventBus` is a cheap handle: clones share the same listeners and tasks. It is
+/// `Send + Sync`, and every method takes `&self`.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// #[derive(Debug)]
+/// struct UserCreated { name: String }
+///
+/// async fn greet(event: Arc<UserCreated>) {
+///     println!("welcome, {}", event.name);
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let bus = bus::EventBus::new();
+/// bus.add_listener("user.created", greet);
+/// let report = bus.emit("user.created", UserCreated { name: "Ada".into() }).await;
+/// assert_eq!(report.delivered(), 1);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EventBus {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The current snapshot. Readers never block; writers replace it whole.
+    registry: ArcSwap<Registry>,
+    /// Serialises writers, so two concurrent adds cannot lose one another.
+    writer: Mutex<()>,
+    next_id: AtomicU64,
+    tasks: Arc<Tasks>,
+    closed: AtomicBool,
+    dispatch: Dispatch,
+}
+
+/// Builds an [`EventBus`] with other settings than the defaults.
+///
+/// ```
+/// let bus = bus::EventBus::builder().dispatch(bus::Dispatch::Spawn).build();
+/// assert_eq!(bus.dispatch_mode(), bus::Dispatch::Spawn);
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until `build` is called"]
+pub struct EventBusBuilder {
+    dispatch: Dispatch,
+}
+
+impl EventBusBuilder {
+    /// How the bus runs its listeners; [`Dispatch::InlineFirst`] by default.
+    pub fn dispatch(mut self, dispatch: Dispatch) -> Self {
+        self.dispatch = dispatch;
+        self
+    }
+
+    /// The bus, empty.
+    pub fn build(self) -> EventBus {
+        EventBus {
+            shared: Arc::new(Shared {
+                registry: ArcSwap::from_pointee(Registry::default()),
+                writer: Mutex::new(()),
+                next_id: AtomicU64::new(1),
+                tasks: Arc::new(Tasks::default()),
+                closed: AtomicBool::new(false),
+                dispatch: self.dispatch,
+            }),
+        }
+    }
+}
+
+/// What [`EventBus::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    in_flight: usize,
+    aborted: usize,
+}
+
+impl ShutdownReport {
+    /// How many deliveries were still running when shutdown began.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// How many deliveries did not finish before the deadline and were aborted.
+    pub fn aborted(&self) -> usize {
+        self.aborted
+    }
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new()
+    }
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let registry = self.shared.registry.load();
+        f.debug_struct("EventBus")
+            .field("event_names", &registry.event_names())
+            .field("in_flight", &self.in_flight())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+impl EventBus {
+    /// An empty bus with the default settings: no listener, not even the `#[bus::listener]`
+    /// ones (see [`EventBus::with_annotated_listeners`] and [`global`](crate::global) for those).
+    pub fn new() -> Self {
+        EventBus::builder().build()
+    }
+
+    /// A builder, for a bus with other settings than [`EventBus::new`]'s.
+    pub fn builder() -> EventBusBuilder {
+        EventBusBuilder::default()
+    }
+
+    /// How this bus runs its listeners.
+    pub fn dispatch_mode(&self) -> Dispatch {
+        self.shared.dispatch
+    }
+
+    /// Registers `listener` for events named `event_name` and returns its id.
+    ///
+    /// `listener` is an `async fn` or a closure taking `Arc<E>` and returning `()` or
+    /// `Result<(), Err>`. Adding the same fn (or a closure that captures nothing) again under the
+    /// same name changes nothing and returns the same id: its type is its identity. A closure
+    /// that captures state is a new listener on every call; keep its id to remove it.
+    ///
+    /// Takes effect for the emits that start after it returns.
+    ///
+    /// # Errors
+    ///
+    /// This method does not fail. When `event_name` is not a valid name the listener is not
+    /// registered, the error is logged, and the returned id belongs to no listener. Use
+    /// [`try_add_listener`](EventBus::try_add_listener) to get the error instead.
+    #[track_caller]
+    pub fn add_listener<E, L>(&self, event_name: &str, listener: L) -> ListenerId
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        match self.try_add_listener(event_name, listener) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(event = event_name, %error, "listener not added");
+                self.next_id()
+            }
+        }
+    }
+
+    /// Like [`add_listener`](EventBus::add_listener), but returns an error for an invalid event
+    /// name instead of logging it.
+    ///
+    /// # Errors
+    ///
+    /// [`AddListenerError::InvalidName`] when `event_name` breaks the naming rules (dot-separated
+    /// tokens of ASCII letters, digits, `_` and `-`).
+    #[track_caller]
+    pub fn try_add_listener<E, L>(
+        &self,
+        event_name: &str,
+        listener: L,
+    ) -> Result<ListenerId, AddListenerError>
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        let location = SourceLocation::from(std::panic::Location::caller());
+        let name = std::any::type_name::<L>();
+        let erased = Erased::new::<E, L>(listener);
+        self.register(event_name, name, location, ListenerKind::Added, erased)
+    }
+
+    /// Registers an erased listener: the one path every listener takes into the registry.
+    pub(crate) fn register(
+        &self,
+        event_name: &str,
+        listener_name: &str,
+        location: SourceLocation,
+        kind: ListenerKind,
+        erased: Erased,
+    ) -> Result<ListenerId, AddListenerError> {
+        if let Err(source) = name::validate(event_name) {
+            return Err(AddListenerError::InvalidName {
+                listener: listener_name.to_owned(),
+                source,
+            });
+        }
+        let (event_type, event_type_name) = (erased.event_type, erased.event_type_name);
+        let new = NewListener {
+            name: Arc::from(listener_name),
+            location,
+            kind,
+            erased,
+        };
+        let added = self.update(|registry| {
+            let added = registry.add(event_name, new, || self.next_id());
+            let other = registry
+                .slot(event_name)
+                .into_iter()
+                .flat_map(|slot| slot.entries.iter())
+                .find(|entry| entry.erased.event_type != event_type);
+            if let (Added::New(id), Some(other)) = (&added, other) {
+                tracing::warn!(
+                    event = event_name,
+                    listener = listener_name,
+                    listener_id = id.get(),
+                    event_type = event_type_name,
+                    other_listener = %other.info.name(),
+                    other_event_type = other.info.event_type(),
+                    "listeners of one event take different types; an emit reaches only the \
+                     listeners of its own type"
+                );
+            }
+            added
+        });
+        Ok(match added {
+            Added::New(id) => {
+                tracing::debug!(event = event_name, listener = listener_name, listener_id = id.get(), %location, "listener added");
+                id
+            }
+            Added::Existing(id) => id,
+        })
+    }
+
+    /// Removes `listener` from the listeners of `event_name`. The listener is recognised by its
+    /// type, as in [`add_listener`](EventBus::add_listener).
+    ///
+    /// Returns `false` when it was not registered under that name, and for closures that capture
+    /// state (they have no identity to find them by: remove those with
+    /// [`remove`](EventBus::remove) and the id `add_listener` returned).
+    ///
+    /// Deliveries already started run to completion; later emits no longer reach it.
+    pub fn remove_listener<E, L>(&self, event_name: &str, listener: L) -> bool
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        drop(listener);
+        match listener::identity_of::<L>() {
+            Some(identity) => self.remove_identity(event_name, identity),
+            None => {
+                tracing::debug!(
+                    event = event_name,
+                    listener = std::any::type_name::<L>(),
+                    "a closure that captures state is not recognised by value; remove it by id"
+                );
+                false
+            }
+        }
+    }
+
+    fn remove_identity(&self, event_name: &str, identity: TypeId) -> bool {
+        let removed = self.update(|registry| registry.remove_identity(event_name, identity));
+        tracing::debug!(event = event_name, removed, "remove_listener");
+        removed
+    }
+
+    /// Removes the listener with this id. Returns `false` when there is none (already removed,
+    /// or never registered).
+    pub fn remove(&self, id: ListenerId) -> bool {
+        let removed = self.update(|registry| registry.remove_id(id));
+        tracing::debug!(listener_id = id.get(), removed, "remove");
+        removed
+    }
+
+    /// The listeners registered for `event_name`, in registration order, with their names,
+    /// types and source locations.
+    pub fn listeners(&self, event_name: &str) -> Vec<ListenerInfo> {
+        let registry = self.shared.registry.load();
+        registry.slot(event_name).map_or_else(Vec::new, |slot| {
+            slot.entries
+                .iter()
+                .map(|entry| entry.info.clone())
+                .collect()
+        })
+    }
+
+    /// Every event name that has at least one listener, sorted.
+    pub fn event_names(&self) -> Vec<String> {
+        self.shared.registry.load().event_names()
+    }
+
+    /// Hands `event` to every listener of `event_name` and returns without waiting for them.
+    ///
+    /// Listeners run concurrently with each other and with the emitter; `emit` never waits on a
+    /// listener's `.await`. In the default [`Dispatch::InlineFirst`] mode each delivery is
+    /// polled once before `emit` returns, and continues as its own Tokio task if it has to wait;
+    /// in [`Dispatch::Spawn`] mode every delivery is a task. Drop the returned [`Emission`] to
+    /// fire and forget, or `.await` it for a [`DeliveryReport`](crate::DeliveryReport).
+    ///
+    /// An event nobody listens to is dropped quietly (logged at `debug`).
+    ///
+    /// # Errors
+    ///
+    /// `emit` does not fail and does not panic. What [`try_emit`](EventBus::try_emit) would
+    /// return as an error is logged instead, and every listener that could not take the event
+    /// is counted as failed in the report: listeners of another type than `E` are skipped (the
+    /// others still get the event); with no runtime, or after shutdown, no listener gets it.
+    pub fn emit<E>(&self, event_name: &str, event: E) -> Emission
+    where
+        E: Send + Sync + 'static,
+    {
+        match self.dispatch(event_name, event, Strictness::Lenient) {
+            Ok(emission) => emission,
+            // Lenient dispatch turns every error into failed deliveries.
+            Err(error) => {
+                tracing::error!(%error, "emit failed");
+                Outcomes::new(Arc::from(event_name), 0).into_emission()
+            }
+        }
+    }
+
+    /// Like [`emit`](EventBus::emit), but checks everything that can be known up front and
+    /// delivers nothing when a check fails.
+    ///
+    /// # Errors
+    ///
+    /// - [`EmitError::InvalidName`]: `event_name` breaks the naming rules.
+    /// - [`EmitError::Closed`]: the bus was shut down.
+    /// - [`EmitError::NoRuntime`]: no Tokio runtime runs on this thread.
+    /// - [`EmitError::TypeMismatch`]: a listener of `event_name` takes another type than `E`.
+    pub fn try_emit<E>(&self, event_name: &str, event: E) -> Result<Emission, EmitError>
+    where
+        E: Send + Sync + 'static,
+    {
+        self.dispatch(event_name, event, Strictness::Strict)
+    }
+
+    fn dispatch<E>(
+        &self,
+        event_name: &str,
+        event: E,
+        strictness: Strictness,
+    ) -> Result<Emission, EmitError>
+    where
+        E: Send + Sync + 'static,
+    {
+        let shared = &*self.shared;
+        // Held across the closed check and the dispatch, so `shutdown` either sees this emit in
+        // flight or this emit sees the bus closed.
+        let _hold = shared.tasks.hold();
+        let registry = shared.registry.load();
+        let closed = shared.closed.load(Ordering::SeqCst);
+        let Some(slot) = registry.slot(event_name) else {
+            // Registered names are valid, so only a name nobody listens to needs checking.
+            let error = if let Err(error) = name::validate(event_name) {
+                Some(EmitError::InvalidName(error))
+            } else if closed {
+                Some(EmitError::Closed {
+                    event: event_name.to_owned(),
+                })
+            } else {
+                None
+            };
+            match error {
+                Some(error) if strictness == Strictness::Strict => return Err(error),
+                Some(error) => tracing::error!(event = event_name, %error, "event not emitted"),
+                None => tracing::debug!(event = event_name, "no listener for this event"),
+            }
+            return Ok(Outcomes::new(Arc::from(event_name), 0).into_emission());
+        };
+        let entries = &slot.entries;
+
+        let runtime = if closed {
+            Err(EmitError::Closed {
+                event: event_name.to_owned(),
+            })
+        } else {
+            Handle::try_current().map_err(|_| EmitError::NoRuntime {
+                event: event_name.to_owned(),
+            })
+        };
+        let mismatch = |entry: &Entry| EmitError::TypeMismatch {
+            event: event_name.to_owned(),
+            listener: entry.info.name().to_owned(),
+            expected: entry.info.event_type(),
+            actual: std::any::type_name::<E>(),
+        };
+        if strictness == Strictness::Strict {
+            runtime.as_ref().map_err(Clone::clone)?;
+            let actual = TypeId::of::<E>();
+            if let Some(entry) = entries.iter().find(|e| e.erased.event_type != actual) {
+                return Err(mismatch(entry));
+            }
+        }
+
+        let mut outcomes = Outcomes::new(Arc::clone(&slot.name), entries.len());
+        let runtime = match runtime {
+            Ok(runtime) => runtime,
+            Err(reason) => {
+                for entry in entries.iter() {
+                    not_delivered(&mut outcomes, &slot.name, entry, reason.clone());
+                }
+                return Ok(outcomes.into_emission());
+            }
+        };
+
+        let emit_span =
+            tracing::debug_span!("bus.emit", event = event_name, listeners = entries.len());
+        let event: ErasedEvent = Arc::new(event);
+        let mut mismatched = Vec::new();
+        for entry in entries.iter() {
+            let dispatcher = Dispatcher {
+                mode: shared.dispatch,
+                runtime: &runtime,
+                tasks: &shared.tasks,
+                event_name: &slot.name,
+                event: &event,
+                entry,
+                emit_span: &emit_span,
+                outcomes: &mut outcomes,
+            };
+            if !entry.erased.listener.deliver(&event, dispatcher) {
+                mismatched.push(entry);
+            }
+        }
+        for entry in mismatched {
+            not_delivered(&mut outcomes, &slot.name, entry, mismatch(entry));
+        }
+        Ok(outcomes.into_emission())
+    }
+
+    /// Waits until no listener task of this bus is running: every delivery started so far, and
+    /// every delivery those start in turn, has finished.
+    ///
+    /// While emits keep coming, this keeps waiting; it returns at the first moment the bus is
+    /// idle.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future only stops the waiting.
+    pub async fn drain(&self) {
+        self.shared.tasks.idle().await;
+    }
+
+    /// Stops the bus: refuses new emits ([`EmitError::Closed`]), waits up to `timeout` for the
+    /// deliveries in flight, then aborts the ones still running and reports how many it aborted.
+    ///
+    /// An aborted delivery stops at its next `.await` and is reported as
+    /// [`DeliveryError::Aborted`]. A listener that never reaches an `.await` cannot be aborted;
+    /// shutdown waits for it. Listeners can still be added and removed after shutdown.
+    ///
+    /// # Panics
+    ///
+    /// When the Tokio runtime was built without its time driver (`enable_time`), as
+    /// `tokio::time::timeout` does.
+    ///
+    /// # Cancel safety
+    ///
+    /// The bus is closed as soon as this is first polled, whether or not it completes.
+    pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
+        let tasks = &self.shared.tasks;
+        self.shared.closed.store(true, Ordering::SeqCst);
+        let in_flight = tasks.in_flight();
+        let aborted_before = tasks.aborted();
+        tracing::info!(in_flight, ?timeout, "bus shutting down");
+        if tokio::time::timeout(timeout, tasks.idle()).await.is_err() {
+            tasks.cancel_all();
+            tasks.idle().await;
+        }
+        let report = ShutdownReport {
+            in_flight,
+            aborted: tasks.aborted() - aborted_before,
+        };
+        tracing::info!(in_flight, aborted = report.aborted, "bus shut down");
+        report
+    }
+
+    /// `true` once [`shutdown`](EventBus::shutdown) has begun.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
+    }
+
+    /// How many deliveries are running right now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.tasks.in_flight()
+    }
+
+    /// Builds the next registry snapshot from the current one and swaps it in.
+    pub(crate) fn update<R>(&self, change: impl FnOnce(&mut Registry) -> R) -> R {
+        let _writer = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut next = Registry::clone(&self.shared.registry.load());
+        let result = change(&mut next);
+        self.shared.registry.store(Arc::new(next));
+        result
+    }
+
+    /// The names that listeners of more than one event type share.
+    pub(crate) fn type_conflicts(&self) -> Vec<(Arc<str>, Vec<ListenerInfo>)> {
+        let registry = self.shared.registry.load();
+        registry
+            .type_conflicts()
+            .into_iter()
+            .map(|(name, infos)| (name, infos.into_iter().cloned().collect()))
+            .collect()
+    }
+
+    fn next_id(&self) -> ListenerId {
+        let raw = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        ListenerId::from_raw(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MAX))
+    }
+}
+
+/// Records and logs that `entry` could not take the event.
+fn not_delivered(outcomes: &mut Outcomes, event: &Arc<str>, entry: &Entry, reason: EmitError) {
+    tracing::error!(
+        event = %event, listener = %entry.info.name(), error = %reason,
+        "event not delivered"
+    );
+    outcomes.record(Err(DeliveryError::NotDelivered {
+        event: Arc::clone(event),
+        listener: Arc::clone(&entry.info.name),
+        listener_id: entry.info.id(),
+        reason,
+    }));
+}
+
+/// Whether dispatch reports problems as errors (`try_emit`) or as failed deliveries (`emit`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    Strict,
+    Lenient,
+}

@@ -1,0 +1,219 @@
+//! What `emit` returns: a handle that can be dropped (fire and forget) or awaited for a
+//! [`DeliveryReport`].
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::task::JoinHandle;
+
+use crate::error::DeliveryError;
+use crate::registry::Entry;
+
+/// The outcome of every delivery of one emitted event.
+#[derive(Debug)]
+pub struct DeliveryReport {
+    event: Arc<str>,
+    delivered: usize,
+    failures: Vec<DeliveryError>,
+}
+
+impl DeliveryReport {
+    /// The event name.
+    pub fn event(&self) -> &str {
+        &self.event
+    }
+
+    /// How many listeners completed with `Ok` (or `()`).
+    pub fn delivered(&self) -> usize {
+        self.delivered
+    }
+
+    /// How many listeners returned `Err`, panicked, were aborted by shutdown, or could not take
+    /// the event (type mismatch, no runtime, bus shut down).
+    pub fn failed(&self) -> usize {
+        self.failures.len()
+    }
+
+    /// `true` when no delivery failed. An event with no listener is ok.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// What went wrong, one entry per failed delivery.
+    pub fn failures(&self) -> &[DeliveryError] {
+        &self.failures
+    }
+}
+
+/// How one delivery ended, as its report entry.
+pub(crate) type Conclusion = Result<(), DeliveryError>;
+
+/// Where the deliveries of one emit end up.
+///
+/// Deliveries that finish while `emit` runs record straight into it (no allocation, no atomic).
+/// A delivery that continues in a task leaves its `JoinHandle` here: the task's output is its
+/// conclusion, kept by Tokio in the task itself, so an emission needs no shared state.
+#[derive(Debug)]
+pub(crate) struct Outcomes {
+    event: Arc<str>,
+    listeners: usize,
+    delivered: usize,
+    failures: Vec<DeliveryError>,
+    tasks: Vec<(JoinHandle<Conclusion>, Arc<Entry>)>,
+}
+
+impl Outcomes {
+    pub(crate) fn new(event: Arc<str>, listeners: usize) -> Self {
+        Outcomes {
+            event,
+            listeners,
+            delivered: 0,
+            failures: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    pub(crate) fn record(&mut self, conclusion: Conclusion) {
+        match conclusion {
+            Ok(()) => self.delivered += 1,
+            Err(error) => self.failures.push(error),
+        }
+    }
+
+    /// Keeps the handle of a delivery that continues in a task.
+    pub(crate) fn continued_in_task(&mut self, task: JoinHandle<Conclusion>, entry: &Arc<Entry>) {
+        self.tasks.push((task, Arc::clone(entry)));
+    }
+
+    pub(crate) fn into_emission(self) -> Emission {
+        Emission { outcomes: self }
+    }
+
+    /// Waits for the deliveries still running in tasks and adds their conclusions.
+    async fn finish(mut self) -> DeliveryReport {
+        for (task, entry) in std::mem::take(&mut self.tasks) {
+            let conclusion = match task.await {
+                Ok(conclusion) => conclusion,
+                // The task was dropped unfinished (its runtime shut down), after logging it.
+                Err(_) => Err(DeliveryError::Aborted {
+                    event: Arc::clone(&self.event),
+                    listener: Arc::clone(&entry.info.name),
+                    listener_id: entry.info.id(),
+                }),
+            };
+            self.record(conclusion);
+        }
+        self.report()
+    }
+
+    fn report(self) -> DeliveryReport {
+        DeliveryReport {
+            event: self.event,
+            delivered: self.delivered,
+            failures: self.failures,
+        }
+    }
+}
+
+/// One emitted event, on its way to its listeners.
+///
+/// `emit` has already started every delivery when it returns this. Drop it to fire and forget;
+/// `.await` it to wait until every listener of this emit has finished and get a
+/// [`DeliveryReport`]. Awaiting does not wait for events that listeners emit in turn (use
+/// [`EventBus::drain`](crate::EventBus::drain) for that).
+#[derive(Debug)]
+pub struct Emission {
+    outcomes: Outcomes,
+}
+
+impl Emission {
+    /// The event name.
+    pub fn event(&self) -> &str {
+        &self.outcomes.event
+    }
+
+    /// How many listeners the event was addressed to, including those that could not take it.
+    pub fn listeners(&self) -> usize {
+        self.outcomes.listeners
+    }
+}
+
+/// The future of an awaited [`Emission`].
+pub struct EmissionFuture {
+    inner: EmissionFutureInner,
+}
+
+enum EmissionFutureInner {
+    /// Every delivery finished during `emit`.
+    Ready(Option<DeliveryReport>),
+    /// Some continue in tasks.
+    Waiting(Pin<Box<dyn Future<Output = DeliveryReport> + Send>>),
+}
+
+impl std::fmt::Debug for EmissionFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmissionFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for EmissionFuture {
+    type Output = DeliveryReport;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<DeliveryReport> {
+        match &mut self.inner {
+            EmissionFutureInner::Ready(report) => Poll::Ready(
+                report
+                    .take()
+                    .expect("EmissionFuture polled after completion"),
+            ),
+            EmissionFutureInner::Waiting(wait) => wait.as_mut().poll(cx),
+        }
+    }
+}
+
+impl IntoFuture for Emission {
+    type Output = DeliveryReport;
+    type IntoFuture = EmissionFuture;
+
+    /// Waits for every delivery of this emit.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future does not cancel the deliveries; they run to completion either way.
+    fn into_future(self) -> EmissionFuture {
+        let outcomes = self.outcomes;
+        let inner = if outcomes.tasks.is_empty() {
+            EmissionFutureInner::Ready(Some(outcomes.report()))
+        } else {
+            EmissionFutureInner::Waiting(Box::pin(outcomes.finish()))
+        };
+        EmissionFuture { inner }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::ListenerId;
+
+    fn aborted() -> DeliveryError {
+        DeliveryError::Aborted {
+            event: Arc::from("e"),
+            listener: Arc::from("l"),
+            listener_id: ListenerId::from_raw(1.try_into().unwrap()),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_emission_finished_inline_is_ready() {
+        let mut outcomes = Outcomes::new(Arc::from("e"), 2);
+        outcomes.record(Ok(()));
+        outcomes.record(Err(aborted()));
+        let report = outcomes.into_emission().await;
+        assert_eq!((report.delivered(), report.failed()), (1, 1));
+        assert!(!report.is_ok());
+        assert_eq!(report.event(), "e");
+    }
+}

@@ -1,0 +1,180 @@
+//! Typed errors. Each names the event and, where one is involved, the listener, and says what
+//! to do about it.
+
+use std::sync::Arc;
+
+use crate::name_rules::NameProblem;
+use crate::registry::ListenerId;
+
+/// The error type a listener may return, once converted: anything that is
+/// `Into<Box<dyn std::error::Error + Send + Sync>>` (which includes `String` and `&str`).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A string is not a valid event name.
+///
+/// Event names are dot-separated tokens of ASCII letters, digits, `_` and `-`
+/// (`orders.eu.created`), at most 256 bytes long.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid event name {name:?}: {}", problem.message())]
+pub struct NameError {
+    name: String,
+    problem: NameProblem,
+}
+
+impl NameError {
+    pub(crate) fn new(name: &str, problem: NameProblem) -> Self {
+        NameError {
+            name: name.to_owned(),
+            problem,
+        }
+    }
+
+    /// The rejected name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Why an event could not be emitted.
+///
+/// [`EventBus::try_emit`](crate::EventBus::try_emit) returns these before anything is delivered:
+/// when it returns `Err`, no listener saw the event. [`EventBus::emit`](crate::EventBus::emit)
+/// never fails; it logs the same errors and counts the listeners that could not take the event as
+/// failed in the [`DeliveryReport`](crate::DeliveryReport).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EmitError {
+    /// There is no Tokio runtime on the emitting thread, so no listener task can be started.
+    #[error(
+        "cannot emit `{event}`: no Tokio runtime is running on this thread; emit from inside a \
+         runtime (`#[tokio::main]`, `Runtime::block_on`) or from a task it spawned"
+    )]
+    NoRuntime {
+        /// The event name.
+        event: String,
+    },
+    /// The event name breaks the naming rules.
+    #[error("cannot emit: {0}")]
+    InvalidName(#[from] NameError),
+    /// The event's type is not the type a listener of that name takes.
+    #[error(
+        "cannot emit `{event}` as `{actual}`: listener `{listener}` takes `{expected}`; emit a \
+         `{expected}` under this name, or give `{actual}` events a name of their own"
+    )]
+    TypeMismatch {
+        /// The event name.
+        event: String,
+        /// The listener whose argument type differs.
+        listener: String,
+        /// The type the listener takes.
+        expected: &'static str,
+        /// The type that was emitted.
+        actual: &'static str,
+    },
+    /// The bus was shut down with [`EventBus::shutdown`](crate::EventBus::shutdown).
+    #[error("cannot emit `{event}`: the bus has been shut down")]
+    Closed {
+        /// The event name.
+        event: String,
+    },
+}
+
+/// Why a listener could not be added.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AddListenerError {
+    /// The event name breaks the naming rules.
+    #[error("cannot add listener `{listener}`: {source}")]
+    InvalidName {
+        /// The listener that was being added.
+        listener: String,
+        /// What is wrong with the name.
+        source: NameError,
+    },
+}
+
+/// How one delivery of an event to one listener failed. Collected in a
+/// [`DeliveryReport`](crate::DeliveryReport) and logged through `tracing` as it happens.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// The listener returned `Err`.
+    #[error("listener `{listener}` failed on event `{event}`: {source}")]
+    Failed {
+        /// The event name.
+        event: Arc<str>,
+        /// The listener's name.
+        listener: Arc<str>,
+        /// The listener's id.
+        listener_id: ListenerId,
+        /// The error the listener returned.
+        source: BoxError,
+    },
+    /// The listener panicked. The panic was caught; other listeners, the emitter and the bus
+    /// were not affected.
+    #[error("listener `{listener}` panicked on event `{event}`: {message}")]
+    Panicked {
+        /// The event name.
+        event: Arc<str>,
+        /// The listener's name.
+        listener: Arc<str>,
+        /// The listener's id.
+        listener_id: ListenerId,
+        /// The panic message, when the payload was a string.
+        message: String,
+    },
+    /// [`EventBus::shutdown`](crate::EventBus::shutdown) aborted the listener after its deadline.
+    #[error("listener `{listener}` was aborted by shutdown before it finished handling `{event}`")]
+    Aborted {
+        /// The event name.
+        event: Arc<str>,
+        /// The listener's name.
+        listener: Arc<str>,
+        /// The listener's id.
+        listener_id: ListenerId,
+    },
+    /// The listener never received the event.
+    #[error("event `{event}` was not delivered to listener `{listener}`: {reason}")]
+    NotDelivered {
+        /// The event name.
+        event: Arc<str>,
+        /// The listener's name.
+        listener: Arc<str>,
+        /// The listener's id.
+        listener_id: ListenerId,
+        /// Why it could not be delivered.
+        reason: EmitError,
+    },
+}
+
+impl DeliveryError {
+    /// The name of the event whose delivery failed.
+    pub fn event(&self) -> &str {
+        match self {
+            DeliveryError::Failed { event, .. }
+            | DeliveryError::Panicked { event, .. }
+            | DeliveryError::Aborted { event, .. }
+            | DeliveryError::NotDelivered { event, .. } => event,
+        }
+    }
+
+    /// The name of the listener that failed (its fn path, or its type for closures).
+    pub fn listener(&self) -> &str {
+        match self {
+            DeliveryError::Failed { listener, .. }
+            | DeliveryError::Panicked { listener, .. }
+            | DeliveryError::Aborted { listener, .. }
+            | DeliveryError::NotDelivered { listener, .. } => listener,
+        }
+    }
+
+    /// The id of the listener that failed.
+    pub fn listener_id(&self) -> ListenerId {
+        match self {
+            DeliveryError::Failed { listener_id, .. }
+            | DeliveryError::Panicked { listener_id, .. }
+            | DeliveryError::Aborted { listener_id, .. }
+            | DeliveryError::NotDelivered { listener_id, .. } => *listener_id,
+        }
+    }
+}

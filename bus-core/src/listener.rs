@@ -1,0 +1,225 @@
+//! What a listener is: an async fn or closure taking `Arc<E>`, and how the bus stores listeners
+//! of different event types side by side.
+
+use std::any::{Any, TypeId};
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::dispatch::{Dispatcher, FutureSlots};
+use crate::error::BoxError;
+
+/// An event as the registry passes it around: shared, with its type erased. Each listener gets
+/// its typed `Arc<E>` back by a checked downcast, never by a cast.
+pub(crate) type ErasedEvent = Arc<dyn Any + Send + Sync>;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl<E> Sealed for Result<(), E> {}
+}
+
+/// What a listener may return: `()`, or `Result<(), E>` with
+/// `E: Into<Box<dyn std::error::Error + Send + Sync>>`.
+///
+/// An `Err` counts the delivery as failed in the [`DeliveryReport`](crate::DeliveryReport) and
+/// is logged; it never affects other listeners.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a valid return type for a bus listener",
+    label = "a listener must return `()` or `Result<(), E>`",
+    note = "the error type `E` must convert into `Box<dyn std::error::Error + Send + Sync>`"
+)]
+pub trait ListenerOutput: sealed::Sealed {
+    /// Converts the listener's output into the bus's uniform result.
+    fn into_result(self) -> Result<(), BoxError>;
+}
+
+impl ListenerOutput for () {
+    fn into_result(self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<BoxError>> ListenerOutput for Result<(), E> {
+    fn into_result(self) -> Result<(), BoxError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// An async function or closure that handles events of type `E`.
+///
+/// Implemented for every `Fn(Arc<E>) -> Fut` where `Fut` is a `Send + 'static` future whose
+/// output is a [`ListenerOutput`]: an `async fn f(event: Arc<E>)`, or a closure
+/// `|event: Arc<E>| async move { .. }`. `#[bus::listener]` adapts fns taking `&E` or `E` to
+/// this shape.
+///
+/// You never implement this trait yourself; its method is not public API.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a listener for events of type `{E}`",
+    label = "not an event listener",
+    note = "a listener is an `async fn` or a closure taking `Arc<{E}>` and returning `()` or \
+            `Result<(), E>`; its future must be `Send + 'static`"
+)]
+pub trait Listener<E>: Send + Sync + 'static {
+    /// The listener's output.
+    #[doc(hidden)]
+    type Output: ListenerOutput;
+    /// The future of one call.
+    #[doc(hidden)]
+    type Future: Future<Output = Self::Output> + Send + 'static;
+
+    /// Starts handling one event.
+    #[doc(hidden)]
+    fn call(&self, event: Arc<E>) -> Self::Future;
+}
+
+impl<F, Fut, E> Listener<E> for F
+where
+    F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: ListenerOutput,
+    E: Send + Sync + 'static,
+{
+    type Output = Fut::Output;
+    type Future = Fut;
+
+    fn call(&self, event: Arc<E>) -> Fut {
+        self(event)
+    }
+}
+
+/// A delivery whose future type is erased: for deliveries that run entirely in a task.
+pub(crate) type BoxedDelivery = Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>;
+
+/// A listener with its event type erased, so listeners of different types share one registry.
+pub(crate) trait ErasedListener: Send + Sync + 'static {
+    /// Hands the delivery of `event` to `dispatcher`, which runs the listener's future with its
+    /// concrete type (no boxing when it completes at once). `false`, and nothing run, when the
+    /// event is not of the listener's type.
+    fn deliver(&self, event: &ErasedEvent, dispatcher: Dispatcher<'_>) -> bool;
+
+    /// Calls the listener and boxes its future, for a delivery deferred to a task. `None` when
+    /// the event is not of the listener's type.
+    fn call_boxed(&self, event: &ErasedEvent) -> Option<BoxedDelivery>;
+}
+
+/// A typed listener behind [`ErasedListener`].
+struct Typed<E, L: Listener<E>> {
+    listener: L,
+    slots: FutureSlots<L::Future>,
+    _event: PhantomData<fn(Arc<E>)>,
+}
+
+impl<E, L> ErasedListener for Typed<E, L>
+where
+    E: Send + Sync + 'static,
+    L: Listener<E>,
+{
+    fn deliver(&self, event: &ErasedEvent, dispatcher: Dispatcher<'_>) -> bool {
+        match Arc::clone(event).downcast::<E>() {
+            Ok(event) => {
+                dispatcher.run(|| self.listener.call(event), &self.slots);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn call_boxed(&self, event: &ErasedEvent) -> Option<BoxedDelivery> {
+        let future = self.listener.call(Arc::clone(event).downcast::<E>().ok()?);
+        Some(Box::pin(async move { future.await.into_result() }))
+    }
+}
+
+/// Everything the registry needs to know about a listener, minus its name and location.
+pub(crate) struct Erased {
+    pub(crate) listener: Box<dyn ErasedListener>,
+    pub(crate) event_type: TypeId,
+    pub(crate) event_type_name: &'static str,
+    /// `Some` when the listener's identity is its type: then adding it again is a no-op.
+    pub(crate) identity: Option<TypeId>,
+}
+
+impl Erased {
+    /// Erases a runtime listener.
+    ///
+    /// A zero-sized listener (a fn item, or a closure that captures nothing) is entirely
+    /// described by its type, so its `TypeId` is its identity: adding the same fn twice is one
+    /// listener. A listener with state (a capturing closure) has no identity: every add is a new
+    /// listener. Fn pointers are never compared (rust-lang/rust#118833: equal in release builds
+    /// for distinct fns with the same body).
+    pub(crate) fn new<E, L>(listener: L) -> Self
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        let identity = (size_of::<L>() == 0).then(TypeId::of::<L>);
+        Erased::with_identity::<E, L>(listener, identity)
+    }
+
+    pub(crate) fn with_identity<E, L>(listener: L, identity: Option<TypeId>) -> Self
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        Erased {
+            listener: Box::new(Typed {
+                listener,
+                slots: FutureSlots::default(),
+                _event: PhantomData,
+            }),
+            event_type: TypeId::of::<E>(),
+            event_type_name: std::any::type_name::<E>(),
+            identity,
+        }
+    }
+}
+
+/// The identity a runtime listener would have, for `remove_listener`.
+pub(crate) fn identity_of<L: 'static>() -> Option<TypeId> {
+    (size_of::<L>() == 0).then(TypeId::of::<L>)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn named(_: Arc<u32>) {}
+    async fn other(_: Arc<u32>) {}
+
+    #[test]
+    fn fn_items_have_distinct_identities() {
+        let a = Erased::new::<u32, _>(named).identity;
+        let b = Erased::new::<u32, _>(named).identity;
+        let c = Erased::new::<u32, _>(other).identity;
+        assert!(a.is_some());
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn capturing_closures_have_no_identity() {
+        let state = Arc::new(1_u8);
+        let listener = move |_: Arc<u32>| {
+            let _state = Arc::clone(&state);
+            async {}
+        };
+        assert_eq!(Erased::new::<u32, _>(listener).identity, None);
+    }
+
+    #[test]
+    fn erased_listeners_know_their_event_type() {
+        let erased = Erased::new::<u32, _>(named);
+        assert_eq!(erased.event_type, TypeId::of::<u32>());
+        assert_eq!(erased.event_type_name, "u32");
+    }
+
+    #[test]
+    fn outputs_convert() {
+        assert!(().into_result().is_ok());
+        assert!(Ok::<(), String>(()).into_result().is_ok());
+        let err = Err::<(), _>("boom").into_result().unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+    }
+}

@@ -1,0 +1,72 @@
+//! Event names at run time: the shared rules of `name_rules.rs`, turned into typed errors.
+
+use crate::error::NameError;
+use crate::name_rules::check_event_name;
+
+/// Checks an event name, for `emit` and `add_listener`.
+pub(crate) fn validate(name: &str) -> Result<(), NameError> {
+    check_event_name(name).map_err(|problem| NameError::new(name, problem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name_rules::{CASES, MAX_NAME_LEN, NameProblem};
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_shared_table_holds() {
+        for &(name, valid) in CASES {
+            assert_eq!(validate(name).is_ok(), valid, "{name:?}");
+        }
+    }
+
+    /// The rules, written as plainly as possible.
+    fn reference(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_reference(name in "[a-cA-C0-9_.*> é\t-]{0,12}") {
+            prop_assert_eq!(check_event_name(&name).is_ok(), reference(&name));
+        }
+
+        #[test]
+        fn errors_point_at_the_offending_byte(name in "[a-c.*> é]{1,12}") {
+            match check_event_name(&name) {
+                Ok(()) => prop_assert!(reference(&name)),
+                Err(NameProblem::InvalidChar { ch, at }) => {
+                    prop_assert_eq!(name[at..].chars().next(), Some(ch));
+                }
+                Err(NameProblem::Wildcard { at }) => {
+                    prop_assert!(matches!(name.as_bytes()[at], b'*' | b'>'));
+                }
+                Err(NameProblem::EmptyToken { at }) => {
+                    prop_assert!(at == name.len() || name.as_bytes()[at] == b'.');
+                }
+                Err(other) => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+
+        #[test]
+        fn valid_names_of_any_length_up_to_the_limit(len in 1..=MAX_NAME_LEN + 8) {
+            let name = "a".repeat(len);
+            prop_assert_eq!(check_event_name(&name).is_ok(), len <= MAX_NAME_LEN);
+        }
+
+        #[test]
+        fn messages_are_never_empty(name in "\\PC{0,8}") {
+            if let Err(error) = validate(&name) {
+                prop_assert!(!error.to_string().is_empty());
+            }
+        }
+    }
+}

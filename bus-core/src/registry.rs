@@ -1,0 +1,403 @@
+//! The registry: which listeners are registered under which event name.
+//!
+//! The registry is an immutable snapshot. Writers (add, remove) build a new snapshot and swap it
+//! in; `emit` loads the current one without taking any lock a writer holds, so a listener that
+//! adds or removes listeners while it runs can never deadlock an emit, and a removal affects the
+//! emits that start after it.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU64;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::listener::Erased;
+
+/// Identifies one registered listener on one bus.
+///
+/// Returned by [`EventBus::add_listener`](crate::EventBus::add_listener); pass it to
+/// [`EventBus::remove`](crate::EventBus::remove) to remove a closure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId(NonZeroU64);
+
+impl ListenerId {
+    pub(crate) fn from_raw(raw: NonZeroU64) -> Self {
+        ListenerId(raw)
+    }
+
+    /// The id as a number, unique within one bus.
+    pub fn get(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for ListenerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Where a listener comes from in the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SourceLocation {
+    file: &'static str,
+    line: u32,
+    column: u32,
+}
+
+impl SourceLocation {
+    pub(crate) const fn new(file: &'static str, line: u32, column: u32) -> Self {
+        SourceLocation { file, line, column }
+    }
+
+    /// The source file.
+    pub fn file(&self) -> &'static str {
+        self.file
+    }
+
+    /// The line, starting at 1.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
+    /// The column, starting at 1.
+    pub fn column(&self) -> u32 {
+        self.column
+    }
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+impl From<&'static std::panic::Location<'static>> for SourceLocation {
+    fn from(location: &'static std::panic::Location<'static>) -> Self {
+        SourceLocation::new(location.file(), location.line(), location.column())
+    }
+}
+
+/// How a listener was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ListenerKind {
+    /// By `#[bus::listener]`, at link time. The location is the attribute's.
+    Annotated,
+    /// By [`EventBus::add_listener`](crate::EventBus::add_listener) at run time. The location is
+    /// the call's.
+    Added,
+}
+
+/// A registered listener, as [`EventBus::listeners`](crate::EventBus::listeners) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    id: ListenerId,
+    pub(crate) name: Arc<str>,
+    event_type: &'static str,
+    location: SourceLocation,
+    kind: ListenerKind,
+}
+
+impl ListenerInfo {
+    /// The listener's id on this bus.
+    pub fn id(&self) -> ListenerId {
+        self.id
+    }
+
+    /// The listener's name: its fn path (`my_app::billing::on_user_created`) for fns, its type
+    /// name for closures.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The name of the event type the listener takes.
+    pub fn event_type(&self) -> &'static str {
+        self.event_type
+    }
+
+    /// Where it was declared (`#[bus::listener]`) or added (`add_listener`).
+    pub fn location(&self) -> SourceLocation {
+        self.location
+    }
+
+    /// How it was registered.
+    pub fn kind(&self) -> ListenerKind {
+        self.kind
+    }
+}
+
+/// A registered listener.
+pub(crate) struct Entry {
+    pub(crate) info: ListenerInfo,
+    pub(crate) erased: Erased,
+    /// Set once a delivery of this listener did not complete in its first poll; from then on
+    /// its deliveries are spawned directly (see [`Dispatch`](crate::Dispatch)).
+    suspends: AtomicBool,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("info", &self.info)
+            .field("suspends", &self.suspends())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Entry {
+    pub(crate) fn suspends(&self) -> bool {
+        self.suspends.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_suspends(&self) {
+        self.suspends.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The listeners of one event name.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    pub(crate) name: Arc<str>,
+    pub(crate) entries: Arc<[Arc<Entry>]>,
+}
+
+/// A listener about to be registered.
+pub(crate) struct NewListener {
+    pub(crate) name: Arc<str>,
+    pub(crate) location: SourceLocation,
+    pub(crate) kind: ListenerKind,
+    pub(crate) erased: Erased,
+}
+
+/// What [`Registry::add`] did.
+pub(crate) enum Added {
+    /// A new listener, with the id it was given.
+    New(ListenerId),
+    /// The same listener was already registered under this name: nothing changed.
+    Existing(ListenerId),
+}
+
+/// One snapshot of the registry.
+#[derive(Clone, Default)]
+pub(crate) struct Registry {
+    slots: HashMap<Arc<str>, Slot>,
+}
+
+impl Registry {
+    pub(crate) fn slot(&self, event: &str) -> Option<&Slot> {
+        self.slots.get(event)
+    }
+
+    /// Every name with at least one listener, sorted.
+    pub(crate) fn event_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.slots.keys().map(|name| name.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// Adds `listener` under `event` unless a listener with the same identity is there already.
+    /// `next_id` is called only when a new listener is stored.
+    pub(crate) fn add(
+        &mut self,
+        event: &str,
+        listener: NewListener,
+        next_id: impl FnOnce() -> ListenerId,
+    ) -> Added {
+        let slot = self
+            .slots
+            .entry(Arc::from(event))
+            .or_insert_with_key(|key| Slot {
+                name: Arc::clone(key),
+                entries: Arc::new([]),
+            });
+        if let Some(identity) = listener.erased.identity
+            && let Some(existing) = slot
+                .entries
+                .iter()
+                .find(|entry| entry.erased.identity == Some(identity))
+        {
+            return Added::Existing(existing.info.id);
+        }
+        let id = next_id();
+        let entry = Arc::new(Entry {
+            info: ListenerInfo {
+                id,
+                name: listener.name,
+                event_type: listener.erased.event_type_name,
+                location: listener.location,
+                kind: listener.kind,
+            },
+            erased: listener.erased,
+            suspends: AtomicBool::new(false),
+        });
+        let mut entries = slot.entries.to_vec();
+        entries.push(entry);
+        slot.entries = entries.into();
+        Added::New(id)
+    }
+
+    /// Removes the listener of `event` whose identity is `identity`.
+    pub(crate) fn remove_identity(&mut self, event: &str, identity: TypeId) -> bool {
+        self.remove_where(Some(event), |entry| entry.erased.identity == Some(identity))
+    }
+
+    /// Removes the listener with this id, whatever its event.
+    pub(crate) fn remove_id(&mut self, id: ListenerId) -> bool {
+        self.remove_where(None, |entry| entry.info.id == id)
+    }
+
+    fn remove_where(&mut self, event: Option<&str>, matches: impl Fn(&Entry) -> bool) -> bool {
+        let found = self
+            .slots
+            .iter()
+            .filter(|(name, _)| event.is_none_or(|event| &***name == event))
+            .find_map(|(name, slot)| {
+                let at = slot.entries.iter().position(|entry| matches(entry))?;
+                Some((Arc::clone(name), at))
+            });
+        let Some((name, at)) = found else {
+            return false;
+        };
+        let slot = self.slots.get_mut(&name).expect("slot was just found");
+        let mut entries = slot.entries.to_vec();
+        entries.remove(at);
+        if entries.is_empty() {
+            self.slots.remove(&name);
+        } else {
+            slot.entries = entries.into();
+        }
+        true
+    }
+
+    /// The names whose listeners take more than one event type, with those types, sorted.
+    pub(crate) fn type_conflicts(&self) -> Vec<(Arc<str>, Vec<&ListenerInfo>)> {
+        let mut conflicts: Vec<_> = self
+            .slots
+            .values()
+            .filter(|slot| {
+                let first = slot.entries[0].erased.event_type;
+                slot.entries.iter().any(|e| e.erased.event_type != first)
+            })
+            .map(|slot| {
+                let infos = slot.entries.iter().map(|e| &e.info).collect();
+                (Arc::clone(&slot.name), infos)
+            })
+            .collect();
+        conflicts.sort_by(|a, b| a.0.cmp(&b.0));
+        conflicts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    async fn first(_: Arc<u8>) {}
+    async fn second(_: Arc<u8>) {}
+    async fn text(_: Arc<String>) {}
+
+    fn new_listener(erased: Erased) -> NewListener {
+        NewListener {
+            name: Arc::from("test"),
+            location: SourceLocation::new(file!(), line!(), column!()),
+            kind: ListenerKind::Added,
+            erased,
+        }
+    }
+
+    fn ids() -> impl FnMut() -> ListenerId {
+        let counter = AtomicU64::new(1);
+        move || {
+            let raw = counter.fetch_add(1, Ordering::Relaxed);
+            ListenerId::from_raw(NonZeroU64::new(raw).unwrap())
+        }
+    }
+
+    fn add(
+        registry: &mut Registry,
+        event: &str,
+        erased: Erased,
+        next: &mut impl FnMut() -> ListenerId,
+    ) -> Added {
+        registry.add(event, new_listener(erased), next)
+    }
+
+    #[test]
+    fn same_fn_twice_is_one_listener() {
+        let mut registry = Registry::default();
+        let mut next = ids();
+        let Added::New(a) = add(&mut registry, "e", Erased::new::<u8, _>(first), &mut next) else {
+            panic!("first add must be new")
+        };
+        let Added::Existing(b) = add(&mut registry, "e", Erased::new::<u8, _>(first), &mut next)
+        else {
+            panic!("second add must find the first")
+        };
+        assert_eq!(a, b);
+        assert_eq!(registry.slot("e").unwrap().entries.len(), 1);
+        // The same fn under another name is another registration.
+        assert!(matches!(
+            add(&mut registry, "f", Erased::new::<u8, _>(first), &mut next),
+            Added::New(_)
+        ));
+    }
+
+    #[test]
+    fn remove_by_identity_and_by_id() {
+        let mut registry = Registry::default();
+        let mut next = ids();
+        add(&mut registry, "e", Erased::new::<u8, _>(first), &mut next);
+        let Added::New(id) = add(&mut registry, "e", Erased::new::<u8, _>(second), &mut next)
+        else {
+            panic!()
+        };
+        assert!(!registry.remove_identity("e", TypeId::of::<fn(Arc<u8>)>()));
+        let first_identity = Erased::new::<u8, _>(first).identity.unwrap();
+        assert!(!registry.remove_identity("other", first_identity));
+        assert!(registry.remove_identity("e", first_identity));
+        assert!(!registry.remove_identity("e", first_identity));
+        assert!(registry.remove_id(id));
+        assert!(!registry.remove_id(id));
+        assert!(registry.slot("e").is_none(), "an empty slot is dropped");
+    }
+
+    #[test]
+    fn snapshots_are_independent() {
+        let mut registry = Registry::default();
+        let mut next = ids();
+        add(&mut registry, "e", Erased::new::<u8, _>(first), &mut next);
+        let before = registry.clone();
+        add(&mut registry, "e", Erased::new::<u8, _>(second), &mut next);
+        assert_eq!(before.slot("e").unwrap().entries.len(), 1);
+        assert_eq!(registry.slot("e").unwrap().entries.len(), 2);
+    }
+
+    #[test]
+    fn type_conflicts_are_found() {
+        let mut registry = Registry::default();
+        let mut next = ids();
+        add(&mut registry, "ok", Erased::new::<u8, _>(first), &mut next);
+        add(&mut registry, "ok", Erased::new::<u8, _>(second), &mut next);
+        assert!(registry.type_conflicts().is_empty());
+        add(
+            &mut registry,
+            "mixed",
+            Erased::new::<u8, _>(first),
+            &mut next,
+        );
+        add(
+            &mut registry,
+            "mixed",
+            Erased::new::<String, _>(text),
+            &mut next,
+        );
+        let conflicts = registry.type_conflicts();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(&*conflicts[0].0, "mixed");
+        let types: Vec<_> = conflicts[0].1.iter().map(|i| i.event_type()).collect();
+        assert_eq!(types, ["u8", "alloc::string::String"]);
+    }
+}
