@@ -1,0 +1,736 @@
+//! Reads `#[bus::listener(..)]`: the attribute's arguments and the annotated fn's signature.
+//!
+//! Every check records its error and carries on, so one build reports every mistake; the
+//! expansion only starts when there are none.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::ext::IdentExt;
+use syn::parse::{Parse, ParseStream, Parser};
+use syn::punctuated::Punctuated;
+use syn::{
+    Attribute, Expr, ExprLit, FnArg, GenericArgument, GenericParam, Generics, Ident, Item,
+    Lifetime, Lit, LitStr, Path, PathArguments, ReturnType, Signature, Token, Type, TypePath,
+    Visibility, braced,
+};
+
+use crate::diagnostics::{Errors, both};
+use crate::name_rules;
+
+/// Everything the expansion needs to know about one `#[bus::listener]` fn.
+pub(crate) struct Listener {
+    /// The event name, checked against the event-name rules.
+    pub(crate) name: LitStr,
+    /// The path of the `bus` crate from `crate = "..."`; `None` for `::bus`.
+    pub(crate) krate: Option<Path>,
+    /// The user's fn.
+    pub(crate) ident: Ident,
+    /// The type of events the fn handles: `E` for a fn taking `&E`, `Arc<E>` or `E`.
+    pub(crate) event: Type,
+    /// How the fn takes the event.
+    pub(crate) takes: Takes,
+    /// The first and the last token of the argument's type, where a missing `Clone` is reported.
+    pub(crate) arg_span: (Span, Span),
+    /// The first and the last token of the return type (the fn name when there is none), where
+    /// a return type that is not a listener output is reported.
+    pub(crate) output_span: (Span, Span),
+}
+
+/// How a listener takes its event `E`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Takes {
+    /// `&E`: borrowed from the shared `Arc<E>`.
+    Ref,
+    /// `Arc<E>`: the shared `Arc<E>` itself.
+    Arc,
+    /// `E`: a clone of the event.
+    Value,
+}
+
+/// The attribute's arguments: `"event.name"`, then options.
+struct Args {
+    name: LitStr,
+    krate: Option<Path>,
+}
+
+/// The fn's signature, as far as the expansion needs it.
+struct ListenerFn {
+    ident: Ident,
+    event: Type,
+    takes: Takes,
+    arg_span: (Span, Span),
+    output_span: (Span, Span),
+}
+
+/// Reads the attribute's arguments `args` and the annotated `item`, with every error found in
+/// either.
+pub(crate) fn listener(args: TokenStream, item: TokenStream) -> syn::Result<Listener> {
+    let (args, function) = both(parse_args(args), parse_fn(item))?;
+    Ok(Listener {
+        name: args.name,
+        krate: args.krate,
+        ident: function.ident,
+        event: function.event,
+        takes: function.takes,
+        arg_span: function.arg_span,
+        output_span: function.output_span,
+    })
+}
+
+/// One comma-separated argument of the attribute, before it is checked.
+enum Arg {
+    /// An argument without a key: the event name, if it is a string literal.
+    Positional(Expr),
+    /// `key = value`.
+    Option { key: Ident, value: Expr },
+}
+
+impl Parse for Arg {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        // `Ident::parse_any` accepts keywords, so that `crate = ".."` reads like `foo = ..`.
+        if input.peek(Ident::peek_any) && input.peek2(Token![=]) {
+            let key = Ident::parse_any(input)?;
+            input.parse::<Token![=]>()?;
+            let value = input.parse()?;
+            Ok(Arg::Option { key, value })
+        } else {
+            input.parse().map(Arg::Positional)
+        }
+    }
+}
+
+fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
+    let args = Punctuated::<Arg, Token![,]>::parse_terminated.parse2(tokens)?;
+    let mut names = Vec::new();
+    let mut options = Errors::default();
+    let mut krate = None;
+    for arg in args {
+        match arg {
+            Arg::Positional(expr) => names.push(expr),
+            Arg::Option { key, value } if key == "crate" => {
+                if krate.is_some() {
+                    options.spanned(key, "duplicate option `crate`");
+                } else {
+                    krate = Some(crate_path(&value, &mut options));
+                }
+            }
+            Arg::Option { key, .. } => {
+                let key = key.unraw();
+                options.spanned(&key, format!("unknown option `{key}`, expected `crate`"));
+            }
+        }
+    }
+    // The name's errors first, as it is written first.
+    let name = match names.split_first() {
+        Some((name, extra)) => {
+            let mut errors = Errors::default();
+            for extra in extra {
+                errors.spanned(
+                    extra,
+                    "`#[bus::listener]` takes one event name; write one listener per event",
+                );
+            }
+            errors.finish_with(event_name(name))
+        }
+        // The attribute's own tokens are gone: point at the whole `#[bus::listener(..)]`.
+        None => Err(syn::Error::new(
+            Span::call_site(),
+            "`#[bus::listener]` needs the name of the event to listen to; write \
+             `#[bus::listener(\"user.created\")]`",
+        )),
+    };
+    let krate = options.finish_with(Ok(krate.flatten()));
+    both(name, krate).map(|(name, krate)| Args { name, krate })
+}
+
+/// The event name `expr`, checked against the event-name rules.
+fn event_name(expr: &Expr) -> syn::Result<LitStr> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Str(lit), ..
+    }) = expr
+    else {
+        return Err(syn::Error::new_spanned(
+            expr,
+            "event name must be a string literal such as `\"user.created\"`",
+        ));
+    };
+    let name = lit.value();
+    match name_rules::check_event_name(&name) {
+        // Rebuilt from its value so that the expansion shows `"a.b"` even for `r"a.b"`.
+        Ok(()) => Ok(LitStr::new(&name, lit.span())),
+        Err(problem) => Err(syn::Error::new_spanned(lit, problem.message())),
+    }
+}
+
+/// The path in `crate = "path"`; `None` when it is not one (the error is recorded).
+fn crate_path(value: &Expr, errors: &mut Errors) -> Option<Path> {
+    let path = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => lit.parse_with(Path::parse_mod_style).ok(),
+        _ => None,
+    };
+    if path.is_none() {
+        errors.spanned(
+            value,
+            "`crate` must be the path of the `bus` crate, in a string: write `crate = \"bus\"` \
+             or `crate = \"::my_reexport::bus\"`",
+        );
+    }
+    path
+}
+
+fn parse_fn(item: TokenStream) -> syn::Result<ListenerFn> {
+    let item = match syn::parse2::<FnHead>(item.clone()) {
+        Ok(item) => item,
+        Err(error) => {
+            return Err(match syn::parse2::<Item>(item) {
+                Ok(other) => syn::Error::new_spanned(
+                    item_head(&other),
+                    "`#[bus::listener]` can only be applied to an `async fn`; write \
+                     `async fn name(event: &Event)`",
+                ),
+                Err(_) => error,
+            });
+        }
+    };
+    let sig = &item.sig;
+    let mut errors = Errors::default();
+    check_header(sig, &mut errors);
+    let event = event_arg(sig, &mut errors);
+    let output_span = match &sig.output {
+        ReturnType::Default => (sig.ident.span(), sig.ident.span()),
+        ReturnType::Type(_, ty) => span_range(ty),
+    };
+    let function = event.map(|(event, takes, arg_span)| ListenerFn {
+        ident: sig.ident.clone(),
+        event,
+        takes,
+        arg_span,
+        output_span,
+    });
+    errors.finish_with(function)
+}
+
+/// A fn item, read up to its signature. The body is the user's code, not ours to check: left
+/// as tokens, a syntax error in it is reported once, by rustc (tokio parses fns the same way).
+struct FnHead {
+    sig: Signature,
+}
+
+impl Parse for FnHead {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        input.call(Attribute::parse_outer)?;
+        input.parse::<Visibility>()?;
+        let sig = input.parse()?;
+        let body;
+        braced!(body in input);
+        body.parse::<TokenStream>()?;
+        Ok(FnHead { sig })
+    }
+}
+
+/// Checks everything in the signature but its arguments and return type.
+fn check_header(sig: &Signature, errors: &mut Errors) {
+    // rustc itself rejects `const async fn`: report `const` only when `async` is missing too.
+    if let (Some(constness), None) = (sig.constness, sig.asyncness) {
+        errors.spanned(
+            constness,
+            "a listener cannot be a `const fn`; remove `const`",
+        );
+    }
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            "`#[bus::listener]` requires an `async fn`; write `async fn name(event: &Event)`",
+        );
+    }
+    if let Some(unsafety) = sig.unsafety {
+        errors.spanned(
+            unsafety,
+            "a listener cannot be an `unsafe fn`; remove `unsafe` and use an `unsafe` block in \
+             the body",
+        );
+    }
+    if let Some(abi) = &sig.abi {
+        errors.spanned(abi, "a listener cannot have an `extern` ABI; remove it");
+    }
+    let generics = &sig.generics;
+    if generics.params.is_empty() {
+        if let Some(where_clause) = &generics.where_clause {
+            errors.spanned(
+                where_clause,
+                "a listener cannot have a `where` clause; remove it",
+            );
+        }
+    } else if generics
+        .params
+        .iter()
+        .all(|param| matches!(param, GenericParam::Lifetime(_)))
+    {
+        errors.spanned(
+            generics,
+            "a listener cannot have lifetime parameters; take the event as `&Event`, without a \
+             lifetime",
+        );
+    } else {
+        errors.spanned(
+            generics,
+            "a listener cannot be generic; name the concrete event type, such as \
+             `event: &UserCreated`",
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.spanned(
+            variadic,
+            "a listener takes the event as its one argument; remove `...`",
+        );
+    }
+}
+
+/// The event argument: the event type, how the fn takes it, and the span of its type.
+///
+/// Mistakes that leave an event type to work with are recorded in `errors`, so that they are
+/// reported along with the others; the rest are returned.
+fn event_arg(sig: &Signature, errors: &mut Errors) -> syn::Result<(Type, Takes, (Span, Span))> {
+    let arg = match sig.inputs.first() {
+        Some(FnArg::Typed(arg)) => arg,
+        // A method's other arguments would be fine in a free fn: report `self` alone.
+        Some(FnArg::Receiver(receiver)) => {
+            return Err(syn::Error::new_spanned(
+                receiver,
+                "a listener cannot take `self`; write a free `async fn` taking the event, \
+                 outside the `impl` block",
+            ));
+        }
+        None => {
+            return Err(syn::Error::new(
+                sig.paren_token.span.join(),
+                "a listener takes the event as its one argument; write `(event: &Event)`",
+            ));
+        }
+    };
+    let (event, takes) = event_type(&arg.ty, &sig.generics, errors);
+    check_nameable(&event, errors);
+    if sig.inputs.len() > 1 {
+        let extra = sig.inputs.iter().skip(1);
+        errors.spanned(
+            quote!(#(#extra)*),
+            "a listener takes exactly one argument, the event; remove the others (register a \
+             closure with `EventBus::add_listener` to give a listener state)",
+        );
+    }
+    Ok((event, takes, span_range(&arg.ty)))
+}
+
+/// The event type `E` of an argument of type `ty`, and how it takes `E`.
+fn event_type(ty: &Type, generics: &Generics, errors: &mut Errors) -> (Type, Takes) {
+    match ty {
+        Type::Group(group) => event_type(&group.elem, generics, errors),
+        Type::Paren(paren) => event_type(&paren.elem, generics, errors),
+        Type::Reference(reference) => {
+            let lifetime = reference.lifetime.as_ref();
+            // A lifetime parameter of the fn is reported once, where it is declared.
+            let declared =
+                |lifetime: &Lifetime| generics.lifetimes().any(|p| p.lifetime == *lifetime);
+            if let Some(lifetime) = lifetime.filter(|lifetime| !declared(lifetime)) {
+                errors.spanned(
+                    lifetime,
+                    "the event is borrowed for the listener's call only; remove the lifetime \
+                     and write `&Event`",
+                );
+            }
+            if let Some(mutability) = reference.mutability {
+                let and = reference.and_token;
+                errors.spanned(
+                    quote!(#and #mutability),
+                    "an event is shared by all its listeners and cannot be borrowed mutably; \
+                     take `&Event`, or `Event` to get a clone of your own",
+                );
+            }
+            ((*reference.elem).clone(), Takes::Ref)
+        }
+        Type::Path(path) => match arc_inner(path) {
+            Some(inner) => (inner.clone(), Takes::Arc),
+            None => (ty.clone(), Takes::Value),
+        },
+        _ => (ty.clone(), Takes::Value),
+    }
+}
+
+/// `T` when `path` is `Arc<T>` (or `std::sync::Arc<T>`, or any path ending in `Arc<T>`).
+fn arc_inner(path: &TypePath) -> Option<&Type> {
+    let last = path.path.segments.last()?;
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match (last.ident == "Arc", args.args.len(), args.args.first()) {
+        (true, 1, Some(GenericArgument::Type(inner))) => Some(inner),
+        _ => None,
+    }
+}
+
+/// Reports `impl Trait` anywhere in the event type: it makes the fn generic, and the bus needs
+/// one concrete type to deliver.
+fn check_nameable(ty: &Type, errors: &mut Errors) {
+    match ty {
+        Type::ImplTrait(impl_trait) => errors.spanned(
+            impl_trait,
+            "a listener cannot take `impl Trait`; name the concrete event type, such as \
+             `event: &UserCreated`",
+        ),
+        Type::Array(array) => check_nameable(&array.elem, errors),
+        Type::Group(group) => check_nameable(&group.elem, errors),
+        Type::Paren(paren) => check_nameable(&paren.elem, errors),
+        Type::Ptr(ptr) => check_nameable(&ptr.elem, errors),
+        Type::Reference(reference) => check_nameable(&reference.elem, errors),
+        Type::Slice(slice) => check_nameable(&slice.elem, errors),
+        Type::Tuple(tuple) => tuple.elems.iter().for_each(|ty| check_nameable(ty, errors)),
+        Type::Path(path) => {
+            let args = path
+                .path
+                .segments
+                .iter()
+                .filter_map(|segment| match &segment.arguments {
+                    PathArguments::AngleBracketed(args) => Some(&args.args),
+                    _ => None,
+                });
+            for arg in args.flatten() {
+                match arg {
+                    GenericArgument::Type(ty) => check_nameable(ty, errors),
+                    GenericArgument::AssocType(assoc) => check_nameable(&assoc.ty, errors),
+                    _ => {}
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The span of the first and of the last token of `tokens`.
+///
+/// Generated code spanned from the first to the last makes rustc underline all of `tokens`
+/// (a `Span::join` is nightly-only), as `syn::Error::new_spanned` does.
+fn span_range(tokens: &impl ToTokens) -> (Span, Span) {
+    let mut tokens = tokens.to_token_stream().into_iter();
+    let first = tokens
+        .next()
+        .map_or_else(Span::call_site, |token| token.span());
+    let last = tokens.last().map_or(first, |token| token.span());
+    (first, last)
+}
+
+/// The tokens that name `item`, such as `struct Foo`: a whole struct underlined is noise.
+fn item_head(item: &Item) -> TokenStream {
+    match item {
+        Item::Struct(item) => head(item.struct_token, &item.ident),
+        Item::Enum(item) => head(item.enum_token, &item.ident),
+        Item::Union(item) => head(item.union_token, &item.ident),
+        Item::Trait(item) => head(item.trait_token, &item.ident),
+        Item::Mod(item) => head(item.mod_token, &item.ident),
+        Item::Impl(item) => head(item.impl_token, &item.self_ty),
+        Item::Const(item) => head(item.const_token, &item.ident),
+        Item::Static(item) => head(item.static_token, &item.ident),
+        Item::Type(item) => head(item.type_token, &item.ident),
+        other => other.to_token_stream(),
+    }
+}
+
+fn head(keyword: impl ToTokens, name: impl ToTokens) -> TokenStream {
+    quote!(#keyword #name)
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn messages(args: TokenStream, item: TokenStream) -> Vec<String> {
+        match listener(args, item) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.into_iter().map(|error| error.to_string()).collect(),
+        }
+    }
+
+    /// The one error of `args` and `item`.
+    #[track_caller]
+    fn error(args: TokenStream, item: TokenStream) -> String {
+        let messages = messages(args, item);
+        assert_eq!(
+            messages.len(),
+            1,
+            "expected exactly one error: {messages:#?}"
+        );
+        messages.into_iter().next().unwrap_or_default()
+    }
+
+    #[track_caller]
+    fn parses(args: TokenStream, item: TokenStream) -> Listener {
+        match listener(args, item) {
+            Ok(listener) => listener,
+            Err(error) => panic!("expected no error, got: {error}"),
+        }
+    }
+
+    fn tokens(tokens: &impl ToTokens) -> String {
+        tokens.to_token_stream().to_string()
+    }
+
+    #[test]
+    fn reads_each_form_of_the_event_argument() {
+        #[rustfmt::skip]
+        let cases = [
+            (quote!(event: &UserCreated), Takes::Ref, "UserCreated"),
+            (quote!(event: &Vec<u8>), Takes::Ref, "Vec < u8 >"),
+            (quote!(event: Arc<UserCreated>), Takes::Arc, "UserCreated"),
+            (quote!(event: std::sync::Arc<UserCreated>), Takes::Arc, "UserCreated"),
+            (quote!(event: ::std::sync::Arc<Vec<u8>>), Takes::Arc, "Vec < u8 >"),
+            (quote!(event: UserCreated), Takes::Value, "UserCreated"),
+            (quote!(event: Vec<u8>), Takes::Value, "Vec < u8 >"),
+            (quote!(event: (u8, String)), Takes::Value, "(u8 , String)"),
+            // Not `Arc<T>`: an `Arc` with an allocator is an event type of its own.
+            (quote!(event: Arc<Data, Alloc>), Takes::Value, "Arc < Data , Alloc >"),
+            (quote!(mut event: &UserCreated), Takes::Ref, "UserCreated"),
+            (quote!(UserCreated { name }: UserCreated), Takes::Value, "UserCreated"),
+            (quote!(_: &UserCreated), Takes::Ref, "UserCreated"),
+        ];
+        for (arg, takes, event) in cases {
+            let listener = parses(
+                quote!("user.created"),
+                quote!(async fn on_user_created(#arg) {}),
+            );
+            assert_eq!(listener.takes, takes, "{arg}");
+            assert_eq!(tokens(&listener.event), event, "{arg}");
+            assert_eq!(listener.ident, "on_user_created");
+            assert_eq!(listener.name.value(), "user.created");
+            assert!(listener.krate.is_none());
+        }
+    }
+
+    #[test]
+    fn accepts_any_return_type_and_leaves_it_to_the_runtime() {
+        for output in [
+            quote!(),
+            quote!(-> ()),
+            quote!(-> Result<(), String>),
+            quote!(-> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>>),
+            // Reported by rustc at the return type, through `ListenerOutput`.
+            quote!(-> i32),
+        ] {
+            parses(
+                quote!("user.created"),
+                quote!(async fn on_user_created(event: &UserCreated) #output {}),
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_attributes_visibility_and_where_the_fn_lives() {
+        parses(
+            quote!("user.created"),
+            quote! {
+                /// Docs.
+                #[inline]
+                pub(crate) async fn on_user_created(event: &UserCreated) -> Result<(), String> {
+                    Ok(())
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn reads_the_crate_option() {
+        for (args, path) in [
+            (quote!("a.b", crate = "renamed"), "renamed"),
+            (quote!("a.b", crate = "::bus"), ":: bus"),
+            (
+                quote!("a.b", crate = "::my_app::reexports::bus",),
+                ":: my_app :: reexports :: bus",
+            ),
+            (quote!(crate = "renamed", "a.b"), "renamed"),
+        ] {
+            let listener = parses(args, quote! { async fn f(event: &E) {} });
+            let krate = listener.krate.as_ref().map(tokens);
+            assert_eq!(krate.as_deref(), Some(path));
+        }
+    }
+
+    #[test]
+    fn normalises_the_event_name_literal() {
+        let listener = parses(quote!(r"user.created"), quote! { async fn f(event: &E) {} });
+        assert_eq!(tokens(&listener.name), "\"user.created\"");
+    }
+
+    /// The table that `bus-core` tests its run-time check with: both checks agree on it.
+    #[test]
+    fn checks_event_names_with_the_runtime_table() {
+        for &(name, valid) in name_rules::CASES {
+            let result = listener(quote!(#name), quote! { async fn f(event: &E) {} });
+            match (result, name_rules::check_event_name(name)) {
+                (Ok(listener), Ok(())) if valid => assert_eq!(listener.name.value(), name),
+                (Err(error), Err(problem)) if !valid => {
+                    assert_eq!(error.to_string(), problem.message(), "{name:?}");
+                    assert_eq!(error.into_iter().count(), 1, "{name:?}");
+                }
+                (result, _) => panic!(
+                    "{name:?}: expected valid = {valid}, the macro says {:?}",
+                    result.err().map(|error| error.to_string())
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_too_long_a_name() {
+        let name = "a".repeat(name_rules::MAX_NAME_LEN + 1);
+        let message = error(quote!(#name), quote! { async fn f(event: &E) {} });
+        assert!(message.contains("bytes long"), "{message}");
+        let name = "a".repeat(name_rules::MAX_NAME_LEN);
+        parses(quote!(#name), quote! { async fn f(event: &E) {} });
+    }
+
+    #[test]
+    fn reports_each_mistake_in_the_arguments() {
+        let item = quote! { async fn f(event: &E) {} };
+        #[rustfmt::skip]
+        let cases = [
+            (quote!(), "needs the name of the event"),
+            (quote!(crate = "bus"), "needs the name of the event"),
+            (quote!(""), "must not be empty"),
+            (quote!("user created"), "the character ' ' at byte 4"),
+            (quote!("user.*"), "wildcard"),
+            (quote!("user..created"), "empty token"),
+            (quote!(user.created), "must be a string literal such as `\"user.created\"`"),
+            (quote!(USER_CREATED), "must be a string literal"),
+            (quote!(42), "must be a string literal"),
+            (quote!(b"user.created"), "must be a string literal"),
+            (quote!("a.b", "c.d"), "takes one event name"),
+            (quote!("a.b", foo = 1), "unknown option `foo`, expected `crate`"),
+            (quote!("a.b", r#foo = 1), "unknown option `foo`, expected `crate`"),
+            (quote!("a.b", crate = "bus", crate = "bus"), "duplicate option `crate`"),
+            (quote!("a.b", crate = bus), "`crate` must be the path of the `bus` crate"),
+            (quote!("a.b", crate = "not a path"), "`crate` must be the path"),
+            (quote!("a.b", crate = "bus<T>"), "`crate` must be the path"),
+            (quote!("a.b", crate = ""), "`crate` must be the path"),
+        ];
+        for (args, expected) in cases {
+            let message = error(args.clone(), item.clone());
+            assert!(message.contains(expected), "{args}: {message}");
+        }
+    }
+
+    #[test]
+    fn reports_syntax_errors_in_the_arguments() {
+        for args in [quote!("a.b" "c.d"), quote!("a.b", crate =), quote!(,)] {
+            assert!(
+                !messages(args.clone(), quote! { async fn f(event: &E) {} }).is_empty(),
+                "{args}"
+            );
+        }
+    }
+
+    #[test]
+    fn reports_each_mistake_in_the_signature() {
+        #[rustfmt::skip]
+        let cases = [
+            (quote!(fn f(event: &E) {}), "requires an `async fn`"),
+            (quote!(async fn f() {}), "takes the event as its one argument"),
+            (quote!(async fn f(event: &E, db: &Db) {}), "exactly one argument"),
+            (quote!(async fn f(event: &E, db: &Db, x: u8) {}), "exactly one argument"),
+            (quote!(async fn f(&self) {}), "cannot take `self`"),
+            (quote!(async fn f(self: Arc<Self>, event: &E) {}), "cannot take `self`"),
+            (quote!(async fn f<E>(event: &E) {}), "cannot be generic"),
+            (quote!(async fn f<const N: usize>(event: &[u8; N]) {}), "cannot be generic"),
+            (quote!(async fn f<'a, E>(event: &'a E) {}), "cannot be generic"),
+            (quote!(async fn f<'a>(event: &'a E) {}), "cannot have lifetime parameters"),
+            (quote!(async fn f(event: &E) where E: Clone {}), "cannot have a `where` clause"),
+            (quote!(async fn f(event: &'static E) {}), "remove the lifetime"),
+            (quote!(async fn f(event: &'a E) {}), "remove the lifetime"),
+            (quote!(async fn f(event: &impl Debug) {}), "cannot take `impl Trait`"),
+            (quote!(async fn f(event: impl Debug) {}), "cannot take `impl Trait`"),
+            (quote!(async fn f(event: Arc<impl Debug>) {}), "cannot take `impl Trait`"),
+            (quote!(async fn f(event: &Vec<impl Debug>) {}), "cannot take `impl Trait`"),
+            (quote!(async fn f(event: &mut E) {}), "cannot be borrowed mutably"),
+            (quote!(async unsafe fn f(event: &E) {}), "cannot be an `unsafe fn`"),
+            (quote!(async extern "C" fn f(event: &E) {}), "cannot have an `extern` ABI"),
+            (quote!(async fn f(event: &E, ...) {}), "remove `...`"),
+        ];
+        for (item, expected) in cases {
+            let message = error(quote!("a.b"), item.clone());
+            assert!(message.contains(expected), "{item}: {message}");
+        }
+    }
+
+    #[test]
+    fn reports_an_item_that_is_not_a_fn() {
+        for item in [
+            quote!(
+                struct UserCreated {
+                    id: u64,
+                }
+            ),
+            quote! { enum E {} },
+            quote!(impl Foo {}),
+            quote! { mod m {} },
+            quote! { static S: u8 = 0; },
+            quote! { use std::sync::Arc; },
+        ] {
+            let message = error(quote!("a.b"), item.clone());
+            assert!(
+                message.contains("can only be applied to an `async fn`"),
+                "{item}: {message}"
+            );
+        }
+        // Not an item at all (attribute macros only ever get items; stay total anyway).
+        for item in [quote!(), quote!(let x = 1;)] {
+            assert_eq!(messages(quote!("a.b"), item).len(), 1);
+        }
+    }
+
+    #[test]
+    fn reports_every_mistake_at_once_in_source_order() {
+        let messages = messages(
+            quote!("user created", retries = 3),
+            quote! { fn f(event: &mut E, retry: u32) {} },
+        );
+        let expected = [
+            "event name has the character",
+            "unknown option `retries`",
+            "requires an `async fn`",
+            "cannot be borrowed mutably",
+            "exactly one argument",
+        ];
+        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
+        for (message, expected) in messages.iter().zip(expected) {
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn leaves_the_body_to_rustc() {
+        // Half-typed code: rustc reports it, once; the registration is still generated.
+        parses(quote!("a.b"), quote! { async fn f(event: &E) { let = ; } });
+    }
+
+    #[test]
+    fn leaves_const_async_to_rustc() {
+        // rustc's parser rejects `const async fn` before the attribute runs.
+        assert!(messages(quote!("a.b"), quote! { const async fn f(event: &E) {} }).is_empty());
+        let messages = messages(quote!("a.b"), quote! { const fn f(event: &E) {} });
+        assert_eq!(messages.len(), 2, "{messages:#?}");
+        assert!(
+            messages[0].contains("cannot be a `const fn`"),
+            "{messages:#?}"
+        );
+    }
+
+    #[test]
+    fn reports_a_method_once() {
+        let message = error(quote!("a.b"), quote! { async fn f(&self, event: &E) {} });
+        assert!(message.contains("cannot take `self`"), "{message}");
+    }
+}
