@@ -1,0 +1,105 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::cell::RefCell;
+use std::future::IntoFuture;
+use std::io::Write;
+use std::sync::{Arc, Mutex, Once, PoisonError};
+use std::time::Duration;
+
+/// A guard against a hung test: generous, never a measure of speed.
+pub const GUARD: Duration = Duration::from_secs(10);
+
+/// Awaits `future`, failing the test if it has not finished within [`GUARD`].
+pub async fn guarded<F: IntoFuture>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(GUARD, future.into_future()).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what} did not finish within {GUARD:?}"),
+    }
+}
+
+/// Log lines captured from `tracing`, as the `fmt` subscriber writes them (no colours).
+///
+/// One global subscriber writes every record to the capture of the thread that logs it. A
+/// per-test `set_default` subscriber would race with the tests running beside it: tracing
+/// caches whether a log line is enabled once per line of code, for every thread, and a test
+/// without a subscriber that hits the line first can leave it disabled for a test with one.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+thread_local! {
+    /// The capture of this thread, if any.
+    static CAPTURE: RefCell<Option<Logs>> = const { RefCell::new(None) };
+}
+
+/// Where the global subscriber writes: the logging thread's capture, or nowhere.
+struct ThreadCapture;
+
+impl Write for ThreadCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with_borrow_mut(|capture| match capture {
+            Some(logs) => logs.write(buf),
+            None => Ok(buf.len()),
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stops a capture when dropped.
+pub struct CaptureGuard(());
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with_borrow_mut(|capture| *capture = None);
+    }
+}
+
+impl Logs {
+    /// Captures every log record of this thread until the guard drops. Use with a
+    /// current-thread runtime so that listener tasks log on this thread too.
+    pub fn capture(&self) -> CaptureGuard {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(|| ThreadCapture)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in the tests");
+        });
+        CAPTURE.with_borrow_mut(|capture| *capture = Some(self.clone()));
+        CaptureGuard(())
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+    }
+
+    /// The captured lines that contain every one of `needles`.
+    pub fn lines_with(&self, needles: &[&str]) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,4 @@
+#[bus::listener("user.created")]
+async fn on_user_created(_event: &impl std::fmt::Debug) {}
+
+fn main() {}

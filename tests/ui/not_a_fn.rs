@@ -1,0 +1,6 @@
+#[bus::listener("user.created")]
+struct UserCreated {
+    id: u64,
+}
+
+fn main() {}

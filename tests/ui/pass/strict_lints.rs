@@ -1,0 +1,100 @@
+//! Every accepted form of `#[bus::listener]`, under strict lints: the expansion must not add a
+//! single warning to the user's crate.
+//!
+//! `tests/macro_ui.rs` also includes this file as a module, so that `cargo clippy --all-targets`
+//! checks it with clippy's lints too.
+#![forbid(unsafe_code)]
+#![deny(
+    warnings,
+    unused,
+    unused_qualifications,
+    unused_results,
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    clippy::all,
+    clippy::pedantic
+)]
+
+use std::sync::Arc;
+
+/// An event.
+#[derive(Debug, Clone)]
+pub struct UserCreated {
+    /// Its payload.
+    pub name: String,
+}
+
+/// An error of a listener.
+#[derive(Debug)]
+pub struct WelcomeError;
+
+impl std::fmt::Display for WelcomeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("welcome failed")
+    }
+}
+
+impl std::error::Error for WelcomeError {}
+
+// Private and never called: the registration uses them, so `dead_code` stays quiet.
+
+#[bus::listener("user.created")]
+async fn by_ref(event: &UserCreated) {
+    println!("{}", event.name);
+}
+
+#[bus::listener("user.created")]
+#[allow(clippy::unused_unit, reason = "`-> ()` is accepted, and tested here")]
+async fn by_arc(event: Arc<UserCreated>) -> () {
+    println!("{}", event.name);
+}
+
+#[bus::listener("user.created")]
+async fn by_value(UserCreated { name }: UserCreated) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(name);
+    }
+    Ok(())
+}
+
+/// Public, named as the shim's argument, with a raw string for a name.
+#[bus::listener(r"user.created")]
+pub async fn event(event: &UserCreated) {
+    println!("{}", event.name);
+}
+
+// Named as the shim.
+#[bus::listener("user.created")]
+async fn __listener(_: &UserCreated) {}
+
+// A raw identifier.
+#[bus::listener("user.created")]
+async fn r#try(_: &UserCreated) {}
+
+/// Listeners in a module.
+pub mod nested {
+    use super::{UserCreated, WelcomeError};
+
+    // By `std::sync::Arc`, returning a `Result`, with another attribute.
+    #[bus::listener("user.created")]
+    #[inline]
+    async fn by_std_arc(event: std::sync::Arc<UserCreated>) -> Result<(), WelcomeError> {
+        if event.name.is_empty() {
+            return Err(WelcomeError);
+        }
+        Ok(())
+    }
+
+    // Returning a boxed error.
+    #[bus::listener("user.created")]
+    async fn boxed(event: &UserCreated) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if event.name.is_empty() {
+            return Err("no name".into());
+        }
+        Ok(())
+    }
+}
+
+/// Entry point.
+pub fn main() {}
