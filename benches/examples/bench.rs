@@ -1,0 +1,283 @@
+//! The benchmark driver: runs every scenario x system x runtime several times and prints the
+//! markdown tables of `BENCHMARKS.md` (medians, ratios, latency percentiles, memory).
+//!
+//! ```text
+//! cargo run --release -p bus-benches --example bench -- [--quick] [--runs N]
+//!     [--only a,b,c,d,d1,e,g] [--runtime mt|ct] [--system NAME,...]
+//! ```
+//!
+//! Progress goes to stderr, the tables to stdout. Scenario (g) runs each system in a fresh
+//! process (this program, re-executed with `--memory-child`), so peaks do not mix.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use bus_benches::{
+    Contender, Flavor, Header, Job, NotApplicable, Output, Plan, Results, Scenario, Value,
+    contenders, load_average, machine,
+};
+
+const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,g] \
+                     [--runtime mt|ct] [--system NAME,...]";
+
+struct Options {
+    quick: bool,
+    runs: usize,
+    scenarios: Vec<Scenario>,
+    flavors: Vec<Flavor>,
+    systems: Option<Vec<String>>,
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--memory-child") {
+        return memory_child(&args[1..]);
+    }
+    let options = match parse(&args) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("{message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let machine = machine();
+    let contenders: Vec<Contender> = contenders()
+        .into_iter()
+        .filter(|c| {
+            options
+                .systems
+                .as_ref()
+                .is_none_or(|names| names.iter().any(|n| n == c.name()))
+        })
+        .collect();
+    let mut results = Results::new(&contenders);
+    let divisor = if options.quick { 10 } else { 1 };
+    let started = Instant::now();
+
+    for &scenario in &options.scenarios {
+        let job = scenario.job(divisor);
+        for &flavor in &options.flavors {
+            for contender in &contenders {
+                // One untimed run first, so the first timed run does not pay for cold caches
+                // and the allocator's first growth ((e) also warms up inside its job). (g) runs in
+                // fresh processes on purpose.
+                if scenario != Scenario::G && contender.supports(&job).is_ok() {
+                    let warmup = warmup_job(job);
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        contender.run(warmup, &flavor.runtime())
+                    }));
+                }
+                for run in 1..=options.runs {
+                    eprint!(
+                        "{} {} {} run {run}/{}: ",
+                        scenario.id(),
+                        flavor.id(),
+                        contender.name(),
+                        options.runs
+                    );
+                    let outcome = if scenario == Scenario::G {
+                        memory_in_child(contender, flavor, job)
+                    } else {
+                        catch_unwind(AssertUnwindSafe(|| {
+                            contender
+                                .run(job, &flavor.runtime())
+                                .map(|output| Value::of(job, output))
+                        }))
+                        .map_err(|panic| panic_message(&*panic))
+                    };
+                    match outcome {
+                        Ok(Ok(value)) => {
+                            eprintln!("{}", describe(value));
+                            results.record(scenario, flavor, contender.name(), Ok(value));
+                        }
+                        Ok(Err(not_applicable)) => {
+                            eprintln!("{not_applicable}");
+                            results.record(scenario, flavor, contender.name(), Err(not_applicable));
+                            break;
+                        }
+                        Err(why) => {
+                            eprintln!("FAILED: {why}");
+                            results.fail(scenario, flavor, contender.name(), why);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let header = Header {
+        command: format!(
+            "cargo run --release -p bus-benches --example bench --{}",
+            args.iter().map(|a| format!(" {a}")).collect::<String>()
+        ),
+        machine,
+        runs: options.runs,
+        quick: options.quick,
+        scenarios: options.scenarios,
+        flavors: options.flavors,
+    };
+    print!("{}", results.render(&header));
+    println!(
+        "\nTotal driver time: {:.0} s; load average at the end (1, 5, 15 min): {}.",
+        started.elapsed().as_secs_f64(),
+        load_average()
+    );
+    ExitCode::SUCCESS
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options {
+        quick: false,
+        runs: 5,
+        scenarios: Scenario::ALL.to_vec(),
+        flavors: Flavor::ALL.to_vec(),
+        systems: None,
+    };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("`{arg}` needs a value"));
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--runs" => {
+                let runs = value()?;
+                options.runs = runs
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("`--runs {runs}`: expected a positive number"))?;
+            }
+            "--only" => {
+                options.scenarios = value()?
+                    .split(',')
+                    .map(|id| {
+                        Scenario::from_id(id).ok_or_else(|| {
+                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, g (f waits for patterns, issue 4)")
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+            "--runtime" => {
+                let id = value()?;
+                let flavor = Flavor::from_id(id)
+                    .ok_or_else(|| format!("unknown runtime `{id}`, expected `mt` or `ct`"))?;
+                options.flavors = vec![flavor];
+            }
+            "--system" => {
+                let names: Vec<String> = value()?.split(',').map(str::to_owned).collect();
+                let known: Vec<&str> = contenders().iter().map(Contender::name).collect();
+                if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+                    return Err(format!(
+                        "unknown system `{unknown}`, expected one of: {}",
+                        known.join(", ")
+                    ));
+                }
+                options.systems = Some(names);
+            }
+            // `cargo bench` style flags that may be forwarded by habit.
+            "--bench" => {}
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    Ok(options)
+}
+
+/// A shorter job of the same shape, to warm up with.
+fn warmup_job(job: Job) -> Job {
+    match job {
+        Job::Throughput(plan) => Job::Throughput(Plan {
+            emits: (plan.emits / 4).max(1),
+            ..plan
+        }),
+        Job::Latency { warmup, samples } => Job::Latency {
+            warmup: 0,
+            samples: ((warmup + samples) / 10).max(1),
+        },
+        other => other,
+    }
+}
+
+/// Scenario (g) for one system in a fresh process: this program with `--memory-child`.
+fn memory_in_child(
+    contender: &Contender,
+    flavor: Flavor,
+    job: Job,
+) -> Result<Result<Value, NotApplicable>, String> {
+    if let Err(not_applicable) = contender.supports(&job) {
+        return Ok(Err(not_applicable));
+    }
+    let Job::Memory { deliveries } = job else {
+        return Err(format!("{job:?} is not a memory job"));
+    };
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let output = Command::new(exe)
+        .args([
+            "--memory-child",
+            contender.name(),
+            flavor.id(),
+            &deliveries.to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("cannot start the memory child: {e}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let bytes = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("bytes_per_delivery="))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    match (output.status.success(), bytes) {
+        (true, Some(bytes)) => Ok(Ok(Value::Bytes(bytes))),
+        _ => {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            Err(format!(
+                "memory child {}: {}",
+                output.status,
+                last.unwrap_or("no output")
+            ))
+        }
+    }
+}
+
+/// The child side of [`memory_in_child`]: `--memory-child SYSTEM RUNTIME DELIVERIES`.
+fn memory_child(args: &[String]) -> ExitCode {
+    let [system, flavor, deliveries] = args else {
+        eprintln!("usage: bench --memory-child SYSTEM mt|ct DELIVERIES");
+        return ExitCode::from(2);
+    };
+    let (Some(contender), Some(flavor), Ok(deliveries)) = (
+        contenders().into_iter().find(|c| c.name() == system),
+        Flavor::from_id(flavor),
+        deliveries.parse::<u64>(),
+    ) else {
+        eprintln!("bad --memory-child arguments: {args:?}");
+        return ExitCode::from(2);
+    };
+    let runtime = flavor.runtime();
+    match contender.run(Job::Memory { deliveries }, &runtime) {
+        Ok(Output::BytesPerDelivery(bytes)) => {
+            println!("bytes_per_delivery={bytes}");
+            ExitCode::SUCCESS
+        }
+        other => {
+            eprintln!("unexpected outcome: {other:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe(value: Value) -> String {
+    match value {
+        Value::Rate(rate) => format!("{:.2} M handler calls/s", rate / 1e6),
+        Value::Latency { median, p99 } => format!("median {median:.0} ns, p99 {p99:.0} ns"),
+        Value::Bytes(bytes) => format!("{bytes:.0} bytes per pending delivery"),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "panicked".to_owned())
+}

@@ -1,0 +1,31 @@
+//! The benchmark suite of `bus` (issue 3): ours beside the seed design, the inline lower bound,
+//! `tokio::sync::broadcast`, and the peer crates, in the same scenarios and runtimes.
+//!
+//! - [`System`]: what a system must do for the suite: add a listener under a name, emit one
+//!   event, and optionally await an emit's completion. One module per system in `systems/`.
+//! - [`contenders`]: the list of systems, in table order. Adding one is one line.
+//! - [`Scenario`], [`Job`], [`Flavor`]: what is measured, and on which runtime.
+//! - [`Work`]: the handlers' work, and the one way completion is detected for every system:
+//!   each handler counts itself, and the runner waits for the count, under a guard timeout that
+//!   panics. A system that loses events can never produce a number.
+//!
+//! `benches/dispatch.rs` (criterion, `cargo bench`) and `examples/bench.rs` (the driver that
+//! prints `BENCHMARKS.md`'s tables) both run through [`Contender::run`].
+
+mod contender;
+mod report;
+mod run;
+mod scenario;
+mod system;
+pub mod systems;
+mod work;
+
+pub use contender::{Contender, Role, contenders};
+pub use report::{Cell, Header, Results, Value, load_average, machine};
+pub use run::{GUARD, names};
+pub use scenario::{Flavor, Job, Output, Plan, Scenario};
+pub use system::{Delivery, NotApplicable, Setup, System};
+pub use work::{Claim, Event, Mode, Work, guarded};
+
+#[cfg(test)]
+mod tests;

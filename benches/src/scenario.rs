@@ -1,0 +1,253 @@
+//! The scenarios of issue 3 and the runtimes they run on.
+
+use std::time::Duration;
+
+use tokio::runtime::{Builder, Runtime};
+
+use crate::work::Mode;
+
+/// A scenario of the suite.
+///
+/// (f), throughput with 10 vs 100,000 registered wildcard patterns, is not here: patterns do
+/// not exist yet (issue 4). TODO(#4): add `F10Patterns` and `F100kPatterns` once they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scenario {
+    /// (a) 1,000,000 emits, 1 listener that does an atomic increment.
+    A,
+    /// (b) 200,000 emits, 10 listeners.
+    B,
+    /// (c) 200,000 emits, 3 listeners that each `yield_now().await` once.
+    C,
+    /// (d) 10,000 names with 1 listener each, 200,000 emits round-robin over the names.
+    D,
+    /// (d) with 1 name: the denominator of the (d) ratio target.
+    D1,
+    /// (e) latency: emit one event, await its one listener; 100,000 samples after 10,000
+    /// warm-up round trips.
+    E,
+    /// (g) memory: peak RSS growth with 1,000,000 pending deliveries.
+    G,
+}
+
+impl Scenario {
+    /// Every scenario, in table order.
+    pub const ALL: [Scenario; 7] = [
+        Scenario::A,
+        Scenario::B,
+        Scenario::C,
+        Scenario::D,
+        Scenario::D1,
+        Scenario::E,
+        Scenario::G,
+    ];
+
+    /// The throughput scenarios.
+    pub const THROUGHPUT: [Scenario; 5] = [
+        Scenario::A,
+        Scenario::B,
+        Scenario::C,
+        Scenario::D,
+        Scenario::D1,
+    ];
+
+    /// Short id, as in the issue: `a`, `b`, `c`, `d`, `d1`, `e`, `g`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Scenario::A => "a",
+            Scenario::B => "b",
+            Scenario::C => "c",
+            Scenario::D => "d",
+            Scenario::D1 => "d1",
+            Scenario::E => "e",
+            Scenario::G => "g",
+        }
+    }
+
+    /// The scenario with this [`id`](Scenario::id).
+    pub fn from_id(id: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.id() == id)
+    }
+
+    /// A name usable as a criterion group name.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Scenario::A => "a_1_listener",
+            Scenario::B => "b_10_listeners",
+            Scenario::C => "c_3_yielding_listeners",
+            Scenario::D => "d_10k_names",
+            Scenario::D1 => "d1_1_name",
+            Scenario::E => "e_latency",
+            Scenario::G => "g_memory",
+        }
+    }
+
+    /// What the scenario does, at full size.
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::A => "(a) 1,000,000 emits, 1 listener",
+            Scenario::B => "(b) 200,000 emits, 10 listeners",
+            Scenario::C => "(c) 200,000 emits, 3 listeners that yield once",
+            Scenario::D => "(d) 200,000 emits over 10,000 names, 1 listener each",
+            Scenario::D1 => "(d) 200,000 emits, 1 name, 1 listener",
+            Scenario::E => "(e) latency, emit to completion of 1 listener",
+            Scenario::G => "(g) memory, 1,000,000 pending deliveries",
+        }
+    }
+
+    /// The job at full size divided by `divisor` (1 for the real measurement, 10 for
+    /// `--quick`). Only counts of emits, samples and deliveries shrink: the shape (listeners,
+    /// names) stays.
+    pub fn job(self, divisor: u64) -> Job {
+        let n = |full: u64| (full / divisor.max(1)).max(1);
+        let plan = |emits, names, listeners, mode| {
+            Job::Throughput(Plan {
+                emits: n(emits),
+                names,
+                listeners,
+                mode,
+            })
+        };
+        match self {
+            Scenario::A => plan(1_000_000, 1, 1, Mode::Count),
+            Scenario::B => plan(200_000, 1, 10, Mode::Count),
+            Scenario::C => plan(200_000, 1, 3, Mode::Yield),
+            Scenario::D => plan(200_000, 10_000, 1, Mode::Count),
+            Scenario::D1 => plan(200_000, 1, 1, Mode::Count),
+            Scenario::E => Job::Latency {
+                warmup: n(10_000),
+                samples: n(100_000),
+            },
+            Scenario::G => Job::Memory {
+                deliveries: n(1_000_000),
+            },
+        }
+    }
+}
+
+/// One throughput run: `emits` events spread round-robin over `names` names, each name with
+/// `listeners` listeners whose handlers work in `mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// Events emitted.
+    pub emits: u64,
+    /// Distinct event names.
+    pub names: usize,
+    /// Listeners per name.
+    pub listeners: usize,
+    /// What each handler does.
+    pub mode: Mode,
+}
+
+impl Plan {
+    /// Handler calls the run must observe: `emits * listeners`.
+    pub fn calls(&self) -> u64 {
+        self.emits * self.listeners as u64
+    }
+
+    /// The most events any one name receives.
+    pub fn emits_per_name(&self) -> u64 {
+        self.emits.div_ceil(self.names as u64)
+    }
+}
+
+/// What one run of a system measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Job {
+    /// Time from the first emit until the last handler call: [`Output::Elapsed`].
+    Throughput(Plan),
+    /// `warmup` round trips, then `samples` timed one by one: [`Output::Samples`].
+    Latency {
+        /// Untimed round trips first.
+        warmup: u64,
+        /// Timed round trips.
+        samples: u64,
+    },
+    /// `count` round trips timed together, for criterion: [`Output::Elapsed`].
+    RoundTrips {
+        /// Round trips.
+        count: u64,
+    },
+    /// Peak RSS growth with `deliveries` deliveries pending at a gate:
+    /// [`Output::BytesPerDelivery`]. Meaningful only in a fresh process.
+    Memory {
+        /// Events emitted to the one listener while its gate is closed.
+        deliveries: u64,
+    },
+}
+
+impl Job {
+    /// What the handlers do in this job.
+    pub fn mode(&self) -> Mode {
+        match self {
+            Job::Throughput(plan) => plan.mode,
+            Job::Latency { .. } | Job::RoundTrips { .. } => Mode::Count,
+            Job::Memory { .. } => Mode::Gate,
+        }
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Wall time of the timed phase.
+    Elapsed(Duration),
+    /// Each round trip's wall time, in nanoseconds.
+    Samples(Vec<u64>),
+    /// Peak RSS growth per pending delivery, beyond the event itself (`size_of::<Event>()`).
+    BytesPerDelivery(f64),
+}
+
+/// The Tokio runtime a scenario runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flavor {
+    /// Multi-thread runtime with 2 workers.
+    MultiThread,
+    /// Current-thread runtime.
+    CurrentThread,
+}
+
+impl Flavor {
+    /// Both, in table order.
+    pub const ALL: [Flavor; 2] = [Flavor::MultiThread, Flavor::CurrentThread];
+
+    /// `mt` or `ct`.
+    pub fn id(self) -> &'static str {
+        match self {
+            Flavor::MultiThread => "mt",
+            Flavor::CurrentThread => "ct",
+        }
+    }
+
+    /// The flavor with this [`id`](Flavor::id).
+    pub fn from_id(id: &str) -> Option<Flavor> {
+        Flavor::ALL.into_iter().find(|f| f.id() == id)
+    }
+
+    /// A human-readable description.
+    pub fn title(self) -> &'static str {
+        match self {
+            Flavor::MultiThread => "multi-thread runtime, 2 workers",
+            Flavor::CurrentThread => "current-thread runtime",
+        }
+    }
+
+    /// A new runtime of this flavor, with timers (the runs' guard timeouts need them).
+    ///
+    /// # Panics
+    ///
+    /// When the runtime cannot be built (out of threads or memory).
+    pub fn runtime(self) -> Runtime {
+        let mut builder = match self {
+            Flavor::MultiThread => {
+                let mut builder = Builder::new_multi_thread();
+                builder.worker_threads(2);
+                builder
+            }
+            Flavor::CurrentThread => Builder::new_current_thread(),
+        };
+        builder
+            .enable_all()
+            .build()
+            .expect("building a tokio runtime")
+    }
+}
