@@ -14,6 +14,7 @@ mod global;
 mod listener;
 mod name;
 mod name_rules;
+mod pattern;
 mod registry;
 
 #[doc(hidden)]
