@@ -3,7 +3,7 @@
 
 use std::any::TypeId;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -59,7 +59,6 @@ struct Shared {
     writer: Mutex<()>,
     next_id: AtomicU64,
     tasks: Arc<Tasks>,
-    closed: AtomicBool,
     dispatch: Dispatch,
 }
 
@@ -90,7 +89,6 @@ impl EventBusBuilder {
                 writer: Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 tasks: Arc::new(Tasks::default()),
-                closed: AtomicBool::new(false),
                 dispatch: self.dispatch,
             }),
         }
@@ -368,11 +366,10 @@ impl EventBus {
         E: Send + Sync + 'static,
     {
         let shared = &*self.shared;
-        // Held across the closed check and the dispatch, so `shutdown` either sees this emit in
-        // flight or this emit sees the bus closed.
-        let _hold = shared.tasks.hold();
         let registry = shared.registry.load();
-        let closed = shared.closed.load(Ordering::SeqCst);
+        // A shutdown that begins after this check still stops every delivery task of this
+        // emit from starting (`Tasks::try_start`); deliveries that complete inline finish.
+        let closed = shared.tasks.is_closed();
         let Some(slot) = registry.slot(event_name) else {
             // Registered names are valid, so only a name nobody listens to needs checking.
             let error = if let Err(error) = name::validate(event_name) {
@@ -429,25 +426,31 @@ impl EventBus {
 
         let emit_span =
             tracing::debug_span!("bus.emit", event = event_name, listeners = entries.len());
-        let event: ErasedEvent = Arc::new(event);
         let mut mismatched = Vec::new();
-        for entry in entries.iter() {
+        let mut deliver = |entry: &Arc<Entry>, event: ErasedEvent| {
             let dispatcher = Dispatcher {
                 mode: shared.dispatch,
                 runtime: &runtime,
                 tasks: &shared.tasks,
                 event_name: &slot.name,
-                event: &event,
                 entry,
                 emit_span: &emit_span,
                 outcomes: &mut outcomes,
             };
-            if !entry.erased.listener.deliver(&event, dispatcher) {
-                mismatched.push(entry);
+            if !entry.erased.listener.deliver(event, dispatcher) {
+                mismatched.push(Arc::clone(entry));
             }
+        };
+        // Every listener but the last gets a clone of the event; the last gets the event.
+        let event: ErasedEvent = Arc::new(event);
+        if let Some((last, others)) = entries.split_last() {
+            for entry in others {
+                deliver(entry, Arc::clone(&event));
+            }
+            deliver(last, event);
         }
         for entry in mismatched {
-            not_delivered(&mut outcomes, &slot.name, entry, mismatch(entry));
+            not_delivered(&mut outcomes, &slot.name, &entry, mismatch(&entry));
         }
         Ok(outcomes.into_emission())
     }
@@ -482,7 +485,7 @@ impl EventBus {
     /// The bus is closed as soon as this is first polled, whether or not it completes.
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let tasks = &self.shared.tasks;
-        self.shared.closed.store(true, Ordering::SeqCst);
+        tasks.close();
         let in_flight = tasks.in_flight();
         let aborted_before = tasks.aborted();
         tracing::info!(in_flight, ?timeout, "bus shutting down");
@@ -500,7 +503,7 @@ impl EventBus {
 
     /// `true` once [`shutdown`](EventBus::shutdown) has begun.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::SeqCst)
+        self.shared.tasks.is_closed()
     }
 
     /// How many deliveries are running right now.

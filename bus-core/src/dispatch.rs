@@ -13,14 +13,15 @@ use std::cell::Cell;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 
-use futures_util::FutureExt as _;
+use crossbeam_utils::atomic::AtomicCell;
+use pin_project_lite::pin_project;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::futures::OwnedNotified;
 use tracing::Instrument as _;
 
 use crate::emission::{Conclusion, Outcomes};
@@ -87,8 +88,16 @@ impl Drop for InlineDepth {
 pub(crate) struct Tasks {
     in_flight: AtomicUsize,
     aborted: AtomicUsize,
+    /// Set by `shutdown`: no delivery task starts after it.
+    closed: AtomicBool,
+    /// Callers of [`idle`](Tasks::idle) waiting right now: the last delivery to finish only
+    /// pays for a wake-up (a lock inside `Notify`) when somebody waits for it.
+    idlers: AtomicUsize,
     idle: Notify,
-    cancel: CancellationToken,
+    /// Set by [`cancel_all`](Tasks::cancel_all); deliveries that start later see it.
+    cancelled: AtomicBool,
+    /// Wakes the waiting deliveries when [`cancel_all`](Tasks::cancel_all) is called.
+    cancel: Arc<Notify>,
 }
 
 impl Tasks {
@@ -105,6 +114,10 @@ impl Tasks {
     /// Resolves once no delivery is in flight. Deliveries that start while this waits (for
     /// example events emitted by listeners) are waited for too.
     pub(crate) async fn idle(&self) {
+        // SeqCst, with `finish`: either the last finisher sees this waiter and wakes it, or
+        // this waiter sees the count at zero.
+        self.idlers.fetch_add(1, Ordering::SeqCst);
+        let _idler = Idler(self);
         loop {
             let mut notified = pin!(self.idle.notified());
             // Register before checking, or a wake-up between the check and the await is lost.
@@ -118,35 +131,49 @@ impl Tasks {
 
     /// Makes every running and future delivery stop at its next await point.
     pub(crate) fn cancel_all(&self) {
-        self.cancel.cancel();
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel.notify_waiters();
     }
 
-    /// Counts the caller as in flight until the returned guard drops: `emit` holds one while it
-    /// checks whether the bus is closed and dispatches, so `shutdown` cannot miss it.
-    pub(crate) fn hold(&self) -> Hold<'_> {
-        self.start();
-        Hold(self)
+    /// Refuses every delivery task from now on; see [`try_start`](Tasks::try_start).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 
-    // SeqCst, with the bus's `closed` flag: an emit increments then reads `closed`, shutdown
-    // writes `closed` then reads the count; one of the two must see the other.
-    fn start(&self) {
+    /// `true` once [`close`](Tasks::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Counts one more delivery task as in flight, unless the bus is closed.
+    ///
+    /// SeqCst on both sides, with `close` followed by [`idle`](Tasks::idle) in `shutdown`:
+    /// either this sees the bus closed and starts nothing, or `shutdown` sees this task in
+    /// flight and waits for it. So no task ever starts behind a finished shutdown.
+    fn try_start(&self) -> bool {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.closed.load(Ordering::SeqCst) {
+            self.finish();
+            return false;
+        }
+        true
     }
 
     fn finish(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.idlers.load(Ordering::SeqCst) > 0
+        {
             self.idle.notify_waiters();
         }
     }
 }
 
-/// Keeps an emit counted as in flight; see [`Tasks::hold`].
-pub(crate) struct Hold<'a>(&'a Tasks);
+/// Counts a caller of [`Tasks::idle`] as waiting until it returns or is dropped.
+struct Idler<'a>(&'a Tasks);
 
-impl Drop for Hold<'_> {
+impl Drop for Idler<'_> {
     fn drop(&mut self) {
-        self.0.finish();
+        self.0.idlers.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -156,7 +183,6 @@ pub(crate) struct Dispatcher<'a> {
     pub(crate) runtime: &'a Handle,
     pub(crate) tasks: &'a Arc<Tasks>,
     pub(crate) event_name: &'a Arc<str>,
-    pub(crate) event: &'a ErasedEvent,
     pub(crate) entry: &'a Arc<Entry>,
     pub(crate) emit_span: &'a tracing::Span,
     pub(crate) outcomes: &'a mut Outcomes,
@@ -172,8 +198,13 @@ impl Dispatcher<'_> {
     /// is deferred to a task that calls the listener there. `slots` keeps the memory of an
     /// inline delivery for the listener's next one, so a listener that completes at once costs
     /// no allocation.
-    pub(crate) fn run<F>(self, call: impl FnOnce() -> F, slots: &FutureSlots<F>)
-    where
+    pub(crate) fn run<E, F>(
+        self,
+        event: Arc<E>,
+        call: impl FnOnce(Arc<E>) -> F,
+        slots: &FutureSlots<F>,
+    ) where
+        E: Send + Sync + 'static,
         F: Future + Send + 'static,
         F::Output: ListenerOutput,
     {
@@ -189,34 +220,34 @@ impl Dispatcher<'_> {
             Dispatch::Spawn => None,
         };
         let Some(inline_depth) = inline_depth else {
-            return self.defer(span);
-        };
-        // The call itself may run user code (a closure's body before its `async` block), so it
-        // counts towards the depth too.
-        let called = {
-            let _entered = span.enter();
-            std::panic::catch_unwind(AssertUnwindSafe(call))
-        };
-        let future = match called {
-            Ok(future) => future,
-            Err(payload) => {
-                drop(inline_depth);
-                return self.conclude_inline(&span, Err(payload));
-            }
+            return self.defer(event, span);
         };
         if self.entry.suspends() {
+            // The call itself may run user code (a closure's body before its `async` block), so
+            // it is caught and counts towards the depth.
+            let called = {
+                let _entered = span.enter();
+                std::panic::catch_unwind(AssertUnwindSafe(|| call(event)))
+            };
             drop(inline_depth);
-            return self.spawn(async move { future.await.into_result() }, span);
+            return match called {
+                Ok(future) => self.spawn(future, span),
+                Err(payload) => self.conclude_inline(&span, Err(payload)),
+            };
         }
 
         let mut slot = slots.take();
-        slot.set(Some(future));
         let polled = {
             let _entered = span.enter();
             // A waker that does nothing: if the listener is not done, it is polled again as a
             // task, and futures register the waker of their latest poll.
             let mut cx = Context::from_waker(Waker::noop());
-            std::panic::catch_unwind(AssertUnwindSafe(|| poll_slot(slot.as_mut(), &mut cx)))
+            // The call is caught and counted towards the depth as above; its future is written
+            // straight into the slot.
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                slot.set(Some(call(event)));
+                poll_slot(slot.as_mut(), &mut cx)
+            }))
         };
         drop(inline_depth);
         let outcome = match polled {
@@ -225,7 +256,7 @@ impl Dispatcher<'_> {
                 self.entry.mark_suspends();
                 let mut slot = slot;
                 let rest = std::future::poll_fn(move |cx| poll_slot(slot.as_mut(), cx));
-                return self.spawn(async move { rest.await.into_result() }, span);
+                return self.spawn(rest, span);
             }
             Ok(Poll::Ready(output)) => Ok(output.into_result()),
             Err(payload) => Err(payload),
@@ -246,8 +277,8 @@ impl Dispatcher<'_> {
     }
 
     /// Runs the whole delivery, the call to the listener included, in a task of its own.
-    fn defer(self, span: tracing::Span) {
-        let (entry, event) = (Arc::clone(self.entry), Arc::clone(self.event));
+    fn defer(self, event: ErasedEvent, span: tracing::Span) {
+        let entry = Arc::clone(self.entry);
         let delivery = async move {
             match entry.erased.listener.call_boxed(&event) {
                 Some(future) => future.await,
@@ -260,22 +291,89 @@ impl Dispatcher<'_> {
 
     fn spawn<F>(self, delivery: F, span: tracing::Span)
     where
-        F: Future<Output = Result<(), BoxError>> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: ListenerOutput,
     {
-        self.tasks.start();
-        let mut guard = DeliveryGuard {
-            tasks: Arc::clone(self.tasks),
-            event: Arc::clone(self.event_name),
-            entry: Arc::clone(self.entry),
-            recorded: false,
+        if !self.tasks.try_start() {
+            // Shutdown began after this emit checked: the delivery is aborted before it starts.
+            self.tasks.aborted.fetch_add(1, Ordering::AcqRel);
+            drop(delivery);
+            let conclusion = span.in_scope(|| conclude(self.event_name, self.entry, None));
+            return self.outcomes.record(conclusion);
+        }
+        let task = DeliveryTask {
+            delivery,
+            cancelled: None,
+            guard: DeliveryGuard {
+                tasks: Arc::clone(self.tasks),
+                event: Arc::clone(self.event_name),
+                entry: Arc::clone(self.entry),
+                recorded: false,
+            },
         };
-        let task = async move {
-            let caught = AssertUnwindSafe(delivery).catch_unwind();
-            let outcome = guard.tasks.cancel.run_until_cancelled(caught).await;
-            guard.conclude(outcome)
+        // A span nobody records costs nothing to leave out, and its wrapper would grow every
+        // task.
+        let handle = if span.is_disabled() {
+            self.runtime.spawn(task)
+        } else {
+            self.runtime.spawn(task.instrument(span))
         };
-        let handle = self.runtime.spawn(task.instrument(span));
         self.outcomes.continued_in_task(handle, self.entry);
+    }
+}
+
+pin_project! {
+    /// The task of one delivery: the listener's future, caught and cancellable, concluded
+    /// exactly once.
+    ///
+    /// Written as a struct rather than nested `async` blocks: each `async` layer around a
+    /// future may keep its own copy of it, and tokio allocates every task at its future's size
+    /// (rounded up to 128 bytes), so the layers made a pending delivery several times larger.
+    struct DeliveryTask<F> {
+        #[pin]
+        delivery: F,
+        // Registered the first time the delivery waits: one that completes on its first poll
+        // touches no shared lock.
+        #[pin]
+        cancelled: Option<OwnedNotified>,
+        guard: DeliveryGuard,
+    }
+}
+
+impl<F> Future for DeliveryTask<F>
+where
+    F: Future,
+    F::Output: ListenerOutput,
+{
+    type Output = Conclusion;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Conclusion> {
+        let mut this = self.project();
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.delivery.as_mut().poll(cx)));
+        let outcome = match polled {
+            Ok(Poll::Ready(output)) => Some(Ok(output.into_result())),
+            Err(payload) => Some(Err(payload)),
+            Ok(Poll::Pending) => {
+                let tasks = &this.guard.tasks;
+                if this.cancelled.is_none() {
+                    // Created before the flag is checked: `notify_waiters` reaches every
+                    // `Notified` created before it was called, so no cancellation falls
+                    // between the two.
+                    this.cancelled
+                        .set(Some(Arc::clone(&tasks.cancel).notified_owned()));
+                }
+                let cancelled = tasks.cancelled.load(Ordering::SeqCst)
+                    || this
+                        .cancelled
+                        .as_pin_mut()
+                        .is_some_and(|notified| notified.poll(cx).is_ready());
+                if !cancelled {
+                    return Poll::Pending;
+                }
+                None
+            }
+        };
+        Poll::Ready(this.guard.conclude(outcome))
     }
 }
 
@@ -293,33 +391,28 @@ fn poll_slot<F: Future>(slot: Pin<&mut Option<F>>, cx: &mut Context<'_>) -> Poll
 ///
 /// `Pin::set` drops a finished future in place and writes the next one into the same pinned
 /// memory, so reuse needs no `unsafe`. One spare is enough for one emitter; a second thread
-/// delivering to the same listener at the same moment allocates its own.
+/// delivering to the same listener at the same moment allocates its own. The spare is one
+/// pointer in an `AtomicCell`: taking and returning it is one atomic swap each.
 pub(crate) struct FutureSlots<F> {
-    spare: Mutex<Option<FutureSlot<F>>>,
+    spare: AtomicCell<Option<FutureSlot<F>>>,
 }
 
 impl<F> Default for FutureSlots<F> {
     fn default() -> Self {
         FutureSlots {
-            spare: Mutex::new(None),
+            spare: AtomicCell::new(None),
         }
     }
 }
 
 impl<F> FutureSlots<F> {
     fn take(&self) -> FutureSlot<F> {
-        let spare = self
-            .spare
-            .try_lock()
-            .ok()
-            .and_then(|mut spare| spare.take());
-        spare.unwrap_or_else(|| Box::pin(None))
+        self.spare.take().unwrap_or_else(|| Box::pin(None))
     }
 
     fn put(&self, slot: FutureSlot<F>) {
-        if let Ok(mut spare) = self.spare.try_lock() {
-            *spare = Some(slot);
-        }
+        // Another delivery may have put its slot back meanwhile: one of the two is freed.
+        drop(self.spare.swap(Some(slot)));
     }
 }
 
@@ -448,8 +541,8 @@ mod tests {
     async fn idle_waits_for_every_task() {
         let tasks = Arc::new(Tasks::default());
         tasks.idle().await;
-        tasks.start();
-        tasks.start();
+        assert!(tasks.try_start());
+        assert!(tasks.try_start());
         let waiter = tokio::spawn({
             let tasks = Arc::clone(&tasks);
             async move { tasks.idle().await }
@@ -461,6 +554,24 @@ mod tests {
         assert!(!waiter.is_finished());
         tasks.finish();
         waiter.await.unwrap();
+        assert_eq!(tasks.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_spare_slot_is_one_lock_free_pointer() {
+        type Slot = Option<FutureSlot<std::future::Ready<()>>>;
+        assert_eq!(size_of::<Slot>(), size_of::<usize>());
+        assert!(AtomicCell::<Slot>::is_lock_free());
+    }
+
+    #[test]
+    fn no_task_starts_once_closed() {
+        let tasks = Tasks::default();
+        assert!(tasks.try_start());
+        tasks.close();
+        assert!(!tasks.try_start(), "closed: refused");
+        assert_eq!(tasks.in_flight(), 1, "the refused start left no trace");
+        tasks.finish();
         assert_eq!(tasks.in_flight(), 0);
     }
 }

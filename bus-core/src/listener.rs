@@ -97,7 +97,7 @@ pub(crate) trait ErasedListener: Send + Sync + 'static {
     /// Hands the delivery of `event` to `dispatcher`, which runs the listener's future with its
     /// concrete type (no boxing when it completes at once). `false`, and nothing run, when the
     /// event is not of the listener's type.
-    fn deliver(&self, event: &ErasedEvent, dispatcher: Dispatcher<'_>) -> bool;
+    fn deliver(&self, event: ErasedEvent, dispatcher: Dispatcher<'_>) -> bool;
 
     /// Calls the listener and boxes its future, for a delivery deferred to a task. `None` when
     /// the event is not of the listener's type.
@@ -116,10 +116,10 @@ where
     E: Send + Sync + 'static,
     L: Listener<E>,
 {
-    fn deliver(&self, event: &ErasedEvent, dispatcher: Dispatcher<'_>) -> bool {
-        match Arc::clone(event).downcast::<E>() {
+    fn deliver(&self, event: ErasedEvent, dispatcher: Dispatcher<'_>) -> bool {
+        match event.downcast::<E>() {
             Ok(event) => {
-                dispatcher.run(|| self.listener.call(event), &self.slots);
+                dispatcher.run(event, |event| self.listener.call(event), &self.slots);
                 true
             }
             Err(_) => false,
