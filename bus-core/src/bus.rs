@@ -12,9 +12,10 @@ use tokio::runtime::Handle;
 
 use crate::dispatch::{Dispatch, Dispatcher, Tasks};
 use crate::emission::{Emission, Outcomes};
-use crate::error::{AddListenerError, DeliveryError, EmitError};
+use crate::error::{AddListenerError, DeliveryError, EmitError, NameError};
 use crate::listener::{self, Erased, ErasedEvent, Listener};
 use crate::name;
+use crate::pattern::Pattern;
 use crate::registry::{
     Added, Entry, ListenerId, ListenerInfo, ListenerKind, NewListener, Registry, SourceLocation,
 };
@@ -150,6 +151,11 @@ impl EventBus {
 
     /// Registers `listener` for events named `event_name` and returns its id.
     ///
+    /// `event_name` may be a pattern in NATS token syntax: a whole token `*` matches exactly one
+    /// token (`orders.*.created`), a last token `>` matches one or more (`orders.>`). A pattern
+    /// listener receives the matching events of its own type; events of other types under a
+    /// matching name pass it by.
+    ///
     /// `listener` is an `async fn` or a closure taking `Arc<E>` and returning `()` or
     /// `Result<(), Err>`. Adding the same fn (or a closure that captures nothing) again under the
     /// same name changes nothing and returns the same id: its type is its identity. A closure
@@ -183,7 +189,7 @@ impl EventBus {
     /// # Errors
     ///
     /// [`AddListenerError::InvalidName`] when `event_name` breaks the naming rules (dot-separated
-    /// tokens of ASCII letters, digits, `_` and `-`).
+    /// tokens of ASCII letters, digits, `_` and `-`, or the wildcards `*` and a last `>`).
     #[track_caller]
     pub fn try_add_listener<E, L>(
         &self,
@@ -209,12 +215,15 @@ impl EventBus {
         kind: ListenerKind,
         erased: Erased,
     ) -> Result<ListenerId, AddListenerError> {
-        if let Err(source) = name::validate(event_name) {
-            return Err(AddListenerError::InvalidName {
-                listener: listener_name.to_owned(),
-                source,
-            });
-        }
+        let pattern = match Pattern::parse(event_name) {
+            Ok(pattern) => pattern,
+            Err(error) => {
+                return Err(AddListenerError::InvalidName {
+                    listener: listener_name.to_owned(),
+                    source: NameError::pattern(event_name, error.problem()),
+                });
+            }
+        };
         let (event_type, event_type_name) = (erased.event_type, erased.event_type_name);
         let new = NewListener {
             name: Arc::from(listener_name),
@@ -223,7 +232,7 @@ impl EventBus {
             erased,
         };
         let added = self.update(|registry| {
-            let added = registry.add(event_name, new, || self.next_id());
+            let added = registry.add(&pattern, new, || self.next_id());
             let other = registry
                 .slot(event_name)
                 .into_iter()
@@ -370,9 +379,22 @@ impl EventBus {
         // A shutdown that begins after this check still stops every delivery task of this
         // emit from starting (`Tasks::try_start`); deliveries that complete inline finish.
         let closed = shared.tasks.is_closed();
-        let Some(slot) = registry.slot(event_name) else {
-            // Registered names are valid, so only a name nobody listens to needs checking.
-            let error = if let Err(error) = name::validate(event_name) {
+        let exact = registry.exact(event_name);
+        // Listeners of wildcard patterns matching the name; collected only when the bus has
+        // patterns at all, so a bus without them pays one branch.
+        let mut matched: Vec<Arc<Entry>> = Vec::new();
+        // Registered names are valid, so only a name without an exact slot needs checking,
+        // before it can match any pattern.
+        let invalid = match exact {
+            Some(_) => None,
+            None => name::validate(event_name).err(),
+        };
+        if invalid.is_none() && registry.has_patterns() {
+            registry.for_each_pattern_match(event_name, |entry| matched.push(Arc::clone(entry)));
+        }
+        let exact_entries: &[Arc<Entry>] = exact.map_or(&[], |slot| &slot.entries);
+        if exact_entries.is_empty() && matched.is_empty() {
+            let error = if let Some(error) = invalid {
                 Some(EmitError::InvalidName(error))
             } else if closed {
                 Some(EmitError::Closed {
@@ -387,8 +409,10 @@ impl EventBus {
                 None => tracing::debug!(event = event_name, "no listener for this event"),
             }
             return Ok(Outcomes::new(Arc::from(event_name), 0).into_emission());
-        };
-        let entries = &slot.entries;
+        }
+        let name: Arc<str> =
+            exact.map_or_else(|| Arc::from(event_name), |slot| Arc::clone(&slot.name));
+        let listeners = exact_entries.len() + matched.len();
 
         let runtime = if closed {
             Err(EmitError::Closed {
@@ -405,34 +429,46 @@ impl EventBus {
             expected: entry.info.event_type(),
             actual: std::any::type_name::<E>(),
         };
+        let actual = TypeId::of::<E>();
         if strictness == Strictness::Strict {
             runtime.as_ref().map_err(Clone::clone)?;
-            let actual = TypeId::of::<E>();
-            if let Some(entry) = entries.iter().find(|e| e.erased.event_type != actual) {
+            // Pattern listeners of another type are skipped, not an error: a pattern may
+            // cover names that carry different types.
+            if let Some(entry) = exact_entries.iter().find(|e| e.erased.event_type != actual) {
                 return Err(mismatch(entry));
             }
         }
+        matched.retain(|entry| {
+            let takes_it = entry.erased.event_type == actual;
+            if !takes_it {
+                tracing::trace!(
+                    event = event_name, listener = %entry.info.name(),
+                    expected = entry.info.event_type(), actual = std::any::type_name::<E>(),
+                    "pattern listener skipped: it takes another type"
+                );
+            }
+            takes_it
+        });
 
-        let mut outcomes = Outcomes::new(Arc::clone(&slot.name), entries.len());
+        let mut outcomes = Outcomes::new(Arc::clone(&name), listeners);
         let runtime = match runtime {
             Ok(runtime) => runtime,
             Err(reason) => {
-                for entry in entries.iter() {
-                    not_delivered(&mut outcomes, &slot.name, entry, reason.clone());
+                for entry in exact_entries.iter().chain(&matched) {
+                    not_delivered(&mut outcomes, &name, entry, reason.clone());
                 }
                 return Ok(outcomes.into_emission());
             }
         };
 
-        let emit_span =
-            tracing::debug_span!("bus.emit", event = event_name, listeners = entries.len());
+        let emit_span = tracing::debug_span!("bus.emit", event = event_name, listeners = listeners);
         let mut mismatched = Vec::new();
         let mut deliver = |entry: &Arc<Entry>, event: ErasedEvent| {
             let dispatcher = Dispatcher {
                 mode: shared.dispatch,
                 runtime: &runtime,
                 tasks: &shared.tasks,
-                event_name: &slot.name,
+                event_name: &name,
                 entry,
                 emit_span: &emit_span,
                 outcomes: &mut outcomes,
@@ -442,15 +478,19 @@ impl EventBus {
             }
         };
         // Every listener but the last gets a clone of the event; the last gets the event.
-        let event: ErasedEvent = Arc::new(event);
-        if let Some((last, others)) = entries.split_last() {
-            for entry in others {
-                deliver(entry, Arc::clone(&event));
+        let mut event: Option<ErasedEvent> = Some(Arc::new(event));
+        let mut targets = exact_entries.iter().chain(&matched).peekable();
+        while let Some(entry) = targets.next() {
+            let this = match targets.peek() {
+                Some(_) => event.clone(),
+                None => event.take(),
+            };
+            if let Some(this) = this {
+                deliver(entry, this);
             }
-            deliver(last, event);
         }
         for entry in mismatched {
-            not_delivered(&mut outcomes, &slot.name, &entry, mismatch(&entry));
+            not_delivered(&mut outcomes, &name, &entry, mismatch(&entry));
         }
         Ok(outcomes.into_emission())
     }

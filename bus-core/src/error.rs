@@ -3,37 +3,67 @@
 
 use std::sync::Arc;
 
-use crate::name_rules::NameProblem;
+use crate::name_rules::{NameProblem, PatternProblem};
 use crate::registry::ListenerId;
 
 /// The error type a listener may return, once converted: anything that is
 /// `Into<Box<dyn std::error::Error + Send + Sync>>` (which includes `String` and `&str`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A string is not a valid event name.
+/// A string is not a valid event name, or not a valid listener pattern.
 ///
 /// Event names are dot-separated tokens of ASCII letters, digits, `_` and `-`
-/// (`orders.eu.created`), at most 256 bytes long.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid event name {name:?}: {}", problem.message())]
+/// (`orders.eu.created`), at most 256 bytes long. A listener may also be added under a pattern,
+/// where a whole token may be `*` (exactly one token: `orders.*.created`) and the last token may
+/// be `>` (one or more tokens: `orders.>`); an emitted name never has wildcards.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameError {
     name: String,
-    problem: NameProblem,
+    problem: PatternProblem,
+    pattern: bool,
 }
 
 impl NameError {
     pub(crate) fn new(name: &str, problem: NameProblem) -> Self {
         NameError {
             name: name.to_owned(),
-            problem,
+            problem: PatternProblem::Name(problem),
+            pattern: false,
         }
     }
 
-    /// The rejected name.
+    /// A listener pattern that breaks the pattern rules.
+    pub(crate) fn pattern(pattern: &str, problem: PatternProblem) -> Self {
+        NameError {
+            name: pattern.to_owned(),
+            problem,
+            pattern: true,
+        }
+    }
+
+    /// The rejected name or pattern.
     pub fn name(&self) -> &str {
         &self.name
     }
 }
+
+impl std::fmt::Display for NameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = if self.pattern {
+            "listener pattern"
+        } else {
+            "event name"
+        };
+        write!(
+            f,
+            "invalid {what} {:?}: {}",
+            self.name,
+            self.problem.message()
+        )
+    }
+}
+
+impl std::error::Error for NameError {}
 
 /// Why an event could not be emitted.
 ///

@@ -1,6 +1,6 @@
-//! The rules for event names, shared word for word by the runtime (`bus-core`) and the
-//! `#[bus::listener]` macro (`bus-macros`, which includes this file with `#[path]`), so the
-//! compile-time check and the run-time check can never drift apart.
+//! The rules for event names and listener patterns, shared word for word by the runtime
+//! (`bus-core`) and the `#[bus::listener]` macro (`bus-macros`, which includes this file with
+//! `#[path]`), so the compile-time check and the run-time check can never drift apart.
 //!
 //! This file must stay free of dependencies: it is compiled into the proc-macro crate too.
 
@@ -97,6 +97,88 @@ pub fn check_event_name(name: &str) -> Result<(), NameProblem> {
     Ok(())
 }
 
+/// Why a string is not a valid listener pattern.
+///
+/// Patterns follow the event-name rules, so those problems are reported as [`NameProblem`]s;
+/// the other variants are the ways a wildcard can be misplaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatternProblem {
+    /// The pattern breaks a rule it shares with event names (empty, too long, empty token,
+    /// invalid character).
+    Name(NameProblem),
+    /// A `*` or `>` shares its token with other characters (`ord*`, `a.b>`).
+    WildcardInsideToken {
+        /// The wildcard character, `*` or `>`.
+        wildcard: char,
+        /// Byte offset of the wildcard.
+        at: usize,
+    },
+    /// A `>` token is followed by more tokens (`orders.>.created`).
+    RestNotLast {
+        /// Byte offset of the `>`.
+        at: usize,
+    },
+}
+
+impl PatternProblem {
+    /// A lower-case, rustc-style sentence saying what is wrong and what to write instead.
+    pub fn message(&self) -> String {
+        match *self {
+            PatternProblem::Name(problem) => problem.message(),
+            PatternProblem::WildcardInsideToken { wildcard, at } => format!(
+                "listener pattern has `{wildcard}` inside a token at byte {at}; a wildcard must be \
+                 a whole token: write `*` to match exactly one token (`orders.*.created`) or `>` \
+                 as the last token to match one or more (`orders.>`)"
+            ),
+            PatternProblem::RestNotLast { at } => format!(
+                "listener pattern has `>` at byte {at} before its last token; `>` matches all the \
+                 remaining tokens, so it must come last (`orders.>`); write `*` to match a single \
+                 token (`orders.*.created`)"
+            ),
+        }
+    }
+}
+
+/// Checks `text` against the listener-pattern rules, in NATS subject syntax: the event-name
+/// rules, except that a token may be exactly `*` (matching exactly one token) and the last
+/// token may be exactly `>` (matching one or more tokens).
+///
+/// Every valid event name is a valid pattern, which matches that name only.
+pub fn check_pattern(text: &str) -> Result<(), PatternProblem> {
+    // Whole-token wildcards are masked with a one-byte literal, so the shared event-name rules
+    // check everything else and their byte offsets still point into `text`. Any wildcard left
+    // after masking is misplaced.
+    let last = text.split('.').count() - 1;
+    let mut masked = String::with_capacity(text.len());
+    for (i, token) in text.split('.').enumerate() {
+        if i > 0 {
+            masked.push('.');
+        }
+        let whole_wildcard = token == "*" || (token == ">" && i == last);
+        masked.push_str(if whole_wildcard { "_" } else { token });
+    }
+    match check_event_name(&masked) {
+        Ok(()) => Ok(()),
+        Err(NameProblem::Wildcard { at }) => Err(misplaced_wildcard(text, at)),
+        Err(problem) => Err(PatternProblem::Name(problem)),
+    }
+}
+
+/// Says why the wildcard at byte `at` of `text`, which survived masking, is misplaced.
+fn misplaced_wildcard(text: &str, at: usize) -> PatternProblem {
+    let start = text[..at].rfind('.').map_or(0, |dot| dot + 1);
+    let end = text[at..].find('.').map_or(text.len(), |dot| at + dot);
+    if &text[start..end] == ">" {
+        PatternProblem::RestNotLast { at }
+    } else {
+        PatternProblem::WildcardInsideToken {
+            // Wildcards are ASCII, so the byte is the whole character.
+            wildcard: char::from(text.as_bytes()[at]),
+            at,
+        }
+    }
+}
+
 /// Cases both crates test against, so the two uses of this file are checked by one table:
 /// `(name, is_valid)`.
 #[cfg(test)]
@@ -118,4 +200,32 @@ pub const CASES: &[(&str, bool)] = &[
     ("ordérs", false),
     ("user/created", false),
     ("user:created", false),
+];
+
+/// Listener patterns both crates test against, as [`CASES`] is for event names:
+/// `(pattern, is_valid)`.
+#[cfg(test)]
+pub const PATTERN_CASES: &[(&str, bool)] = &[
+    ("orders.eu.created", true),
+    ("orders.*", true),
+    ("orders.*.created", true),
+    ("orders.>", true),
+    ("orders.*.>", true),
+    ("*", true),
+    (">", true),
+    ("*.*", true),
+    ("*.>", true),
+    ("ord*", false),
+    ("*orders", false),
+    ("a.b>", false),
+    ("a.**", false),
+    ("orders.>.created", false),
+    (">.>", false),
+    (">.*", false),
+    ("", false),
+    ("orders..*", false),
+    ("*.", false),
+    (".>", false),
+    ("orders.* ", false),
+    ("orders.*.x y", false),
 ];

@@ -3,65 +3,16 @@
 //!
 //! The syntax is the NATS one so a pattern maps 1:1 to a broker subscription later: `*` as a
 //! whole token matches exactly one token, `>` as the last token matches one or more tokens.
-//! Everything else follows the event-name rules of `name_rules.rs`.
-
-// Used by the registry once patterns are wired in (issue 4).
-#![cfg_attr(
-    not(test),
-    allow(
-        dead_code,
-        reason = "used by the registry once patterns are wired in (issue 4)"
-    )
-)]
+//! Everything else follows the event-name rules. The syntax check itself ([`check_pattern`],
+//! [`PatternProblem`]) lives in `name_rules.rs`, so that `#[bus::listener]` checks its pattern
+//! at compile time with the very same code.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::str::Split;
 use std::sync::Arc;
 
-use crate::name_rules::{NameProblem, check_event_name};
-
-/// Why a string is not a valid listener pattern.
-///
-/// Patterns follow the event-name rules, so those problems are reported as [`NameProblem`]s;
-/// the other variants are the ways a wildcard can be misplaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PatternProblem {
-    /// The pattern breaks a rule it shares with event names (empty, too long, empty token,
-    /// invalid character).
-    Name(NameProblem),
-    /// A `*` or `>` shares its token with other characters (`ord*`, `a.b>`).
-    WildcardInsideToken {
-        /// The wildcard character, `*` or `>`.
-        wildcard: char,
-        /// Byte offset of the wildcard.
-        at: usize,
-    },
-    /// A `>` token is followed by more tokens (`orders.>.created`).
-    RestNotLast {
-        /// Byte offset of the `>`.
-        at: usize,
-    },
-}
-
-impl PatternProblem {
-    /// A lower-case, rustc-style sentence saying what is wrong and what to write instead.
-    pub(crate) fn message(&self) -> String {
-        match *self {
-            PatternProblem::Name(problem) => problem.message(),
-            PatternProblem::WildcardInsideToken { wildcard, at } => format!(
-                "listener pattern has `{wildcard}` inside a token at byte {at}; a wildcard must be \
-                 a whole token: write `*` to match exactly one token (`orders.*.created`) or `>` \
-                 as the last token to match one or more (`orders.>`)"
-            ),
-            PatternProblem::RestNotLast { at } => format!(
-                "listener pattern has `>` at byte {at} before its last token; `>` matches all the \
-                 remaining tokens, so it must come last (`orders.>`); write `*` to match a single \
-                 token (`orders.*.created`)"
-            ),
-        }
-    }
-}
+use crate::name_rules::{PatternProblem, check_pattern};
 
 /// A string is not a valid listener pattern.
 ///
@@ -76,6 +27,7 @@ pub(crate) struct PatternError {
 
 impl PatternError {
     /// The rejected pattern.
+    #[cfg(test)]
     pub(crate) fn pattern(&self) -> &str {
         &self.pattern
     }
@@ -151,6 +103,7 @@ impl Pattern {
     ///
     /// The plain reference that [`PatternIndex`] is tested against. `name` is expected to be a
     /// valid event name; any other string gets a definite answer, never a panic.
+    #[cfg(test)]
     pub(crate) fn matches(&self, name: &str) -> bool {
         let mut names = name.split('.');
         for token in self.tokens.iter() {
@@ -172,42 +125,6 @@ impl Pattern {
 impl fmt::Display for Pattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
-    }
-}
-
-/// Checks `text` against the pattern rules.
-fn check_pattern(text: &str) -> Result<(), PatternProblem> {
-    // Whole-token wildcards are masked with a one-byte literal, so the shared event-name rules
-    // check everything else and their byte offsets still point into `text`. Any wildcard left
-    // after masking is misplaced.
-    let last = text.split('.').count() - 1;
-    let mut masked = String::with_capacity(text.len());
-    for (i, token) in text.split('.').enumerate() {
-        if i > 0 {
-            masked.push('.');
-        }
-        let whole_wildcard = token == "*" || (token == ">" && i == last);
-        masked.push_str(if whole_wildcard { "_" } else { token });
-    }
-    match check_event_name(&masked) {
-        Ok(()) => Ok(()),
-        Err(NameProblem::Wildcard { at }) => Err(misplaced_wildcard(text, at)),
-        Err(problem) => Err(PatternProblem::Name(problem)),
-    }
-}
-
-/// Says why the wildcard at byte `at` of `text`, which survived masking, is misplaced.
-fn misplaced_wildcard(text: &str, at: usize) -> PatternProblem {
-    let start = text[..at].rfind('.').map_or(0, |dot| dot + 1);
-    let end = text[at..].find('.').map_or(text.len(), |dot| at + dot);
-    if &text[start..end] == ">" {
-        PatternProblem::RestNotLast { at }
-    } else {
-        PatternProblem::WildcardInsideToken {
-            // Wildcards are ASCII, so the byte is the whole character.
-            wildcard: char::from(text.as_bytes()[at]),
-            at,
-        }
     }
 }
 
@@ -277,6 +194,7 @@ impl<T> PatternIndex<T> {
     }
 
     /// The number of values in the index, counting each value once whatever its pattern.
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.len
     }
@@ -381,7 +299,7 @@ fn remove_from<T>(values: &mut Vec<T>, pred: &mut impl FnMut(&T) -> bool) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name_rules::{CASES, MAX_NAME_LEN};
+    use crate::name_rules::{CASES, MAX_NAME_LEN, NameProblem, PATTERN_CASES, check_event_name};
     use proptest::prelude::*;
 
     fn pattern(text: &str) -> Pattern {
@@ -467,6 +385,14 @@ mod tests {
             } else if !name.contains(['*', '>']) {
                 assert!(parsed.is_err(), "{name:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_shared_pattern_table_holds() {
+        for &(text, valid) in PATTERN_CASES {
+            assert_eq!(Pattern::parse(text).is_ok(), valid, "{text:?}");
+            assert_eq!(check_pattern(text).is_ok(), valid, "{text:?}");
         }
     }
 

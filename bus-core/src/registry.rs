@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::listener::Erased;
+use crate::pattern::{Pattern, PatternIndex};
 
 /// Identifies one registered listener on one bus.
 ///
@@ -156,11 +157,14 @@ impl Entry {
     }
 }
 
-/// The listeners of one event name.
+/// The listeners registered under one event name or pattern.
 #[derive(Clone)]
 pub(crate) struct Slot {
     pub(crate) name: Arc<str>,
     pub(crate) entries: Arc<[Arc<Entry>]>,
+    /// `Some` when `name` has a wildcard (`orders.*`, `orders.>`): its entries are also in the
+    /// registry's pattern index, and an emit never looks this slot up by name.
+    pub(crate) pattern: Option<Pattern>,
 }
 
 /// A listener about to be registered.
@@ -185,11 +189,30 @@ pub(crate) struct Registry {
     /// foldhash: names are short strings and the lookup is on every emit; SipHash was a visible
     /// share of an emit's time in the profile. foldhash keeps a random per-map seed.
     slots: HashMap<Arc<str>, Slot, foldhash::fast::RandomState>,
+    /// The listeners of wildcard patterns, found by walking the emitted name's tokens, so an
+    /// emit's cost does not grow with the number of patterns that do not match.
+    patterns: PatternIndex<Arc<Entry>>,
 }
 
 impl Registry {
+    /// The slot registered under exactly this name or pattern text.
     pub(crate) fn slot(&self, event: &str) -> Option<&Slot> {
         self.slots.get(event)
+    }
+
+    /// The slot of the listeners registered under exactly the event name `event` (no pattern).
+    pub(crate) fn exact(&self, event: &str) -> Option<&Slot> {
+        self.slots.get(event).filter(|slot| slot.pattern.is_none())
+    }
+
+    /// Whether any listener is registered under a wildcard pattern.
+    pub(crate) fn has_patterns(&self) -> bool {
+        !self.patterns.is_empty()
+    }
+
+    /// Calls `f` with every listener whose wildcard pattern matches the event name `event`.
+    pub(crate) fn for_each_pattern_match(&self, event: &str, f: impl FnMut(&Arc<Entry>)) {
+        self.patterns.for_each_match(event, f);
     }
 
     /// Every name with at least one listener, sorted.
@@ -203,16 +226,17 @@ impl Registry {
     /// `next_id` is called only when a new listener is stored.
     pub(crate) fn add(
         &mut self,
-        event: &str,
+        pattern: &Pattern,
         listener: NewListener,
         next_id: impl FnOnce() -> ListenerId,
     ) -> Added {
         let slot = self
             .slots
-            .entry(Arc::from(event))
+            .entry(Arc::from(pattern.as_str()))
             .or_insert_with_key(|key| Slot {
                 name: Arc::clone(key),
                 entries: Arc::new([]),
+                pattern: (!pattern.is_literal()).then(|| pattern.clone()),
             });
         if let Some(identity) = listener.erased.identity
             && let Some(existing) = slot
@@ -234,6 +258,9 @@ impl Registry {
             erased: listener.erased,
             suspends: AtomicBool::new(false),
         });
+        if let Some(pattern) = &slot.pattern {
+            self.patterns.insert(pattern, Arc::clone(&entry));
+        }
         let mut entries = slot.entries.to_vec();
         entries.push(entry);
         slot.entries = entries.into();
@@ -264,7 +291,11 @@ impl Registry {
         };
         let slot = self.slots.get_mut(&name).expect("slot was just found");
         let mut entries = slot.entries.to_vec();
-        entries.remove(at);
+        let removed = entries.remove(at);
+        if let Some(pattern) = &slot.pattern {
+            self.patterns
+                .remove(pattern, |entry| Arc::ptr_eq(entry, &removed));
+        }
         if entries.is_empty() {
             self.slots.remove(&name);
         } else {
@@ -324,7 +355,8 @@ mod tests {
         erased: Erased,
         next: &mut impl FnMut() -> ListenerId,
     ) -> Added {
-        registry.add(event, new_listener(erased), next)
+        let pattern = Pattern::parse(event).expect("test patterns are valid");
+        registry.add(&pattern, new_listener(erased), next)
     }
 
     #[test]

@@ -11,8 +11,8 @@
 
 mod diagnostics;
 mod expand;
-// The event-name rules, shared word for word with the runtime so that the compile-time and the
-// run-time checks cannot drift apart.
+// The event-name and listener-pattern rules, shared word for word with the runtime so that the
+// compile-time and the run-time checks cannot drift apart.
 #[path = "../../bus-core/src/name_rules.rs"]
 mod name_rules;
 mod parse;
@@ -38,8 +38,11 @@ mod parse;
 /// # Arguments
 ///
 /// - **The event name**, first and required: a string literal of dot-separated tokens of ASCII
-///   letters, digits, `_` and `-`, such as `"user.created"` or `"orders.eu.v2"`. It is checked
-///   at compile time, against the same rules that `bus::emit` applies at run time.
+///   letters, digits, `_` and `-`, such as `"user.created"` or `"orders.eu.v2"`. It may also be
+///   a pattern, in NATS subject syntax: a whole token `*` matches exactly one token
+///   (`"orders.*.created"`), and `>` as the last token matches one or more (`"orders.>"`). It
+///   is checked at compile time, against the same rules that the runtime applies to event
+///   names and listener patterns.
 /// - **`crate = "path"`**, optional: where to find the `bus` crate when it is not `::bus`,
 ///   because it was renamed in `Cargo.toml` or is re-exported by another crate:
 ///

@@ -19,7 +19,7 @@ use crate::name_rules;
 
 /// Everything the expansion needs to know about one `#[bus::listener]` fn.
 pub(crate) struct Listener {
-    /// The event name, checked against the event-name rules.
+    /// The event name or pattern (`orders.*`, `orders.>`), checked against the pattern rules.
     pub(crate) name: LitStr,
     /// The path of the `bus` crate from `crate = "..."`; `None` for `::bus`.
     pub(crate) krate: Option<Path>,
@@ -47,7 +47,7 @@ pub(crate) enum Takes {
     Value,
 }
 
-/// The attribute's arguments: `"event.name"`, then options.
+/// The attribute's arguments: `"event.name"` (or a pattern), then options.
 struct Args {
     name: LitStr,
     krate: Option<Path>,
@@ -143,7 +143,8 @@ fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
     both(name, krate).map(|(name, krate)| Args { name, krate })
 }
 
-/// The event name `expr`, checked against the event-name rules.
+/// The event name `expr`, checked against the pattern rules: an event name, or a pattern with
+/// `*` and `>` wildcards, exactly as the runtime parses listener patterns.
 fn event_name(expr: &Expr) -> syn::Result<LitStr> {
     let Expr::Lit(ExprLit {
         lit: Lit::Str(lit), ..
@@ -155,7 +156,7 @@ fn event_name(expr: &Expr) -> syn::Result<LitStr> {
         ));
     };
     let name = lit.value();
-    match name_rules::check_event_name(&name) {
+    match name_rules::check_pattern(&name) {
         // Rebuilt from its value so that the expansion shows `"a.b"` even for `r"a.b"`.
         Ok(()) => Ok(LitStr::new(&name, lit.span())),
         Err(problem) => Err(syn::Error::new_spanned(lit, problem.message())),
@@ -557,24 +558,53 @@ mod tests {
     }
 
     #[test]
+    fn accepts_patterns() {
+        for pattern in ["orders.*", "orders.*.created", "orders.>", "*.>", ">"] {
+            let listener = parses(quote!(#pattern), quote! { async fn f(event: &E) {} });
+            assert_eq!(listener.name.value(), pattern);
+        }
+    }
+
+    #[test]
     fn normalises_the_event_name_literal() {
         let listener = parses(quote!(r"user.created"), quote! { async fn f(event: &E) {} });
         assert_eq!(tokens(&listener.name), "\"user.created\"");
     }
 
-    /// The table that `bus-core` tests its run-time check with: both checks agree on it.
+    /// The tables that `bus-core` tests its run-time checks with: the macro accepts every
+    /// valid event name, rejects the invalid ones that hold no wildcard with the runtime's
+    /// message, and agrees with the runtime on every pattern.
     #[test]
-    fn checks_event_names_with_the_runtime_table() {
+    fn checks_names_as_patterns_with_the_runtime_tables() {
         for &(name, valid) in name_rules::CASES {
             let result = listener(quote!(#name), quote! { async fn f(event: &E) {} });
             match (result, name_rules::check_event_name(name)) {
                 (Ok(listener), Ok(())) if valid => assert_eq!(listener.name.value(), name),
+                // Not an event name, but maybe a pattern: the runtime's pattern check decides.
+                (result, Err(_)) if !valid && name.contains(['*', '>']) => {
+                    let pattern = name_rules::check_pattern(name);
+                    assert_eq!(result.is_ok(), pattern.is_ok(), "{name:?}");
+                }
                 (Err(error), Err(problem)) if !valid => {
                     assert_eq!(error.to_string(), problem.message(), "{name:?}");
                     assert_eq!(error.into_iter().count(), 1, "{name:?}");
                 }
                 (result, _) => panic!(
                     "{name:?}: expected valid = {valid}, the macro says {:?}",
+                    result.err().map(|error| error.to_string())
+                ),
+            }
+        }
+        for &(pattern, valid) in name_rules::PATTERN_CASES {
+            let result = listener(quote!(#pattern), quote! { async fn f(event: &E) {} });
+            match (result, name_rules::check_pattern(pattern)) {
+                (Ok(listener), Ok(())) if valid => assert_eq!(listener.name.value(), pattern),
+                (Err(error), Err(problem)) if !valid => {
+                    assert_eq!(error.to_string(), problem.message(), "{pattern:?}");
+                    assert_eq!(error.into_iter().count(), 1, "{pattern:?}");
+                }
+                (result, _) => panic!(
+                    "{pattern:?}: expected valid = {valid}, the macro says {:?}",
                     result.err().map(|error| error.to_string())
                 ),
             }
@@ -599,7 +629,8 @@ mod tests {
             (quote!(crate = "bus"), "needs the name of the event"),
             (quote!(""), "must not be empty"),
             (quote!("user created"), "the character ' ' at byte 4"),
-            (quote!("user.*"), "wildcard"),
+            (quote!("ord*"), "listener pattern has `*` inside a token at byte 3"),
+            (quote!("orders.>.x"), "listener pattern has `>` at byte 7 before its last token"),
             (quote!("user..created"), "empty token"),
             (quote!(user.created), "must be a string literal such as `\"user.created\"`"),
             (quote!(USER_CREATED), "must be a string literal"),

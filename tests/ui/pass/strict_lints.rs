@@ -96,5 +96,22 @@ pub mod nested {
     }
 }
 
+/// Listeners on patterns.
+pub mod patterns {
+    use super::UserCreated;
+
+    // `*`: exactly one token.
+    #[bus::listener("user.*.created")]
+    async fn one_token(event: &UserCreated) {
+        println!("{}", event.name);
+    }
+
+    // `>`: one or more trailing tokens.
+    #[bus::listener("user.>")]
+    async fn trailing_tokens(event: &UserCreated) {
+        println!("{}", event.name);
+    }
+}
+
 /// Entry point.
 pub fn main() {}
