@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 
 use crate::dispatch::{Dispatch, Dispatcher, Tasks};
 use crate::emission::{Emission, Outcomes};
-use crate::error::{AddListenerError, DeliveryError, EmitError, NameError};
+use crate::error::{AddListenerError, DeliveryError, EmitError};
 use crate::listener::{self, Erased, ErasedEvent, Listener};
 use crate::name;
 use crate::pattern::Pattern;
@@ -215,15 +215,11 @@ impl EventBus {
         kind: ListenerKind,
         erased: Erased,
     ) -> Result<ListenerId, AddListenerError> {
-        let pattern = match Pattern::parse(event_name) {
-            Ok(pattern) => pattern,
-            Err(error) => {
-                return Err(AddListenerError::InvalidName {
-                    listener: listener_name.to_owned(),
-                    source: NameError::pattern(event_name, error.problem()),
-                });
-            }
-        };
+        let pattern =
+            Pattern::parse(event_name).map_err(|source| AddListenerError::InvalidName {
+                listener: listener_name.to_owned(),
+                source,
+            })?;
         let (event_type, event_type_name) = (erased.event_type, erased.event_type_name);
         let new = NewListener {
             name: Arc::from(listener_name),

@@ -45,6 +45,12 @@ impl NameError {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// What is wrong with it.
+    #[cfg(test)]
+    pub(crate) fn problem(&self) -> PatternProblem {
+        self.problem
+    }
 }
 
 impl std::fmt::Display for NameError {

@@ -3,8 +3,8 @@
 //!
 //! The syntax is the NATS one so a pattern maps 1:1 to a broker subscription later: `*` as a
 //! whole token matches exactly one token, `>` as the last token matches one or more tokens.
-//! Everything else follows the event-name rules. The syntax check itself ([`check_pattern`],
-//! [`PatternProblem`]) lives in `name_rules.rs`, so that `#[bus::listener]` checks its pattern
+//! Everything else follows the event-name rules. The syntax check itself (`check_pattern`,
+//! `PatternProblem`) lives in `name_rules.rs`, so that `#[bus::listener]` checks its pattern
 //! at compile time with the very same code.
 
 use std::collections::HashMap;
@@ -12,31 +12,8 @@ use std::fmt;
 use std::str::Split;
 use std::sync::Arc;
 
-use crate::name_rules::{PatternProblem, check_pattern};
-
-/// A string is not a valid listener pattern.
-///
-/// Kept beside [`Pattern`] until patterns are part of the public API; it then belongs in
-/// `error.rs` with the other errors.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid listener pattern {pattern:?}: {}", problem.message())]
-pub(crate) struct PatternError {
-    pattern: String,
-    problem: PatternProblem,
-}
-
-impl PatternError {
-    /// The rejected pattern.
-    #[cfg(test)]
-    pub(crate) fn pattern(&self) -> &str {
-        &self.pattern
-    }
-
-    /// What is wrong with it, for callers that react to the kind of mistake.
-    pub(crate) fn problem(&self) -> PatternProblem {
-        self.problem
-    }
-}
+use crate::error::NameError;
+use crate::name_rules::check_pattern;
 
 /// One token of a parsed pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -65,13 +42,10 @@ impl Pattern {
     ///
     /// # Errors
     ///
-    /// Returns a [`PatternError`] saying what to write instead when `text` breaks an
+    /// Returns a [`NameError`] saying what to write instead when `text` breaks an
     /// event-name rule or holds a wildcard anywhere but as a whole token (`>` only last).
-    pub(crate) fn parse(text: &str) -> Result<Pattern, PatternError> {
-        check_pattern(text).map_err(|problem| PatternError {
-            pattern: text.to_owned(),
-            problem,
-        })?;
+    pub(crate) fn parse(text: &str) -> Result<Pattern, NameError> {
+        check_pattern(text).map_err(|problem| NameError::pattern(text, problem))?;
         let tokens = text
             .split('.')
             .map(|token| match token {
@@ -299,7 +273,9 @@ fn remove_from<T>(values: &mut Vec<T>, pred: &mut impl FnMut(&T) -> bool) -> usi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name_rules::{CASES, MAX_NAME_LEN, NameProblem, PATTERN_CASES, check_event_name};
+    use crate::name_rules::{
+        CASES, MAX_NAME_LEN, NameProblem, PATTERN_CASES, PatternProblem, check_event_name,
+    };
     use proptest::prelude::*;
 
     fn pattern(text: &str) -> Pattern {
@@ -451,7 +427,7 @@ mod tests {
     #[test]
     fn errors_name_the_pattern_and_say_what_to_write() {
         let error = Pattern::parse("ord*").unwrap_err();
-        assert_eq!(error.pattern(), "ord*");
+        assert_eq!(error.name(), "ord*");
         assert_eq!(
             error.to_string(),
             "invalid listener pattern \"ord*\": listener pattern has `*` inside a token at byte 3; \
@@ -656,7 +632,7 @@ mod tests {
                 }
                 Err(error) => {
                     prop_assert!(!reference_valid(&text));
-                    prop_assert_eq!(error.pattern(), text.as_str());
+                    prop_assert_eq!(error.name(), text.as_str());
                 }
             }
         }
