@@ -232,7 +232,7 @@ impl Dispatcher<'_> {
             drop(inline_depth);
             return match called {
                 Ok(future) => self.spawn(future, span),
-                Err(payload) => self.conclude_inline(&span, Err(payload)),
+                Err(payload) => self.conclude_here(&span, Some(Err(payload))),
             };
         }
 
@@ -264,15 +264,13 @@ impl Dispatcher<'_> {
         // Drops the finished future in place; the memory serves the next delivery.
         slot.set(None);
         slots.put(slot);
-        self.conclude_inline(&span, outcome);
+        self.conclude_here(&span, Some(outcome));
     }
 
-    fn conclude_inline(
-        self,
-        span: &tracing::Span,
-        outcome: Result<Result<(), BoxError>, Box<dyn Any + Send>>,
-    ) {
-        let conclusion = span.in_scope(|| conclude(self.event_name, self.entry, Some(outcome)));
+    /// Concludes a delivery that ended on the emitter's thread (completed inline, or refused
+    /// a task by shutdown) straight into the emission.
+    fn conclude_here(self, span: &tracing::Span, outcome: Outcome) {
+        let conclusion = span.in_scope(|| conclude(self.event_name, self.entry, outcome));
         self.outcomes.record(conclusion);
     }
 
@@ -298,8 +296,7 @@ impl Dispatcher<'_> {
             // Shutdown began after this emit checked: the delivery is aborted before it starts.
             self.tasks.aborted.fetch_add(1, Ordering::AcqRel);
             drop(delivery);
-            let conclusion = span.in_scope(|| conclude(self.event_name, self.entry, None));
-            return self.outcomes.record(conclusion);
+            return self.conclude_here(&span, None);
         }
         let task = DeliveryTask {
             delivery,
