@@ -16,6 +16,7 @@ mod name;
 mod name_rules;
 mod pattern;
 mod registry;
+mod shared_map;
 
 #[doc(hidden)]
 #[path = "private.rs"]

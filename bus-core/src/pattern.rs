@@ -7,13 +7,13 @@
 //! `PatternProblem`) lives in `name_rules.rs`, so that `#[bus::listener]` checks its pattern
 //! at compile time with the very same code.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::Split;
 use std::sync::Arc;
 
 use crate::error::NameError;
 use crate::name_rules::check_pattern;
+use crate::shared_map::SharedMap;
 
 /// One token of a parsed pattern.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -106,37 +106,38 @@ impl fmt::Display for Pattern {
 ///
 /// A trie with one level per token: the cost of a lookup grows with the number of tokens in the
 /// name and the number of matches, not with the number of registered patterns. Several values
-/// may share a pattern. `Clone` (for `T: Clone`) because the registry is copy-on-write.
+/// may share a pattern.
+///
+/// Persistent, because the registry is copy-on-write: `clone` is O(1), and an insert or a
+/// removal copies only the nodes on the pattern's path (children are [`SharedMap`]s and
+/// `Arc`s), so registering n patterns one by one is O(n log n), not O(n²).
 #[derive(Debug, Clone)]
 pub(crate) struct PatternIndex<T> {
     root: Node<T>,
     len: usize,
 }
 
-/// A map keyed by literal token, with the fast hasher the registry uses for event names.
-type TokenMap<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
-
 /// One trie node: the patterns whose tokens so far lead here.
 #[derive(Debug, Clone)]
 struct Node<T> {
     /// Children for literal next tokens.
-    literals: TokenMap<Node<T>>,
+    literals: SharedMap<Box<str>, Node<T>>,
     /// The child for a `*` next token.
-    any: Option<Box<Node<T>>>,
+    any: Option<Arc<Node<T>>>,
     /// Values of patterns whose next and last token is `>`.
-    rest: Vec<T>,
+    rest: Arc<[T]>,
     /// Values of patterns that end here.
-    exact: Vec<T>,
+    exact: Arc<[T]>,
 }
 
 // Written out because the derive would require `T: Default`.
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            literals: TokenMap::default(),
+            literals: SharedMap::default(),
             any: None,
-            rest: Vec::new(),
-            exact: Vec::new(),
+            rest: Arc::new([]),
+            exact: Arc::new([]),
         }
     }
 }
@@ -178,21 +179,32 @@ impl<T> PatternIndex<T> {
         self.len == 0
     }
 
+    /// Calls `f` on every value whose pattern matches the event name `name`, once per value.
+    ///
+    /// Does not allocate. The order of the calls is unspecified. `name` is expected to be a
+    /// valid event name; any other string gets a definite answer, the same as
+    /// [`Pattern::matches`], never a panic.
+    pub(crate) fn for_each_match(&self, name: &str, mut f: impl FnMut(&T)) {
+        visit(&self.root, name.split('.'), &mut f);
+    }
+}
+
+impl<T: Clone> PatternIndex<T> {
     /// Adds `value` under `pattern`, beside any values already there.
     pub(crate) fn insert(&mut self, pattern: &Pattern, value: T) {
         let mut node = &mut self.root;
         for token in pattern.tokens.iter() {
             node = match token {
                 Token::Literal(literal) => node.literals.entry(literal.clone()).or_default(),
-                Token::Any => node.any.get_or_insert_with(Box::default),
+                Token::Any => Arc::make_mut(node.any.get_or_insert_with(Arc::default)),
                 Token::Rest => {
-                    node.rest.push(value);
+                    push(&mut node.rest, value);
                     self.len += 1;
                     return;
                 }
             };
         }
-        node.exact.push(value);
+        push(&mut node.exact, value);
         self.len += 1;
     }
 
@@ -204,15 +216,6 @@ impl<T> PatternIndex<T> {
         let removed = remove_in(&mut self.root, &pattern.tokens, &mut pred);
         self.len -= removed;
         removed
-    }
-
-    /// Calls `f` on every value whose pattern matches the event name `name`, once per value.
-    ///
-    /// Does not allocate. The order of the calls is unspecified. `name` is expected to be a
-    /// valid event name; any other string gets a definite answer, the same as
-    /// [`Pattern::matches`], never a panic.
-    pub(crate) fn for_each_match(&self, name: &str, mut f: impl FnMut(&T)) {
-        visit(&self.root, name.split('.'), &mut f);
     }
 }
 
@@ -235,15 +238,23 @@ fn visit<T>(node: &Node<T>, mut names: Split<'_, char>, f: &mut impl FnMut(&T)) 
 }
 
 /// Removes the values under `tokens` below `node` that `pred` selects, dropping nodes left empty.
-fn remove_in<T>(node: &mut Node<T>, tokens: &[Token], pred: &mut impl FnMut(&T) -> bool) -> usize {
+///
+/// Copies the shared nodes on the pattern's path, which the registry only walks when it removes
+/// a listener it found under that pattern.
+fn remove_in<T: Clone>(
+    node: &mut Node<T>,
+    tokens: &[Token],
+    pred: &mut impl FnMut(&T) -> bool,
+) -> usize {
     match tokens.split_first() {
         None => remove_from(&mut node.exact, pred),
         // `>` is always the last token.
         Some((Token::Rest, _)) => remove_from(&mut node.rest, pred),
         Some((Token::Any, tokens)) => {
-            let Some(child) = node.any.as_deref_mut() else {
+            let Some(child) = node.any.as_mut() else {
                 return 0;
             };
+            let child = Arc::make_mut(child);
             let removed = remove_in(child, tokens, pred);
             if child.is_empty() {
                 node.any = None;
@@ -263,11 +274,23 @@ fn remove_in<T>(node: &mut Node<T>, tokens: &[Token], pred: &mut impl FnMut(&T) 
     }
 }
 
+/// Appends `value` to a shared list of values (a new list: the old one may be in a snapshot).
+fn push<T: Clone>(values: &mut Arc<[T]>, value: T) {
+    *values = values
+        .iter()
+        .cloned()
+        .chain(std::iter::once(value))
+        .collect();
+}
+
 /// Removes the values `pred` selects from `values`, returning how many there were.
-fn remove_from<T>(values: &mut Vec<T>, pred: &mut impl FnMut(&T) -> bool) -> usize {
-    let before = values.len();
-    values.retain(|value| !pred(value));
-    before - values.len()
+fn remove_from<T: Clone>(values: &mut Arc<[T]>, pred: &mut impl FnMut(&T) -> bool) -> usize {
+    let kept: Vec<T> = values.iter().filter(|v| !pred(v)).cloned().collect();
+    let removed = values.len() - kept.len();
+    if removed > 0 {
+        *values = kept.into();
+    }
+    removed
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! emits that start after it.
 
 use std::any::TypeId;
-use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU64;
 use std::sync::Arc;
@@ -14,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::listener::Erased;
 use crate::pattern::{Pattern, PatternIndex};
+use crate::shared_map::SharedMap;
 
 /// Identifies one registered listener on one bus.
 ///
@@ -184,11 +184,18 @@ pub(crate) enum Added {
 }
 
 /// One snapshot of the registry.
+///
+/// Every part is persistent ([`SharedMap`], [`PatternIndex`]): cloning a snapshot to change it
+/// is O(1) and the change copies O(log n), so adding n listeners one by one stays O(n log n).
 #[derive(Clone, Default)]
 pub(crate) struct Registry {
-    /// foldhash: names are short strings and the lookup is on every emit; SipHash was a visible
-    /// share of an emit's time in the profile. foldhash keeps a random per-map seed.
-    slots: HashMap<Arc<str>, Slot, foldhash::fast::RandomState>,
+    /// Slots of plain event names, looked up on every emit.
+    by_name: SharedMap<Arc<str>, Slot>,
+    /// Slots of wildcard patterns, by pattern text. Kept apart from `by_name` so that an emit's
+    /// lookup never walks past thousands of patterns it would not take anyway.
+    by_pattern: SharedMap<Arc<str>, Slot>,
+    /// The slot name of every listener, so removing by id does not scan every slot.
+    names_by_id: SharedMap<ListenerId, Arc<str>>,
     /// The listeners of wildcard patterns, found by walking the emitted name's tokens, so an
     /// emit's cost does not grow with the number of patterns that do not match.
     patterns: PatternIndex<Arc<Entry>>,
@@ -197,12 +204,27 @@ pub(crate) struct Registry {
 impl Registry {
     /// The slot registered under exactly this name or pattern text.
     pub(crate) fn slot(&self, event: &str) -> Option<&Slot> {
-        self.slots.get(event)
+        self.slots_of(event).get(event)
     }
 
     /// The slot of the listeners registered under exactly the event name `event` (no pattern).
     pub(crate) fn exact(&self, event: &str) -> Option<&Slot> {
-        self.slots.get(event).filter(|slot| slot.pattern.is_none())
+        self.by_name.get(event)
+    }
+
+    /// The map that holds the slot of `text`: a name or a pattern. Wildcards are never part of
+    /// a valid name, and a pattern that is not literal always has one.
+    fn slots_of(&self, text: &str) -> &SharedMap<Arc<str>, Slot> {
+        if text.contains(['*', '>']) {
+            &self.by_pattern
+        } else {
+            &self.by_name
+        }
+    }
+
+    /// Every slot, names first.
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.by_name.values().chain(self.by_pattern.values())
     }
 
     /// Whether any listener is registered under a wildcard pattern.
@@ -217,7 +239,7 @@ impl Registry {
 
     /// Every name with at least one listener, sorted.
     pub(crate) fn event_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.slots.keys().map(|name| name.to_string()).collect();
+        let mut names: Vec<String> = self.slots().map(|slot| slot.name.to_string()).collect();
         names.sort();
         names
     }
@@ -230,14 +252,17 @@ impl Registry {
         listener: NewListener,
         next_id: impl FnOnce() -> ListenerId,
     ) -> Added {
-        let slot = self
-            .slots
-            .entry(Arc::from(pattern.as_str()))
-            .or_insert_with_key(|key| Slot {
-                name: Arc::clone(key),
-                entries: Arc::new([]),
-                pattern: (!pattern.is_literal()).then(|| pattern.clone()),
-            });
+        let name: Arc<str> = Arc::from(pattern.as_str());
+        let slots = if pattern.is_literal() {
+            &mut self.by_name
+        } else {
+            &mut self.by_pattern
+        };
+        let slot = slots.entry(Arc::clone(&name)).or_insert_with(|| Slot {
+            name: Arc::clone(&name),
+            entries: Arc::new([]),
+            pattern: (!pattern.is_literal()).then(|| pattern.clone()),
+        });
         if let Some(identity) = listener.erased.identity
             && let Some(existing) = slot
                 .entries
@@ -264,32 +289,37 @@ impl Registry {
         let mut entries = slot.entries.to_vec();
         entries.push(entry);
         slot.entries = entries.into();
+        self.names_by_id.insert(id, name);
         Added::New(id)
     }
 
     /// Removes the listener of `event` whose identity is `identity`.
     pub(crate) fn remove_identity(&mut self, event: &str, identity: TypeId) -> bool {
-        self.remove_where(Some(event), |entry| entry.erased.identity == Some(identity))
+        self.remove_from_slot(event, |entry| entry.erased.identity == Some(identity))
     }
 
     /// Removes the listener with this id, whatever its event.
     pub(crate) fn remove_id(&mut self, id: ListenerId) -> bool {
-        self.remove_where(None, |entry| entry.info.id == id)
-    }
-
-    fn remove_where(&mut self, event: Option<&str>, matches: impl Fn(&Entry) -> bool) -> bool {
-        let found = self
-            .slots
-            .iter()
-            .filter(|(name, _)| event.is_none_or(|event| &***name == event))
-            .find_map(|(name, slot)| {
-                let at = slot.entries.iter().position(|entry| matches(entry))?;
-                Some((Arc::clone(name), at))
-            });
-        let Some((name, at)) = found else {
+        let Some(name) = self.names_by_id.get(&id).cloned() else {
             return false;
         };
-        let slot = self.slots.get_mut(&name).expect("slot was just found");
+        self.remove_from_slot(&name, |entry| entry.info.id == id)
+    }
+
+    /// Removes the first listener of slot `name` that `matches` selects.
+    fn remove_from_slot(&mut self, name: &str, matches: impl Fn(&Entry) -> bool) -> bool {
+        let Some(at) = self
+            .slot(name)
+            .and_then(|slot| slot.entries.iter().position(|entry| matches(entry)))
+        else {
+            return false;
+        };
+        let slots = if name.contains(['*', '>']) {
+            &mut self.by_pattern
+        } else {
+            &mut self.by_name
+        };
+        let slot = slots.get_mut(name).expect("the slot was just found");
         let mut entries = slot.entries.to_vec();
         let removed = entries.remove(at);
         if let Some(pattern) = &slot.pattern {
@@ -297,18 +327,18 @@ impl Registry {
                 .remove(pattern, |entry| Arc::ptr_eq(entry, &removed));
         }
         if entries.is_empty() {
-            self.slots.remove(&name);
+            slots.remove(name);
         } else {
             slot.entries = entries.into();
         }
+        self.names_by_id.remove(&removed.info.id);
         true
     }
 
     /// The names whose listeners take more than one event type, with those types, sorted.
     pub(crate) fn type_conflicts(&self) -> Vec<(Arc<str>, Vec<&ListenerInfo>)> {
         let mut conflicts: Vec<_> = self
-            .slots
-            .values()
+            .slots()
             .filter(|slot| {
                 let first = slot.entries[0].erased.event_type;
                 slot.entries.iter().any(|e| e.erased.event_type != first)
@@ -407,6 +437,46 @@ mod tests {
         add(&mut registry, "e", Erased::new::<u8, _>(second), &mut next);
         assert_eq!(before.slot("e").unwrap().entries.len(), 1);
         assert_eq!(registry.slot("e").unwrap().entries.len(), 2);
+    }
+
+    #[test]
+    fn patterns_are_kept_apart_from_names() {
+        let mut registry = Registry::default();
+        let mut next = ids();
+        add(
+            &mut registry,
+            "orders.*",
+            Erased::new::<u8, _>(first),
+            &mut next,
+        );
+        let Added::New(id) = add(
+            &mut registry,
+            "orders.eu",
+            Erased::new::<u8, _>(second),
+            &mut next,
+        ) else {
+            panic!()
+        };
+        assert!(
+            registry.exact("orders.*").is_none(),
+            "a pattern is not a name"
+        );
+        assert!(registry.slot("orders.*").is_some());
+        assert!(registry.exact("orders.eu").is_some());
+        assert_eq!(registry.event_names(), ["orders.*", "orders.eu"]);
+        let mut matched = 0;
+        registry.for_each_pattern_match("orders.eu", |_| matched += 1);
+        assert_eq!(matched, 1);
+
+        // Removal by id finds the slot through the id index, and forgets the id.
+        assert!(registry.remove_id(id));
+        assert!(registry.names_by_id.get(&id).is_none());
+        assert!(registry.exact("orders.eu").is_none());
+        let first_identity = Erased::new::<u8, _>(first).identity.unwrap();
+        assert!(registry.remove_identity("orders.*", first_identity));
+        assert!(!registry.has_patterns());
+        assert!(registry.names_by_id.is_empty());
+        assert!(registry.event_names().is_empty());
     }
 
     #[test]
