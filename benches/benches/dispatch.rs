@@ -4,7 +4,7 @@
 //! Each iteration is one whole run on a fresh system (`iter_custom` times only the emits and
 //! the wait for the last handler call; building the system and its listeners is untimed).
 //! Latency percentiles (e) and memory (g) are not criterion's kind of number: the driver
-//! (`examples/bench.rs`) reports those. (f) waits for patterns (issue 4).
+//! (`examples/bench.rs`) reports those.
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@ use tokio::runtime::Runtime;
 
 use crate::run::{self, GUARD};
 use crate::scenario::{Job, Output};
-use crate::system::{NotApplicable, Setup, System};
+use crate::system::{self, NotApplicable, Setup, System};
 use crate::systems::{AsyncEventEmitter, Broadcast, Bus, Direct, EventBusRs, Seed, TypedEmitter};
 
 /// Every system of the suite, in table order.
@@ -75,7 +75,7 @@ impl Contender {
         Contender {
             name,
             role,
-            supports: S::supports,
+            supports: system::check::<S>,
             runner: Box::new(move |job, runtime, guard| {
                 run::run(name, &factory, job, runtime, guard)
             }),

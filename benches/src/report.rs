@@ -260,6 +260,30 @@ impl Results {
                     .collect();
                 table_row(&mut out, "(d) ratio: 10,000 names ÷ 1 name", &row);
             }
+            if throughput.contains(&Scenario::F) && throughput.contains(&Scenario::F10) {
+                let row: Vec<String> = systems
+                    .iter()
+                    .map(|s| {
+                        let of = |scenario| self.medians(scenario, flavor, s).map(|m| m.0);
+                        ratio(of(Scenario::F), of(Scenario::F10))
+                    })
+                    .collect();
+                table_row(&mut out, "(f) ratio: 100,000 patterns ÷ 10", &row);
+            }
+            if throughput.contains(&Scenario::FSpread) && throughput.contains(&Scenario::F10) {
+                let row: Vec<String> = systems
+                    .iter()
+                    .map(|s| {
+                        let of = |scenario| self.medians(scenario, flavor, s).map(|m| m.0);
+                        ratio(of(Scenario::FSpread), of(Scenario::F10))
+                    })
+                    .collect();
+                table_row(
+                    &mut out,
+                    "(f) ratio: spread over 100,000 ÷ 10 patterns",
+                    &row,
+                );
+            }
 
             let _ = writeln!(
                 out,
@@ -335,11 +359,6 @@ impl Results {
             }
         }
 
-        let _ = writeln!(
-            out,
-            "\n### (f) Patterns\n\nTODO(#4): 10 vs 100,000 registered wildcard patterns, once \
-             patterns exist. No system is measured here yet."
-        );
         if notes.noisy || !notes.numbered.is_empty() {
             out.push('\n');
         }

@@ -21,6 +21,20 @@ pub fn names(count: usize) -> Vec<Arc<str>> {
         .collect()
 }
 
+/// The names of a pattern run, each matched by one of [`patterns`]: `bench.n0.e`, ...
+pub fn pattern_names(count: usize) -> Vec<Arc<str>> {
+    (0..count)
+        .map(|i| Arc::from(format!("bench.n{i}.e")))
+        .collect()
+}
+
+/// The listener patterns of a pattern run: `bench.n0.*`, `bench.n1.*`, ...
+pub fn patterns(count: usize) -> Vec<Arc<str>> {
+    (0..count)
+        .map(|i| Arc::from(format!("bench.n{i}.*")))
+        .collect()
+}
+
 /// Runs `job` once on a fresh system from `factory`, on `runtime`.
 ///
 /// The emits run in a task of `runtime` (on one of its workers, as an application's emitter
@@ -41,7 +55,7 @@ where
     S: System,
     F: Fn(&Setup) -> S,
 {
-    S::supports(&job)?;
+    crate::system::check::<S>(&job)?;
     let claim = Work::claim();
     let work = claim.work(job.mode());
     // Before the system exists, so (g) counts everything it allocates.
@@ -52,12 +66,22 @@ where
         Job::Latency { .. } | Job::RoundTrips { .. } => (1, 1, 16),
         Job::Memory { deliveries } => (1, 1, deliveries),
     };
-    let names = names(name_count);
+    let (names, listened) = if let Job::Throughput(plan) = job
+        && plan.patterns > 0
+    {
+        assert!(
+            plan.names <= plan.patterns,
+            "{plan:?}: a name without its pattern"
+        );
+        (pattern_names(name_count), patterns(plan.patterns))
+    } else {
+        (names(name_count), names(name_count))
+    };
     let system = {
         let _runtime = runtime.enter();
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
         let mut system = factory(&Setup { capacity });
-        for name in &names {
+        for name in &listened {
             for index in 0..listeners {
                 system.add_listener(name, index, work);
             }

@@ -7,9 +7,6 @@ use tokio::runtime::{Builder, Runtime};
 use crate::work::Mode;
 
 /// A scenario of the suite.
-///
-/// (f), throughput with 10 vs 100,000 registered wildcard patterns, is not here: patterns do
-/// not exist yet (issue 4). TODO(#4): add `F10Patterns` and `F100kPatterns` once they do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Scenario {
     /// (a) 1,000,000 emits, 1 listener that does an atomic increment.
@@ -25,32 +22,47 @@ pub enum Scenario {
     /// (e) latency: emit one event, await its one listener; 100,000 samples after 10,000
     /// warm-up round trips.
     E,
+    /// (f) 100,000 wildcard patterns (`bench.n{i}.*`) with 1 listener each, 200,000 emits
+    /// round-robin over 10 names that each match one of them (`bench.n{i}.e`): what the other
+    /// 99,990 patterns cost an emit.
+    F,
+    /// (f) with 10 patterns: the denominator of the (f) ratio target.
+    F10,
+    /// (f) with the emits spread over all 100,000 names, so that every emit reaches a pattern
+    /// of its own: memory-bound, like (d).
+    FSpread,
     /// (g) memory: peak RSS growth with 1,000,000 pending deliveries.
     G,
 }
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::A,
         Scenario::B,
         Scenario::C,
         Scenario::D,
         Scenario::D1,
         Scenario::E,
+        Scenario::F,
+        Scenario::F10,
+        Scenario::FSpread,
         Scenario::G,
     ];
 
     /// The throughput scenarios.
-    pub const THROUGHPUT: [Scenario; 5] = [
+    pub const THROUGHPUT: [Scenario; 8] = [
         Scenario::A,
         Scenario::B,
         Scenario::C,
         Scenario::D,
         Scenario::D1,
+        Scenario::F,
+        Scenario::F10,
+        Scenario::FSpread,
     ];
 
-    /// Short id, as in the issue: `a`, `b`, `c`, `d`, `d1`, `e`, `g`.
+    /// Short id, as in the issue: `a`, `b`, `c`, `d`, `d1`, `e`, `f`, `f10`, `fs`, `g`.
     pub fn id(self) -> &'static str {
         match self {
             Scenario::A => "a",
@@ -59,6 +71,9 @@ impl Scenario {
             Scenario::D => "d",
             Scenario::D1 => "d1",
             Scenario::E => "e",
+            Scenario::F => "f",
+            Scenario::F10 => "f10",
+            Scenario::FSpread => "fs",
             Scenario::G => "g",
         }
     }
@@ -77,6 +92,9 @@ impl Scenario {
             Scenario::D => "d_10k_names",
             Scenario::D1 => "d1_1_name",
             Scenario::E => "e_latency",
+            Scenario::F => "f_100k_patterns",
+            Scenario::F10 => "f10_10_patterns",
+            Scenario::FSpread => "fs_100k_patterns_spread",
             Scenario::G => "g_memory",
         }
     }
@@ -90,6 +108,9 @@ impl Scenario {
             Scenario::D => "(d) 200,000 emits over 10,000 names, 1 listener each",
             Scenario::D1 => "(d) 200,000 emits, 1 name, 1 listener",
             Scenario::E => "(e) latency, emit to completion of 1 listener",
+            Scenario::F => "(f) 200,000 emits over 10 names, 100,000 wildcard patterns",
+            Scenario::F10 => "(f) 200,000 emits over 10 names, 10 wildcard patterns",
+            Scenario::FSpread => "(f) 200,000 emits over 100,000 names, 100,000 patterns",
             Scenario::G => "(g) memory, 1,000,000 pending deliveries",
         }
     }
@@ -105,6 +126,16 @@ impl Scenario {
                 names,
                 listeners,
                 mode,
+                patterns: 0,
+            })
+        };
+        let patterns = |emits, names, patterns| {
+            Job::Throughput(Plan {
+                emits: n(emits),
+                names,
+                listeners: 1,
+                mode: Mode::Count,
+                patterns,
             })
         };
         match self {
@@ -113,6 +144,9 @@ impl Scenario {
             Scenario::C => plan(200_000, 1, 3, Mode::Yield),
             Scenario::D => plan(200_000, 10_000, 1, Mode::Count),
             Scenario::D1 => plan(200_000, 1, 1, Mode::Count),
+            Scenario::F => patterns(200_000, 10, 100_000),
+            Scenario::F10 => patterns(200_000, 10, 10),
+            Scenario::FSpread => patterns(200_000, 100_000, 100_000),
             Scenario::E => Job::Latency {
                 warmup: n(10_000),
                 samples: n(100_000),
@@ -125,7 +159,9 @@ impl Scenario {
 }
 
 /// One throughput run: `emits` events spread round-robin over `names` names, each name with
-/// `listeners` listeners whose handlers work in `mode`.
+/// `listeners` listeners whose handlers work in `mode`. With `patterns` > 0, the listeners
+/// are registered under `patterns` wildcard patterns (`bench.n{i}.*`) instead of under the
+/// names, and the names (`bench.n{i}.e`, `names` <= `patterns`) each match one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
     /// Events emitted.
@@ -136,6 +172,8 @@ pub struct Plan {
     pub listeners: usize,
     /// What each handler does.
     pub mode: Mode,
+    /// Wildcard patterns registered, `listeners` each; 0 to register under the names.
+    pub patterns: usize,
 }
 
 impl Plan {
@@ -176,6 +214,11 @@ pub enum Job {
 }
 
 impl Job {
+    /// Whether the job registers its listeners under wildcard patterns.
+    pub fn uses_patterns(&self) -> bool {
+        matches!(self, Job::Throughput(plan) if plan.patterns > 0)
+    }
+
     /// What the handlers do in this job.
     pub fn mode(&self) -> Mode {
         match self {

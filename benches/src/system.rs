@@ -18,6 +18,10 @@ pub trait System: Send + Sync + Sized + 'static {
     /// deliveries.
     const DELIVERY: Delivery;
 
+    /// Whether listeners can be registered under NATS-style wildcard patterns (`orders.*`),
+    /// which scenario (f) needs.
+    const PATTERNS: bool = false;
+
     /// Whether the system can express `job` at all. A cell the system cannot express is
     /// reported as n/a with the reason, never approximated.
     ///
@@ -29,7 +33,8 @@ pub trait System: Send + Sync + Sized + 'static {
         Ok(())
     }
 
-    /// Registers one more listener for `name`, as the system's docs show. Its handler calls
+    /// Registers one more listener for `name` (a wildcard pattern when the job
+    /// [uses patterns](Job::uses_patterns)), as the system's docs show. Its handler calls
     /// [`Work::handle`] with the event's `seq` once per event it receives. `index` is the
     /// listener's rank under `name` (0, 1, ...).
     ///
@@ -101,4 +106,16 @@ pub struct Setup {
     /// need so that no receiver lags, even on the current-thread runtime where the emitter
     /// runs before any receiver.
     pub capacity: usize,
+}
+
+/// Whether `S` can run `job`: its own [`System::supports`], and the patterns (f) needs.
+///
+/// # Errors
+///
+/// The reason `S` cannot run `job`.
+pub(crate) fn check<S: System>(job: &Job) -> Result<(), NotApplicable> {
+    if job.uses_patterns() && !S::PATTERNS {
+        return Err(NotApplicable("no wildcard listener patterns"));
+    }
+    S::supports(job)
 }

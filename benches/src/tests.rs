@@ -15,6 +15,7 @@ fn plans() -> [Plan; 5] {
         names,
         listeners,
         mode,
+        patterns: 0,
     };
     [
         plan(200, 1, 1, Mode::Count),
@@ -39,6 +40,32 @@ fn every_system_delivers_every_event_exactly_once() {
                     "{} {plan:?} on {flavor:?}: {output:?}",
                     contender.name()
                 );
+            }
+        }
+    }
+}
+
+/// (f) runs on the systems with wildcard patterns and is reported n/a, not approximated, on
+/// the others.
+#[test]
+fn pattern_runs_deliver_through_patterns_or_are_not_applicable() {
+    let plan = Plan {
+        emits: 300,
+        names: 10,
+        listeners: 1,
+        mode: Mode::Count,
+        patterns: 100,
+    };
+    for flavor in Flavor::ALL {
+        let runtime = flavor.runtime();
+        for contender in contenders() {
+            let output = contender.run(Job::Throughput(plan), &runtime);
+            match (contender.role(), output) {
+                (Role::Ours, Ok(Output::Elapsed(_))) => {}
+                (Role::Baseline | Role::Peer, Err(not_applicable)) => {
+                    assert!(not_applicable.0.contains("pattern"), "{not_applicable}");
+                }
+                (_, other) => panic!("{} on {flavor:?}: {other:?}", contender.name()),
             }
         }
     }
@@ -91,6 +118,13 @@ fn full_size_jobs_have_the_issue_counts() {
         panic!("(d) is a throughput scenario")
     };
     assert_eq!((d.emits, d.names, d.emits_per_name()), (20_000, 10_000, 2));
+    let Job::Throughput(f) = Scenario::F.job(1) else {
+        panic!("(f) is a throughput scenario")
+    };
+    assert_eq!((f.emits, f.names, f.patterns), (200_000, 10, 100_000));
+    assert!(Scenario::F10.job(1).uses_patterns());
+    assert!(Scenario::FSpread.job(1).uses_patterns());
+    assert!(!Scenario::D.job(1).uses_patterns());
     assert_eq!(
         Scenario::G.job(1),
         Job::Memory {
@@ -130,6 +164,7 @@ fn a_system_that_loses_events_fails_the_run() {
         names: 1,
         listeners: 1,
         mode: Mode::Count,
+        patterns: 0,
     };
     let runtime = Flavor::MultiThread.runtime();
     let _ = lossy.run_guarded(Job::Throughput(plan), &runtime, Duration::from_millis(200));
@@ -146,6 +181,7 @@ fn a_lagging_broadcast_receiver_fails_the_run() {
         names: 1,
         listeners: 1,
         mode: Mode::Count,
+        patterns: 0,
     };
     let runtime = Flavor::CurrentThread.runtime();
     let _ = small.run(Job::Throughput(plan), &runtime);

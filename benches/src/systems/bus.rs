@@ -22,6 +22,7 @@ impl Bus {
 
 impl System for Bus {
     const DELIVERY: Delivery = Delivery::Task;
+    const PATTERNS: bool = true;
 
     fn add_listener(&mut self, name: &Arc<str>, _index: usize, work: &'static Work) {
         // The closure captures `work`, so each add is a listener of its own (a closure with
