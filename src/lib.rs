@@ -50,8 +50,9 @@
 
 pub use bus_core::{
     AddListenerError, BoxError, DeliveryError, DeliveryReport, Dispatch, Emission, EmissionFuture,
-    EmitError, EventBus, EventBusBuilder, Listener, ListenerId, ListenerInfo, ListenerKind,
-    ListenerOutput, NameError, ShutdownReport, SourceLocation, emit, global, try_emit,
+    EmitError, EventBus, EventBusBuilder, Lagged, Listener, ListenerId, ListenerInfo, ListenerKind,
+    ListenerOutput, MAX_SUBSCRIPTION_CAPACITY, NameError, ShutdownReport, SourceLocation,
+    Subscription, WaitError, WaitFor, emit, global, try_emit,
 };
 
 #[cfg(feature = "macros")]

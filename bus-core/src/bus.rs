@@ -4,7 +4,7 @@
 use std::any::TypeId;
 use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,10 +15,13 @@ use crate::emission::{Emission, Outcomes};
 use crate::error::{AddListenerError, DeliveryError, EmitError};
 use crate::listener::{self, Erased, ErasedEvent, Listener};
 use crate::name;
+use crate::once::{self, OnceState};
 use crate::pattern::Pattern;
 use crate::registry::{
     Added, Entry, ListenerId, ListenerInfo, ListenerKind, NewListener, Registry, SourceLocation,
 };
+use crate::subscription::{self, Subscription};
+use crate::wait::{self, WaitError, WaitFor};
 
 /// An async event bus.
 ///
@@ -51,6 +54,18 @@ use crate::registry::{
 #[derive(Clone)]
 pub struct EventBus {
     shared: Arc<Shared>,
+}
+
+/// A handle that does not keep the bus alive: held by the listeners that remove themselves
+/// (`once`, `wait_for`, `subscribe`), which live in the bus's own registry.
+#[derive(Clone)]
+pub(crate) struct WeakBus(Weak<Shared>);
+
+impl WeakBus {
+    /// The bus, unless it was dropped.
+    pub(crate) fn upgrade(&self) -> Option<EventBus> {
+        self.0.upgrade().map(|shared| EventBus { shared })
+    }
 }
 
 struct Shared {
@@ -296,6 +311,192 @@ impl EventBus {
         let removed = self.update(|registry| registry.remove_id(id));
         tracing::debug!(listener_id = id.get(), removed, "remove");
         removed
+    }
+
+    /// Registers `listener` for the next event of `event_name` (a name or a pattern) only:
+    /// the first delivery calls it and removes it, so later emits no longer reach it.
+    ///
+    /// Exactly one delivery calls `listener`, even when several emits race: an emit that
+    /// started before the removal still counts a delivery in its report, but it returns at
+    /// once without calling `listener`. Returns the id, to remove it before it fires.
+    ///
+    /// # Errors
+    ///
+    /// This method does not fail; an invalid `event_name` is logged, as in
+    /// [`add_listener`](EventBus::add_listener). [`try_once`](EventBus::try_once) returns it.
+    #[track_caller]
+    pub fn once<E, L>(&self, event_name: &str, listener: L) -> ListenerId
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        match self.try_once(event_name, listener) {
+            Ok(id) => id,
+            Err(error) => {
+                tracing::error!(event = event_name, %error, "listener not added");
+                self.next_id()
+            }
+        }
+    }
+
+    /// Like [`once`](EventBus::once), but returns an error for an invalid event name.
+    ///
+    /// # Errors
+    ///
+    /// [`AddListenerError::InvalidName`] when `event_name` breaks the naming rules.
+    #[track_caller]
+    pub fn try_once<E, L>(
+        &self,
+        event_name: &str,
+        listener: L,
+    ) -> Result<ListenerId, AddListenerError>
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        let location = SourceLocation::from(std::panic::Location::caller());
+        let state = Arc::new(OnceState::default());
+        let wrapped = once::wrap(listener, Arc::clone(&state), self.downgrade());
+        let erased = Erased::new::<E, _>(wrapped);
+        let id = self.register(
+            event_name,
+            std::any::type_name::<L>(),
+            location,
+            ListenerKind::Added,
+            erased,
+        )?;
+        state.registered(&self.downgrade(), id);
+        Ok(id)
+    }
+
+    /// Waits for the next event of type `E` whose name matches `pattern` (a name, or a pattern
+    /// such as `orders.*`).
+    ///
+    /// The wait begins now, not when the future is first polled. Combine it with
+    /// `tokio::time::timeout` to bound it. Events of other types under a matching name pass it
+    /// by (under an exact name, an emit of another type is a type mismatch, as for any
+    /// listener).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bus = bus::EventBus::new();
+    /// let paid = bus.wait_for::<u64>("orders.*.paid");
+    /// bus.emit("orders.42.paid", 42_u64);
+    /// assert_eq!(*paid.await.unwrap(), 42);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The future resolves to [`WaitError::InvalidPattern`] when `pattern` is not valid, and to
+    /// [`WaitError::Closed`] when the bus is dropped first.
+    #[track_caller]
+    pub fn wait_for<E>(&self, pattern: &str) -> WaitFor<E>
+    where
+        E: Send + Sync + 'static,
+    {
+        self.wait_for_matching(pattern, |_: &E| true)
+    }
+
+    /// Like [`wait_for`](EventBus::wait_for), for the next matching event that `predicate`
+    /// accepts too.
+    ///
+    /// # Errors
+    ///
+    /// As [`wait_for`](EventBus::wait_for).
+    #[track_caller]
+    pub fn wait_for_matching<E, P>(&self, pattern: &str, predicate: P) -> WaitFor<E>
+    where
+        E: Send + Sync + 'static,
+        P: Fn(&E) -> bool + Send + Sync + 'static,
+    {
+        let location = SourceLocation::from(std::panic::Location::caller());
+        let (slot, receiver) = wait::channel::<E>();
+        let listener = move |event: Arc<E>| {
+            if predicate(&event) {
+                wait::fill(&slot, event);
+            }
+            std::future::ready(())
+        };
+        let erased = Erased::new::<E, _>(listener);
+        let listener_name = format!("wait_for::<{}>", std::any::type_name::<E>());
+        match self.register(
+            pattern,
+            &listener_name,
+            location,
+            ListenerKind::Added,
+            erased,
+        ) {
+            Ok(id) => WaitFor::waiting(receiver, self.downgrade(), id, pattern),
+            Err(AddListenerError::InvalidName { source, .. }) => {
+                WaitFor::failed(WaitError::InvalidPattern(source))
+            }
+            Err(other) => unreachable!("registering a listener fails only on its name: {other}"),
+        }
+    }
+
+    /// The events of type `E` whose names match `pattern`, as a
+    /// [`Stream`](tokio_stream::Stream), buffered up to `capacity` unread events.
+    ///
+    /// Emitters never wait for the subscriber. When it reads too slowly and the buffer is full,
+    /// the oldest unread events are dropped and the stream yields `Err(Lagged(n))` before going
+    /// on: nothing is lost without the subscriber being told. Dropping the subscription
+    /// removes its listener.
+    ///
+    /// ```
+    /// use tokio_stream::StreamExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bus = bus::EventBus::new();
+    /// let mut orders = bus.subscribe::<u32>("orders.>", 16).unwrap();
+    /// bus.emit("orders.eu.created", 7_u32);
+    /// assert_eq!(*orders.next().await.unwrap().unwrap(), 7);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AddListenerError::InvalidName`] for an invalid pattern,
+    /// [`AddListenerError::InvalidCapacity`] for a capacity of 0 or above
+    /// [`MAX_SUBSCRIPTION_CAPACITY`](crate::MAX_SUBSCRIPTION_CAPACITY).
+    #[track_caller]
+    pub fn subscribe<E>(
+        &self,
+        pattern: &str,
+        capacity: usize,
+    ) -> Result<Subscription<E>, AddListenerError>
+    where
+        E: Send + Sync + 'static,
+    {
+        if capacity == 0 || capacity > subscription::MAX_CAPACITY {
+            return Err(AddListenerError::InvalidCapacity {
+                pattern: pattern.to_owned(),
+                capacity,
+            });
+        }
+        let location = SourceLocation::from(std::panic::Location::caller());
+        let (sender, receiver) = tokio::sync::broadcast::channel::<Arc<E>>(capacity);
+        let listener = move |event: Arc<E>| {
+            // An error means the subscription is gone and its listener about to be removed.
+            let _ = sender.send(event);
+            std::future::ready(())
+        };
+        let erased = Erased::new::<E, _>(listener);
+        let listener_name = format!("subscribe::<{}>", std::any::type_name::<E>());
+        let id = self.register(
+            pattern,
+            &listener_name,
+            location,
+            ListenerKind::Added,
+            erased,
+        )?;
+        Ok(Subscription::new(receiver, pattern, self.downgrade(), id))
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakBus {
+        WeakBus(Arc::downgrade(&self.shared))
     }
 
     /// The listeners registered for `event_name`, in registration order, with their names,

@@ -127,6 +127,20 @@ pub enum AddListenerError {
         /// What is wrong with the name.
         source: NameError,
     },
+    /// A subscription's buffer capacity is 0 or larger than
+    /// [`MAX_SUBSCRIPTION_CAPACITY`](crate::MAX_SUBSCRIPTION_CAPACITY).
+    #[error(
+        "cannot subscribe to `{pattern}` with capacity {capacity}: the capacity must be between \
+         1 and {max}; it is how many unread events the subscription holds before it drops the \
+         oldest",
+        max = crate::subscription::MAX_CAPACITY
+    )]
+    InvalidCapacity {
+        /// The pattern of the subscription.
+        pattern: String,
+        /// The capacity asked for.
+        capacity: usize,
+    },
 }
 
 /// How one delivery of an event to one listener failed. Collected in a

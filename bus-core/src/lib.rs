@@ -14,9 +14,12 @@ mod global;
 mod listener;
 mod name;
 mod name_rules;
+mod once;
 mod pattern;
 mod registry;
 mod shared_map;
+mod subscription;
+mod wait;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -29,3 +32,5 @@ pub use crate::error::{AddListenerError, BoxError, DeliveryError, EmitError, Nam
 pub use crate::global::{emit, global, try_emit};
 pub use crate::listener::{Listener, ListenerOutput};
 pub use crate::registry::{ListenerId, ListenerInfo, ListenerKind, SourceLocation};
+pub use crate::subscription::{Lagged, MAX_CAPACITY as MAX_SUBSCRIPTION_CAPACITY, Subscription};
+pub use crate::wait::{WaitError, WaitFor};

@@ -1,0 +1,184 @@
+//! Waiting and streaming: `once`, `wait_for` and `subscribe`, each removing its listener when
+//! it is done or dropped.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bus::{AddListenerError, EventBus, Lagged, WaitError};
+use common::guarded;
+use tokio_stream::StreamExt;
+
+#[derive(Debug, PartialEq)]
+struct Paid(u32);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_calls_exactly_once_however_many_emits_race() {
+    let bus = EventBus::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let id = bus.once("orders.paid", move |_: Arc<Paid>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let emitters: Vec<_> = (0..8)
+        .map(|task| {
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                for i in 0..200 {
+                    drop(bus.emit("orders.paid", Paid(task * 1000 + i)));
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for emitter in emitters {
+        guarded("an emitter", emitter)
+            .await
+            .expect("emitter panicked");
+    }
+    guarded("drain", bus.drain()).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        bus.listeners("orders.paid").is_empty(),
+        "removed after firing"
+    );
+    assert!(!bus.remove(id), "already gone");
+}
+
+#[tokio::test]
+async fn once_can_be_removed_before_it_fires() {
+    let bus = EventBus::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let id = bus.once("orders.*", move |_: Arc<Paid>| {
+        seen.fetch_add(1, Ordering::SeqCst);
+        async {}
+    });
+    assert_eq!(bus.listeners("orders.*").len(), 1);
+    assert!(bus.remove(id));
+    let report = guarded("emit", bus.emit("orders.paid", Paid(1))).await;
+    assert_eq!(report.delivered(), 0);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    assert!(bus.try_once("bad name", |_: Arc<Paid>| async {}).is_err());
+}
+
+#[tokio::test]
+async fn wait_for_resolves_with_the_next_matching_event() {
+    let bus = EventBus::new();
+    // The wait starts at the call: an emit before the first poll is not missed.
+    let paid = bus.wait_for::<Paid>("orders.*.paid");
+    drop(bus.emit("orders.42.created", Paid(0)));
+    drop(bus.emit("orders.42.paid", Paid(42)));
+    drop(bus.emit("orders.43.paid", Paid(43)));
+    let event = guarded("wait_for", paid).await.expect("an event");
+    assert_eq!(*event, Paid(42));
+    assert!(
+        bus.event_names().is_empty(),
+        "the waiting listener is removed"
+    );
+}
+
+#[tokio::test]
+async fn wait_for_matching_skips_what_the_predicate_rejects() {
+    let bus = EventBus::new();
+    let big = bus.wait_for_matching("orders.paid", |paid: &Paid| paid.0 > 100);
+    for amount in [5, 50, 500, 5000] {
+        drop(bus.emit("orders.paid", Paid(amount)));
+    }
+    assert_eq!(*guarded("wait", big).await.unwrap(), Paid(500));
+}
+
+#[tokio::test]
+async fn dropping_a_wait_removes_its_listener() {
+    let bus = EventBus::new();
+    let wait = bus.wait_for::<Paid>("orders.paid");
+    assert_eq!(bus.listeners("orders.paid").len(), 1);
+    // Cancelled by a timeout, as a caller would bound it.
+    let timed_out = tokio::time::timeout(Duration::from_millis(10), wait).await;
+    assert!(timed_out.is_err());
+    assert!(bus.listeners("orders.paid").is_empty());
+}
+
+#[tokio::test]
+async fn wait_for_reports_a_bad_pattern_and_a_dropped_bus() {
+    let bus = EventBus::new();
+    match bus.wait_for::<Paid>("orders.>.paid").await {
+        Err(WaitError::InvalidPattern(error)) => assert_eq!(error.name(), "orders.>.paid"),
+        other => panic!("{other:?}"),
+    }
+    let wait = bus.wait_for::<Paid>("orders.paid");
+    drop(bus);
+    match guarded("wait", wait).await {
+        Err(WaitError::Closed { pattern }) => assert_eq!(pattern, "orders.paid"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn subscribe_streams_matching_events_in_order() {
+    let bus = EventBus::new();
+    let mut orders = bus.subscribe::<Paid>("orders.>", 16).unwrap();
+    assert_eq!(orders.pattern(), "orders.>");
+    for amount in 1..=3 {
+        drop(bus.emit("orders.eu.paid", Paid(amount)));
+    }
+    drop(bus.emit("invoices.eu.paid", Paid(99)));
+    for amount in 1..=3 {
+        let event = guarded("next", orders.next()).await.unwrap().unwrap();
+        assert_eq!(*event, Paid(amount));
+    }
+    // The stream ends when the bus goes.
+    drop(bus);
+    assert!(guarded("end", orders.next()).await.is_none());
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_told_what_it_lost_and_never_blocks_emitters() {
+    let bus = EventBus::new();
+    let mut slow = bus.subscribe::<Paid>("orders.paid", 2).unwrap();
+    // Five emits into a buffer of two, with nobody reading: every emit returns.
+    for amount in 0..5 {
+        let report = guarded("emit", bus.emit("orders.paid", Paid(amount))).await;
+        assert_eq!(report.delivered(), 1);
+    }
+    assert_eq!(guarded("next", slow.next()).await, Some(Err(Lagged(3))));
+    assert_eq!(slow.lagged(), 3);
+    let rest: Vec<u32> = [
+        guarded("next", slow.next()).await,
+        guarded("next", slow.next()).await,
+    ]
+    .into_iter()
+    .map(|item| item.unwrap().unwrap().0)
+    .collect();
+    assert_eq!(rest, [3, 4]);
+}
+
+#[tokio::test]
+async fn subscriptions_check_their_capacity_and_leave_when_dropped() {
+    let bus = EventBus::new();
+    for capacity in [0, bus::MAX_SUBSCRIPTION_CAPACITY + 1] {
+        match bus.subscribe::<Paid>("orders.paid", capacity) {
+            Err(error @ AddListenerError::InvalidCapacity { .. }) => {
+                assert!(
+                    error.to_string().contains("must be between 1 and"),
+                    "{error}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        bus.subscribe::<Paid>("orders paid", 4),
+        Err(AddListenerError::InvalidName { .. })
+    ));
+    let subscription = bus.subscribe::<Paid>("orders.paid", 4).unwrap();
+    let id = subscription.listener_id();
+    assert_eq!(bus.listeners("orders.paid")[0].id(), id);
+    drop(subscription);
+    assert!(bus.listeners("orders.paid").is_empty());
+}
