@@ -68,6 +68,32 @@ impl WeakBus {
     }
 }
 
+/// Removes a listener from its bus when dropped: what `WaitFor` and `Subscription` hold, so
+/// that dropping them ends their listener.
+pub(crate) struct RemoveOnDrop {
+    bus: WeakBus,
+    id: ListenerId,
+}
+
+impl RemoveOnDrop {
+    pub(crate) fn new(bus: WeakBus, id: ListenerId) -> Self {
+        RemoveOnDrop { bus, id }
+    }
+
+    /// The listener this removes.
+    pub(crate) fn id(&self) -> ListenerId {
+        self.id
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(bus) = self.bus.upgrade() {
+            bus.remove(self.id);
+        }
+    }
+}
+
 struct Shared {
     /// The current snapshot. Readers never block; writers replace it whole.
     registry: ArcSwap<Registry>,

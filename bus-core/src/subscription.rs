@@ -9,7 +9,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::bus::WeakBus;
+use crate::bus::{RemoveOnDrop, WeakBus};
 use crate::registry::ListenerId;
 
 /// The largest buffer a subscription may ask for: 2^24 events. The buffer is allocated up
@@ -38,21 +38,7 @@ pub struct Subscription<E> {
     stream: BroadcastStream<Arc<E>>,
     pattern: Arc<str>,
     lagged: u64,
-    registration: Registration,
-}
-
-/// Removes the subscription's listener from its bus when dropped.
-struct Registration {
-    bus: WeakBus,
-    id: ListenerId,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Some(bus) = self.bus.upgrade() {
-            bus.remove(self.id);
-        }
-    }
+    registration: RemoveOnDrop,
 }
 
 impl<E> std::fmt::Debug for Subscription<E> {
@@ -76,7 +62,7 @@ impl<E: Send + Sync + 'static> Subscription<E> {
             stream: BroadcastStream::new(receiver),
             pattern: Arc::from(pattern),
             lagged: 0,
-            registration: Registration { bus, id },
+            registration: RemoveOnDrop::new(bus, id),
         }
     }
 
@@ -87,7 +73,7 @@ impl<E: Send + Sync + 'static> Subscription<E> {
 
     /// The id of the subscription's listener on its bus.
     pub fn listener_id(&self) -> ListenerId {
-        self.registration.id
+        self.registration.id()
     }
 
     /// How many events were dropped so far because the subscriber fell behind.

@@ -7,7 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use tokio::sync::oneshot;
 
-use crate::bus::WeakBus;
+use crate::bus::{RemoveOnDrop, WeakBus};
 use crate::error::NameError;
 use crate::registry::ListenerId;
 
@@ -45,25 +45,11 @@ enum State<E> {
     Waiting {
         receiver: oneshot::Receiver<Arc<E>>,
         /// Never read: dropping it removes the listener.
-        _registration: Registration,
+        _registration: RemoveOnDrop,
         pattern: String,
     },
     Failed(WaitError),
     Done,
-}
-
-/// Removes the waiting listener from its bus when dropped.
-struct Registration {
-    bus: WeakBus,
-    id: ListenerId,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        if let Some(bus) = self.bus.upgrade() {
-            bus.remove(self.id);
-        }
-    }
 }
 
 impl<E> std::fmt::Debug for WaitFor<E> {
@@ -108,7 +94,7 @@ impl<E> WaitFor<E> {
         WaitFor {
             state: State::Waiting {
                 receiver,
-                _registration: Registration { bus, id },
+                _registration: RemoveOnDrop::new(bus, id),
                 pattern: pattern.to_owned(),
             },
         }
