@@ -250,39 +250,17 @@ impl Results {
                     .collect();
                 table_row(&mut out, scenario.title(), &row);
             }
-            if throughput.contains(&Scenario::D) && throughput.contains(&Scenario::D1) {
-                let row: Vec<String> = systems
-                    .iter()
-                    .map(|s| {
-                        let of = |scenario| self.medians(scenario, flavor, s).map(|m| m.0);
-                        ratio(of(Scenario::D), of(Scenario::D1))
-                    })
-                    .collect();
-                table_row(&mut out, "(d) ratio: 10,000 names ÷ 1 name", &row);
-            }
-            if throughput.contains(&Scenario::F) && throughput.contains(&Scenario::F10) {
-                let row: Vec<String> = systems
-                    .iter()
-                    .map(|s| {
-                        let of = |scenario| self.medians(scenario, flavor, s).map(|m| m.0);
-                        ratio(of(Scenario::F), of(Scenario::F10))
-                    })
-                    .collect();
-                table_row(&mut out, "(f) ratio: 100,000 patterns ÷ 10", &row);
-            }
-            if throughput.contains(&Scenario::FSpread) && throughput.contains(&Scenario::F10) {
-                let row: Vec<String> = systems
-                    .iter()
-                    .map(|s| {
-                        let of = |scenario| self.medians(scenario, flavor, s).map(|m| m.0);
-                        ratio(of(Scenario::FSpread), of(Scenario::F10))
-                    })
-                    .collect();
-                table_row(
-                    &mut out,
-                    "(f) ratio: spread over 100,000 ÷ 10 patterns",
-                    &row,
-                );
+            for (label, numerator, denominator) in RATIO_ROWS {
+                if throughput.contains(&numerator) && throughput.contains(&denominator) {
+                    let row: Vec<String> = systems
+                        .iter()
+                        .map(|s| {
+                            let of = |scenario| self.medians(scenario, flavor, s).map(|m| m.0);
+                            ratio(of(numerator), of(denominator))
+                        })
+                        .collect();
+                    table_row(&mut out, label, &row);
+                }
             }
 
             let _ = writeln!(
@@ -412,6 +390,26 @@ impl Notes {
         format!(" [{}]", index + 1)
     }
 }
+
+/// The scale targets of issue 3, each a row of ratios under a throughput table:
+/// (label, the scenario at scale, the same scenario small).
+const RATIO_ROWS: [(&str, Scenario, Scenario); 3] = [
+    (
+        "(d) ratio: 10,000 names ÷ 1 name",
+        Scenario::D,
+        Scenario::D1,
+    ),
+    (
+        "(f) ratio: 100,000 patterns ÷ 10",
+        Scenario::F,
+        Scenario::F10,
+    ),
+    (
+        "(f) ratio: spread over 100,000 ÷ 10 patterns",
+        Scenario::FSpread,
+        Scenario::F10,
+    ),
+];
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {

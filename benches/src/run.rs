@@ -75,7 +75,8 @@ where
         );
         (pattern_names(name_count), patterns(plan.patterns))
     } else {
-        (names(name_count), names(name_count))
+        let names = names(name_count);
+        (names.clone(), names)
     };
     let system = {
         let _runtime = runtime.enter();

@@ -155,17 +155,22 @@ impl System for Lossy {
     }
 }
 
-#[test]
-#[should_panic(expected = "did not finish within")]
-fn a_system_that_loses_events_fails_the_run() {
-    let lossy = Contender::new("lossy", Role::Baseline, |_: &Setup| Lossy::default());
-    let plan = Plan {
+/// The smallest run that shows lost or lagged events.
+fn ten_emits_one_listener() -> Plan {
+    Plan {
         emits: 10,
         names: 1,
         listeners: 1,
         mode: Mode::Count,
         patterns: 0,
-    };
+    }
+}
+
+#[test]
+#[should_panic(expected = "did not finish within")]
+fn a_system_that_loses_events_fails_the_run() {
+    let lossy = Contender::new("lossy", Role::Baseline, |_: &Setup| Lossy::default());
+    let plan = ten_emits_one_listener();
     let runtime = Flavor::MultiThread.runtime();
     let _ = lossy.run_guarded(Job::Throughput(plan), &runtime, Duration::from_millis(200));
 }
@@ -176,13 +181,7 @@ fn a_lagging_broadcast_receiver_fails_the_run() {
     // Capacity 2 for 10 events: on the current-thread runtime the emitter sends all of them
     // before the receiver runs.
     let small = Contender::new("broadcast", Role::Baseline, |_: &Setup| Broadcast::new(2));
-    let plan = Plan {
-        emits: 10,
-        names: 1,
-        listeners: 1,
-        mode: Mode::Count,
-        patterns: 0,
-    };
+    let plan = ten_emits_one_listener();
     let runtime = Flavor::CurrentThread.runtime();
     let _ = small.run(Job::Throughput(plan), &runtime);
 }
