@@ -215,13 +215,8 @@ impl EventBus {
         E: Send + Sync + 'static,
         L: Listener<E>,
     {
-        match self.try_add_listener(event_name, listener) {
-            Ok(id) => id,
-            Err(error) => {
-                tracing::error!(event = event_name, %error, "listener not added");
-                self.next_id()
-            }
-        }
+        let added = self.try_add_listener(event_name, listener);
+        self.id_or_log(event_name, added)
     }
 
     /// Like [`add_listener`](EventBus::add_listener), but returns an error for an invalid event
@@ -356,13 +351,8 @@ impl EventBus {
         E: Send + Sync + 'static,
         L: Listener<E>,
     {
-        match self.try_once(event_name, listener) {
-            Ok(id) => id,
-            Err(error) => {
-                tracing::error!(event = event_name, %error, "listener not added");
-                self.next_id()
-            }
-        }
+        let added = self.try_once(event_name, listener);
+        self.id_or_log(event_name, added)
     }
 
     /// Like [`once`](EventBus::once), but returns an error for an invalid event name.
@@ -519,6 +509,19 @@ impl EventBus {
             erased,
         )?;
         Ok(Subscription::new(receiver, pattern, self.downgrade(), id))
+    }
+
+    /// The id of a listener that was added, or, for the methods that do not fail, a logged
+    /// error and an id that belongs to no listener.
+    fn id_or_log(
+        &self,
+        event_name: &str,
+        added: Result<ListenerId, AddListenerError>,
+    ) -> ListenerId {
+        added.unwrap_or_else(|error| {
+            tracing::error!(event = event_name, %error, "listener not added");
+            self.next_id()
+        })
     }
 
     pub(crate) fn downgrade(&self) -> WeakBus {

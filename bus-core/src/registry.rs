@@ -213,10 +213,9 @@ impl Registry {
         self.by_name.get(event)
     }
 
-    /// The map that holds the slot of `text`: a name or a pattern. Wildcards are never part of
-    /// a valid name, and a pattern that is not literal always has one.
+    /// The map that holds the slot of `text`: a name or a pattern.
     fn slots_of(&self, text: &str) -> &LayeredMap<Arc<str>, Slot> {
-        if text.contains(['*', '>']) {
+        if is_pattern_text(text) {
             &self.by_pattern
         } else {
             &self.by_name
@@ -316,7 +315,8 @@ impl Registry {
         else {
             return false;
         };
-        let slots = if name.contains(['*', '>']) {
+        // Not `slots_of`: `self.patterns` is changed below while `slots` is borrowed.
+        let slots = if is_pattern_text(name) {
             &mut self.by_pattern
         } else {
             &mut self.by_name
@@ -354,6 +354,12 @@ impl Registry {
         conflicts.sort_by(|a, b| a.0.cmp(&b.0));
         conflicts
     }
+}
+
+/// Whether `text`, a registered name or pattern, is a wildcard pattern. Wildcards are never
+/// part of a valid name, and a pattern that is not literal always has one.
+fn is_pattern_text(text: &str) -> bool {
+    text.contains(['*', '>'])
 }
 
 #[cfg(test)]
