@@ -49,10 +49,12 @@
 #![deny(missing_docs)]
 
 pub use bus_core::{
-    AddListenerError, BoxError, DeliveryError, DeliveryReport, Dispatch, Emission, EmissionFuture,
-    EmitError, EventBus, EventBusBuilder, Lagged, Listener, ListenerId, ListenerInfo, ListenerKind,
-    ListenerOutput, MAX_SUBSCRIPTION_CAPACITY, NameError, ShutdownReport, SourceLocation,
-    Subscription, WaitError, WaitFor, emit, global, try_emit,
+    AddListenerError, AnyEvent, AttemptResult, BoxError, DEFAULT_BACKOFF, DeadLetter,
+    DeliveryError, DeliveryInfo, DeliveryOutcome, DeliveryReport, Dispatch, EmissionFuture,
+    EmitError, EmitInfo, Emission, Envelope, Event, EventBus, EventBusBuilder, EventId, Lagged,
+    Layer, Listener, ListenerId, ListenerInfo, ListenerKind, ListenerOutput, MAX_BACKOFF,
+    MAX_SUBSCRIPTION_CAPACITY, NameError, Policy, ShutdownReport, SourceLocation, Subscription,
+    TracingLayer, WaitError, WaitFor, current_event_id, emit, global, publish, try_emit,
 };
 
 #[cfg(feature = "macros")]

@@ -13,6 +13,9 @@ use tokio::runtime::Handle;
 use crate::dispatch::{Dispatch, Dispatcher, Tasks};
 use crate::emission::{Emission, Outcomes};
 use crate::error::{AddListenerError, DeliveryError, EmitError};
+use crate::event::Event;
+use crate::layer::{DeadLetter, Layer, Layers};
+use crate::policy::Policy;
 use crate::listener::{self, Erased, ErasedEvent, Listener};
 use crate::name;
 use crate::once::{self, OnceState};
@@ -102,7 +105,11 @@ struct Shared {
     next_id: AtomicU64,
     tasks: Arc<Tasks>,
     dispatch: Dispatch,
+    dead_letter: Option<DeadLetterHook>,
 }
+
+/// What [`EventBusBuilder::dead_letter`] takes.
+type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 
 /// Builds an [`EventBus`] with other settings than the defaults.
 ///
@@ -110,10 +117,24 @@ struct Shared {
 /// let bus = bus::EventBus::builder().dispatch(bus::Dispatch::Spawn).build();
 /// assert_eq!(bus.dispatch_mode(), bus::Dispatch::Spawn);
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 #[must_use = "a builder does nothing until `build` is called"]
 pub struct EventBusBuilder {
     dispatch: Dispatch,
+    layers: Layers,
+    dead_letter: Option<DeadLetterHook>,
+    max_in_flight: Option<usize>,
+}
+
+impl std::fmt::Debug for EventBusBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBusBuilder")
+            .field("dispatch", &self.dispatch)
+            .field("layers", &self.layers.len())
+            .field("dead_letter", &self.dead_letter.is_some())
+            .field("max_in_flight", &self.max_in_flight)
+            .finish()
+    }
 }
 
 impl EventBusBuilder {
@@ -123,15 +144,55 @@ impl EventBusBuilder {
         self
     }
 
+    /// Adds a [`Layer`]: hooks around every emit and delivery. Layers run in the order they
+    /// were added, after the bus's own [`TracingLayer`](crate::TracingLayer).
+    pub fn layer<L: Layer>(mut self, layer: L) -> Self {
+        self.layers = self.layers.with(Arc::new(layer));
+        self
+    }
+
+    /// Where deliveries go that failed their last attempt (see [`Policy::retry`]): `hook` is
+    /// called with the event, the listener, the last error and the number of attempts. Without
+    /// a hook they are only logged (and counted by the layers).
+    ///
+    /// The hook runs on the delivery's task; hand slow work (storing the event) to a task or
+    /// a channel of your own.
+    pub fn dead_letter<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&DeadLetter) + Send + Sync + 'static,
+    {
+        self.dead_letter = Some(Arc::new(hook));
+        self
+    }
+
+    /// Bounds the deliveries the bus holds at once, queued and running, to `limit`. An emit
+    /// that would go past it is refused whole: [`try_emit`](EventBus::try_emit) returns
+    /// [`EmitError::Full`], [`emit_async`](EventBus::emit_async) waits for room, and
+    /// [`emit`](EventBus::emit) sheds the event: no listener gets it, every listener counts it
+    /// as not delivered in the report, and it is logged and counted by the layers
+    /// ([`Layer::on_shed`]).
+    ///
+    /// A delivery that completes inline, in the emit, holds its place only while it runs.
+    /// Unbounded by default.
+    pub fn max_in_flight(mut self, limit: usize) -> Self {
+        self.max_in_flight = Some(limit);
+        self
+    }
+
     /// The bus, empty.
     pub fn build(self) -> EventBus {
+        let registry = Registry {
+            layers: self.layers,
+            ..Registry::default()
+        };
         EventBus {
             shared: Arc::new(Shared {
-                registry: ArcSwap::from_pointee(Registry::default()),
+                registry: ArcSwap::from_pointee(registry),
                 writer: Mutex::new(()),
                 next_id: AtomicU64::new(1),
-                tasks: Arc::new(Tasks::default()),
+                tasks: Arc::new(Tasks::new(self.max_in_flight)),
                 dispatch: self.dispatch,
+                dead_letter: self.dead_letter,
             }),
         }
     }
@@ -239,7 +300,79 @@ impl EventBus {
         let location = SourceLocation::from(std::panic::Location::caller());
         let name = std::any::type_name::<L>();
         let erased = Erased::new::<E, L>(listener);
-        self.register(event_name, name, location, ListenerKind::Added, erased)
+        self.register(
+            event_name,
+            name,
+            location,
+            ListenerKind::Added,
+            erased,
+            Policy::new(),
+        )
+    }
+
+    /// Like [`add_listener`](EventBus::add_listener), with a delivery [`Policy`]: a concurrency
+    /// limit, a timeout, retries with backoff.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// async fn charge(order: Arc<u64>) -> Result<(), std::io::Error> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bus = bus::EventBus::new();
+    /// let policy = bus::Policy::new().concurrency(1).retry(3).timeout(Duration::from_secs(5));
+    /// bus.add_listener_with("order.placed", charge, policy);
+    /// assert_eq!(bus.listeners("order.placed")[0].policy(), policy);
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`add_listener`](EventBus::add_listener): an invalid name is logged and the returned
+    /// id belongs to no listener. [`try_add_listener_with`](EventBus::try_add_listener_with)
+    /// returns the error.
+    #[track_caller]
+    pub fn add_listener_with<E, L>(&self, event_name: &str, listener: L, policy: Policy) -> ListenerId
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        let added = self.try_add_listener_with(event_name, listener, policy);
+        self.id_or_log(event_name, added)
+    }
+
+    /// Like [`add_listener_with`](EventBus::add_listener_with), but returns an error for an
+    /// invalid event name instead of logging it.
+    ///
+    /// # Errors
+    ///
+    /// [`AddListenerError::InvalidName`] when `event_name` breaks the naming rules.
+    #[track_caller]
+    pub fn try_add_listener_with<E, L>(
+        &self,
+        event_name: &str,
+        listener: L,
+        policy: Policy,
+    ) -> Result<ListenerId, AddListenerError>
+    where
+        E: Send + Sync + 'static,
+        L: Listener<E>,
+    {
+        let location = SourceLocation::from(std::panic::Location::caller());
+        let name = std::any::type_name::<L>();
+        let erased = Erased::new::<E, L>(listener);
+        self.register(event_name, name, location, ListenerKind::Added, erased, policy)
+    }
+
+    /// Adds a [`Layer`] to this bus: from the next emit on, its hooks run around every emit
+    /// and delivery, after the layers already there.
+    pub fn layer<L: Layer>(&self, layer: L) {
+        let layer: Arc<dyn Layer> = Arc::new(layer);
+        self.update(|registry| registry.layers = registry.layers.with(layer));
     }
 
     /// Registers an erased listener: the one path every listener takes into the registry.
@@ -250,6 +383,7 @@ impl EventBus {
         location: SourceLocation,
         kind: ListenerKind,
         erased: Erased,
+        policy: Policy,
     ) -> Result<ListenerId, AddListenerError> {
         let pattern =
             Pattern::parse(event_name).map_err(|source| AddListenerError::InvalidName {
@@ -262,6 +396,7 @@ impl EventBus {
             location,
             kind,
             erased,
+            policy,
         };
         let added = self.update(|registry| {
             let added = registry.add(&pattern, new, || self.next_id());
@@ -380,6 +515,7 @@ impl EventBus {
             location,
             ListenerKind::Added,
             erased,
+            Policy::new(),
         )?;
         state.registered(&self.downgrade(), id);
         Ok(id)
@@ -443,6 +579,7 @@ impl EventBus {
             location,
             ListenerKind::Added,
             erased,
+            Policy::new(),
         ) {
             Ok(id) => WaitFor::waiting(receiver, self.downgrade(), id, pattern),
             Err(AddListenerError::InvalidName { source, .. }) => {
@@ -507,6 +644,7 @@ impl EventBus {
             location,
             ListenerKind::Added,
             erased,
+            Policy::new(),
         )?;
         Ok(Subscription::new(receiver, pattern, self.downgrade(), id))
     }
@@ -573,6 +711,26 @@ impl EventBus {
                 Outcomes::new(Arc::from(event_name), 0).into_emission()
             }
         }
+    }
+
+    /// Emits `event` under its type's [`Event::NAME`]: [`emit`](EventBus::emit) with the name
+    /// taken from the type, so the two cannot disagree.
+    ///
+    /// ```
+    /// #[derive(Debug, bus::Event)]
+    /// #[event(name = "user.created")]
+    /// struct UserCreated { name: String }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bus = bus::EventBus::new();
+    /// let created = bus.wait_for::<UserCreated>("user.created");
+    /// bus.publish(UserCreated { name: "Ada".into() });
+    /// assert_eq!(created.await.unwrap().name, "Ada");
+    /// # }
+    /// ```
+    pub fn publish<E: Event>(&self, event: E) -> Emission {
+        self.emit(E::NAME, event)
     }
 
     /// Like [`emit`](EventBus::emit), but checks everything that can be known up front and

@@ -98,9 +98,18 @@ pub(crate) struct Tasks {
     cancelled: AtomicBool,
     /// Wakes the waiting deliveries when [`cancel_all`](Tasks::cancel_all) is called.
     cancel: Arc<Notify>,
+    /// `max_in_flight`: at most this many deliveries held at once.
+    limit: Option<usize>,
 }
 
 impl Tasks {
+    pub(crate) fn new(limit: Option<usize>) -> Self {
+        Tasks {
+            limit,
+            ..Tasks::default()
+        }
+    }
+
     /// Deliveries that have started and not finished.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)

@@ -10,12 +10,18 @@ mod bus;
 mod dispatch;
 mod emission;
 mod error;
+mod event;
 mod global;
+mod lane;
+mod layer;
 mod listener;
+#[cfg(feature = "metrics")]
+mod metrics_layer;
 mod name;
 mod name_rules;
 mod once;
 mod pattern;
+mod policy;
 mod registry;
 mod shared_map;
 mod subscription;
@@ -29,7 +35,14 @@ pub use crate::bus::{EventBus, EventBusBuilder, ShutdownReport};
 pub use crate::dispatch::Dispatch;
 pub use crate::emission::{DeliveryReport, Emission, EmissionFuture};
 pub use crate::error::{AddListenerError, BoxError, DeliveryError, EmitError, NameError};
-pub use crate::global::{emit, global, try_emit};
+pub use crate::event::{AnyEvent, Envelope, Event, EventId, current_event_id};
+pub use crate::global::{emit, global, publish, try_emit};
+pub use crate::layer::{
+    AttemptResult, DeadLetter, DeliveryInfo, DeliveryOutcome, EmitInfo, Layer, TracingLayer,
+};
+#[cfg(feature = "metrics")]
+pub use crate::metrics_layer::MetricsLayer;
+pub use crate::policy::{DEFAULT_BACKOFF, MAX_BACKOFF, Policy};
 pub use crate::listener::{Listener, ListenerOutput};
 pub use crate::registry::{ListenerId, ListenerInfo, ListenerKind, SourceLocation};
 pub use crate::subscription::{Lagged, MAX_CAPACITY as MAX_SUBSCRIPTION_CAPACITY, Subscription};

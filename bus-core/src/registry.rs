@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::listener::Erased;
+use crate::lane::Lane;
+use crate::layer::Layers;
 use crate::pattern::{Pattern, PatternIndex};
+use crate::policy::Policy;
 use crate::shared_map::LayeredMap;
 
 /// Identifies one registered listener on one bus.
@@ -99,6 +102,7 @@ pub struct ListenerInfo {
     event_type: &'static str,
     location: SourceLocation,
     kind: ListenerKind,
+    policy: Policy,
 }
 
 impl ListenerInfo {
@@ -127,12 +131,20 @@ impl ListenerInfo {
     pub fn kind(&self) -> ListenerKind {
         self.kind
     }
+
+    /// Its delivery policy ([`Policy::new`] unless one was given).
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
 }
 
 /// A registered listener.
 pub(crate) struct Entry {
     pub(crate) info: ListenerInfo,
     pub(crate) erased: Erased,
+    /// `Some` when the listener has a policy other than the default: its deliveries then take
+    /// the policy path (always a task, with its lane, timeout and retries).
+    pub(crate) lane: Option<Lane>,
     /// Set once a delivery of this listener did not complete in its first poll; from then on
     /// its deliveries are spawned directly (see [`Dispatch`](crate::Dispatch)).
     suspends: AtomicBool,
@@ -173,6 +185,7 @@ pub(crate) struct NewListener {
     pub(crate) location: SourceLocation,
     pub(crate) kind: ListenerKind,
     pub(crate) erased: Erased,
+    pub(crate) policy: Policy,
 }
 
 /// What [`Registry::add`] did.
@@ -200,6 +213,8 @@ pub(crate) struct Registry {
     /// The listeners of wildcard patterns, found by walking the emitted name's tokens, so an
     /// emit's cost does not grow with the number of patterns that do not match.
     patterns: PatternIndex<Arc<Entry>>,
+    /// The bus's middleware, read by every emit along with the listeners.
+    pub(crate) layers: Layers,
 }
 
 impl Registry {
@@ -279,8 +294,10 @@ impl Registry {
                 event_type: listener.erased.event_type_name,
                 location: listener.location,
                 kind: listener.kind,
+                policy: listener.policy,
             },
             erased: listener.erased,
+            lane: (!listener.policy.is_default()).then(|| Lane::new(&listener.policy)),
             suspends: AtomicBool::new(false),
         });
         if let Some(pattern) = &slot.pattern {
@@ -377,6 +394,7 @@ mod tests {
             location: SourceLocation::new(file!(), line!(), column!()),
             kind: ListenerKind::Added,
             erased,
+            policy: Policy::new(),
         }
     }
 

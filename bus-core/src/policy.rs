@@ -1,0 +1,169 @@
+//! Per-listener delivery policies: how many deliveries of one listener may run at once, how long
+//! one may take, and how often a failed one is tried again.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+/// How a listener's deliveries run: concurrency limit, timeout, retries with backoff.
+///
+/// The default policy is no limit, no timeout and no retry: exactly how a plain
+/// [`add_listener`](crate::EventBus::add_listener) listener runs. Set it with
+/// [`EventBus::add_listener_with`](crate::EventBus::add_listener_with) or the options of
+/// `#[bus::listener(.., concurrency = 1, timeout = "5s", retry = 3, backoff = "100ms")]`.
+///
+/// A listener with a policy other than the default is always run as a task of its own (it may
+/// have to wait for its turn, a timer or a retry), never polled on the emitter's thread.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let policy = bus::Policy::new()
+///     .concurrency(1)
+///     .timeout(Duration::from_secs(5))
+///     .retry(3)
+///     .backoff(Duration::from_millis(100));
+/// assert_eq!(policy.max_attempts(), 4);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[must_use = "a policy does nothing until it is given to `add_listener_with`"]
+pub struct Policy {
+    concurrency: Option<NonZeroUsize>,
+    timeout: Option<Duration>,
+    retries: u32,
+    backoff: Duration,
+}
+
+/// The first retry's delay when a policy retries without naming a backoff.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Retry delays stop growing here, however many attempts are made.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+impl Policy {
+    /// The default policy: no concurrency limit, no timeout, no retry.
+    pub const fn new() -> Self {
+        Policy {
+            concurrency: None,
+            timeout: None,
+            retries: 0,
+            backoff: DEFAULT_BACKOFF,
+        }
+    }
+
+    /// At most `limit` deliveries of this listener run at once; the others wait in emit order
+    /// (queued, never dropped; they count towards the bus's
+    /// [`max_in_flight`](crate::EventBusBuilder::max_in_flight)). With `1`, deliveries run one at
+    /// a time, in the order of the emits. `0` means no limit.
+    pub const fn concurrency(mut self, limit: usize) -> Self {
+        self.concurrency = NonZeroUsize::new(limit);
+        self
+    }
+
+    /// A delivery (one attempt) that runs longer than `timeout` is cancelled at its next
+    /// `.await` and counts as failed ([`DeliveryError::TimedOut`](crate::DeliveryError::TimedOut)),
+    /// so it is retried if retries are left.
+    pub const fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// A delivery that fails (error, panic or timeout) is tried again up to `retries` times.
+    /// After the last attempt the event goes to the bus's
+    /// [dead-letter hook](crate::EventBusBuilder::dead_letter).
+    pub const fn retry(mut self, retries: u32) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    /// The delay before the first retry; each further retry waits twice as long as the one
+    /// before (up to [`MAX_BACKOFF`]), with random jitter of up to half the delay so that
+    /// failing listeners do not retry in lockstep. [`DEFAULT_BACKOFF`] when not set.
+    pub const fn backoff(mut self, backoff: Duration) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The concurrency limit, if any.
+    pub const fn concurrency_limit(&self) -> Option<NonZeroUsize> {
+        self.concurrency
+    }
+
+    /// The timeout of one attempt, if any.
+    pub const fn timeout_after(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// How many times a failed delivery is tried again.
+    pub const fn retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// How many attempts a delivery gets in all: the first one and the retries.
+    pub const fn max_attempts(&self) -> u32 {
+        self.retries.saturating_add(1)
+    }
+
+    /// The delay before the first retry.
+    pub const fn initial_backoff(&self) -> Duration {
+        self.backoff
+    }
+
+    /// `true` for the default policy, which costs nothing on the dispatch path.
+    pub(crate) fn is_default(&self) -> bool {
+        self.concurrency.is_none() && self.timeout.is_none() && self.retries == 0
+    }
+
+    /// How long to wait after failed attempt number `attempt` (1 for the first attempt):
+    /// `backoff * 2^(attempt - 1)`, capped at [`MAX_BACKOFF`], minus a random part of up to
+    /// half of it.
+    pub(crate) fn delay_after(&self, attempt: u32) -> Duration {
+        let full = self.full_delay_after(attempt);
+        let jitter = full.mul_f64(fastrand::f64() * 0.5);
+        full.saturating_sub(jitter)
+    }
+
+    /// The delay after `attempt` before jitter.
+    fn full_delay_after(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(32);
+        self.backoff
+            .saturating_mul(1_u32 << doublings.min(31))
+            .min(MAX_BACKOFF)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_default_policy_is_default() {
+        assert!(Policy::new().is_default());
+        assert!(Policy::default().is_default());
+        assert!(Policy::new().concurrency(0).is_default(), "0 is no limit");
+        assert!(!Policy::new().concurrency(1).is_default());
+        assert!(!Policy::new().retry(1).is_default());
+        assert!(!Policy::new().timeout(Duration::from_secs(1)).is_default());
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap() {
+        let policy = Policy::new().backoff(Duration::from_millis(100));
+        assert_eq!(policy.full_delay_after(1), Duration::from_millis(100));
+        assert_eq!(policy.full_delay_after(2), Duration::from_millis(200));
+        assert_eq!(policy.full_delay_after(3), Duration::from_millis(400));
+        assert_eq!(policy.full_delay_after(40), MAX_BACKOFF);
+        assert_eq!(policy.full_delay_after(u32::MAX), MAX_BACKOFF);
+    }
+
+    proptest! {
+        #[test]
+        fn jittered_delays_stay_between_half_and_full(backoff_ms in 0_u64..10_000, attempt in 1_u32..64) {
+            let policy = Policy::new().backoff(Duration::from_millis(backoff_ms));
+            let full = policy.full_delay_after(attempt);
+            let delay = policy.delay_after(attempt);
+            prop_assert!(delay <= full);
+            prop_assert!(delay >= full / 2);
+        }
+    }
+}
