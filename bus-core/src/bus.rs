@@ -181,10 +181,8 @@ impl EventBusBuilder {
 
     /// The bus, empty.
     pub fn build(self) -> EventBus {
-        let registry = Registry {
-            layers: self.layers,
-            ..Registry::default()
-        };
+        let mut registry = Registry::default();
+        registry.layers = self.layers;
         EventBus {
             shared: Arc::new(Shared {
                 registry: ArcSwap::from_pointee(registry),
