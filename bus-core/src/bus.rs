@@ -10,11 +10,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::runtime::Handle;
 
-use crate::dispatch::{Dispatch, Dispatcher, Tasks};
+use crate::dispatch::{Dispatch, Dispatcher, Reserved, Tasks};
 use crate::emission::{Emission, Outcomes};
 use crate::error::{AddListenerError, DeliveryError, EmitError};
-use crate::event::Event;
-use crate::layer::{DeadLetter, Layer, Layers};
+use crate::event::{AnyEvent, Envelope, Event, Meta};
+use crate::layer::{DeadLetter, DeadLetterHook, EmitInfo, Layer, Layers};
 use crate::policy::Policy;
 use crate::listener::{self, Erased, ErasedEvent, Listener};
 use crate::name;
@@ -69,6 +69,18 @@ impl WeakBus {
     pub(crate) fn upgrade(&self) -> Option<EventBus> {
         self.0.upgrade().map(|shared| EventBus { shared })
     }
+
+    /// Tells the bus's layers that a subscription to `pattern` dropped `missed` events.
+    pub(crate) fn lagged(&self, pattern: &str, missed: u64) {
+        match self.upgrade() {
+            Some(bus) => {
+                for layer in bus.shared.registry.load().layers.iter() {
+                    layer.on_lagged(pattern, missed);
+                }
+            }
+            None => tracing::warn!(pattern, missed, "subscriber lagged: events dropped"),
+        }
+    }
 }
 
 /// Removes a listener from its bus when dropped: what `WaitFor` and `Subscription` hold, so
@@ -86,6 +98,11 @@ impl RemoveOnDrop {
     /// The listener this removes.
     pub(crate) fn id(&self) -> ListenerId {
         self.id
+    }
+
+    /// The bus of the listener.
+    pub(crate) fn bus(&self) -> &WeakBus {
+        &self.bus
     }
 }
 
@@ -107,9 +124,6 @@ struct Shared {
     dispatch: Dispatch,
     dead_letter: Option<DeadLetterHook>,
 }
-
-/// What [`EventBusBuilder::dead_letter`] takes.
-type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 
 /// Builds an [`EventBus`] with other settings than the defaults.
 ///
@@ -704,10 +718,58 @@ impl EventBus {
         match self.dispatch(event_name, event, Strictness::Lenient) {
             Ok(emission) => emission,
             // Lenient dispatch turns every error into failed deliveries.
-            Err(error) => {
-                tracing::error!(%error, "emit failed");
+            Err(refusal) => {
+                tracing::error!(error = %refusal.error, "emit failed");
                 Outcomes::new(Arc::from(event_name), 0).into_emission()
             }
+        }
+    }
+
+    /// Like [`emit`](EventBus::emit), but when the bus is full (see
+    /// [`max_in_flight`](EventBusBuilder::max_in_flight)) waits for room instead of shedding
+    /// the event. Without a limit it never waits.
+    ///
+    /// The returned [`Emission`] is the same as `emit`'s: drop it, or await it for the report.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bus = bus::EventBus::builder().max_in_flight(1).build();
+    /// bus.add_listener("tick", |_: Arc<u32>| async { tokio::task::yield_now().await });
+    /// for n in 0..10_u32 {
+    ///     // Waits until the previous delivery is done: nothing is shed.
+    ///     bus.emit_async("tick", n).await;
+    /// }
+    /// bus.drain().await;
+    /// # }
+    /// ```
+    ///
+    /// An emit that needs more places than the limit itself (more listeners than
+    /// `max_in_flight`) could never fit: it is shed as by `emit`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it resolves drops the event undelivered.
+    pub async fn emit_async<E>(&self, event_name: &str, event: E) -> Emission
+    where
+        E: Send + Sync + 'static,
+    {
+        let mut event = event;
+        loop {
+            let needed = match self.dispatch(event_name, event, Strictness::WaitForRoom) {
+                Ok(emission) => return emission,
+                Err(refusal) => {
+                    event = refusal.event;
+                    refusal.needed
+                }
+            };
+            let tasks = &self.shared.tasks;
+            let limit = tasks.limit().unwrap_or(usize::MAX);
+            tasks
+                .room(|| tasks.in_flight().saturating_add(needed) <= limit)
+                .await;
         }
     }
 
@@ -745,6 +807,7 @@ impl EventBus {
         E: Send + Sync + 'static,
     {
         self.dispatch(event_name, event, Strictness::Strict)
+            .map_err(|refusal| refusal.error)
     }
 
     fn dispatch<E>(
@@ -752,7 +815,7 @@ impl EventBus {
         event_name: &str,
         event: E,
         strictness: Strictness,
-    ) -> Result<Emission, EmitError>
+    ) -> Result<Emission, Refusal<E>>
     where
         E: Send + Sync + 'static,
     {
@@ -775,26 +838,75 @@ impl EventBus {
             registry.for_each_pattern_match(event_name, |entry| matched.push(Arc::clone(entry)));
         }
         let exact_entries: &[Arc<Entry>] = exact.map_or(&[], |slot| &slot.entries);
-        if exact_entries.is_empty() && matched.is_empty() {
-            let error = if let Some(error) = invalid {
-                Some(EmitError::InvalidName(error))
-            } else if closed {
-                Some(EmitError::Closed {
-                    event: event_name.to_owned(),
-                })
-            } else {
-                None
-            };
-            match error {
-                Some(error) if strictness == Strictness::Strict => return Err(error),
-                Some(error) => tracing::error!(event = event_name, %error, "event not emitted"),
-                None => tracing::debug!(event = event_name, "no listener for this event"),
+        let refuse = |error: EmitError, event: E, needed: usize| {
+            Err(Refusal {
+                error,
+                event,
+                needed,
+            })
+        };
+        if let Some(error) = invalid {
+            if strictness == Strictness::Strict {
+                return refuse(EmitError::InvalidName(error), event, 0);
             }
+            tracing::error!(event = event_name, %error, "event not emitted");
             return Ok(Outcomes::new(Arc::from(event_name), 0).into_emission());
         }
+        let meta = Meta::now();
+        let layers = &registry.layers;
         let name: Arc<str> =
             exact.map_or_else(|| Arc::from(event_name), |slot| Arc::clone(&slot.name));
+        let emit_info = |listeners| EmitInfo {
+            name: event_name,
+            meta: &meta,
+            listeners,
+        };
+
+        // Listeners that take `AnyEvent` take every type.
+        let actual = TypeId::of::<E>();
+        let any = TypeId::of::<AnyEvent>();
+        let takes = |entry: &Entry| {
+            let expected = entry.erased.event_type;
+            expected == actual || expected == any
+        };
+        let mismatch = |entry: &Entry| EmitError::TypeMismatch {
+            event: event_name.to_owned(),
+            listener: entry.info.name().to_owned(),
+            expected: entry.info.event_type(),
+            actual: std::any::type_name::<E>(),
+        };
+        // Pattern listeners of another type are passed by, not an error: a pattern may cover
+        // names that carry different types.
+        matched.retain(|entry| {
+            let takes_it = takes(entry);
+            if !takes_it {
+                let info = emit_info(exact_entries.len() + 1);
+                for layer in layers.iter() {
+                    layer.on_mismatch(&info, &entry.info);
+                }
+            }
+            takes_it
+        });
         let listeners = exact_entries.len() + matched.len();
+        if listeners == 0 {
+            if closed && strictness == Strictness::Strict {
+                return refuse(
+                    EmitError::Closed {
+                        event: event_name.to_owned(),
+                    },
+                    event,
+                    0,
+                );
+            }
+            let info = emit_info(0);
+            for layer in layers.iter() {
+                layer.on_emit(&info);
+            }
+            tracing::debug!(event = event_name, "no listener for this event");
+            let mut outcomes = Outcomes::new(name, 0);
+            outcomes.set_event_id(meta.id);
+            return Ok(outcomes.into_emission());
+        }
 
         let runtime = if closed {
             Err(EmitError::Closed {
@@ -805,34 +917,17 @@ impl EventBus {
                 event: event_name.to_owned(),
             })
         };
-        let mismatch = |entry: &Entry| EmitError::TypeMismatch {
-            event: event_name.to_owned(),
-            listener: entry.info.name().to_owned(),
-            expected: entry.info.event_type(),
-            actual: std::any::type_name::<E>(),
-        };
-        let actual = TypeId::of::<E>();
         if strictness == Strictness::Strict {
-            runtime.as_ref().map_err(Clone::clone)?;
-            // Pattern listeners of another type are skipped, not an error: a pattern may
-            // cover names that carry different types.
-            if let Some(entry) = exact_entries.iter().find(|e| e.erased.event_type != actual) {
-                return Err(mismatch(entry));
+            if let Err(error) = &runtime {
+                return refuse(error.clone(), event, 0);
+            }
+            if let Some(entry) = exact_entries.iter().find(|entry| !takes(entry)) {
+                return refuse(mismatch(entry), event, 0);
             }
         }
-        matched.retain(|entry| {
-            let takes_it = entry.erased.event_type == actual;
-            if !takes_it {
-                tracing::trace!(
-                    event = event_name, listener = %entry.info.name(),
-                    expected = entry.info.event_type(), actual = std::any::type_name::<E>(),
-                    "pattern listener skipped: it takes another type"
-                );
-            }
-            takes_it
-        });
 
         let mut outcomes = Outcomes::new(Arc::clone(&name), listeners);
+        outcomes.set_event_id(meta.id);
         let runtime = match runtime {
             Ok(runtime) => runtime,
             Err(reason) => {
@@ -842,8 +937,53 @@ impl EventBus {
                 return Ok(outcomes.into_emission());
             }
         };
+        let mut reserved = None;
+        if let Some(limit) = shared.tasks.limit() {
+            reserved = shared.tasks.try_reserve(listeners);
+            if reserved.is_none() {
+                let full = EmitError::Full {
+                    event: event_name.to_owned(),
+                    limit,
+                    listeners,
+                };
+                let fits_later = listeners <= limit;
+                match strictness {
+                    Strictness::Strict => return refuse(full, event, listeners),
+                    Strictness::WaitForRoom if fits_later => {
+                        return refuse(full, event, listeners);
+                    }
+                    Strictness::WaitForRoom | Strictness::Lenient => {
+                        // Shed: counted and logged by the layers, failed in the report.
+                        let info = emit_info(listeners);
+                        for layer in layers.iter() {
+                            layer.on_shed(&info);
+                        }
+                        for entry in exact_entries.iter().chain(&matched) {
+                            record_not_delivered(&mut outcomes, &name, entry, full.clone());
+                        }
+                        return Ok(outcomes.into_emission());
+                    }
+                }
+            }
+        }
 
-        let emit_span = tracing::debug_span!("bus.emit", event = event_name, listeners = listeners);
+        let emit_span = tracing::debug_span!(
+            "bus.emit",
+            event = event_name,
+            event_id = %meta.id,
+            causation = tracing::field::Empty,
+            listeners = listeners,
+        );
+        if let Some(causation) = meta.causation {
+            emit_span.record("causation", tracing::field::display(causation));
+        }
+        {
+            let info = emit_info(listeners);
+            let _entered = emit_span.enter();
+            for layer in layers.iter() {
+                layer.on_emit(&info);
+            }
+        }
         let mut mismatched = Vec::new();
         let mut deliver = |entry: &Arc<Entry>, event: ErasedEvent| {
             let dispatcher = Dispatcher {
@@ -854,18 +994,38 @@ impl EventBus {
                 entry,
                 emit_span: &emit_span,
                 outcomes: &mut outcomes,
+                meta: &meta,
+                layers,
+                dead_letter: shared.dead_letter.as_ref(),
+                reservation: reserved.as_mut().and_then(Reserved::take),
             };
             if !entry.erased.listener.deliver(event, dispatcher) {
                 mismatched.push(Arc::clone(entry));
             }
         };
         // Every listener but the last gets a clone of the event; the last gets the event.
+        // Listeners of `AnyEvent` share one `AnyEvent` around a clone.
         let mut event: Option<ErasedEvent> = Some(Arc::new(event));
+        let mut any_event: Option<ErasedEvent> = None;
         let mut targets = exact_entries.iter().chain(&matched).peekable();
         while let Some(entry) = targets.next() {
-            let this = match targets.peek() {
-                Some(_) => event.clone(),
-                None => event.take(),
+            let this = if entry.erased.event_type == any && actual != any {
+                let payload = event.clone();
+                payload.map(|payload| {
+                    Arc::clone(any_event.get_or_insert_with(|| {
+                        let envelope = Envelope::new(Arc::clone(&name), meta);
+                        Arc::new(AnyEvent::new(
+                            envelope,
+                            payload,
+                            std::any::type_name::<E>(),
+                        ))
+                    }))
+                })
+            } else {
+                match targets.peek() {
+                    Some(_) => event.clone(),
+                    None => event.take(),
+                }
             };
             if let Some(this) = this {
                 deliver(entry, this);
@@ -968,6 +1128,16 @@ fn not_delivered(outcomes: &mut Outcomes, event: &Arc<str>, entry: &Entry, reaso
         event = %event, listener = %entry.info.name(), error = %reason,
         "event not delivered"
     );
+    record_not_delivered(outcomes, event, entry, reason);
+}
+
+/// Records that `entry` could not take the event, for a reason logged elsewhere.
+fn record_not_delivered(
+    outcomes: &mut Outcomes,
+    event: &Arc<str>,
+    entry: &Entry,
+    reason: EmitError,
+) {
     outcomes.record(Err(DeliveryError::NotDelivered {
         event: Arc::clone(event),
         listener: Arc::clone(&entry.info.name),
@@ -981,4 +1151,14 @@ fn not_delivered(outcomes: &mut Outcomes, event: &Arc<str>, entry: &Entry, reaso
 enum Strictness {
     Strict,
     Lenient,
+    /// Lenient, except that a full bus hands the event back to wait for room (`emit_async`).
+    WaitForRoom,
+}
+
+/// An emit that delivered nothing, with its event handed back.
+struct Refusal<E> {
+    error: EmitError,
+    event: E,
+    /// How many places under `max_in_flight` the emit needs.
+    needed: usize,
 }

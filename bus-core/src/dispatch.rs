@@ -16,6 +16,7 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use crossbeam_utils::atomic::AtomicCell;
 use pin_project_lite::pin_project;
@@ -24,8 +25,11 @@ use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tracing::Instrument as _;
 
+use crate::attempts::{PolicyDelivery, TimedOut};
 use crate::emission::{Conclusion, Outcomes};
 use crate::error::{BoxError, DeliveryError};
+use crate::event::{Handling, Meta};
+use crate::layer::{AttemptResult, DeadLetterHook, DeliveryInfo, DeliveryOutcome, Layers};
 use crate::listener::{ErasedEvent, ListenerOutput};
 use crate::registry::Entry;
 
@@ -100,6 +104,9 @@ pub(crate) struct Tasks {
     cancel: Arc<Notify>,
     /// `max_in_flight`: at most this many deliveries held at once.
     limit: Option<usize>,
+    /// Callers of [`room`](Tasks::room) waiting right now, as `idlers` for `idle`.
+    room_waiters: AtomicUsize,
+    room: Notify,
 }
 
 impl Tasks {
@@ -161,6 +168,12 @@ impl Tasks {
     /// flight and waits for it. So no task ever starts behind a finished shutdown.
     fn try_start(&self) -> bool {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.start_reserved()
+    }
+
+    /// Starts a delivery task that already holds its place in the in-flight count (its
+    /// [`Reservation`]), unless the bus is closed; then the place is given back.
+    fn start_reserved(&self) -> bool {
         if self.closed.load(Ordering::SeqCst) {
             self.finish();
             return false;
@@ -174,6 +187,105 @@ impl Tasks {
         {
             self.idle.notify_waiters();
         }
+        if self.limit.is_some() && self.room_waiters.load(Ordering::SeqCst) > 0 {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// The `max_in_flight` limit, if the bus has one.
+    pub(crate) fn limit(&self) -> Option<usize> {
+        self.limit
+    }
+
+    /// Holds `places` places under the `max_in_flight` limit for the deliveries of one emit, all
+    /// or none: `None` when they do not fit. Each place is given back when its delivery ends
+    /// (see [`Reservation`]).
+    pub(crate) fn try_reserve(&self, places: usize) -> Option<Reserved<'_>> {
+        let limit = self.limit?;
+        let mut current = self.in_flight.load(Ordering::SeqCst);
+        loop {
+            if current.saturating_add(places) > limit {
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + places,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => {
+                    return Some(Reserved {
+                        tasks: self,
+                        left: places,
+                    });
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Resolves once a delivery has ended since `ready` was called (so there may be room under
+    /// the limit now). `ready` runs after the waiter is registered: whatever ends after its
+    /// check wakes this.
+    pub(crate) async fn room(&self, ready: impl FnOnce() -> bool) {
+        self.room_waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiter = RoomWaiter(self);
+        let mut notified = pin!(self.room.notified());
+        notified.as_mut().enable();
+        if ready() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// Counts a caller of [`Tasks::room`] as waiting until it returns or is dropped.
+struct RoomWaiter<'a>(&'a Tasks);
+
+impl Drop for RoomWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.room_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The places one emit holds under the `max_in_flight` limit, handed out one per delivery;
+/// those not handed out are given back when this is dropped.
+pub(crate) struct Reserved<'a> {
+    tasks: &'a Tasks,
+    left: usize,
+}
+
+impl<'a> Reserved<'a> {
+    /// One place, for one delivery.
+    pub(crate) fn take(&mut self) -> Option<Reservation<'a>> {
+        self.left = self.left.checked_sub(1)?;
+        Some(Reservation(self.tasks))
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        for _ in 0..self.left {
+            self.tasks.finish();
+        }
+    }
+}
+
+/// One place held under the `max_in_flight` limit for one delivery. Dropped, it gives the
+/// place back; a delivery that continues in a task [keeps](Reservation::keep) it, and its task
+/// gives it back when it ends.
+pub(crate) struct Reservation<'a>(&'a Tasks);
+
+impl Reservation<'_> {
+    /// Hands the place to a delivery task, which leaves the in-flight count when it ends.
+    fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
@@ -195,12 +307,67 @@ pub(crate) struct Dispatcher<'a> {
     pub(crate) entry: &'a Arc<Entry>,
     pub(crate) emit_span: &'a tracing::Span,
     pub(crate) outcomes: &'a mut Outcomes,
+    pub(crate) meta: &'a Meta,
+    pub(crate) layers: &'a Layers,
+    pub(crate) dead_letter: Option<&'a DeadLetterHook>,
+    /// This delivery's place under the `max_in_flight` limit, when the bus has one.
+    pub(crate) reservation: Option<Reservation<'a>>,
 }
 
-impl Dispatcher<'_> {
+/// Where a delivery's conclusion is reported: its event, listener, envelope and layers.
+pub(crate) struct Scope<'a> {
+    pub(crate) event: &'a Arc<str>,
+    pub(crate) entry: &'a Arc<Entry>,
+    pub(crate) meta: &'a Meta,
+    pub(crate) layers: &'a Layers,
+}
+
+impl Scope<'_> {
+    pub(crate) fn info(&self, attempt: u32) -> DeliveryInfo<'_> {
+        DeliveryInfo {
+            name: self.event,
+            meta: self.meta,
+            listener: &self.entry.info,
+            attempt,
+        }
+    }
+
+    /// Calls every layer's `before` for `attempt`, and reads the clock if a layer times
+    /// deliveries.
+    pub(crate) fn before(&self, attempt: u32) -> Option<Instant> {
+        let info = self.info(attempt);
+        for layer in self.layers.iter() {
+            layer.before(&info);
+        }
+        self.layers.timed().then(Instant::now)
+    }
+
+    /// Calls every layer's `after` for `attempt`.
+    pub(crate) fn after(&self, attempt: u32, started: Option<Instant>, result: AttemptResult<'_>) {
+        let info = self.info(attempt);
+        let outcome = DeliveryOutcome {
+            result,
+            elapsed: started.map(|started| started.elapsed()),
+        };
+        for layer in self.layers.iter() {
+            layer.after(&info, &outcome);
+        }
+    }
+}
+
+impl<'a> Dispatcher<'a> {
+    fn scope(&self) -> Scope<'a> {
+        Scope {
+            event: self.event_name,
+            entry: self.entry,
+            meta: self.meta,
+            layers: self.layers,
+        }
+    }
+
     /// Runs the delivery under the bus's mode. Its outcome lands in the emission's report and
-    /// in the log, whatever happens: completion, error, panic, shutdown, or the runtime going
-    /// away.
+    /// in the layers (the log among them), whatever happens: completion, error, panic,
+    /// shutdown, or the runtime going away.
     ///
     /// `call` calls the listener. It runs here, on the emitter's thread, only in
     /// [`Dispatch::InlineFirst`] mode and below the inline depth limit; otherwise the delivery
@@ -221,33 +388,42 @@ impl Dispatcher<'_> {
             parent: self.emit_span,
             "bus.deliver",
             event = %self.event_name,
+            event_id = %self.meta.id,
             listener = %self.entry.info.name(),
             listener_id = self.entry.info.id().get(),
+            attempt = 1_u32,
         );
+        if self.entry.lane.is_some() {
+            // The policy path calls the layers for each attempt itself.
+            return self.with_policy(event, span);
+        }
+        let started = span.in_scope(|| self.scope().before(1));
         let inline_depth = match self.mode {
             Dispatch::InlineFirst => InlineDepth::enter(),
             Dispatch::Spawn => None,
         };
         let Some(inline_depth) = inline_depth else {
-            return self.defer(event, span);
+            return self.defer(event, span, started);
         };
         if self.entry.suspends() {
             // The call itself may run user code (a closure's body before its `async` block), so
             // it is caught and counts towards the depth.
             let called = {
                 let _entered = span.enter();
+                let _handling = Handling::enter(self.meta.id);
                 std::panic::catch_unwind(AssertUnwindSafe(|| call(event)))
             };
             drop(inline_depth);
             return match called {
-                Ok(future) => self.spawn(future, span),
-                Err(payload) => self.conclude_here(&span, Some(Err(payload))),
+                Ok(future) => self.spawn(future, span, started),
+                Err(payload) => self.conclude_here(&span, started, Some(Err(payload))),
             };
         }
 
         let mut slot = slots.take();
         let polled = {
             let _entered = span.enter();
+            let _handling = Handling::enter(self.meta.id);
             // A waker that does nothing: if the listener is not done, it is polled again as a
             // task, and futures register the waker of their latest poll.
             let mut cx = Context::from_waker(Waker::noop());
@@ -265,7 +441,7 @@ impl Dispatcher<'_> {
                 self.entry.mark_suspends();
                 let mut slot = slot;
                 let rest = std::future::poll_fn(move |cx| poll_slot(slot.as_mut(), cx));
-                return self.spawn(rest, span);
+                return self.spawn(rest, span, started);
             }
             Ok(Poll::Ready(output)) => Ok(output.into_result()),
             Err(payload) => Err(payload),
@@ -273,18 +449,19 @@ impl Dispatcher<'_> {
         // Drops the finished future in place; the memory serves the next delivery.
         slot.set(None);
         slots.put(slot);
-        self.conclude_here(&span, Some(outcome));
+        self.conclude_here(&span, started, Some(outcome));
     }
 
     /// Concludes a delivery that ended on the emitter's thread (completed inline, or refused
-    /// a task by shutdown) straight into the emission.
-    fn conclude_here(self, span: &tracing::Span, outcome: Outcome) {
-        let conclusion = span.in_scope(|| conclude(self.event_name, self.entry, outcome));
+    /// a task by shutdown) straight into the emission. Its place under `max_in_flight`, if
+    /// any, is given back as `self` is dropped.
+    fn conclude_here(self, span: &tracing::Span, started: Option<Instant>, outcome: Outcome) {
+        let conclusion = span.in_scope(|| conclude(&self.scope(), started, outcome));
         self.outcomes.record(conclusion);
     }
 
     /// Runs the whole delivery, the call to the listener included, in a task of its own.
-    fn defer(self, event: ErasedEvent, span: tracing::Span) {
+    fn defer(self, event: ErasedEvent, span: tracing::Span, started: Option<Instant>) {
         let entry = Arc::clone(self.entry);
         let delivery = async move {
             match entry.erased.listener.call_boxed(&event) {
@@ -293,19 +470,45 @@ impl Dispatcher<'_> {
                 None => Err("the event is not of the listener's type".into()),
             }
         };
-        self.spawn(delivery, span);
+        self.spawn(delivery, span, started);
     }
 
-    fn spawn<F>(self, delivery: F, span: tracing::Span)
+    /// Runs the delivery under its listener's policy, in a task of its own: its place in line
+    /// is taken now, so that deliveries of a `concurrency = 1` listener run in emit order.
+    fn with_policy(self, event: ErasedEvent, span: tracing::Span) {
+        let Some(lane) = &self.entry.lane else {
+            return self.defer(event, span, None);
+        };
+        let delivery = PolicyDelivery {
+            turn: lane.queue(),
+            entry: Arc::clone(self.entry),
+            event,
+            name: Arc::clone(self.event_name),
+            meta: *self.meta,
+            layers: self.layers.clone(),
+            dead_letter: self.dead_letter.cloned(),
+        };
+        self.spawn(delivery.run(), span, None);
+    }
+
+    fn spawn<F>(mut self, delivery: F, span: tracing::Span, started: Option<Instant>)
     where
         F: Future + Send + 'static,
         F::Output: ListenerOutput,
     {
-        if !self.tasks.try_start() {
+        let started_task = match self.reservation.take() {
+            Some(reservation) => {
+                // The task gives the place back when it ends, as any task leaves the count.
+                reservation.keep();
+                self.tasks.start_reserved()
+            }
+            None => self.tasks.try_start(),
+        };
+        if !started_task {
             // Shutdown began after this emit checked: the delivery is aborted before it starts.
             self.tasks.aborted.fetch_add(1, Ordering::AcqRel);
             drop(delivery);
-            return self.conclude_here(&span, None);
+            return self.conclude_here(&span, started, None);
         }
         let task = DeliveryTask {
             delivery,
@@ -314,6 +517,9 @@ impl Dispatcher<'_> {
                 tasks: Arc::clone(self.tasks),
                 event: Arc::clone(self.event_name),
                 entry: Arc::clone(self.entry),
+                meta: *self.meta,
+                layers: self.layers.clone(),
+                started,
                 recorded: false,
             },
         };
@@ -355,7 +561,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Conclusion> {
         let mut this = self.project();
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| this.delivery.as_mut().poll(cx)));
+        let polled = {
+            // What the listener emits while it runs records this event as its cause.
+            let _handling = Handling::enter(this.guard.meta.id);
+            std::panic::catch_unwind(AssertUnwindSafe(|| this.delivery.as_mut().poll(cx)))
+        };
         let outcome = match polled {
             Ok(Poll::Ready(output)) => Some(Ok(output.into_result())),
             Err(payload) => Some(Err(payload)),
@@ -425,21 +635,42 @@ impl<F> FutureSlots<F> {
 /// How a delivery ended: `None` when it was aborted.
 type Outcome = Option<Result<Result<(), BoxError>, Box<dyn Any + Send>>>;
 
-/// Turns how a delivery ended into its report entry, and logs failures. Runs inside the
-/// delivery's span.
-fn conclude(event: &Arc<str>, entry: &Entry, outcome: Outcome) -> Conclusion {
+/// Turns how a delivery ended into its report entry, and tells the layers (the log among
+/// them). Runs inside the delivery's span.
+///
+/// A listener with a policy has told the layers about each attempt already; its outcome here
+/// is that of its last attempt.
+fn conclude(scope: &Scope<'_>, started: Option<Instant>, outcome: Outcome) -> Conclusion {
+    let hooks = scope.entry.lane.is_none();
     if let Some(Ok(Ok(()))) = outcome {
+        if hooks {
+            scope.after(1, started, AttemptResult::Delivered);
+        }
         return Ok(());
     }
-    let info = &entry.info;
-    let (event, listener, listener_id) = (Arc::clone(event), Arc::clone(&info.name), info.id());
+    let info = &scope.entry.info;
+    let (event, listener, listener_id) = (
+        Arc::clone(scope.event),
+        Arc::clone(&info.name),
+        info.id(),
+    );
     match outcome {
         Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(source))) => {
-            tracing::error!(
-                event = %event, listener = %listener, error = %source,
-                "listener returned an error"
-            );
+            if let Some(&TimedOut(timeout)) = source.downcast_ref::<TimedOut>() {
+                if hooks {
+                    scope.after(1, started, AttemptResult::TimedOut(timeout));
+                }
+                return Err(DeliveryError::TimedOut {
+                    event,
+                    listener,
+                    listener_id,
+                    timeout,
+                });
+            }
+            if hooks {
+                scope.after(1, started, AttemptResult::Failed(&source));
+            }
             Err(DeliveryError::Failed {
                 event,
                 listener,
@@ -449,10 +680,9 @@ fn conclude(event: &Arc<str>, entry: &Entry, outcome: Outcome) -> Conclusion {
         }
         Some(Err(payload)) => {
             let message = panic_message(payload.as_ref());
-            tracing::error!(
-                event = %event, listener = %listener, panic = %message,
-                "listener panicked"
-            );
+            if hooks {
+                scope.after(1, started, AttemptResult::Panicked(&message));
+            }
             Err(DeliveryError::Panicked {
                 event,
                 listener,
@@ -461,10 +691,9 @@ fn conclude(event: &Arc<str>, entry: &Entry, outcome: Outcome) -> Conclusion {
             })
         }
         None => {
-            tracing::warn!(
-                event = %event, listener = %listener,
-                "listener aborted before it finished"
-            );
+            if hooks {
+                scope.after(1, started, AttemptResult::Aborted);
+            }
             Err(DeliveryError::Aborted {
                 event,
                 listener,
@@ -480,6 +709,9 @@ struct DeliveryGuard {
     tasks: Arc<Tasks>,
     event: Arc<str>,
     entry: Arc<Entry>,
+    meta: Meta,
+    layers: Layers,
+    started: Option<Instant>,
     recorded: bool,
 }
 
@@ -489,7 +721,13 @@ impl DeliveryGuard {
         if outcome.is_none() {
             self.tasks.aborted.fetch_add(1, Ordering::AcqRel);
         }
-        let conclusion = conclude(&self.event, &self.entry, outcome);
+        let scope = Scope {
+            event: &self.event,
+            entry: &self.entry,
+            meta: &self.meta,
+            layers: &self.layers,
+        };
+        let conclusion = conclude(&scope, self.started, outcome);
         // The delivery is over: leave the in-flight count before the task's output (the
         // conclusion) is visible, so that whoever awaited the report sees the bus without it.
         self.tasks.finish();
@@ -508,7 +746,7 @@ impl Drop for DeliveryGuard {
 }
 
 /// The text of a panic, when its payload is a string (as `panic!` with a message makes it).
-fn panic_message(payload: &(dyn Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(message) = payload.downcast_ref::<&'static str>() {
         (*message).to_owned()
     } else if let Some(message) = payload.downcast_ref::<String>() {

@@ -9,12 +9,14 @@ use std::task::{Context, Poll};
 use tokio::task::JoinHandle;
 
 use crate::error::DeliveryError;
+use crate::event::EventId;
 use crate::registry::Entry;
 
 /// The outcome of every delivery of one emitted event.
 #[derive(Debug)]
 pub struct DeliveryReport {
     event: Arc<str>,
+    event_id: Option<EventId>,
     delivered: usize,
     failures: Vec<DeliveryError>,
 }
@@ -23,6 +25,12 @@ impl DeliveryReport {
     /// The event name.
     pub fn event(&self) -> &str {
         &self.event
+    }
+
+    /// The emitted event's unique id; `None` when the emit was refused before it got one (an
+    /// invalid name).
+    pub fn event_id(&self) -> Option<EventId> {
+        self.event_id
     }
 
     /// How many listeners completed with `Ok` (or `()`).
@@ -58,6 +66,7 @@ pub(crate) type Conclusion = Result<(), DeliveryError>;
 #[derive(Debug)]
 pub(crate) struct Outcomes {
     event: Arc<str>,
+    event_id: Option<EventId>,
     listeners: usize,
     delivered: usize,
     failures: Vec<DeliveryError>,
@@ -68,11 +77,16 @@ impl Outcomes {
     pub(crate) fn new(event: Arc<str>, listeners: usize) -> Self {
         Outcomes {
             event,
+            event_id: None,
             listeners,
             delivered: 0,
             failures: Vec::new(),
             tasks: Vec::new(),
         }
+    }
+
+    pub(crate) fn set_event_id(&mut self, id: EventId) {
+        self.event_id = Some(id);
     }
 
     pub(crate) fn record(&mut self, conclusion: Conclusion) {
@@ -111,6 +125,7 @@ impl Outcomes {
     fn report(self) -> DeliveryReport {
         DeliveryReport {
             event: self.event,
+            event_id: self.event_id,
             delivered: self.delivered,
             failures: self.failures,
         }
@@ -132,6 +147,13 @@ impl Emission {
     /// The event name.
     pub fn event(&self) -> &str {
         &self.outcomes.event
+    }
+
+    /// The emitted event's unique id, as its listeners see it in
+    /// [`current_event_id`](crate::current_event_id) and the layers in their hooks; `None`
+    /// when the emit was refused before it got one (an invalid name).
+    pub fn event_id(&self) -> Option<EventId> {
+        self.outcomes.event_id
     }
 
     /// How many listeners the event was addressed to, including those that could not take it.

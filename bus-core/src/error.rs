@@ -113,6 +113,22 @@ pub enum EmitError {
         /// The event name.
         event: String,
     },
+    /// The bus holds as many deliveries as its
+    /// [`max_in_flight`](crate::EventBusBuilder::max_in_flight) allows, so this emit's
+    /// `listeners` deliveries do not fit.
+    #[error(
+        "cannot emit `{event}`: the bus is full ({limit} deliveries queued or running, the \
+         max_in_flight limit) and this event has {listeners} listener(s); wait for room with \
+         `emit_async`, raise the limit, or slow the emitter down"
+    )]
+    Full {
+        /// The event name.
+        event: String,
+        /// The bus's `max_in_flight` limit.
+        limit: usize,
+        /// How many deliveries the emit needed.
+        listeners: usize,
+    },
 }
 
 /// Why a listener could not be added.
@@ -173,6 +189,22 @@ pub enum DeliveryError {
         /// The panic message, when the payload was a string.
         message: String,
     },
+    /// The listener ran longer than its [`Policy::timeout`](crate::Policy::timeout) and was
+    /// cancelled.
+    #[error(
+        "listener `{listener}` timed out after {timeout:?} on event `{event}`; raise its \
+         timeout or make it faster"
+    )]
+    TimedOut {
+        /// The event name.
+        event: Arc<str>,
+        /// The listener's name.
+        listener: Arc<str>,
+        /// The listener's id.
+        listener_id: ListenerId,
+        /// The timeout it ran past.
+        timeout: std::time::Duration,
+    },
     /// [`EventBus::shutdown`](crate::EventBus::shutdown) aborted the listener after its deadline.
     #[error("listener `{listener}` was aborted by shutdown before it finished handling `{event}`")]
     Aborted {
@@ -203,6 +235,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Failed { event, .. }
             | DeliveryError::Panicked { event, .. }
+            | DeliveryError::TimedOut { event, .. }
             | DeliveryError::Aborted { event, .. }
             | DeliveryError::NotDelivered { event, .. } => event,
         }
@@ -213,6 +246,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Failed { listener, .. }
             | DeliveryError::Panicked { listener, .. }
+            | DeliveryError::TimedOut { listener, .. }
             | DeliveryError::Aborted { listener, .. }
             | DeliveryError::NotDelivered { listener, .. } => listener,
         }
@@ -223,6 +257,7 @@ impl DeliveryError {
         match self {
             DeliveryError::Failed { listener_id, .. }
             | DeliveryError::Panicked { listener_id, .. }
+            | DeliveryError::TimedOut { listener_id, .. }
             | DeliveryError::Aborted { listener_id, .. }
             | DeliveryError::NotDelivered { listener_id, .. } => *listener_id,
         }

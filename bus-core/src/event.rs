@@ -29,6 +29,12 @@ use crate::listener::ErasedEvent;
 /// }
 /// assert_eq!(<UserCreated as bus::Event>::NAME, "user.created");
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `bus::Event`: it has no event name",
+    label = "`{Self}` does not implement `bus::Event`",
+    note = "derive it: `#[derive(bus::Event)] #[event(name = \"...\")]`, or name the event: \
+            `#[bus::listener(\"name\")]`, `bus::emit(\"name\", event)`"
+)]
 pub trait Event: Send + Sync + 'static {
     /// The event name this type is emitted under.
     const NAME: &'static str;

@@ -257,6 +257,9 @@ impl DeadLetter {
     }
 }
 
+/// What [`EventBusBuilder::dead_letter`](crate::EventBusBuilder::dead_letter) takes.
+pub(crate) type DeadLetterHook = std::sync::Arc<dyn Fn(&DeadLetter) + Send + Sync>;
+
 /// The bus's logging, as a layer: every bus has it. Failed, panicked, timed-out and aborted
 /// deliveries are logged as `tracing` events inside their `bus.deliver` span, along with sheds,
 /// type mismatches, dead letters and lag.

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod attempts;
 mod bus;
 mod dispatch;
 mod emission;

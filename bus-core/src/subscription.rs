@@ -29,7 +29,8 @@ pub struct Lagged(pub u64);
 /// [`EventBus::subscribe`](crate::EventBus::subscribe), as a [`Stream`].
 ///
 /// Each item is `Ok(event)`, or `Err(Lagged(n))` when the subscriber read too slowly and `n`
-/// events were dropped (logged at `warn`, and added to [`lagged`](Subscription::lagged)).
+/// events were dropped (logged at `warn`, reported to the bus's layers, and added to
+/// [`lagged`](Subscription::lagged)).
 /// Emitters never wait for a subscriber. The stream ends when the bus is dropped.
 ///
 /// Dropping the subscription removes its listener from the bus.
@@ -89,10 +90,8 @@ impl<E: Send + Sync + 'static> Stream for Subscription<E> {
         match Pin::new(&mut self.stream).poll_next(cx) {
             Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(dropped)))) => {
                 self.lagged += dropped;
-                tracing::warn!(
-                    pattern = %self.pattern, dropped, total = self.lagged,
-                    "subscriber fell behind; events were dropped"
-                );
+                // Logged by the bus's tracing layer, counted by its metrics layer.
+                self.registration.bus().lagged(&self.pattern, dropped);
                 Poll::Ready(Some(Err(Lagged(dropped))))
             }
             Poll::Ready(Some(Ok(event))) => Poll::Ready(Some(Ok(event))),
