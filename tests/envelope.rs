@@ -1,0 +1,241 @@
+//! Every emitted event carries an envelope (unique id, emit time, causation), and pattern
+//! listeners can take `AnyEvent`.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use bus::{AnyEvent, EventBus, EventId};
+use common::{Logs, guarded};
+
+#[tokio::test]
+async fn every_emit_gets_a_unique_id_that_its_listeners_see() {
+    let bus = EventBus::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    bus.add_listener("job.done", {
+        let seen = Arc::clone(&seen);
+        move |_: Arc<u32>| {
+            seen.lock().unwrap().push(bus::current_event_id());
+            async {}
+        }
+    });
+    let mut ids = Vec::new();
+    for n in 0..100_u32 {
+        let emission = bus.emit("job.done", n);
+        ids.push(emission.event_id().expect("a valid emit has an id"));
+        let report = emission.await;
+        assert_eq!(report.event_id(), ids.last().copied());
+    }
+    let unique: HashSet<EventId> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), 100, "ids never repeat");
+    let seen: Vec<Option<EventId>> = seen.lock().unwrap().clone();
+    let expected: Vec<Option<EventId>> = ids.into_iter().map(Some).collect();
+    assert_eq!(seen, expected, "each listener saw its own event's id");
+    assert_eq!(
+        bus::current_event_id(),
+        None,
+        "outside a listener there is none"
+    );
+}
+
+#[tokio::test]
+async fn an_event_emitted_by_a_listener_records_its_cause() {
+    let bus = EventBus::new();
+    let caused = Arc::new(Mutex::new(Vec::new()));
+    // `order.placed` -> (inline listener) `invoice.created` -> (suspending listener)
+    // `mail.sent`: both links are recorded, whether the emitter ran inline or as a task.
+    bus.add_listener("order.placed", {
+        let bus = bus.clone();
+        move |_: Arc<u32>| {
+            bus.emit("invoice.created", 1_u32);
+            async {}
+        }
+    });
+    bus.add_listener("invoice.created", {
+        let bus = bus.clone();
+        move |_: Arc<u32>| {
+            let bus = bus.clone();
+            async move {
+                tokio::task::yield_now().await;
+                bus.emit("mail.sent", 2_u32);
+            }
+        }
+    });
+    for name in ["invoice.created", "mail.sent"] {
+        bus.add_listener(name, {
+            let caused = Arc::clone(&caused);
+            move |event: Arc<AnyEvent>| {
+                caused.lock().unwrap().push((
+                    event.name().to_owned(),
+                    event.id(),
+                    event.causation(),
+                ));
+                async {}
+            }
+        });
+    }
+    let root = bus.emit("order.placed", 0_u32);
+    let root_id = root.event_id().unwrap();
+    guarded("the chain", async {
+        root.await;
+        bus.drain().await;
+    })
+    .await;
+    let caused = caused.lock().unwrap().clone();
+    assert_eq!(caused.len(), 2, "{caused:?}");
+    let (invoice, invoice_id, invoice_cause) = &caused[0];
+    assert_eq!(invoice, "invoice.created");
+    assert_eq!(*invoice_cause, Some(root_id));
+    let (mail, _, mail_cause) = &caused[1];
+    assert_eq!(mail, "mail.sent");
+    assert_eq!(*mail_cause, Some(*invoice_id));
+}
+
+#[tokio::test]
+async fn an_any_event_listener_receives_every_type_under_its_pattern() {
+    let bus = EventBus::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    bus.add_listener("orders.>", {
+        let seen = Arc::clone(&seen);
+        move |event: Arc<AnyEvent>| {
+            let what = if let Some(amount) = event.downcast_ref::<u64>() {
+                format!("{} amount {amount}", event.name())
+            } else if let Some(note) = event.downcast_ref::<String>() {
+                format!("{} note {note}", event.name())
+            } else {
+                format!("{} of {}", event.name(), event.type_name())
+            };
+            seen.lock().unwrap().push((what, event.emitted_at()));
+            async {}
+        }
+    });
+    let before = SystemTime::now();
+    let paid = bus.emit("orders.eu.paid", 42_u64).await;
+    bus.emit("orders.eu.noted", String::from("fragile")).await;
+    bus.emit("orders.us.flagged", 'x').await;
+    let after = SystemTime::now();
+    assert_eq!(paid.delivered(), 1);
+    let seen = seen.lock().unwrap().clone();
+    let texts: Vec<&str> = seen.iter().map(|(text, _)| text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "orders.eu.paid amount 42",
+            "orders.eu.noted note fragile",
+            "orders.us.flagged of char"
+        ]
+    );
+    for (_, at) in &seen {
+        assert!(
+            before <= *at && *at <= after,
+            "emitted_at is the emit's time"
+        );
+    }
+}
+
+#[tokio::test]
+async fn any_event_listeners_and_typed_listeners_share_a_name() {
+    let bus = EventBus::new();
+    let typed = Arc::new(AtomicUsize::new(0));
+    let any = Arc::new(AtomicUsize::new(0));
+    bus.add_listener("audit.entry", {
+        let typed = Arc::clone(&typed);
+        move |_: Arc<u32>| {
+            typed.fetch_add(1, Ordering::SeqCst);
+            async {}
+        }
+    });
+    bus.add_listener("audit.entry", {
+        let any = Arc::clone(&any);
+        move |event: Arc<AnyEvent>| {
+            assert_eq!(event.downcast_ref::<u32>(), Some(&5));
+            any.fetch_add(1, Ordering::SeqCst);
+            async {}
+        }
+    });
+    // `try_emit` checks types strictly: an `AnyEvent` listener takes any type.
+    let report = bus.try_emit("audit.entry", 5_u32).unwrap().await;
+    assert_eq!((report.delivered(), report.failed()), (2, 0));
+    assert_eq!(typed.load(Ordering::SeqCst), 1);
+    assert_eq!(any.load(Ordering::SeqCst), 1);
+}
+
+/// Counts the pattern listeners passed by because they take another type.
+#[derive(Default)]
+struct Mismatches(Mutex<Vec<(String, String)>>);
+
+impl bus::Layer for Mismatches {
+    fn on_mismatch(&self, emit: &bus::EmitInfo<'_>, listener: &bus::ListenerInfo) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((emit.name().to_owned(), listener.event_type().to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn a_typed_pattern_listener_never_gets_another_type_and_the_miss_is_counted() {
+    let mismatches = Arc::new(Mismatches::default());
+    let bus = EventBus::builder().layer(Arc::clone(&mismatches)).build();
+    let amounts = Arc::new(Mutex::new(Vec::new()));
+    bus.add_listener("orders.*.paid", {
+        let amounts = Arc::clone(&amounts);
+        move |amount: Arc<u64>| {
+            amounts.lock().unwrap().push(*amount);
+            async {}
+        }
+    });
+    let wrong = bus
+        .emit("orders.eu.paid", String::from("not an amount"))
+        .await;
+    assert_eq!(
+        (wrong.delivered(), wrong.failed()),
+        (0, 0),
+        "passed by, not failed"
+    );
+    let right = bus.emit("orders.eu.paid", 7_u64).await;
+    assert_eq!(right.delivered(), 1);
+    assert_eq!(*amounts.lock().unwrap(), [7]);
+    assert_eq!(
+        *mismatches.0.lock().unwrap(),
+        [("orders.eu.paid".to_owned(), "u64".to_owned())]
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spans_name_the_event_id_its_cause_the_listener_and_the_attempt() {
+    let logs = Logs::default();
+    let _capture = logs.capture();
+    let bus = EventBus::new();
+    bus.add_listener("report.requested", {
+        let bus = bus.clone();
+        move |_: Arc<u32>| {
+            bus.emit("report.failed", 1_u32);
+            async {}
+        }
+    });
+    bus.add_listener("report.failed", |_: Arc<u32>| async {
+        Err::<(), _>("printer on fire")
+    });
+    let root = bus.emit("report.requested", 0_u32);
+    let root_id = root.event_id().unwrap();
+    root.await;
+    bus.drain().await;
+    let lines = logs.lines_with(&["printer on fire"]);
+    assert_eq!(lines.len(), 1, "{}", logs.text());
+    let line = &lines[0];
+    for needle in [
+        "bus.emit{".to_owned(),
+        "event=report.failed".to_owned(),
+        format!("causation={root_id}"),
+        "bus.deliver{".to_owned(),
+        "listener_id=".to_owned(),
+        "attempt=1".to_owned(),
+    ] {
+        assert!(line.contains(&needle), "{needle} missing in: {line}");
+    }
+    assert!(line.contains("event_id="), "{line}");
+}
