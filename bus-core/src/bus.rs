@@ -898,9 +898,11 @@ impl EventBus {
                     0,
                 );
             }
-            let info = emit_info(0);
-            for layer in layers.iter() {
-                layer.on_emit(&info);
+            if !layers.only_tracing() {
+                let info = emit_info(0);
+                for layer in layers.iter() {
+                    layer.on_emit(&info);
+                }
             }
             tracing::debug!(event = event_name, "no listener for this event");
             let mut outcomes = Outcomes::new(name, 0);
@@ -977,7 +979,7 @@ impl EventBus {
         if let Some(causation) = meta.causation {
             emit_span.record("causation", tracing::field::display(causation));
         }
-        {
+        if !layers.only_tracing() {
             let info = emit_info(listeners);
             let _entered = emit_span.enter();
             for layer in layers.iter() {

@@ -335,6 +335,9 @@ impl Scope<'_> {
     /// Calls every layer's `before` for `attempt`, and reads the clock if a layer times
     /// deliveries.
     pub(crate) fn before(&self, attempt: u32) -> Option<Instant> {
+        if self.layers.only_tracing() {
+            return None;
+        }
         let info = self.info(attempt);
         for layer in self.layers.iter() {
             layer.before(&info);
@@ -344,6 +347,9 @@ impl Scope<'_> {
 
     /// Calls every layer's `after` for `attempt`.
     pub(crate) fn after(&self, attempt: u32, started: Option<Instant>, result: AttemptResult<'_>) {
+        if self.layers.only_tracing() && matches!(result, AttemptResult::Delivered) {
+            return;
+        }
         let info = self.info(attempt);
         let outcome = DeliveryOutcome {
             result,

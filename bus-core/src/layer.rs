@@ -354,6 +354,13 @@ impl Layers {
         self.list.iter().map(|layer| &**layer)
     }
 
+    /// `true` when the bus has only its [`TracingLayer`], whose `on_emit` and `before` do
+    /// nothing and whose `after` does nothing for a delivered event: the dispatch path then
+    /// skips those calls.
+    pub(crate) fn only_tracing(&self) -> bool {
+        self.list.len() == 1
+    }
+
     pub(crate) fn timed(&self) -> bool {
         self.timed
     }
