@@ -889,14 +889,15 @@ impl EventBus {
         });
         let listeners = exact_entries.len() + matched.len();
         if listeners == 0 {
-            if closed && strictness == Strictness::Strict {
-                return refuse(
-                    EmitError::Closed {
-                        event: event_name.to_owned(),
-                    },
-                    event,
-                    0,
-                );
+            if closed {
+                let error = EmitError::Closed {
+                    event: event_name.to_owned(),
+                };
+                if strictness == Strictness::Strict {
+                    return refuse(error, event, 0);
+                }
+                tracing::error!(event = event_name, %error, "event not emitted");
+                return Ok(Outcomes::new(name, 0).into_emission());
             }
             if !layers.only_tracing() {
                 let info = emit_info(0);
