@@ -416,7 +416,11 @@ impl EventBus {
                 .slot(event_name)
                 .into_iter()
                 .flat_map(|slot| slot.entries.iter())
-                .find(|entry| entry.erased.event_type != event_type);
+                .find(|entry| {
+                    entry.erased.event_type != event_type
+                        && !entry.erased.takes_any()
+                        && event_type != TypeId::of::<AnyEvent>()
+                });
             if let (Added::New(id), Some(other)) = (&added, other) {
                 tracing::warn!(
                     event = event_name,

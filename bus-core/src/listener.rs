@@ -176,6 +176,14 @@ impl Erased {
     }
 }
 
+impl Erased {
+    /// `true` for a listener of [`AnyEvent`](crate::AnyEvent), which takes events of every
+    /// type.
+    pub(crate) fn takes_any(&self) -> bool {
+        self.event_type == TypeId::of::<crate::AnyEvent>()
+    }
+}
+
 /// The identity a runtime listener would have, for `remove_listener`.
 pub(crate) fn identity_of<L: 'static>() -> Option<TypeId> {
     (size_of::<L>() == 0).then(TypeId::of::<L>)

@@ -3,6 +3,7 @@
 pub use ::core::result::Result;
 pub use ::inventory;
 pub use ::std::sync::Arc;
+pub use ::std::time::Duration;
 
 pub use crate::error::BoxError;
 pub use crate::global::{Registration, StaticListener, registration};

@@ -360,8 +360,10 @@ impl Registry {
         let mut conflicts: Vec<_> = self
             .slots()
             .filter(|slot| {
-                let first = slot.entries[0].erased.event_type;
-                slot.entries.iter().any(|e| e.erased.event_type != first)
+                // `AnyEvent` listeners take every type: they conflict with none.
+                let mut typed = slot.entries.iter().filter(|e| !e.erased.takes_any());
+                let first = typed.next().map(|e| e.erased.event_type);
+                typed.any(|e| Some(e.erased.event_type) != first)
             })
             .map(|slot| {
                 let infos = slot.entries.iter().map(|e| &e.info).collect();
@@ -530,5 +532,15 @@ mod tests {
         assert_eq!(&*conflicts[0].0, "mixed");
         let types: Vec<_> = conflicts[0].1.iter().map(|i| i.event_type()).collect();
         assert_eq!(types, ["u8", "alloc::string::String"]);
+    }
+
+    #[test]
+    fn any_event_listeners_conflict_with_no_type() {
+        let mut registry = Registry::default();
+        let mut next = ids();
+        let any = |_: Arc<crate::AnyEvent>| async {};
+        add(&mut registry, "ok", Erased::new::<u8, _>(first), &mut next);
+        add(&mut registry, "ok", Erased::new::<crate::AnyEvent, _>(any), &mut next);
+        assert!(registry.type_conflicts().is_empty());
     }
 }
