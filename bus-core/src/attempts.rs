@@ -23,22 +23,6 @@ use crate::registry::Entry;
 #[error("timed out after {0:?}")]
 pub(crate) struct TimedOut(pub(crate) Duration);
 
-/// A listener's error shared between the report and the dead letter, which both own one.
-#[derive(Debug, Clone)]
-struct SharedError(Arc<BoxError>);
-
-impl std::fmt::Display for SharedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for SharedError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
-
 /// How one attempt ended.
 enum Attempt {
     Delivered,
@@ -163,40 +147,28 @@ fn give_up(
     let info = &scope.entry.info;
     let (name, listener, listener_id) = (Arc::clone(scope.event), Arc::clone(&info.name), info.id());
     let mut panic = None;
-    let (error, reported): (DeliveryError, Option<BoxError>) = match last {
-        Attempt::Failed(error) => {
-            let shared = SharedError(Arc::new(error));
-            (
-                DeliveryError::Failed {
-                    event: name,
-                    listener,
-                    listener_id,
-                    source: Box::new(shared.clone()),
-                },
-                Some(Box::new(shared)),
-            )
-        }
-        Attempt::TimedOut(timeout) => (
-            DeliveryError::TimedOut {
-                event: name,
-                listener,
-                listener_id,
-                timeout,
-            },
-            Some(Box::new(TimedOut(timeout))),
-        ),
+    let error = match last {
+        Attempt::Failed(source) => DeliveryError::Failed {
+            event: name,
+            listener,
+            listener_id,
+            source,
+        },
+        Attempt::TimedOut(timeout) => DeliveryError::TimedOut {
+            event: name,
+            listener,
+            listener_id,
+            timeout,
+        },
         Attempt::Panicked(payload) => {
             let message = panic_message(payload.as_ref());
             panic = Some(payload);
-            (
-                DeliveryError::Panicked {
-                    event: name,
-                    listener,
-                    listener_id,
-                    message,
-                },
-                None,
-            )
+            DeliveryError::Panicked {
+                event: name,
+                listener,
+                listener_id,
+                message,
+            }
         }
         Attempt::Delivered => return Ok(()),
     };
@@ -216,7 +188,12 @@ fn give_up(
         // The task catches it again and reports the delivery as panicked.
         std::panic::resume_unwind(payload);
     }
-    reported.map_or(Ok(()), Err)
+    // The dead letter has been seen: its error, the listener's own, goes on to the report.
+    match letter.error {
+        DeliveryError::Failed { source, .. } => Err(source),
+        DeliveryError::TimedOut { timeout, .. } => Err(Box::new(TimedOut(timeout))),
+        _ => Ok(()),
+    }
 }
 
 /// The event as an [`AnyEvent`]: itself when the listener takes `AnyEvent`.

@@ -165,9 +165,13 @@ impl EventBusBuilder {
         self
     }
 
-    /// Where deliveries go that failed their last attempt (see [`Policy::retry`]): `hook` is
-    /// called with the event, the listener, the last error and the number of attempts. Without
-    /// a hook they are only logged (and counted by the layers).
+    /// Where deliveries go that failed their last attempt: `hook` is called with the event,
+    /// the listener, the last error and the number of attempts. Without a hook they are only
+    /// logged (and counted by the layers).
+    ///
+    /// This covers the listeners that have a [`Policy`] (retries, a timeout, a concurrency
+    /// limit): their failures are handled by the bus. A plain listener's failure is reported
+    /// to its emitter (the [`DeliveryReport`](crate::DeliveryReport)) and logged, as always.
     ///
     /// The hook runs on the delivery's task; hand slow work (storing the event) to a task or
     /// a channel of your own.
@@ -753,6 +757,10 @@ impl EventBus {
     /// An emit that needs more places than the limit itself (more listeners than
     /// `max_in_flight`) could never fit: it is shed as by `emit`.
     ///
+    /// A listener holds its place while it runs, so a listener that awaits `emit_async` on its
+    /// own bounded bus can wait forever once every place is held by listeners doing the same.
+    /// Inside listeners, prefer `try_emit` (and handle [`EmitError::Full`]) or `emit`.
+    ///
     /// # Cancel safety
     ///
     /// Dropping the future before it resolves drops the event undelivered.
@@ -881,18 +889,26 @@ impl EventBus {
         };
         // Pattern listeners of another type are passed by, not an error: a pattern may cover
         // names that carry different types.
+        // Told to the layers once the emit goes ahead (not on each try of `emit_async`).
+        let mut passed_by: Vec<Arc<Entry>> = Vec::new();
         matched.retain(|entry| {
             let takes_it = takes(entry);
             if !takes_it {
-                let info = emit_info(exact_entries.len() + 1);
-                for layer in layers.iter() {
-                    layer.on_mismatch(&info, &entry.info);
-                }
+                passed_by.push(Arc::clone(entry));
             }
             takes_it
         });
         let listeners = exact_entries.len() + matched.len();
+        let tell_passed_by = || {
+            let info = emit_info(listeners);
+            for entry in &passed_by {
+                for layer in layers.iter() {
+                    layer.on_mismatch(&info, &entry.info);
+                }
+            }
+        };
         if listeners == 0 {
+            tell_passed_by();
             if closed {
                 let error = EmitError::Closed {
                     event: event_name.to_owned(),
@@ -961,6 +977,7 @@ impl EventBus {
                     }
                     Strictness::WaitForRoom | Strictness::Lenient => {
                         // Shed: counted and logged by the layers, failed in the report.
+                        tell_passed_by();
                         let info = emit_info(listeners);
                         for layer in layers.iter() {
                             layer.on_shed(&info);
@@ -974,6 +991,7 @@ impl EventBus {
             }
         }
 
+        tell_passed_by();
         let emit_span = tracing::debug_span!(
             "bus.emit",
             event = event_name,

@@ -517,7 +517,7 @@ impl<'a> Dispatcher<'a> {
             return self.conclude_here(&span, started, None);
         }
         let task = DeliveryTask {
-            delivery,
+            delivery: Some(delivery),
             cancelled: None,
             guard: DeliveryGuard {
                 tasks: Arc::clone(self.tasks),
@@ -548,8 +548,10 @@ pin_project! {
     /// future may keep its own copy of it, and tokio allocates every task at its future's size
     /// (rounded up to 128 bytes), so the layers made a pending delivery several times larger.
     struct DeliveryTask<F> {
+        // `None` once an aborted delivery was dropped, before it is concluded: whatever its
+        // drop does (a policy delivery tells the layers) happens before `shutdown` returns.
         #[pin]
-        delivery: F,
+        delivery: Option<F>,
         // Registered the first time the delivery waits: one that completes on its first poll
         // touches no shared lock.
         #[pin]
@@ -570,7 +572,11 @@ where
         let polled = {
             // What the listener emits while it runs records this event as its cause.
             let _handling = Handling::enter(this.guard.meta.id);
-            std::panic::catch_unwind(AssertUnwindSafe(|| this.delivery.as_mut().poll(cx)))
+            match this.delivery.as_mut().as_pin_mut() {
+                Some(delivery) => std::panic::catch_unwind(AssertUnwindSafe(|| delivery.poll(cx))),
+                // Only after an abort, which concluded the task.
+                None => return Poll::Pending,
+            }
         };
         let outcome = match polled {
             Ok(Poll::Ready(output)) => Some(Ok(output.into_result())),
@@ -592,6 +598,7 @@ where
                 if !cancelled {
                     return Poll::Pending;
                 }
+                this.delivery.set(None);
                 None
             }
         };
