@@ -111,9 +111,8 @@ impl PolicyDelivery {
 /// Calls the listener once, catching a panic (in the call or in the future) and bounding the
 /// attempt by `timeout`.
 async fn attempt_once(entry: &Entry, event: &ErasedEvent, timeout: Option<Duration>) -> Attempt {
-    let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        entry.erased.listener.call_boxed(event)
-    }));
+    let called =
+        std::panic::catch_unwind(AssertUnwindSafe(|| entry.erased.listener.call_boxed(event)));
     let future = match called {
         Ok(Some(future)) => future,
         // The bus checked the event's type before dispatching it here.
@@ -145,7 +144,8 @@ fn give_up(
     last: Attempt,
 ) -> Result<(), BoxError> {
     let info = &scope.entry.info;
-    let (name, listener, listener_id) = (Arc::clone(scope.event), Arc::clone(&info.name), info.id());
+    let (name, listener, listener_id) =
+        (Arc::clone(scope.event), Arc::clone(&info.name), info.id());
     let mut panic = None;
     let error = match last {
         Attempt::Failed(source) => DeliveryError::Failed {

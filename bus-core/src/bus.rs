@@ -13,13 +13,13 @@ use tokio::runtime::Handle;
 use crate::dispatch::{Dispatch, Dispatcher, Reserved, Tasks};
 use crate::emission::{Emission, Outcomes};
 use crate::error::{AddListenerError, DeliveryError, EmitError};
-use crate::event::{AnyEvent, Envelope, Event, Meta};
+use crate::event::{AnyEvent, Envelope, Event, Handling, Meta};
 use crate::layer::{DeadLetter, DeadLetterHook, EmitInfo, Layer, Layers};
-use crate::policy::Policy;
 use crate::listener::{self, Erased, ErasedEvent, Listener};
 use crate::name;
 use crate::once::{self, OnceState};
 use crate::pattern::Pattern;
+use crate::policy::Policy;
 use crate::registry::{
     Added, Entry, ListenerId, ListenerInfo, ListenerKind, NewListener, Registry, SourceLocation,
 };
@@ -352,7 +352,12 @@ impl EventBus {
     /// id belongs to no listener. [`try_add_listener_with`](EventBus::try_add_listener_with)
     /// returns the error.
     #[track_caller]
-    pub fn add_listener_with<E, L>(&self, event_name: &str, listener: L, policy: Policy) -> ListenerId
+    pub fn add_listener_with<E, L>(
+        &self,
+        event_name: &str,
+        listener: L,
+        policy: Policy,
+    ) -> ListenerId
     where
         E: Send + Sync + 'static,
         L: Listener<E>,
@@ -381,7 +386,14 @@ impl EventBus {
         let location = SourceLocation::from(std::panic::Location::caller());
         let name = std::any::type_name::<L>();
         let erased = Erased::new::<E, L>(listener);
-        self.register(event_name, name, location, ListenerKind::Added, erased, policy)
+        self.register(
+            event_name,
+            name,
+            location,
+            ListenerKind::Added,
+            erased,
+            policy,
+        )
     }
 
     /// Adds a [`Layer`] to this bus: from the next emit on, its hooks run around every emit
@@ -864,15 +876,9 @@ impl EventBus {
             tracing::error!(event = event_name, %error, "event not emitted");
             return Ok(Outcomes::new(Arc::from(event_name), 0).into_emission());
         }
-        let meta = Meta::now();
         let layers = &registry.layers;
         let name: Arc<str> =
             exact.map_or_else(|| Arc::from(event_name), |slot| Arc::clone(&slot.name));
-        let emit_info = |listeners| EmitInfo {
-            name: event_name,
-            meta: &meta,
-            listeners,
-        };
 
         // Listeners that take `AnyEvent` take every type.
         let actual = TypeId::of::<E>();
@@ -899,6 +905,22 @@ impl EventBus {
             takes_it
         });
         let listeners = exact_entries.len() + matched.len();
+        // The clock is read only when something can see the time.
+        let clocked = !layers.only_tracing()
+            || exact_entries
+                .iter()
+                .chain(&matched)
+                .any(|entry| entry.observes_envelope());
+        let meta = if clocked {
+            Meta::now()
+        } else {
+            Meta::unclocked()
+        };
+        let emit_info = |listeners| EmitInfo {
+            name: event_name,
+            meta: &meta,
+            listeners,
+        };
         let tell_passed_by = || {
             let info = emit_info(listeners);
             for entry in &passed_by {
@@ -1028,6 +1050,8 @@ impl EventBus {
                 mismatched.push(Arc::clone(entry));
             }
         };
+        // What the listeners emit while they are polled here records this event as its cause.
+        let handling = Handling::enter(meta.id);
         // Every listener but the last gets a clone of the event; the last gets the event.
         // Listeners of `AnyEvent` share one `AnyEvent` around a clone.
         let mut event: Option<ErasedEvent> = Some(Arc::new(event));
@@ -1039,11 +1063,7 @@ impl EventBus {
                 payload.map(|payload| {
                     Arc::clone(any_event.get_or_insert_with(|| {
                         let envelope = Envelope::new(Arc::clone(&name), meta);
-                        Arc::new(AnyEvent::new(
-                            envelope,
-                            payload,
-                            std::any::type_name::<E>(),
-                        ))
+                        Arc::new(AnyEvent::new(envelope, payload, std::any::type_name::<E>()))
                     }))
                 })
             } else {
@@ -1056,6 +1076,7 @@ impl EventBus {
                 deliver(entry, this);
             }
         }
+        drop(handling);
         for entry in mismatched {
             not_delivered(&mut outcomes, &name, &entry, mismatch(&entry));
         }

@@ -334,6 +334,7 @@ impl Scope<'_> {
 
     /// Calls every layer's `before` for `attempt`, and reads the clock if a layer times
     /// deliveries.
+    #[inline]
     pub(crate) fn before(&self, attempt: u32) -> Option<Instant> {
         if self.layers.only_tracing() {
             return None;
@@ -346,6 +347,7 @@ impl Scope<'_> {
     }
 
     /// Calls every layer's `after` for `attempt`.
+    #[inline]
     pub(crate) fn after(&self, attempt: u32, started: Option<Instant>, result: AttemptResult<'_>) {
         if self.layers.only_tracing() && matches!(result, AttemptResult::Delivered) {
             return;
@@ -375,6 +377,9 @@ impl<'a> Dispatcher<'a> {
     /// in the layers (the log among them), whatever happens: completion, error, panic,
     /// shutdown, or the runtime going away.
     ///
+    /// The emit marks its event as the one being handled (for causation) around all its
+    /// inline deliveries at once; a delivery task marks it around each of its polls.
+    ///
     /// `call` calls the listener. It runs here, on the emitter's thread, only in
     /// [`Dispatch::InlineFirst`] mode and below the inline depth limit; otherwise the delivery
     /// is deferred to a task that calls the listener there. `slots` keeps the memory of an
@@ -403,7 +408,11 @@ impl<'a> Dispatcher<'a> {
             // The policy path calls the layers for each attempt itself.
             return self.with_policy(event, span);
         }
-        let started = span.in_scope(|| self.scope().before(1));
+        let started = if self.layers.only_tracing() {
+            None
+        } else {
+            span.in_scope(|| self.scope().before(1))
+        };
         let inline_depth = match self.mode {
             Dispatch::InlineFirst => InlineDepth::enter(),
             Dispatch::Spawn => None,
@@ -416,7 +425,6 @@ impl<'a> Dispatcher<'a> {
             // it is caught and counts towards the depth.
             let called = {
                 let _entered = span.enter();
-                let _handling = Handling::enter(self.meta.id);
                 std::panic::catch_unwind(AssertUnwindSafe(|| call(event)))
             };
             drop(inline_depth);
@@ -429,7 +437,6 @@ impl<'a> Dispatcher<'a> {
         let mut slot = slots.take();
         let polled = {
             let _entered = span.enter();
-            let _handling = Handling::enter(self.meta.id);
             // A waker that does nothing: if the listener is not done, it is polled again as a
             // task, and futures register the waker of their latest poll.
             let mut cx = Context::from_waker(Waker::noop());
@@ -662,11 +669,8 @@ fn conclude(scope: &Scope<'_>, started: Option<Instant>, outcome: Outcome) -> Co
         return Ok(());
     }
     let info = &scope.entry.info;
-    let (event, listener, listener_id) = (
-        Arc::clone(scope.event),
-        Arc::clone(&info.name),
-        info.id(),
-    );
+    let (event, listener, listener_id) =
+        (Arc::clone(scope.event), Arc::clone(&info.name), info.id());
     match outcome {
         Some(Ok(Ok(()))) => Ok(()),
         Some(Ok(Err(source))) => {

@@ -117,6 +117,28 @@ impl Meta {
             causation: current_event_id(),
         }
     }
+
+    /// Like [`now`](Meta::now), without reading the clock: for an emit where nothing can see
+    /// the time (no listener taking `AnyEvent` or having a policy, no layer but the tracing
+    /// one). Reading the wall clock is a quarter of a plain emit's cost. Its time reads as
+    /// `UNIX_EPOCH`, which the observers check in debug builds.
+    pub(crate) fn unclocked() -> Meta {
+        Meta {
+            id: EventId::next(),
+            emitted_at: SystemTime::UNIX_EPOCH,
+            causation: current_event_id(),
+        }
+    }
+
+    /// The emit time, for those who can see it.
+    pub(crate) fn emitted_at(&self) -> SystemTime {
+        debug_assert_ne!(
+            self.emitted_at,
+            SystemTime::UNIX_EPOCH,
+            "the emit time of an event is observed, but the clock was not read for it"
+        );
+        self.emitted_at
+    }
 }
 
 /// The envelope of one emitted event: its name, unique id, emit time, and the id of the event
@@ -144,7 +166,7 @@ impl Envelope {
 
     /// When it was emitted.
     pub fn emitted_at(&self) -> SystemTime {
-        self.meta.emitted_at
+        self.meta.emitted_at()
     }
 
     /// The id of the event being handled where this one was emitted: set when a listener

@@ -51,7 +51,10 @@ impl Lane {
             Box::pin(Arc::clone(permits).acquire_owned());
         // The task that runs the delivery polls it again with its own waker; futures wake the
         // waker of their latest poll.
-        match waiting.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        match waiting
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+        {
             Poll::Ready(permit) => Turn::Now(permit.ok()),
             Poll::Pending => Turn::Queued(Box::pin(async move { waiting.await.ok() })),
         }

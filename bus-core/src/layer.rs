@@ -139,7 +139,7 @@ impl EmitInfo<'_> {
 
     /// When it was emitted.
     pub fn emitted_at(&self) -> SystemTime {
-        self.meta.emitted_at
+        self.meta.emitted_at()
     }
 
     /// How many listeners the event is for.
@@ -281,9 +281,9 @@ impl Layer for TracingLayer {
             AttemptResult::Panicked(message) => tracing::error!(
                 event, listener, attempt, panic = %message, "listener panicked"
             ),
-            AttemptResult::TimedOut(timeout) => tracing::error!(
-                event, listener, attempt, ?timeout, "listener timed out"
-            ),
+            AttemptResult::TimedOut(timeout) => {
+                tracing::error!(event, listener, attempt, ?timeout, "listener timed out")
+            }
             AttemptResult::Aborted => {
                 tracing::warn!(event, listener, "listener aborted before it finished");
             }
@@ -320,7 +320,11 @@ impl Layer for TracingLayer {
     }
 
     fn on_lagged(&self, pattern: &str, missed: u64) {
-        tracing::warn!(pattern, missed, "subscriber lagged: events dropped from its buffer");
+        tracing::warn!(
+            pattern,
+            missed,
+            "subscriber lagged: events dropped from its buffer"
+        );
     }
 }
 
@@ -357,6 +361,7 @@ impl Layers {
     /// `true` when the bus has only its [`TracingLayer`], whose `on_emit` and `before` do
     /// nothing and whose `after` does nothing for a delivered event: the dispatch path then
     /// skips those calls.
+    #[inline]
     pub(crate) fn only_tracing(&self) -> bool {
         self.list.len() == 1
     }

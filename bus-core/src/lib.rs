@@ -41,10 +41,10 @@ pub use crate::global::{emit, global, publish, try_emit};
 pub use crate::layer::{
     AttemptResult, DeadLetter, DeliveryInfo, DeliveryOutcome, EmitInfo, Layer, TracingLayer,
 };
+pub use crate::listener::{Listener, ListenerOutput};
 #[cfg(feature = "metrics")]
 pub use crate::metrics_layer::MetricsLayer;
 pub use crate::policy::{DEFAULT_BACKOFF, MAX_BACKOFF, Policy};
-pub use crate::listener::{Listener, ListenerOutput};
 pub use crate::registry::{ListenerId, ListenerInfo, ListenerKind, SourceLocation};
 pub use crate::subscription::{Lagged, MAX_CAPACITY as MAX_SUBSCRIPTION_CAPACITY, Subscription};
 pub use crate::wait::{WaitError, WaitFor};

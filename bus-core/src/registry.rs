@@ -11,9 +11,9 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::listener::Erased;
 use crate::lane::Lane;
 use crate::layer::Layers;
+use crate::listener::Erased;
 use crate::pattern::{Pattern, PatternIndex};
 use crate::policy::Policy;
 use crate::shared_map::LayeredMap;
@@ -162,6 +162,12 @@ impl fmt::Debug for Entry {
 impl Entry {
     pub(crate) fn suspends(&self) -> bool {
         self.suspends.load(Ordering::Relaxed)
+    }
+
+    /// `true` when the listener can see its event's envelope beyond the id: it takes
+    /// `AnyEvent`, or it has a policy (whose dead letters carry the envelope).
+    pub(crate) fn observes_envelope(&self) -> bool {
+        self.lane.is_some() || self.erased.takes_any()
     }
 
     pub(crate) fn mark_suspends(&self) {
@@ -540,7 +546,12 @@ mod tests {
         let mut next = ids();
         let any = |_: Arc<crate::AnyEvent>| async {};
         add(&mut registry, "ok", Erased::new::<u8, _>(first), &mut next);
-        add(&mut registry, "ok", Erased::new::<crate::AnyEvent, _>(any), &mut next);
+        add(
+            &mut registry,
+            "ok",
+            Erased::new::<crate::AnyEvent, _>(any),
+            &mut next,
+        );
         assert!(registry.type_conflicts().is_empty());
     }
 }
