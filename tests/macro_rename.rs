@@ -1,6 +1,6 @@
-//! `#[bus::listener]` in a crate that renames `bus` or shadows its name: the generated code
-//! reaches the runtime through `::bus` (which no local name can capture), or through the path
-//! given by `crate = "..."`.
+//! `#[bus::listener]` and `#[derive(bus::Event)]` in a crate that renames `bus` or shadows its
+//! name: the generated code reaches the runtime through `::bus` (which no local name can
+//! capture), or through the path given by `crate = "..."`.
 
 // The crate's own `bus` is std here; `::bus` is still the real crate.
 #[expect(
@@ -23,6 +23,20 @@ struct Renamed;
 
 #[renamed::listener("x.y", crate = "renamed")]
 async fn on_renamed(_event: Renamed) {}
+
+#[derive(Debug, ::bus::Event)]
+#[event(name = "rename.typed")]
+struct TypedShadowed;
+
+#[::bus::listener(timeout = "1s")]
+async fn on_typed_shadowed(_event: &TypedShadowed) {}
+
+#[derive(Debug, renamed::Event)]
+#[event(name = "rename.typed-renamed", crate = "renamed")]
+struct TypedRenamed;
+
+#[renamed::listener(crate = "renamed", retry = 1)]
+async fn on_typed_renamed(_event: &TypedRenamed) {}
 
 /// The fn paths of the listeners of `event` on the global bus.
 fn listener_names(event: &str) -> Vec<String> {
@@ -53,5 +67,25 @@ async fn reaches_bus_through_the_crate_option() {
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].ends_with("::on_renamed"), "{names:?}");
     let report = renamed::emit("x.y", Renamed).await;
+    assert_eq!((report.delivered(), report.failed()), (1, 0));
+}
+
+#[tokio::test]
+async fn derives_events_and_infers_names_when_bus_is_shadowed_or_renamed() {
+    use renamed::Event as _;
+
+    assert_eq!(TypedShadowed::NAME, "rename.typed");
+    assert_eq!(
+        listener_names("rename.typed"),
+        ["macro_rename::on_typed_shadowed"]
+    );
+    let report = renamed::publish(TypedShadowed).await;
+    assert_eq!((report.delivered(), report.failed()), (1, 0));
+
+    assert_eq!(TypedRenamed::NAME, "rename.typed-renamed");
+    let listeners = renamed::global().listeners(TypedRenamed::NAME);
+    assert_eq!(listeners.len(), 1, "{listeners:?}");
+    assert_eq!(listeners[0].policy(), renamed::Policy::new().retry(1));
+    let report = renamed::publish(TypedRenamed).await;
     assert_eq!((report.delivered(), report.failed()), (1, 0));
 }

@@ -29,6 +29,11 @@ impl Errors {
         self.push(syn::Error::new_spanned(tokens, message));
     }
 
+    /// `true` when nothing was recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.combined.is_none()
+    }
+
     /// `result` when nothing was recorded; otherwise every recorded error, then `result`'s
     /// error if it has one, combined into one.
     pub(crate) fn finish_with<T>(self, result: syn::Result<T>) -> syn::Result<T> {

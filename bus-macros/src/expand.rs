@@ -1,12 +1,14 @@
 //! Generates the registration of a `#[bus::listener]` fn: the user's fn unchanged, then one
 //! `const _: () = { .. };` block with a shim and an `inventory::submit!`.
 
-use proc_macro2::{Ident, Span, TokenStream, TokenTree};
+use std::time::Duration;
+
+use proc_macro2::{Ident, Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
 
 use crate::diagnostics::fallback;
-use crate::parse::{self, Listener, Takes};
+use crate::parse::{self, Listener, PolicyOptions, Takes};
 
 /// The whole expansion of `#[bus::listener(args)] item`.
 pub(crate) fn listener(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -31,6 +33,8 @@ fn registration(listener: &Listener) -> TokenStream {
     let Listener {
         name,
         krate,
+        once,
+        policy,
         ident,
         event,
         takes,
@@ -71,9 +75,29 @@ fn registration(listener: &Listener) -> TokenStream {
         let dot_await = quote_spanned!(last=> .await);
         quote_spanned!(first=> #bus::__private::into_result(#call(#arg) #dot_await))
     };
+    // Without a name in the attribute, the event type names the event. A type that is not an
+    // `Event` is reported at the argument's type, through `Event`'s `on_unimplemented`.
+    let name = match name {
+        Some(name) => name.to_token_stream(),
+        None => {
+            let (first, last) = (generated_at(arg_span.0), generated_at(arg_span.1));
+            let event_trait = {
+                let bus = bus_at(first);
+                quote_spanned!(last=> #bus::Event)
+            };
+            quote_spanned!(first=> <#event as #event_trait>::NAME)
+        }
+    };
     let register = {
         let bus = bus_at(at_ident);
-        quote_spanned!(at_ident=> #bus::__private::registration::<#event, _, _>(#shim, #ident))
+        let once = once.then(|| quote_spanned!(at_ident=> .once()));
+        let policy = (!policy.is_empty()).then(|| {
+            let policy = policy_expr(policy, &bus);
+            quote_spanned!(at_ident=> .policy(#policy))
+        });
+        quote_spanned! {at_ident=>
+            #bus::__private::registration::<#event, _, _>(#shim, #ident) #once #policy
+        }
     };
     let fn_name = ident.unraw().to_string();
 
@@ -94,6 +118,64 @@ fn registration(listener: &Listener) -> TokenStream {
                 )
             }
         };
+    }
+}
+
+/// `bus::Policy::new()` with the options of `policy` set, in the order `Policy` documents them.
+fn policy_expr(policy: &PolicyOptions, bus: &TokenStream) -> TokenStream {
+    let PolicyOptions {
+        concurrency,
+        timeout,
+        retry,
+        backoff,
+    } = policy;
+    let concurrency = concurrency.map(|limit| {
+        let limit = Literal::usize_unsuffixed(limit);
+        quote!(.concurrency(#limit))
+    });
+    let timeout = timeout.map(|timeout| {
+        let timeout = duration_expr(timeout, bus);
+        quote!(.timeout(#timeout))
+    });
+    let retry = retry.map(|retries| {
+        let retries = Literal::u32_unsuffixed(retries);
+        quote!(.retry(#retries))
+    });
+    let backoff = backoff.map(|backoff| {
+        let backoff = duration_expr(backoff, bus);
+        quote!(.backoff(#backoff))
+    });
+    quote!(#bus::Policy::new() #concurrency #timeout #retry #backoff)
+}
+
+/// A `Duration` expression for `duration`, in the largest unit that holds it exactly, so that
+/// it reads as written: `"5s"` is `Duration::from_secs(5)`, `"100ms"` is
+/// `Duration::from_millis(100)`.
+fn duration_expr(duration: Duration, bus: &TokenStream) -> TokenStream {
+    let (secs, nanos) = (duration.as_secs(), duration.subsec_nanos());
+    let (constructor, value) = if nanos == 0 {
+        ("from_secs", Some(secs))
+    } else if nanos % 1_000_000 == 0 {
+        ("from_millis", u64::try_from(duration.as_millis()).ok())
+    } else if nanos % 1_000 == 0 {
+        ("from_micros", u64::try_from(duration.as_micros()).ok())
+    } else {
+        ("from_nanos", u64::try_from(duration.as_nanos()).ok())
+    };
+    match value {
+        Some(value) => {
+            let constructor = Ident::new(constructor, Span::call_site());
+            let value = Literal::u64_unsuffixed(value);
+            quote!(#bus::__private::Duration::#constructor(#value))
+        }
+        // Too many units for a `u64`: seconds and nanoseconds.
+        None => {
+            let (secs, nanos) = (
+                Literal::u64_unsuffixed(secs),
+                Literal::u32_unsuffixed(nanos),
+            );
+            quote!(#bus::__private::Duration::new(#secs, #nanos))
+        }
     }
 }
 
@@ -121,11 +203,10 @@ fn respan(tokens: TokenStream, span: Span) -> TokenStream {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use proc_macro2::{Delimiter, Spacing};
 
     use super::*;
+    use crate::snapshot;
 
     /// The expansion of `item` under `#[bus::listener(args)]`, split into the tokens of the
     /// user's fn and the rest; asserts that the user's fn comes first, unchanged.
@@ -172,7 +253,8 @@ mod tests {
         };
         for (at, token) in tokens.iter().enumerate() {
             match token {
-                TokenTree::Ident(ident) if is_path_sep(at + 1) => assert!(
+                // `as` in `<E as ::bus::Event>` is followed by `::` but starts no path.
+                TokenTree::Ident(ident) if ident != "as" && is_path_sep(at + 1) => assert!(
                     at >= 2 && is_path_sep(at - 2),
                     "the path starting at `{ident}` must start with `::`"
                 ),
@@ -244,6 +326,94 @@ mod tests {
     }
 
     #[test]
+    fn takes_the_name_from_the_event_type_when_none_is_given() {
+        for (args, bus) in [(quote!(), ":: bus"), (quote!(crate = "renamed"), "renamed")] {
+            for arg in [
+                quote!(e: &UserCreated),
+                quote!(e: Arc<UserCreated>),
+                quote!(e: UserCreated),
+            ] {
+                let generated = expand(args.clone(), quote!(async fn f(#arg) {}));
+                assert_one_const_block(&generated);
+                let text = generated.to_string();
+                let name =
+                    format!("StaticListener :: new (< UserCreated as {bus} :: Event > :: NAME ,");
+                assert!(text.contains(&name), "{name} not in {text}");
+            }
+        }
+    }
+
+    #[test]
+    fn sets_once_and_the_policy_on_the_registration() {
+        let item = quote! { async fn f(event: &E) {} };
+        let register = ":: bus :: __private :: registration :: < E , _ , _ > (__listener , f)";
+
+        let plain = expand(quote!("a.b"), item.clone()).to_string();
+        assert!(plain.contains(&format!("|| {register} ,")), "{plain}");
+
+        let once = expand(quote!("a.b", once), item.clone()).to_string();
+        assert!(
+            once.contains(&format!("|| {register} . once () ,")),
+            "{once}"
+        );
+
+        let generated = expand(
+            quote!(
+                retry = 3,
+                once,
+                backoff = "1.5s",
+                concurrency = 2,
+                timeout = "250ms"
+            ),
+            item.clone(),
+        );
+        assert_paths_are_absolute(generated.clone());
+        let text = generated.to_string();
+        let policy = ":: bus :: Policy :: new () \
+            . concurrency (2) \
+            . timeout (:: bus :: __private :: Duration :: from_millis (250)) \
+            . retry (3) \
+            . backoff (:: bus :: __private :: Duration :: from_millis (1500))";
+        assert!(
+            text.contains(&format!("|| {register} . once () . policy ({policy}) ,")),
+            "{text}"
+        );
+
+        let retry_only = expand(quote!("a.b", retry = 1), item).to_string();
+        assert!(
+            retry_only.contains(&format!(
+                "|| {register} . policy (:: bus :: Policy :: new () . retry (1)) ,"
+            )),
+            "{retry_only}"
+        );
+    }
+
+    #[test]
+    fn writes_durations_in_the_largest_exact_unit() {
+        let bus = quote!(::bus);
+        #[rustfmt::skip]
+        let cases = [
+            (Duration::from_secs(5), "from_secs (5)"),
+            (Duration::ZERO, "from_secs (0)"),
+            (Duration::from_secs(90), "from_secs (90)"),
+            (Duration::from_millis(100), "from_millis (100)"),
+            (Duration::from_millis(1500), "from_millis (1500)"),
+            (Duration::from_micros(1), "from_micros (1)"),
+            (Duration::from_nanos(1_000_001), "from_nanos (1000001)"),
+            (Duration::new(u64::MAX, 0), "from_secs (18446744073709551615)"),
+            (Duration::new(u64::MAX, 1_000_000), "new (18446744073709551615 , 1000000)"),
+            (Duration::new(u64::MAX, 1), "new (18446744073709551615 , 1)"),
+        ];
+        for (duration, expected) in cases {
+            let text = duration_expr(duration, &bus).to_string();
+            assert_eq!(
+                text,
+                format!(":: bus :: __private :: Duration :: {expected}")
+            );
+        }
+    }
+
+    #[test]
     fn names_the_shim_apart_from_the_users_fn() {
         let generated = expand(quote!("a.b"), quote! { async fn __listener(event: &E) {} });
         let text = generated.to_string();
@@ -299,23 +469,26 @@ mod tests {
             }
         };
         let output = listener(quote!("user.created"), item);
-        let actual = pretty_print(output);
+        snapshot::assert_matches("on_user_created.expanded.rs", &pretty_print(output));
+    }
 
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/expand/on_user_created.expanded.rs");
-        if std::env::var_os("BUS_OVERWRITE_SNAPSHOTS").is_some_and(|value| value == "1") {
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, &actual).unwrap();
-            return;
-        }
-        let expected = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            actual == expected,
-            "the expansion differs from {}; if the change is intended, rerun with \
-             BUS_OVERWRITE_SNAPSHOTS=1 and review the new file\n{}",
-            path.display(),
-            diff_lines(&expected, &actual).join("\n"),
+    /// The expansion of a listener that takes its name from its event type, with every option.
+    #[test]
+    fn expansion_snapshot_with_options() {
+        let item = quote! {
+            async fn charge(order: Arc<OrderPlaced>) -> Result<(), PaymentError> {
+                payments::charge(order.total).await
+            }
+        };
+        let args = quote!(
+            once,
+            concurrency = 1,
+            timeout = "5s",
+            retry = 3,
+            backoff = "100ms"
         );
+        let output = listener(args, item);
+        snapshot::assert_matches("charge.expanded.rs", &pretty_print(output));
     }
 
     /// `tokens` as `prettyplease` prints them, except that the body of `inventory::submit!`,
@@ -367,23 +540,6 @@ mod tests {
             }
             _ => None,
         })
-    }
-
-    /// The lines of `expected` and `actual` that differ, as `-` and `+` lines.
-    fn diff_lines(expected: &str, actual: &str) -> Vec<String> {
-        let (expected, actual): (Vec<&str>, Vec<&str>) =
-            (expected.lines().collect(), actual.lines().collect());
-        let mut diff = Vec::new();
-        for line in 0..expected.len().max(actual.len()) {
-            match (expected.get(line), actual.get(line)) {
-                (Some(e), Some(a)) if e == a => {}
-                (e, a) => {
-                    diff.extend(e.map(|e| format!("{:>4} - {e}", line + 1)));
-                    diff.extend(a.map(|a| format!("{:>4} + {a}", line + 1)));
-                }
-            }
-        }
-        diff
     }
 
     #[test]

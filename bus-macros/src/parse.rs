@@ -3,6 +3,8 @@
 //! Every check records its error and carries on, so one build reports every mistake; the
 //! expansion only starts when there are none.
 
+use std::time::Duration;
+
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote};
 use syn::ext::IdentExt;
@@ -19,17 +21,24 @@ use crate::name_rules;
 
 /// Everything the expansion needs to know about one `#[bus::listener]` fn.
 pub(crate) struct Listener {
-    /// The event name or pattern (`orders.*`, `orders.>`), checked against the pattern rules.
-    pub(crate) name: LitStr,
+    /// The event name or pattern (`orders.*`, `orders.>`), checked against the pattern rules;
+    /// `None` when the attribute names no event and the name is the event type's
+    /// `Event::NAME`.
+    pub(crate) name: Option<LitStr>,
     /// The path of the `bus` crate from `crate = "..."`; `None` for `::bus`.
     pub(crate) krate: Option<Path>,
+    /// `once`: the listener takes the first matching event only.
+    pub(crate) once: bool,
+    /// The delivery policy options.
+    pub(crate) policy: PolicyOptions,
     /// The user's fn.
     pub(crate) ident: Ident,
     /// The type of events the fn handles: `E` for a fn taking `&E`, `Arc<E>` or `E`.
     pub(crate) event: Type,
     /// How the fn takes the event.
     pub(crate) takes: Takes,
-    /// The first and the last token of the argument's type, where a missing `Clone` is reported.
+    /// The first and the last token of the argument's type, where a missing `Clone` or a
+    /// missing `Event` impl is reported.
     pub(crate) arg_span: (Span, Span),
     /// The first and the last token of the return type (the fn name when there is none), where
     /// a return type that is not a listener output is reported.
@@ -47,10 +56,33 @@ pub(crate) enum Takes {
     Value,
 }
 
-/// The attribute's arguments: `"event.name"` (or a pattern), then options.
+/// The policy options of the attribute, checked: `None` where an option is not given, which
+/// leaves the runtime's default.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PolicyOptions {
+    /// `concurrency = N`, at least 1.
+    pub(crate) concurrency: Option<usize>,
+    /// `timeout = "5s"`, longer than zero.
+    pub(crate) timeout: Option<Duration>,
+    /// `retry = N`.
+    pub(crate) retry: Option<u32>,
+    /// `backoff = "100ms"`, only with `retry` of at least 1.
+    pub(crate) backoff: Option<Duration>,
+}
+
+impl PolicyOptions {
+    /// `true` when no option is given: the listener keeps the default policy.
+    pub(crate) fn is_empty(&self) -> bool {
+        *self == PolicyOptions::default()
+    }
+}
+
+/// The attribute's arguments: `"event.name"` (or a pattern), if given, and options.
 struct Args {
-    name: LitStr,
+    name: Option<LitStr>,
     krate: Option<Path>,
+    once: bool,
+    policy: PolicyOptions,
 }
 
 /// The fn's signature, as far as the expansion needs it.
@@ -69,6 +101,8 @@ pub(crate) fn listener(args: TokenStream, item: TokenStream) -> syn::Result<List
     Ok(Listener {
         name: args.name,
         krate: args.krate,
+        once: args.once,
+        policy: args.policy,
         ident: function.ident,
         event: function.event,
         takes: function.takes,
@@ -77,10 +111,22 @@ pub(crate) fn listener(args: TokenStream, item: TokenStream) -> syn::Result<List
     })
 }
 
-/// One comma-separated argument of the attribute, before it is checked.
-enum Arg {
+/// Every option the attribute takes, in the order error messages list them.
+const OPTIONS: [&str; 6] = [
+    "once",
+    "concurrency",
+    "timeout",
+    "retry",
+    "backoff",
+    "crate",
+];
+
+/// One comma-separated argument of the attribute (or of `#[event(..)]`), before it is checked.
+pub(crate) enum Arg {
     /// An argument without a key: the event name, if it is a string literal.
     Positional(Expr),
+    /// A bare option such as `once`.
+    Flag(Ident),
     /// `key = value`.
     Option { key: Ident, value: Expr },
 }
@@ -92,55 +138,255 @@ impl Parse for Arg {
             let key = Ident::parse_any(input)?;
             input.parse::<Token![=]>()?;
             let value = input.parse()?;
-            Ok(Arg::Option { key, value })
-        } else {
-            input.parse().map(Arg::Positional)
+            return Ok(Arg::Option { key, value });
         }
+        if is_flag(input) {
+            return Ident::parse_any(input).map(Arg::Flag);
+        }
+        input.parse().map(Arg::Positional)
+    }
+}
+
+/// `true` when the next argument is a lone identifier that reads as an option: `once`, or a
+/// misspelling of it. An identifier without a lower-case letter, such as `USER_CREATED`, reads
+/// as a constant given for the event name, and is reported as such.
+fn is_flag(input: ParseStream<'_>) -> bool {
+    let fork = input.fork();
+    match Ident::parse_any(&fork) {
+        Ok(ident) => {
+            let alone = fork.is_empty() || fork.peek(Token![,]);
+            let name = ident.unraw().to_string();
+            alone && name.chars().any(|ch| ch.is_ascii_lowercase())
+        }
+        Err(_) => false,
     }
 }
 
 fn parse_args(tokens: TokenStream) -> syn::Result<Args> {
-    let args = Punctuated::<Arg, Token![,]>::parse_terminated.parse2(tokens)?;
-    let mut names = Vec::new();
-    let mut options = Errors::default();
-    let mut krate = None;
-    for arg in args {
-        match arg {
-            Arg::Positional(expr) => names.push(expr),
-            Arg::Option { key, value } if key == "crate" => {
-                if krate.is_some() {
-                    options.spanned(key, "duplicate option `crate`");
-                } else {
-                    krate = Some(crate_path(&value, &mut options));
-                }
-            }
-            Arg::Option { key, .. } => {
-                let key = key.unraw();
-                options.spanned(&key, format!("unknown option `{key}`, expected `crate`"));
-            }
-        }
-    }
-    // The name's errors first, as it is written first.
-    let name = match names.split_first() {
-        Some((name, extra)) => {
-            let mut errors = Errors::default();
-            for extra in extra {
+    let parsed = Punctuated::<Arg, Token![,]>::parse_terminated.parse2(tokens)?;
+    // Every error is recorded as it is met, so they are reported in source order.
+    let mut errors = Errors::default();
+    let mut args = Args {
+        name: None,
+        krate: None,
+        once: false,
+        policy: PolicyOptions::default(),
+    };
+    let mut named = false;
+    let mut seen: Vec<String> = Vec::new();
+    let mut backoff = None;
+    for arg in parsed {
+        let (key, value) = match arg {
+            Arg::Positional(expr) if named => {
                 errors.spanned(
-                    extra,
+                    expr,
                     "`#[bus::listener]` takes one event name; write one listener per event",
                 );
+                continue;
             }
-            errors.finish_with(event_name(name))
+            Arg::Positional(expr) => {
+                named = true;
+                args.name = event_name(&expr).map_err(|error| errors.push(error)).ok();
+                continue;
+            }
+            Arg::Flag(key) => (key.unraw(), None),
+            Arg::Option { key, value } => (key.unraw(), Some(value)),
+        };
+        let name = key.to_string();
+        if OPTIONS.contains(&name.as_str()) {
+            if seen.contains(&name) {
+                errors.spanned(&key, format!("duplicate option `{name}`"));
+                continue;
+            }
+            seen.push(name);
         }
-        // The attribute's own tokens are gone: point at the whole `#[bus::listener(..)]`.
-        None => Err(syn::Error::new(
-            Span::call_site(),
-            "`#[bus::listener]` needs the name of the event to listen to; write \
-             `#[bus::listener(\"user.created\")]`",
-        )),
+        if key == "backoff" {
+            backoff = Some(key.clone());
+        }
+        option(&mut args, &key, value, &mut errors);
+    }
+    // Checked once every option is read, as `retry` may come after `backoff`.
+    if let Some(backoff) = backoff {
+        let retry_given = seen.iter().any(|seen| seen == "retry");
+        match args.policy.retry {
+            Some(retries) if retries > 0 => {}
+            // `retry` was given, but wrong: that is the error to fix first.
+            None if retry_given => {}
+            retries => errors.spanned(
+                backoff,
+                format!(
+                    "`backoff` is the delay before a retry, but this listener {}; add \
+                     `retry = 3` (or how many retries it should make), or remove `backoff`",
+                    match retries {
+                        Some(_) => "has `retry = 0`",
+                        None => "does not retry",
+                    }
+                ),
+            ),
+        }
+    }
+    errors.finish_with(Ok(args))
+}
+
+/// Reads the option `key`, given with `value` or alone, into `args`.
+fn option(args: &mut Args, key: &Ident, value: Option<Expr>, errors: &mut Errors) {
+    let name = key.to_string();
+    let policy = &mut args.policy;
+    match (name.as_str(), value) {
+        ("once", None) => args.once = true,
+        ("once", Some(value)) => errors.spanned(
+            quote!(#key = #value),
+            "`once` takes no value; write `once` to make this a listener for one event, or \
+             remove it",
+        ),
+        (known, None) if OPTIONS.contains(&known) => errors.spanned(
+            key,
+            format!("option `{name}` needs a value; write {}", example(&name)),
+        ),
+        ("crate", Some(value)) => args.krate = crate_path(&value, errors),
+        ("concurrency", Some(value)) => {
+            policy.concurrency = integer(key, &value, usize::MAX, errors);
+            if policy.concurrency == Some(0) {
+                policy.concurrency = None;
+                errors.spanned(
+                    &value,
+                    "`concurrency` must be at least 1: it is how many deliveries of this \
+                     listener may run at once (`1` runs them one at a time, in emit order); \
+                     remove the option for no limit",
+                );
+            }
+        }
+        ("timeout", Some(value)) => {
+            policy.timeout = duration(key, &value, errors);
+            if policy.timeout == Some(Duration::ZERO) {
+                policy.timeout = None;
+                errors.spanned(
+                    &value,
+                    "`timeout` must be longer than zero: every delivery would time out; remove \
+                     the option for no timeout",
+                );
+            }
+        }
+        ("retry", Some(value)) => policy.retry = integer(key, &value, u32::MAX, errors),
+        ("backoff", Some(value)) => policy.backoff = duration(key, &value, errors),
+        _ => {
+            let expected: Vec<String> =
+                OPTIONS.iter().map(|option| format!("`{option}`")).collect();
+            errors.spanned(
+                key,
+                format!(
+                    "unknown option `{name}`, expected one of: {}",
+                    expected.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// How an option with a value is written, for error messages.
+fn example(option: &str) -> &'static str {
+    match option {
+        "concurrency" => "`concurrency = 1`",
+        "timeout" => "`timeout = \"5s\"`",
+        "retry" => "`retry = 3`",
+        "backoff" => "`backoff = \"100ms\"`",
+        _ => "`crate = \"bus\"`",
+    }
+}
+
+/// The value of an integer option such as `retry = 3`, at most `max`; `None` when it is not
+/// one (the error is recorded).
+fn integer<T>(key: &Ident, value: &Expr, max: T, errors: &mut Errors) -> Option<T>
+where
+    T: std::str::FromStr + std::fmt::Display,
+    T::Err: std::fmt::Display,
+{
+    let option = key.to_string();
+    let lit = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => lit,
+        // `retry = "3"`: the number is right, the quotes are not.
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(text),
+            ..
+        }) if text.value().parse::<T>().is_ok() => {
+            let number = text.value();
+            errors.spanned(
+                value,
+                format!(
+                    "`{option}` must be an integer literal, not a string; remove the quotes: \
+                     `{option} = {number}`"
+                ),
+            );
+            return None;
+        }
+        _ => {
+            errors.spanned(
+                value,
+                format!(
+                    "`{option}` must be an integer literal, such as {}",
+                    example(&option)
+                ),
+            );
+            return None;
+        }
     };
-    let krate = options.finish_with(Ok(krate.flatten()));
-    both(name, krate).map(|(name, krate)| Args { name, krate })
+    let parsed = lit.base10_parse::<T>();
+    if parsed.is_err() {
+        errors.spanned(lit, format!("`{option}` must be at most {max}"));
+    }
+    parsed.ok()
+}
+
+/// The value of a duration option such as `timeout = "5s"`, parsed as `humantime` parses
+/// durations; `None` when it is not one (the error is recorded).
+fn duration(key: &Ident, value: &Expr, errors: &mut Errors) -> Option<Duration> {
+    let option = key.to_string();
+    let lit = match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => lit,
+        // `timeout = 5`: the number needs its unit, in a string.
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(number),
+            ..
+        }) => {
+            let number = number.base10_digits();
+            errors.spanned(
+                value,
+                format!(
+                    "`{option}` must be a duration in a string, with its unit: write \
+                     `{option} = \"{number}s\"` or `{option} = \"{number}ms\"`"
+                ),
+            );
+            return None;
+        }
+        _ => {
+            errors.spanned(
+                value,
+                format!(
+                    "`{option}` must be a duration in a string, such as {}",
+                    example(&option)
+                ),
+            );
+            return None;
+        }
+    };
+    let text = lit.value();
+    match humantime::parse_duration(&text) {
+        Ok(duration) => Some(duration),
+        Err(error) => {
+            errors.spanned(
+                lit,
+                format!(
+                    "invalid duration {text:?} for `{option}`: {error}; write a number and a \
+                     unit, such as `\"5s\"`, `\"100ms\"` or `\"1m 30s\"`"
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// The event name `expr`, checked against the pattern rules: an event name, or a pattern with
@@ -164,7 +410,7 @@ fn event_name(expr: &Expr) -> syn::Result<LitStr> {
 }
 
 /// The path in `crate = "path"`; `None` when it is not one (the error is recorded).
-fn crate_path(value: &Expr, errors: &mut Errors) -> Option<Path> {
+pub(crate) fn crate_path(value: &Expr, errors: &mut Errors) -> Option<Path> {
     let path = match value {
         Expr::Lit(ExprLit {
             lit: Lit::Str(lit), ..
@@ -478,6 +724,12 @@ mod tests {
         tokens.to_token_stream().to_string()
     }
 
+    /// The event name the attribute gives `listener`.
+    #[track_caller]
+    fn name_of(listener: &Listener) -> String {
+        listener.name.as_ref().expect("an event name").value()
+    }
+
     #[test]
     fn reads_each_form_of_the_event_argument() {
         #[rustfmt::skip]
@@ -504,7 +756,7 @@ mod tests {
             assert_eq!(listener.takes, takes, "{arg}");
             assert_eq!(tokens(&listener.event), event, "{arg}");
             assert_eq!(listener.ident, "on_user_created");
-            assert_eq!(listener.name.value(), "user.created");
+            assert_eq!(name_of(&listener), "user.created");
             assert!(listener.krate.is_none());
         }
     }
@@ -561,7 +813,7 @@ mod tests {
     fn accepts_patterns() {
         for pattern in ["orders.*", "orders.*.created", "orders.>", "*.>", ">"] {
             let listener = parses(quote!(#pattern), quote! { async fn f(event: &E) {} });
-            assert_eq!(listener.name.value(), pattern);
+            assert_eq!(name_of(&listener), pattern);
         }
     }
 
@@ -579,7 +831,7 @@ mod tests {
         for &(name, valid) in name_rules::CASES {
             let result = listener(quote!(#name), quote! { async fn f(event: &E) {} });
             match (result, name_rules::check_event_name(name)) {
-                (Ok(listener), Ok(())) if valid => assert_eq!(listener.name.value(), name),
+                (Ok(listener), Ok(())) if valid => assert_eq!(name_of(&listener), name),
                 // Not an event name, but maybe a pattern: the runtime's pattern check decides.
                 (result, Err(_)) if !valid && name.contains(['*', '>']) => {
                     let pattern = name_rules::check_pattern(name);
@@ -598,7 +850,7 @@ mod tests {
         for &(pattern, valid) in name_rules::PATTERN_CASES {
             let result = listener(quote!(#pattern), quote! { async fn f(event: &E) {} });
             match (result, name_rules::check_pattern(pattern)) {
-                (Ok(listener), Ok(())) if valid => assert_eq!(listener.name.value(), pattern),
+                (Ok(listener), Ok(())) if valid => assert_eq!(name_of(&listener), pattern),
                 (Err(error), Err(problem)) if !valid => {
                     assert_eq!(error.to_string(), problem.message(), "{pattern:?}");
                     assert_eq!(error.into_iter().count(), 1, "{pattern:?}");
@@ -625,8 +877,6 @@ mod tests {
         let item = quote! { async fn f(event: &E) {} };
         #[rustfmt::skip]
         let cases = [
-            (quote!(), "needs the name of the event"),
-            (quote!(crate = "bus"), "needs the name of the event"),
             (quote!(""), "must not be empty"),
             (quote!("user created"), "the character ' ' at byte 4"),
             (quote!("ord*"), "listener pattern has `*` inside a token at byte 3"),
@@ -637,13 +887,45 @@ mod tests {
             (quote!(42), "must be a string literal"),
             (quote!(b"user.created"), "must be a string literal"),
             (quote!("a.b", "c.d"), "takes one event name"),
-            (quote!("a.b", foo = 1), "unknown option `foo`, expected `crate`"),
-            (quote!("a.b", r#foo = 1), "unknown option `foo`, expected `crate`"),
+            (quote!(once, "a.b", "c.d"), "takes one event name"),
+            (quote!("a.b", foo = 1), "unknown option `foo`, expected one of: `once`, `concurrency`, `timeout`, `retry`, `backoff`, `crate`"),
+            (quote!("a.b", r#foo = 1), "unknown option `foo`, expected one of: `once`"),
+            (quote!("a.b", onec), "unknown option `onec`, expected one of: `once`"),
+            (quote!(retries = 3), "unknown option `retries`"),
             (quote!("a.b", crate = "bus", crate = "bus"), "duplicate option `crate`"),
             (quote!("a.b", crate = bus), "`crate` must be the path of the `bus` crate"),
             (quote!("a.b", crate = "not a path"), "`crate` must be the path"),
             (quote!("a.b", crate = "bus<T>"), "`crate` must be the path"),
             (quote!("a.b", crate = ""), "`crate` must be the path"),
+            (quote!("a.b", crate), "option `crate` needs a value; write `crate = \"bus\"`"),
+            (quote!(once, once), "duplicate option `once`"),
+            (quote!(once = true), "`once` takes no value"),
+            (quote!(concurrency), "option `concurrency` needs a value; write `concurrency = 1`"),
+            (quote!(concurrency = 0), "`concurrency` must be at least 1"),
+            (quote!(concurrency = "1"), "`concurrency` must be an integer literal, not a string; remove the quotes: `concurrency = 1`"),
+            (quote!(concurrency = "one"), "`concurrency` must be an integer literal, such as `concurrency = 1`"),
+            (quote!(concurrency = -1), "`concurrency` must be an integer literal"),
+            (quote!(concurrency = 1.5), "`concurrency` must be an integer literal"),
+            (quote!(concurrency = 1, concurrency = 2), "duplicate option `concurrency`"),
+            (quote!(retry = "3"), "`retry` must be an integer literal, not a string"),
+            (quote!(retry = true), "`retry` must be an integer literal, such as `retry = 3`"),
+            (quote!(retry = 4294967296), "`retry` must be at most 4294967295"),
+            (quote!(retry), "option `retry` needs a value; write `retry = 3`"),
+            (quote!(timeout = 5), "`timeout` must be a duration in a string, with its unit: write `timeout = \"5s\"` or `timeout = \"5ms\"`"),
+            (quote!(timeout = 1.5), "`timeout` must be a duration in a string, such as `timeout = \"5s\"`"),
+            (quote!(timeout = "5"), "invalid duration \"5\" for `timeout`: time unit needed, for example 5sec or 5ms"),
+            (quote!(timeout = "five seconds"), "invalid duration \"five seconds\" for `timeout`: expected number at 0"),
+            (quote!(timeout = "5 lightyears"), "unknown time unit \"lightyears\""),
+            (quote!(timeout = ""), "value was empty"),
+            (quote!(timeout = "0s"), "`timeout` must be longer than zero"),
+            (quote!(timeout), "write `timeout = \"5s\"`"),
+            (quote!(retry = 1, backoff = 100), "write `backoff = \"100s\"` or `backoff = \"100ms\"`"),
+            (quote!(retry = 1, backoff = fast), "`backoff` must be a duration in a string, such as `backoff = \"100ms\"`"),
+            (quote!(retry = 1, backoff = "1x"), "invalid duration \"1x\" for `backoff`"),
+            (quote!(backoff = "100ms"), "`backoff` is the delay before a retry, but this listener does not retry; add `retry = 3`"),
+            (quote!(retry = 0, backoff = "100ms"), "but this listener has `retry = 0`"),
+            // `retry` is wrong: that error alone.
+            (quote!(retry = "3", backoff = "100ms"), "`retry` must be an integer literal"),
         ];
         for (args, expected) in cases {
             let message = error(args.clone(), item.clone());
@@ -652,8 +934,111 @@ mod tests {
     }
 
     #[test]
+    fn leaves_the_name_to_the_event_type_when_none_is_given() {
+        for args in [
+            quote!(),
+            quote!(crate = "bus"),
+            quote!(once),
+            quote!(retry = 3,),
+        ] {
+            let listener = parses(args.clone(), quote! { async fn f(event: Arc<E>) {} });
+            assert!(listener.name.is_none(), "{args}");
+            assert_eq!(tokens(&listener.event), "E");
+        }
+    }
+
+    #[test]
+    fn reads_the_options() {
+        let item = quote! { async fn f(event: &E) {} };
+        let listener = parses(quote!("a.b"), item.clone());
+        assert!(!listener.once);
+        assert!(listener.policy.is_empty());
+
+        for args in [
+            quote!("a.b", once),
+            quote!(once, "a.b"),
+            quote!(once),
+            quote!(once,),
+        ] {
+            assert!(parses(args.clone(), item.clone()).once, "{args}");
+        }
+
+        let all = PolicyOptions {
+            concurrency: Some(1),
+            timeout: Some(Duration::from_secs(5)),
+            retry: Some(3),
+            backoff: Some(Duration::from_millis(100)),
+        };
+        for args in [
+            quote!(
+                "a.b",
+                concurrency = 1,
+                timeout = "5s",
+                retry = 3,
+                backoff = "100ms"
+            ),
+            quote!(
+                backoff = "100ms",
+                retry = 3,
+                timeout = "5s",
+                concurrency = 1
+            ),
+            quote!(
+                once,
+                concurrency = 1,
+                timeout = "5 sec",
+                retry = 3_u32,
+                backoff = "0.1s"
+            ),
+        ] {
+            let listener = parses(args.clone(), item.clone());
+            assert_eq!(listener.policy, all, "{args}");
+        }
+        let listener = parses(quote!(timeout = "1m 30s", retry = 0), item.clone());
+        assert_eq!(
+            listener.policy,
+            PolicyOptions {
+                timeout: Some(Duration::from_secs(90)),
+                retry: Some(0),
+                ..PolicyOptions::default()
+            }
+        );
+        assert!(listener.name.is_none());
+        let listener = parses(quote!(retry = 1, backoff = "0s"), item);
+        assert_eq!(listener.policy.backoff, Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn reports_every_option_mistake_in_source_order() {
+        let messages = messages(
+            quote!(concurrency = 0, onec, "a b", timeout = "5", backoff = "1s"),
+            quote! { async fn f(event: &E) {} },
+        );
+        let expected = [
+            "`concurrency` must be at least 1",
+            "unknown option `onec`",
+            "event name has the character ' '",
+            "invalid duration \"5\"",
+            "`backoff` is the delay before a retry",
+        ];
+        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
+        for (message, expected) in messages.iter().zip(expected) {
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
     fn reports_syntax_errors_in_the_arguments() {
-        for args in [quote!("a.b" "c.d"), quote!("a.b", crate =), quote!(,)] {
+        for args in [
+            quote!("a.b" "c.d"),
+            quote!("a.b", crate =),
+            quote!(,),
+            quote!(once once),
+            quote!(retry = ),
+        ] {
             assert!(
                 !messages(args.clone(), quote! { async fn f(event: &E) {} }).is_empty(),
                 "{args}"

@@ -1,5 +1,5 @@
-//! Every accepted form of `#[bus::listener]`, under strict lints: the expansion must not add a
-//! single warning to the user's crate.
+//! Every accepted form of `#[bus::listener]` and `#[derive(bus::Event)]`, under strict lints:
+//! the expansion must not add a single warning to the user's crate.
 //!
 //! `tests/macro_ui.rs` also includes this file as a module, so that `cargo clippy --all-targets`
 //! checks it with clippy's lints too.
@@ -110,6 +110,72 @@ pub mod patterns {
     #[bus::listener("user.>")]
     async fn trailing_tokens(event: &UserCreated) {
         println!("{}", event.name);
+    }
+}
+
+/// Typed events, derived, and listeners that take their name from the event type, with
+/// options.
+pub mod typed {
+    use std::sync::Arc;
+
+    /// An event with its name.
+    #[derive(Debug, Clone, bus::Event)]
+    #[event(name = "order.placed")]
+    pub struct OrderPlaced {
+        /// Its payload.
+        pub total: u64,
+    }
+
+    /// A generic event: an event for every `T` that makes it `Send + Sync + 'static`.
+    #[derive(Debug, bus::Event)]
+    #[event(name = "cache.filled", crate = "bus")]
+    pub struct Filled<T> {
+        /// Its payload.
+        pub value: T,
+    }
+
+    /// An enum event, its attributes split.
+    #[derive(Debug, bus::Event)]
+    #[event(crate = "::bus")]
+    #[event(name = r"order.changed")]
+    pub enum OrderChanged {
+        /// One variant.
+        Added,
+        /// Another.
+        Removed,
+    }
+
+    #[bus::listener]
+    async fn by_ref(order: &OrderPlaced) {
+        println!("{}", order.total);
+    }
+
+    #[bus::listener(once)]
+    async fn by_arc(order: Arc<OrderPlaced>) {
+        println!("{}", order.total);
+    }
+
+    #[bus::listener(concurrency = 1, timeout = "5s", retry = 3, backoff = "100ms")]
+    async fn by_value(order: OrderPlaced) -> Result<(), String> {
+        if order.total == 0 {
+            return Err("empty order".to_owned());
+        }
+        Ok(())
+    }
+
+    #[bus::listener("order.placed", once, timeout = "1m 30s", crate = "bus")]
+    async fn named(order: &OrderPlaced) {
+        println!("{}", order.total);
+    }
+
+    #[bus::listener(retry = 0)]
+    async fn generic(filled: &Filled<u32>) {
+        println!("{}", filled.value);
+    }
+
+    #[bus::listener(timeout = "1.5s")]
+    async fn changed(change: &OrderChanged) {
+        println!("{change:?}");
     }
 }
 

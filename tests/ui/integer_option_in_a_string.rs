@@ -1,6 +1,6 @@
 struct UserCreated;
 
-#[bus::listener]
+#[bus::listener("user.created", concurrency = "1")]
 async fn on_user_created(_event: &UserCreated) {}
 
 fn main() {}

@@ -1,0 +1,31 @@
+async fn charge(order: Arc<OrderPlaced>) -> Result<(), PaymentError> {
+    payments::charge(order.total).await
+}
+#[doc(hidden)]
+const _: () = {
+    async fn __listener(
+        event: ::bus::__private::Arc<OrderPlaced>,
+    ) -> ::bus::__private::ListenerResult {
+        ::bus::__private::into_result(charge(event).await)
+    }
+    ::bus::__private::inventory::submit! {
+        ::bus::__private::StaticListener::new(
+            <OrderPlaced as ::bus::Event>::NAME,
+            ::core::concat!(::core::module_path!(), "::", "charge"),
+            ::core::file!(),
+            ::core::line!(),
+            ::core::column!(),
+            || {
+                ::bus::__private::registration::<OrderPlaced, _, _>(__listener, charge)
+                    .once()
+                    .policy(
+                        ::bus::Policy::new()
+                            .concurrency(1)
+                            .timeout(::bus::__private::Duration::from_secs(5))
+                            .retry(3)
+                            .backoff(::bus::__private::Duration::from_millis(100)),
+                    )
+            },
+        )
+    }
+};

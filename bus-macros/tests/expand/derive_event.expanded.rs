@@ -1,0 +1,4 @@
+#[automatically_derived]
+impl ::bus::Event for UserCreated {
+    const NAME: &'static str = "user.created";
+}

@@ -1,0 +1,5 @@
+#[derive(bus::Event)]
+#[event]
+struct UserCreated;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(bus::Event)]
+#[event(name = "user.created", crate = "not a path")]
+struct UserCreated;
+
+fn main() {}

@@ -1,0 +1,5 @@
+#[derive(bus::Event)]
+#[event(name)]
+struct UserCreated;
+
+fn main() {}

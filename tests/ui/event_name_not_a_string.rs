@@ -1,0 +1,5 @@
+#[derive(bus::Event)]
+#[event(name = user.created)]
+struct UserCreated;
+
+fn main() {}

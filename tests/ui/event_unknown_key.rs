@@ -1,0 +1,5 @@
+#[derive(bus::Event)]
+#[event(nam = "user.created")]
+struct UserCreated;
+
+fn main() {}

@@ -1,0 +1,6 @@
+struct UserCreated;
+
+#[bus::listener("user.created", concurrency = 0)]
+async fn on_user_created(_event: &UserCreated) {}
+
+fn main() {}
