@@ -275,14 +275,16 @@ impl Layer for TracingLayer {
         );
         match outcome.result {
             AttemptResult::Delivered => {}
-            AttemptResult::Failed(error) => tracing::error!(
-                event, listener, attempt, error = %error, "listener returned an error"
-            ),
-            AttemptResult::Panicked(message) => tracing::error!(
-                event, listener, attempt, panic = %message, "listener panicked"
-            ),
+            AttemptResult::Failed(error) => {
+                tracing::error!(
+                    event, listener, attempt, error = %error, "listener returned an error"
+                );
+            }
+            AttemptResult::Panicked(message) => {
+                tracing::error!(event, listener, attempt, panic = %message, "listener panicked");
+            }
             AttemptResult::TimedOut(timeout) => {
-                tracing::error!(event, listener, attempt, ?timeout, "listener timed out")
+                tracing::error!(event, listener, attempt, ?timeout, "listener timed out");
             }
             AttemptResult::Aborted => {
                 tracing::warn!(event, listener, "listener aborted before it finished");

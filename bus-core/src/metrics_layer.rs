@@ -46,7 +46,7 @@ type Hasher = foldhash::fast::RandomState;
 ///
 /// | metric | kind | labels | counts |
 /// |---|---|---|---|
-/// | `bus_events_emitted_total` | counter | `event` | emits that reached the dispatch ([`Layer::on_emit`]) |
+/// | `bus_events_emitted_total` | counter | `event` | emits handed to their listeners, if any ([`Layer::on_emit`]); not the shed ones |
 /// | `bus_deliveries_total` | counter | `event`, `listener`, `outcome` | delivery attempts by how they ended: `delivered`, `failed`, `panicked`, `timed_out`, `aborted` |
 /// | `bus_deliveries_retried_total` | counter | `event`, `listener` | attempts after the first (retries) |
 /// | `bus_dead_letters_total` | counter | `event`, `listener` | deliveries that failed their last attempt |
