@@ -61,7 +61,10 @@ fn the_readme_opens_with_the_two_commands_ci_runs() {
         .collect();
     assert_eq!(
         commands,
-        ["cargo run --example quickstart", "cargo test --workspace"]
+        [
+            "cargo run --example quickstart",
+            "cargo test --workspace --all-features"
+        ]
     );
     let ci = read(".ci/run");
     for command in commands {
