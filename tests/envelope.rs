@@ -239,3 +239,27 @@ async fn spans_name_the_event_id_its_cause_the_listener_and_the_attempt() {
     }
     assert!(line.contains("event_id="), "{line}");
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_retried_delivery_logs_each_attempt_in_its_span() {
+    let logs = Logs::default();
+    let _capture = logs.capture();
+    let bus = EventBus::new();
+    bus.add_listener_with(
+        "sync.requested",
+        |_: Arc<u32>| async { Err::<(), _>("remote unreachable") },
+        bus::Policy::new()
+            .retry(2)
+            .backoff(std::time::Duration::from_millis(10)),
+    );
+    bus.emit("sync.requested", 0_u32).await;
+    let lines = logs.lines_with(&["remote unreachable", "listener returned an error"]);
+    assert_eq!(lines.len(), 3, "{}", logs.text());
+    for (line, attempt) in lines.iter().zip(1..) {
+        assert!(
+            line.contains(&format!("bus.deliver{{"))
+                && line.contains(&format!("attempt={attempt}")),
+            "attempt {attempt} not in its span: {line}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ struct Journal {
     lines: Mutex<Vec<String>>,
     timed: bool,
     elapsed: Mutex<Vec<Option<Duration>>>,
+    finals: Mutex<Vec<bool>>,
 }
 
 impl Journal {
@@ -61,6 +62,7 @@ impl Layer for Journal {
             delivery.attempt()
         ));
         self.elapsed.lock().unwrap().push(outcome.elapsed());
+        self.finals.lock().unwrap().push(outcome.is_final());
     }
 
     fn timed(&self) -> bool {
@@ -100,6 +102,11 @@ async fn hooks_wrap_every_delivery_whatever_its_end() {
     assert!(
         journal.elapsed.lock().unwrap().iter().all(Option::is_none),
         "no layer asked for timing"
+    );
+    assert_eq!(
+        *journal.finals.lock().unwrap(),
+        [true; 3],
+        "no retries here"
     );
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt as _;
+use tracing::Instrument as _;
 
 use crate::dispatch::{Scope, panic_message};
 use crate::error::{BoxError, DeliveryError};
@@ -70,35 +71,34 @@ impl PolicyDelivery {
         let _permit = turn.wait().await;
         let mut attempt = 1;
         loop {
-            tracing::Span::current().record("attempt", attempt);
-            let started = scope.before(attempt);
+            let span = tracing::debug_span!("bus.attempt", attempt);
+            let started = span.in_scope(|| scope.before(attempt));
             let mut pending = PendingAttempt {
                 scope: &scope,
                 attempt,
                 started,
                 done: false,
             };
-            let ended = attempt_once(&entry, &event, policy.timeout_after()).await;
+            let ended = attempt_once(&entry, &event, policy.timeout_after())
+                .instrument(span.clone())
+                .await;
             pending.done = true;
+            let message = match &ended {
+                Attempt::Panicked(payload) => panic_message(payload.as_ref()),
+                _ => String::new(),
+            };
             let result = match &ended {
                 Attempt::Delivered => AttemptResult::Delivered,
                 Attempt::Failed(error) => AttemptResult::Failed(error),
-                Attempt::Panicked(_) => AttemptResult::Panicked("listener panicked"),
+                Attempt::Panicked(_) => AttemptResult::Panicked(&message),
                 Attempt::TimedOut(timeout) => AttemptResult::TimedOut(*timeout),
             };
-            let message = match &ended {
-                Attempt::Panicked(payload) => Some(panic_message(payload.as_ref())),
-                _ => None,
-            };
-            let result = match (&result, &message) {
-                (AttemptResult::Panicked(_), Some(message)) => AttemptResult::Panicked(message),
-                _ => result,
-            };
-            scope.after(attempt, started, result);
+            let retried = !matches!(ended, Attempt::Delivered) && attempt < policy.max_attempts();
+            span.in_scope(|| scope.after_attempt(attempt, started, result, retried));
             if matches!(ended, Attempt::Delivered) {
                 return Ok(());
             }
-            if attempt < policy.max_attempts() {
+            if retried {
                 tokio::time::sleep(policy.delay_after(attempt)).await;
                 attempt += 1;
                 continue;

@@ -346,9 +346,21 @@ impl Scope<'_> {
         self.layers.timed().then(Instant::now)
     }
 
-    /// Calls every layer's `after` for `attempt`.
+    /// Calls every layer's `after` for the last attempt of a delivery.
     #[inline]
     pub(crate) fn after(&self, attempt: u32, started: Option<Instant>, result: AttemptResult<'_>) {
+        self.after_attempt(attempt, started, result, false);
+    }
+
+    /// Calls every layer's `after` for `attempt`; `retried` when another attempt follows.
+    #[inline]
+    pub(crate) fn after_attempt(
+        &self,
+        attempt: u32,
+        started: Option<Instant>,
+        result: AttemptResult<'_>,
+        retried: bool,
+    ) {
         if self.layers.only_tracing() && matches!(result, AttemptResult::Delivered) {
             return;
         }
@@ -356,6 +368,7 @@ impl Scope<'_> {
         let outcome = DeliveryOutcome {
             result,
             elapsed: started.map(|started| started.elapsed()),
+            retried,
         };
         for layer in self.layers.iter() {
             layer.after(&info, &outcome);
@@ -402,11 +415,15 @@ impl<'a> Dispatcher<'a> {
             event_id = %self.meta.id,
             listener = %self.entry.info.name(),
             listener_id = self.entry.info.id().get(),
-            attempt = 1_u32,
+            attempt = tracing::field::Empty,
         );
         if self.entry.lane.is_some() {
-            // The policy path calls the layers for each attempt itself.
+            // The policy path calls the layers for each attempt itself, each attempt in a
+            // `bus.attempt` span of its own.
             return self.with_policy(event, span);
+        }
+        if !span.is_disabled() {
+            span.record("attempt", 1_u32);
         }
         let started = if self.layers.only_tracing() {
             None

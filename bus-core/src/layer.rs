@@ -189,6 +189,7 @@ impl DeliveryInfo<'_> {
 pub struct DeliveryOutcome<'a> {
     pub(crate) result: AttemptResult<'a>,
     pub(crate) elapsed: Option<Duration>,
+    pub(crate) retried: bool,
 }
 
 /// How one delivery attempt ended, without its timing.
@@ -211,6 +212,13 @@ impl<'a> DeliveryOutcome<'a> {
     /// How the attempt ended.
     pub fn result(&self) -> AttemptResult<'a> {
         self.result
+    }
+
+    /// `true` when this was the delivery's last attempt: it was delivered, or it failed and
+    /// its listener's [`Policy`](crate::Policy) has no retry left (a dead letter follows for
+    /// listeners with a policy). `false` when the bus tries again after a backoff.
+    pub fn is_final(&self) -> bool {
+        !self.retried
     }
 
     /// `true` when the listener completed with `Ok`.
