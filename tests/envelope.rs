@@ -257,8 +257,7 @@ async fn a_retried_delivery_logs_each_attempt_in_its_span() {
     assert_eq!(lines.len(), 3, "{}", logs.text());
     for (line, attempt) in lines.iter().zip(1..) {
         assert!(
-            line.contains(&format!("bus.deliver{{"))
-                && line.contains(&format!("attempt={attempt}")),
+            line.contains("bus.deliver{") && line.contains(&format!("attempt={attempt}")),
             "attempt {attempt} not in its span: {line}"
         );
     }
