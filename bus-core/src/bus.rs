@@ -313,17 +313,7 @@ impl EventBus {
         E: Send + Sync + 'static,
         L: Listener<E>,
     {
-        let location = SourceLocation::from(std::panic::Location::caller());
-        let name = std::any::type_name::<L>();
-        let erased = Erased::new::<E, L>(listener);
-        self.register(
-            event_name,
-            name,
-            location,
-            ListenerKind::Added,
-            erased,
-            Policy::new(),
-        )
+        self.try_add_listener_with(event_name, listener, Policy::new())
     }
 
     /// Like [`add_listener`](EventBus::add_listener), with a delivery [`Policy`]: a concurrency

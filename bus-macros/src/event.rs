@@ -16,7 +16,7 @@ use syn::{
 
 use crate::diagnostics::Errors;
 use crate::name_rules;
-use crate::parse::{Arg, crate_path};
+use crate::parse::{self, Arg, crate_path};
 
 /// What `#[event(..)]` says about the type.
 #[derive(Default)]
@@ -176,21 +176,11 @@ fn event_args(attrs: &[Attribute], errors: &mut Errors) -> EventArgs {
 /// The value of `name = ..`, checked against the event-name rules: a concrete name, as emitted,
 /// so no `*` or `>` wildcards.
 fn event_name(value: &Expr) -> syn::Result<LitStr> {
-    let Expr::Lit(ExprLit {
-        lit: Lit::Str(lit), ..
-    }) = value
-    else {
-        return Err(syn::Error::new_spanned(
-            value,
-            "`name` must be a string literal such as `name = \"user.created\"`",
-        ));
-    };
-    let name = lit.value();
-    match name_rules::check_event_name(&name) {
-        // Rebuilt from its value so that the expansion shows `"a.b"` even for `r"a.b"`.
-        Ok(()) => Ok(LitStr::new(&name, lit.span())),
-        Err(problem) => Err(syn::Error::new_spanned(lit, problem.message())),
-    }
+    parse::checked_name(
+        value,
+        "`name` must be a string literal such as `name = \"user.created\"`",
+        |name| name_rules::check_event_name(name).map_err(|problem| problem.message()),
+    )
 }
 
 #[cfg(test)]

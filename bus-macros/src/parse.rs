@@ -392,20 +392,31 @@ fn duration(key: &Ident, value: &Expr, errors: &mut Errors) -> Option<Duration> 
 /// The event name `expr`, checked against the pattern rules: an event name, or a pattern with
 /// `*` and `>` wildcards, exactly as the runtime parses listener patterns.
 fn event_name(expr: &Expr) -> syn::Result<LitStr> {
+    checked_name(
+        expr,
+        "event name must be a string literal such as `\"user.created\"`",
+        |name| name_rules::check_pattern(name).map_err(|problem| problem.message()),
+    )
+}
+
+/// The string literal `expr`, rebuilt from its value so that the expansion shows `"a.b"` even
+/// for `r"a.b"`, once `check` accepts it; errors on the literal (or on `expr` when it is not
+/// a string literal, with `not_a_string`).
+pub(crate) fn checked_name(
+    expr: &Expr,
+    not_a_string: &str,
+    check: impl FnOnce(&str) -> Result<(), String>,
+) -> syn::Result<LitStr> {
     let Expr::Lit(ExprLit {
         lit: Lit::Str(lit), ..
     }) = expr
     else {
-        return Err(syn::Error::new_spanned(
-            expr,
-            "event name must be a string literal such as `\"user.created\"`",
-        ));
+        return Err(syn::Error::new_spanned(expr, not_a_string));
     };
     let name = lit.value();
-    match name_rules::check_pattern(&name) {
-        // Rebuilt from its value so that the expansion shows `"a.b"` even for `r"a.b"`.
+    match check(&name) {
         Ok(()) => Ok(LitStr::new(&name, lit.span())),
-        Err(problem) => Err(syn::Error::new_spanned(lit, problem.message())),
+        Err(message) => Err(syn::Error::new_spanned(lit, message)),
     }
 }
 
