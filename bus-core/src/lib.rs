@@ -26,6 +26,7 @@ mod policy;
 mod registry;
 mod shared_map;
 mod subscription;
+pub mod transport;
 mod wait;
 
 #[doc(hidden)]

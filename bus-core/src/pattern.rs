@@ -75,9 +75,9 @@ impl Pattern {
 
     /// Whether the pattern matches the event name `name`, token by token.
     ///
-    /// The plain reference that [`PatternIndex`] is tested against. `name` is expected to be a
-    /// valid event name; any other string gets a definite answer, never a panic.
-    #[cfg(test)]
+    /// The plain reference that [`PatternIndex`] is tested against, and what the in-memory
+    /// transport filters with. `name` is expected to be a valid event name; any other string
+    /// gets a definite answer, never a panic.
     pub(crate) fn matches(&self, name: &str) -> bool {
         let mut names = name.split('.');
         for token in self.tokens.iter() {

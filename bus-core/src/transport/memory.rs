@@ -1,0 +1,488 @@
+//! [`MemoryTransport`]: the broker semantics of the transport traits, in process. For tests
+//! (it runs the conformance suite with no broker) and for wiring a distributed setup before a
+//! broker is at hand.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::{
+    BoxFuture, Capabilities, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_REASON, Delivery,
+    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
+    dead_letter_name,
+};
+use crate::pattern::Pattern;
+
+/// A broker in process memory: published events are kept for the transport's life; groups are
+/// durable for as long as the transport lives; nothing survives the process.
+///
+/// Clones share the same broker, as several connections to one server would.
+///
+/// ```
+/// use bus::transport::{MemoryTransport, SubscribeOptions, Transport, WireEvent};
+/// use tokio_stream::StreamExt;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let broker = MemoryTransport::new();
+/// let mut orders = broker.subscribe(SubscribeOptions::new("orders.>").group("billing")).await.unwrap();
+/// broker.publish(WireEvent::new("1", "shop", "orders.created", "{}")).await.unwrap();
+/// let delivery = orders.next().await.unwrap().unwrap();
+/// assert_eq!(delivery.event().ty, "orders.created");
+/// delivery.ack().await.unwrap();
+/// # }
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryTransport {
+    broker: Arc<Broker>,
+}
+
+impl std::fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.broker.lock();
+        f.debug_struct("MemoryTransport")
+            .field("events", &state.log.len())
+            .field("groups", &state.groups.len())
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct Broker {
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every event published, in order.
+    log: Vec<Arc<WireEvent>>,
+    /// Ids stored so far: a second publish of one is dropped.
+    ids: HashSet<String>,
+    groups: HashMap<String, Group>,
+}
+
+/// A durable consumer: its position in the log, and what it has handed out.
+struct Group {
+    pattern: Pattern,
+    options: SubscribeOptions,
+    /// The next log index this group has not looked at.
+    cursor: usize,
+    /// Events to deliver again, with their next attempt number, once due.
+    redeliver: VecDeque<(usize, u32, Instant)>,
+    /// Deliveries handed out and not settled: by delivery id.
+    in_flight: HashMap<u64, InFlight>,
+    /// Wakes the group's subscriptions: a new event, a redelivery.
+    wake: Arc<Notify>,
+    /// `false` for the private group of a subscription outside any group: removed with it.
+    durable: bool,
+}
+
+struct InFlight {
+    index: usize,
+    attempt: u32,
+    subscription: u64,
+    deadline: Instant,
+}
+
+impl MemoryTransport {
+    /// A new, empty broker.
+    pub fn new() -> Self {
+        MemoryTransport::default()
+    }
+}
+
+impl Broker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Stores `event` unless its id is stored already, and wakes the groups it matches.
+    fn store(&self, event: WireEvent) {
+        let mut state = self.lock();
+        if !state.ids.insert(event.id.clone()) {
+            return;
+        }
+        let name = event.ty.clone();
+        state.log.push(Arc::new(event));
+        for group in state.groups.values() {
+            if group.pattern.matches(&name) {
+                group.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Puts `index` to the dead letter with `reason`.
+    fn dead_letter(state: &mut State, group: &str, index: usize, attempts: u32, reason: &str) {
+        let event = &state.log[index];
+        let mut letter = WireEvent::clone(event);
+        letter.ty = dead_letter_name(&event.ty);
+        letter.id = format!("{}.dead.{group}", event.id);
+        letter
+            .extensions
+            .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
+        letter
+            .extensions
+            .insert(DEAD_LETTER_GROUP.to_owned(), group.to_owned());
+        letter
+            .extensions
+            .insert(DEAD_LETTER_ATTEMPTS.to_owned(), attempts.to_string());
+        if state.ids.insert(letter.id.clone()) {
+            let name = letter.ty.clone();
+            state.log.push(Arc::new(letter));
+            for group in state.groups.values() {
+                if group.pattern.matches(&name) {
+                    group.wake.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// The next delivery for `subscription` of `group`, if one is due now; otherwise when to
+    /// look again (a pending redelivery or ack deadline), if ever.
+    fn next_delivery(
+        self: &Arc<Self>,
+        group_name: &str,
+        subscription: u64,
+    ) -> Result<Result<MemoryDelivery, Option<Instant>>, TransportError> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        let State { log, groups, .. } = &mut *state;
+        let Some(group) = groups.get_mut(group_name) else {
+            return Err(TransportError::Closed {
+                transport: "memory".to_owned(),
+            });
+        };
+        // Deliveries past their ack wait go back in line.
+        let expired: Vec<u64> = group
+            .in_flight
+            .iter()
+            .filter(|(_, flight)| flight.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(flight) = group.in_flight.remove(&id) {
+                group
+                    .redeliver
+                    .push_back((flight.index, flight.attempt + 1, now));
+            }
+        }
+        let due = group.redeliver.iter().position(|(_, _, at)| *at <= now);
+        let next = match due {
+            Some(position) => group
+                .redeliver
+                .remove(position)
+                .map(|(index, attempt, _)| (index, attempt)),
+            None => {
+                let found = log[group.cursor..]
+                    .iter()
+                    .position(|event| group.pattern.matches(&event.ty));
+                match found {
+                    Some(offset) => {
+                        let index = group.cursor + offset;
+                        group.cursor = index + 1;
+                        Some((index, 1))
+                    }
+                    None => {
+                        group.cursor = log.len();
+                        None
+                    }
+                }
+            }
+        };
+        let Some((index, attempt)) = next else {
+            let soonest = group
+                .redeliver
+                .iter()
+                .map(|(_, _, at)| *at)
+                .chain(group.in_flight.values().map(|flight| flight.deadline))
+                .min();
+            return Ok(Err(soonest));
+        };
+        let id = self.next_id();
+        group.in_flight.insert(
+            id,
+            InFlight {
+                index,
+                attempt,
+                subscription,
+                deadline: now + group.options.ack_wait,
+            },
+        );
+        Ok(Ok(MemoryDelivery {
+            broker: Arc::clone(self),
+            group: group_name.to_owned(),
+            id,
+            event: Arc::clone(&log[index]),
+            attempt,
+            settled: false,
+        }))
+    }
+
+    /// Settles delivery `id` of `group`. A delivery that is no longer in flight (its
+    /// subscription closed and it went back in line) settles as a no-op.
+    fn settle(&self, group_name: &str, id: u64, how: Settle) {
+        let mut state = self.lock();
+        let Some(group) = state.groups.get_mut(group_name) else {
+            return;
+        };
+        let Some(flight) = group.in_flight.remove(&id) else {
+            return;
+        };
+        let max = group.options.max_deliveries;
+        let wake = Arc::clone(&group.wake);
+        match how {
+            Settle::Ack => {}
+            Settle::Nack { reason, .. } if flight.attempt >= max => {
+                let reason = format!("{reason} (after {} deliveries)", flight.attempt);
+                Broker::dead_letter(
+                    &mut state,
+                    group_name,
+                    flight.index,
+                    flight.attempt,
+                    &reason,
+                );
+            }
+            Settle::Nack { delay, .. } => {
+                group.redeliver.push_back((
+                    flight.index,
+                    flight.attempt + 1,
+                    Instant::now() + delay,
+                ));
+                wake.notify_waiters();
+            }
+            Settle::Return => {
+                group
+                    .redeliver
+                    .push_back((flight.index, flight.attempt + 1, Instant::now()));
+                wake.notify_waiters();
+            }
+            Settle::Reject { reason } => {
+                Broker::dead_letter(
+                    &mut state,
+                    group_name,
+                    flight.index,
+                    flight.attempt,
+                    &reason,
+                );
+            }
+        }
+    }
+
+    /// Ends subscription `subscription`: its unsettled deliveries go back in line; a private
+    /// group goes away with it.
+    fn close(&self, group_name: &str, subscription: u64) {
+        let mut state = self.lock();
+        let Some(group) = state.groups.get_mut(group_name) else {
+            return;
+        };
+        if !group.durable {
+            state.groups.remove(group_name);
+            return;
+        }
+        let now = Instant::now();
+        let returned: Vec<u64> = group
+            .in_flight
+            .iter()
+            .filter(|(_, flight)| flight.subscription == subscription)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in returned {
+            if let Some(flight) = group.in_flight.remove(&id) {
+                group
+                    .redeliver
+                    .push_back((flight.index, flight.attempt + 1, now));
+            }
+        }
+        group.wake.notify_waiters();
+    }
+}
+
+enum Settle {
+    Ack,
+    Nack {
+        delay: Duration,
+        reason: String,
+    },
+    /// Dropped unsettled: back in line at once.
+    Return,
+    Reject {
+        reason: String,
+    },
+}
+
+impl Transport for MemoryTransport {
+    fn name(&self) -> &str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            persistent: false,
+            ordered: true,
+            groups: true,
+            deduplicates: true,
+            restartable: false,
+        }
+    }
+
+    fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>> {
+        let stored = crate::name::validate(&event.ty)
+            .map(|()| self.broker.store(event.clone()))
+            .map_err(|error| TransportError::Invalid {
+                transport: "memory".to_owned(),
+                what: "event name",
+                value: event.ty.clone(),
+                reason: error.to_string(),
+            });
+        Box::pin(std::future::ready(stored))
+    }
+
+    fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
+        Box::pin(std::future::ready(self.open(options)))
+    }
+}
+
+impl MemoryTransport {
+    fn open(&self, options: SubscribeOptions) -> Result<TransportSubscription, TransportError> {
+        let invalid = |what, value: &str, reason: String| TransportError::Invalid {
+            transport: "memory".to_owned(),
+            what,
+            value: value.to_owned(),
+            reason,
+        };
+        let pattern = Pattern::parse(&options.pattern)
+            .map_err(|error| invalid("pattern", &options.pattern, error.to_string()))?;
+        let subscription = self.broker.next_id();
+        let (group_name, durable) = match &options.group {
+            Some(group) => (format!("group:{group}"), true),
+            None => (format!("private:{subscription}"), false),
+        };
+        let wake = {
+            let mut state = self.broker.lock();
+            let cursor = state.log.len();
+            let group = state
+                .groups
+                .entry(group_name.clone())
+                .or_insert_with(|| Group {
+                    pattern: pattern.clone(),
+                    options: options.clone(),
+                    cursor,
+                    redeliver: VecDeque::new(),
+                    in_flight: HashMap::new(),
+                    wake: Arc::new(Notify::new()),
+                    durable,
+                });
+            if group.pattern.as_str() != pattern.as_str() {
+                return Err(invalid(
+                    "group",
+                    options.group.as_deref().unwrap_or_default(),
+                    format!(
+                        "the group subscribes to `{}`; one group has one pattern",
+                        group.pattern.as_str()
+                    ),
+                ));
+            }
+            Arc::clone(&group.wake)
+        };
+        let open = Open {
+            broker: Arc::clone(&self.broker),
+            group: group_name,
+            subscription,
+        };
+        let stream = futures_util::stream::unfold((open, wake), |(open, wake)| async move {
+            loop {
+                let mut notified = std::pin::pin!(Arc::clone(&wake).notified_owned());
+                notified.as_mut().enable();
+                match open.broker.next_delivery(&open.group, open.subscription) {
+                    Ok(Ok(delivery)) => {
+                        let delivery: Box<dyn Delivery> = Box::new(delivery);
+                        return Some((Ok(delivery), (open, wake)));
+                    }
+                    Ok(Err(Some(at))) => {
+                        // Woken by news, or by the due redelivery or deadline, whichever first.
+                        let _ = tokio::time::timeout_at(at, notified).await;
+                    }
+                    Ok(Err(None)) => notified.await,
+                    Err(error) => return Some((Err(error), (open, wake))),
+                }
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+}
+
+/// An open subscription; closing it when dropped.
+struct Open {
+    broker: Arc<Broker>,
+    group: String,
+    subscription: u64,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.broker.close(&self.group, self.subscription);
+    }
+}
+
+struct MemoryDelivery {
+    broker: Arc<Broker>,
+    group: String,
+    id: u64,
+    event: Arc<WireEvent>,
+    attempt: u32,
+    settled: bool,
+}
+
+impl MemoryDelivery {
+    fn settle(mut self: Box<Self>, how: Settle) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settled = true;
+        self.broker.settle(&self.group, self.id, how);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+impl Drop for MemoryDelivery {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.broker.settle(&self.group, self.id, Settle::Return);
+        }
+    }
+}
+
+impl Delivery for MemoryDelivery {
+    fn event(&self) -> &WireEvent {
+        &self.event
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settle(Settle::Ack)
+    }
+
+    fn nack(
+        self: Box<Self>,
+        delay: Duration,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settle(Settle::Nack { delay, reason })
+    }
+
+    fn reject(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
+        self.settle(Settle::Reject { reason })
+    }
+}

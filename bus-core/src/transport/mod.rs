@@ -1,0 +1,222 @@
+//! The transport layer: how a bus reaches listeners in other processes through a broker.
+//!
+//! A [`Transport`] publishes [`WireEvent`]s (CloudEvents 1.0 attributes and a payload) and opens
+//! [`TransportSubscription`]s for a pattern, optionally in a competing-consumer group; each
+//! [`Delivery`] is acknowledged ([`ack`](Delivery::ack)), handed back for a later retry
+//! ([`nack`](Delivery::nack)) or dead-lettered ([`reject`](Delivery::reject)). The trait is
+//! dyn-compatible so that a bus holds any transport as `Arc<dyn Transport>`, and small so that a
+//! new broker is one crate: [`MemoryTransport`] in process, `bus-nats` for NATS JetStream.
+//!
+//! Every transport must pass the same conformance suite (`bus-conformance`); what a transport
+//! cannot do is declared in its [`Capabilities`], so the suite skips a case by name, never
+//! silently.
+
+mod memory;
+mod wire;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::Stream;
+
+pub use self::memory::MemoryTransport;
+pub use self::wire::{DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent};
+
+/// A boxed future, as the dyn-compatible transport traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// A broker connection that publishes events and opens subscriptions.
+pub trait Transport: Send + Sync + 'static {
+    /// A short name for logs and the conformance report (`"memory"`, `"nats"`).
+    fn name(&self) -> &str;
+
+    /// What this transport can do; the conformance suite skips, by name, the cases it cannot.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Publishes `event` under its [`type`](WireEvent::ty) (the event name). Resolves once the
+    /// broker has stored it: a publish that resolved `Ok` survives the publisher. Publishing the
+    /// same [`id`](WireEvent::id) again within the broker's duplicate window stores it once.
+    fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>>;
+
+    /// Opens a subscription to the events whose name matches `options.pattern` (NATS token
+    /// syntax: `*` one token, a last `>` one or more). Resolves once the subscription is in
+    /// place: events published after that reach it.
+    fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>>;
+}
+
+/// The deliveries of one subscription, in the order the broker hands them out. Dropping it
+/// closes the subscription: deliveries not yet acknowledged go back to the broker and are
+/// delivered again (to another member of the group, or to the next subscription).
+pub type TransportSubscription =
+    Pin<Box<dyn Stream<Item = Result<Box<dyn Delivery>, TransportError>> + Send>>;
+
+/// One delivery of one event to one subscription. It must be settled exactly once: `ack`,
+/// `nack` or `reject`; one dropped unsettled is delivered again after the subscription's
+/// [`ack_wait`](SubscribeOptions::ack_wait) (or when its subscription closes).
+pub trait Delivery: Send + Sync + 'static {
+    /// The event.
+    fn event(&self) -> &WireEvent;
+
+    /// Which delivery of this event to this group this is: 1 the first time, then one more
+    /// per redelivery (after a `nack`, an expired ack wait, or a closed subscription).
+    fn attempt(&self) -> u32;
+
+    /// The event was handled: it is not delivered to this group again.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>>;
+
+    /// The event was not handled: deliver it again after `delay`. On the subscription's last
+    /// allowed attempt ([`max_deliveries`](SubscribeOptions::max_deliveries)) the event is
+    /// dead-lettered instead, with `reason`.
+    fn nack(
+        self: Box<Self>,
+        delay: Duration,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), TransportError>>;
+
+    /// The event can never be handled (it does not decode, say): dead-letter it now, with
+    /// `reason`, and do not deliver it to this group again.
+    fn reject(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>>;
+}
+
+/// What to subscribe to, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SubscribeOptions {
+    /// The event names to receive: a name or a pattern in NATS token syntax.
+    pub pattern: String,
+    /// Competing consumers: the subscriptions of one group share the events, each event going
+    /// to one of them, and the group's position survives its subscriptions (durable). `None`:
+    /// this subscription alone gets every event published from now on.
+    pub group: Option<String>,
+    /// How many times an event is delivered to the group at most; after the last failed
+    /// attempt it is dead-lettered. At least 1.
+    pub max_deliveries: u32,
+    /// How long a delivery may stay unsettled before it is delivered again.
+    pub ack_wait: Duration,
+}
+
+/// The default of [`SubscribeOptions::max_deliveries`].
+pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+
+/// The default of [`SubscribeOptions::ack_wait`].
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+
+impl SubscribeOptions {
+    /// A subscription to `pattern`, outside any group, with the default limits.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        SubscribeOptions {
+            pattern: pattern.into(),
+            group: None,
+            max_deliveries: DEFAULT_MAX_DELIVERIES,
+            ack_wait: DEFAULT_ACK_WAIT,
+        }
+    }
+
+    /// Joins the competing-consumer group `group`.
+    #[must_use]
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Sets [`max_deliveries`](SubscribeOptions::max_deliveries) (at least 1).
+    #[must_use]
+    pub fn max_deliveries(mut self, max_deliveries: u32) -> Self {
+        self.max_deliveries = max_deliveries.max(1);
+        self
+    }
+
+    /// Sets [`ack_wait`](SubscribeOptions::ack_wait).
+    #[must_use]
+    pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
+        self.ack_wait = ack_wait;
+        self
+    }
+}
+
+/// The name under which a transport dead-letters an event of name `event`: subscribe to
+/// `dead-letter.>` to see them all. A dead-lettered event keeps its attributes and payload and
+/// gains the extensions [`DEAD_LETTER_REASON`], [`DEAD_LETTER_GROUP`] and
+/// [`DEAD_LETTER_ATTEMPTS`].
+pub fn dead_letter_name(event: &str) -> String {
+    format!("{DEAD_LETTER_PREFIX}.{event}")
+}
+
+/// The first token of every dead-letter name.
+pub const DEAD_LETTER_PREFIX: &str = "dead-letter";
+/// Extension attribute of a dead-lettered event: why it was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "deadletterreason";
+/// Extension attribute of a dead-lettered event: the group (or subscription) that gave up.
+pub const DEAD_LETTER_GROUP: &str = "deadlettergroup";
+/// Extension attribute of a dead-lettered event: how many deliveries were made.
+pub const DEAD_LETTER_ATTEMPTS: &str = "deadletterattempts";
+
+/// What a transport can do. The conformance suite skips a case that needs a capability the
+/// transport lacks, and says so by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Events survive the restart of the broker (and of the subscribers).
+    pub persistent: bool,
+    /// Events of one name reach a single subscriber in publish order.
+    pub ordered: bool,
+    /// Competing-consumer groups.
+    pub groups: bool,
+    /// A publish of an id already stored is dropped by the broker.
+    pub deduplicates: bool,
+    /// The test can restart the broker (a private server it starts itself).
+    pub restartable: bool,
+}
+
+/// Why a transport operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The broker could not be reached, or the connection broke.
+    #[error("{transport}: broker unreachable: {source}")]
+    Unreachable {
+        /// The transport's name.
+        transport: String,
+        /// What the client said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The broker did not confirm a publish before the deadline.
+    #[error("{transport}: publish of `{event}` not confirmed within {deadline:?}")]
+    PublishTimedOut {
+        /// The transport's name.
+        transport: String,
+        /// The event name.
+        event: String,
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+    /// The pattern, the group or an event name is not valid for this transport.
+    #[error("{transport}: invalid {what} `{value}`: {reason}")]
+    Invalid {
+        /// The transport's name.
+        transport: String,
+        /// What was invalid (`pattern`, `group`, `event name`).
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// The transport is closed.
+    #[error("{transport}: closed")]
+    Closed {
+        /// The transport's name.
+        transport: String,
+    },
+    /// Anything else the broker or its client reported.
+    #[error("{transport}: {source}")]
+    Broker {
+        /// The transport's name.
+        transport: String,
+        /// What the client said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
