@@ -446,7 +446,7 @@ struct MemoryDelivery {
 }
 
 impl MemoryDelivery {
-    fn settle(mut self: Box<Self>, how: Settle) -> BoxFuture<'static, Result<(), TransportError>> {
+    fn settle(mut self, how: Settle) -> BoxFuture<'static, Result<(), TransportError>> {
         self.settled = true;
         self.broker.settle(&self.group, self.id, how);
         Box::pin(std::future::ready(Ok(())))
@@ -471,7 +471,7 @@ impl Delivery for MemoryDelivery {
     }
 
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.settle(Settle::Ack)
+        (*self).settle(Settle::Ack)
     }
 
     fn nack(
@@ -479,10 +479,10 @@ impl Delivery for MemoryDelivery {
         delay: Duration,
         reason: String,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.settle(Settle::Nack { delay, reason })
+        (*self).settle(Settle::Nack { delay, reason })
     }
 
     fn reject(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.settle(Settle::Reject { reason })
+        (*self).settle(Settle::Reject { reason })
     }
 }
