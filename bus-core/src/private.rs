@@ -6,8 +6,10 @@ pub use ::std::sync::Arc;
 pub use ::std::time::Duration;
 
 pub use crate::error::BoxError;
+pub use crate::event::Event;
 pub use crate::global::{Registration, StaticListener, registration};
 pub use crate::listener::ListenerOutput;
+pub use crate::policy::Policy;
 
 /// What the generated adapter of a `#[bus::listener]` fn returns.
 pub type ListenerResult = Result<(), BoxError>;

@@ -73,7 +73,7 @@ fn implementation(input: &DeriveInput, args: &EventArgs) -> TokenStream {
     };
     quote! {
         #[automatically_derived]
-        impl #impl_generics #bus::Event for #ident #type_generics #where_clause {
+        impl #impl_generics #bus::__private::Event for #ident #type_generics #where_clause {
             const NAME: &'static str = #name;
         }
     }
@@ -224,7 +224,7 @@ mod tests {
         let text = item.to_token_stream().to_string();
         assert_eq!(
             text,
-            "# [automatically_derived] impl :: bus :: Event for UserCreated { \
+            "# [automatically_derived] impl :: bus :: __private :: Event for UserCreated { \
              const NAME : & 'static str = \"user.created\" ; }"
         );
     }
@@ -248,7 +248,7 @@ mod tests {
         assert_eq!(
             item.to_token_stream().to_string(),
             "# [automatically_derived] \
-             impl < 'a , T : Clone , const N : usize > :: bus :: Event for Wrapper < 'a , T , N > \
+             impl < 'a , T : Clone , const N : usize > :: bus :: __private :: Event for Wrapper < 'a , T , N > \
              where T : Default , Self : :: core :: marker :: Send + :: core :: marker :: Sync \
              + 'static { const NAME : & 'static str = \"a.b\" ; }"
         );
@@ -264,7 +264,7 @@ mod tests {
             let text = implementation_of(input).to_token_stream().to_string();
             assert!(
                 text.contains(
-                    "impl renamed :: Event for E { const NAME : & 'static str = \"a.b\" ;"
+                    "impl renamed :: __private :: Event for E { const NAME : & 'static str = \"a.b\" ;"
                 ),
                 "{text}"
             );
@@ -361,7 +361,7 @@ mod tests {
         ] {
             let output = derive(input).to_string();
             let implementation =
-                format!("impl :: bus :: Event for E {{ const NAME : & 'static str = {name} ; }}");
+                format!("impl :: bus :: __private :: Event for E {{ const NAME : & 'static str = {name} ; }}");
             assert!(output.contains(&implementation), "{output}");
             assert!(output.contains("compile_error"), "{output}");
         }

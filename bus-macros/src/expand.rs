@@ -83,7 +83,7 @@ fn registration(listener: &Listener) -> TokenStream {
             let (first, last) = (generated_at(arg_span.0), generated_at(arg_span.1));
             let event_trait = {
                 let bus = bus_at(first);
-                quote_spanned!(last=> #bus::Event)
+                quote_spanned!(last=> #bus::__private::Event)
             };
             quote_spanned!(first=> <#event as #event_trait>::NAME)
         }
@@ -145,7 +145,7 @@ fn policy_expr(policy: &PolicyOptions, bus: &TokenStream) -> TokenStream {
         let backoff = duration_expr(backoff, bus);
         quote!(.backoff(#backoff))
     });
-    quote!(#bus::Policy::new() #concurrency #timeout #retry #backoff)
+    quote!(#bus::__private::Policy::new() #concurrency #timeout #retry #backoff)
 }
 
 /// A `Duration` expression for `duration`, in the largest unit that holds it exactly, so that
@@ -337,7 +337,7 @@ mod tests {
                 assert_one_const_block(&generated);
                 let text = generated.to_string();
                 let name =
-                    format!("StaticListener :: new (< UserCreated as {bus} :: Event > :: NAME ,");
+                    format!("StaticListener :: new (< UserCreated as {bus} :: __private :: Event > :: NAME ,");
                 assert!(text.contains(&name), "{name} not in {text}");
             }
         }
@@ -369,7 +369,7 @@ mod tests {
         );
         assert_paths_are_absolute(generated.clone());
         let text = generated.to_string();
-        let policy = ":: bus :: Policy :: new () \
+        let policy = ":: bus :: __private :: Policy :: new () \
             . concurrency (2) \
             . timeout (:: bus :: __private :: Duration :: from_millis (250)) \
             . retry (3) \
@@ -382,7 +382,7 @@ mod tests {
         let retry_only = expand(quote!("a.b", retry = 1), item).to_string();
         assert!(
             retry_only.contains(&format!(
-                "|| {register} . policy (:: bus :: Policy :: new () . retry (1)) ,"
+                "|| {register} . policy (:: bus :: __private :: Policy :: new () . retry (1)) ,"
             )),
             "{retry_only}"
         );

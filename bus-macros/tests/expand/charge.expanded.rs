@@ -10,7 +10,7 @@ const _: () = {
     }
     ::bus::__private::inventory::submit! {
         ::bus::__private::StaticListener::new(
-            <OrderPlaced as ::bus::Event>::NAME,
+            <OrderPlaced as ::bus::__private::Event>::NAME,
             ::core::concat!(::core::module_path!(), "::", "charge"),
             ::core::file!(),
             ::core::line!(),
@@ -19,7 +19,7 @@ const _: () = {
                 ::bus::__private::registration::<OrderPlaced, _, _>(__listener, charge)
                     .once()
                     .policy(
-                        ::bus::Policy::new()
+                        ::bus::__private::Policy::new()
                             .concurrency(1)
                             .timeout(::bus::__private::Duration::from_secs(5))
                             .retry(3)

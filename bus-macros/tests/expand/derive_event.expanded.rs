@@ -1,4 +1,4 @@
 #[automatically_derived]
-impl ::bus::Event for UserCreated {
+impl ::bus::__private::Event for UserCreated {
     const NAME: &'static str = "user.created";
 }
