@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::runtime::Handle;
 
-use crate::dispatch::{Dispatch, Dispatcher, Reserved, Tasks};
+use crate::dispatch::{Dispatch, Dispatcher, EmitContext, Reserved, Tasks};
 use crate::emission::{Emission, Outcomes};
 use crate::error::{AddListenerError, DeliveryError, EmitError};
 use crate::event::{AnyEvent, Envelope, Event, Handling, Meta};
@@ -1022,18 +1022,21 @@ impl EventBus {
             }
         }
         let mut mismatched = Vec::new();
+        let context = EmitContext {
+            mode: shared.dispatch,
+            runtime: &runtime,
+            tasks: &shared.tasks,
+            event_name: &name,
+            emit_span: &emit_span,
+            meta: &meta,
+            layers,
+            dead_letter: shared.dead_letter.as_ref(),
+        };
         let mut deliver = |entry: &Arc<Entry>, event: ErasedEvent| {
             let dispatcher = Dispatcher {
-                mode: shared.dispatch,
-                runtime: &runtime,
-                tasks: &shared.tasks,
-                event_name: &name,
+                emit: &context,
                 entry,
-                emit_span: &emit_span,
                 outcomes: &mut outcomes,
-                meta: &meta,
-                layers,
-                dead_letter: shared.dead_letter.as_ref(),
                 reservation: reserved.as_mut().and_then(Reserved::take),
             };
             if !entry.erased.listener.deliver(event, dispatcher) {

@@ -300,18 +300,25 @@ impl Drop for Idler<'_> {
 
 /// One delivery of one event to one listener, about to run.
 pub(crate) struct Dispatcher<'a> {
+    /// What every delivery of the emit shares, passed by reference: a delivery hands the
+    /// listener only a few words.
+    pub(crate) emit: &'a EmitContext<'a>,
+    pub(crate) entry: &'a Arc<Entry>,
+    pub(crate) outcomes: &'a mut Outcomes,
+    /// This delivery's place under the `max_in_flight` limit, when the bus has one.
+    pub(crate) reservation: Option<Reservation<'a>>,
+}
+
+/// What the deliveries of one emit share.
+pub(crate) struct EmitContext<'a> {
     pub(crate) mode: Dispatch,
     pub(crate) runtime: &'a Handle,
     pub(crate) tasks: &'a Arc<Tasks>,
     pub(crate) event_name: &'a Arc<str>,
-    pub(crate) entry: &'a Arc<Entry>,
     pub(crate) emit_span: &'a tracing::Span,
-    pub(crate) outcomes: &'a mut Outcomes,
     pub(crate) meta: &'a Meta,
     pub(crate) layers: &'a Layers,
     pub(crate) dead_letter: Option<&'a DeadLetterHook>,
-    /// This delivery's place under the `max_in_flight` limit, when the bus has one.
-    pub(crate) reservation: Option<Reservation<'a>>,
 }
 
 /// Where a delivery's conclusion is reported: its event, listener, envelope and layers.
@@ -379,10 +386,10 @@ impl Scope<'_> {
 impl<'a> Dispatcher<'a> {
     fn scope(&self) -> Scope<'a> {
         Scope {
-            event: self.event_name,
+            event: self.emit.event_name,
             entry: self.entry,
-            meta: self.meta,
-            layers: self.layers,
+            meta: self.emit.meta,
+            layers: self.emit.layers,
         }
     }
 
@@ -409,10 +416,10 @@ impl<'a> Dispatcher<'a> {
         F::Output: ListenerOutput,
     {
         let span = tracing::debug_span!(
-            parent: self.emit_span,
+            parent: self.emit.emit_span,
             "bus.deliver",
-            event = %self.event_name,
-            event_id = %self.meta.id,
+            event = %self.emit.event_name,
+            event_id = %self.emit.meta.id,
             listener = %self.entry.info.name(),
             listener_id = self.entry.info.id().get(),
             attempt = tracing::field::Empty,
@@ -425,12 +432,12 @@ impl<'a> Dispatcher<'a> {
         if !span.is_disabled() {
             span.record("attempt", 1_u32);
         }
-        let started = if self.layers.only_tracing() {
+        let started = if self.emit.layers.only_tracing() {
             None
         } else {
             span.in_scope(|| self.scope().before(1))
         };
-        let inline_depth = match self.mode {
+        let inline_depth = match self.emit.mode {
             Dispatch::InlineFirst => InlineDepth::enter(),
             Dispatch::Spawn => None,
         };
@@ -513,10 +520,10 @@ impl<'a> Dispatcher<'a> {
             turn: lane.queue(),
             entry: Arc::clone(self.entry),
             event,
-            name: Arc::clone(self.event_name),
-            meta: *self.meta,
-            layers: self.layers.clone(),
-            dead_letter: self.dead_letter.cloned(),
+            name: Arc::clone(self.emit.event_name),
+            meta: *self.emit.meta,
+            layers: self.emit.layers.clone(),
+            dead_letter: self.emit.dead_letter.cloned(),
         };
         self.spawn(delivery.run(), span, None);
     }
@@ -530,13 +537,13 @@ impl<'a> Dispatcher<'a> {
             Some(reservation) => {
                 // The task gives the place back when it ends, as any task leaves the count.
                 reservation.keep();
-                self.tasks.start_reserved()
+                self.emit.tasks.start_reserved()
             }
-            None => self.tasks.try_start(),
+            None => self.emit.tasks.try_start(),
         };
         if !started_task {
             // Shutdown began after this emit checked: the delivery is aborted before it starts.
-            self.tasks.aborted.fetch_add(1, Ordering::AcqRel);
+            self.emit.tasks.aborted.fetch_add(1, Ordering::AcqRel);
             drop(delivery);
             return self.conclude_here(&span, started, None);
         }
@@ -544,11 +551,11 @@ impl<'a> Dispatcher<'a> {
             delivery: Some(delivery),
             cancelled: None,
             guard: DeliveryGuard {
-                tasks: Arc::clone(self.tasks),
-                event: Arc::clone(self.event_name),
+                tasks: Arc::clone(self.emit.tasks),
+                event: Arc::clone(self.emit.event_name),
                 entry: Arc::clone(self.entry),
-                meta: *self.meta,
-                layers: self.layers.clone(),
+                meta: *self.emit.meta,
+                layers: self.emit.layers.clone(),
                 started,
                 recorded: false,
             },
@@ -556,9 +563,9 @@ impl<'a> Dispatcher<'a> {
         // A span nobody records costs nothing to leave out, and its wrapper would grow every
         // task.
         let handle = if span.is_disabled() {
-            self.runtime.spawn(task)
+            self.emit.runtime.spawn(task)
         } else {
-            self.runtime.spawn(task.instrument(span))
+            self.emit.runtime.spawn(task.instrument(span))
         };
         self.outcomes.continued_in_task(handle, self.entry);
     }
