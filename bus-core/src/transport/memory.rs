@@ -11,9 +11,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Capabilities, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_REASON, Delivery,
-    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
-    dead_letter_name,
+    BoxFuture, Capabilities, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF,
+    DEAD_LETTER_REASON, Delivery, SubscribeOptions, Transport, TransportError,
+    TransportSubscription, WireEvent, dead_letter_name,
 };
 use crate::pattern::Pattern;
 
@@ -80,6 +80,8 @@ struct Group {
     wake: Arc<Notify>,
     /// `false` for the private group of a subscription outside any group: removed with it.
     durable: bool,
+    /// The name dead letters give: the group's, or `subscription-<n>` for a private one.
+    label: String,
 }
 
 struct InFlight {
@@ -87,6 +89,55 @@ struct InFlight {
     attempt: u32,
     subscription: u64,
     deadline: Instant,
+}
+
+impl State {
+    /// Puts event `index` to the dead letter of group `key` with `reason`.
+    fn dead_letter(&mut self, key: &str, index: usize, attempts: u32, reason: &str) {
+        let label = self
+            .groups
+            .get(key)
+            .map_or_else(|| key.to_owned(), |group| group.label.clone());
+        let event = &self.log[index];
+        let mut letter = WireEvent::clone(event);
+        letter.ty = dead_letter_name(&event.ty);
+        // A new id: the broker keeps one event per id, and the original is stored already.
+        letter.id = format!("{}.dead.{label}", event.id);
+        for (name, value) in [
+            (DEAD_LETTER_OF, event.id.clone()),
+            (DEAD_LETTER_REASON, reason.to_owned()),
+            (DEAD_LETTER_GROUP, label),
+            (DEAD_LETTER_ATTEMPTS, attempts.to_string()),
+        ] {
+            letter.extensions.insert(name.to_owned(), value);
+        }
+        if self.ids.insert(letter.id.clone()) {
+            let name = letter.ty.clone();
+            self.log.push(Arc::new(letter));
+            for group in self.groups.values() {
+                if group.pattern.matches(&name) {
+                    group.wake.notify_waiters();
+                }
+            }
+        }
+    }
+
+    /// Puts an unsettled delivery of group `key` back in line, due at `due`; or, when it was
+    /// the group's last allowed attempt, to the dead letter with `reason`.
+    fn requeue(&mut self, key: &str, flight: &InFlight, due: Instant, reason: &str) {
+        let Some(group) = self.groups.get_mut(key) else {
+            return;
+        };
+        if flight.attempt >= group.options.max_deliveries {
+            let reason = format!("{reason} (after {} deliveries)", flight.attempt);
+            self.dead_letter(key, flight.index, flight.attempt, &reason);
+        } else {
+            group
+                .redeliver
+                .push_back((flight.index, flight.attempt + 1, due));
+            group.wake.notify_waiters();
+        }
+    }
 }
 
 impl MemoryTransport {
@@ -120,32 +171,6 @@ impl Broker {
         }
     }
 
-    /// Puts `index` to the dead letter with `reason`.
-    fn dead_letter(state: &mut State, group: &str, index: usize, attempts: u32, reason: &str) {
-        let event = &state.log[index];
-        let mut letter = WireEvent::clone(event);
-        letter.ty = dead_letter_name(&event.ty);
-        letter.id = format!("{}.dead.{group}", event.id);
-        letter
-            .extensions
-            .insert(DEAD_LETTER_REASON.to_owned(), reason.to_owned());
-        letter
-            .extensions
-            .insert(DEAD_LETTER_GROUP.to_owned(), group.to_owned());
-        letter
-            .extensions
-            .insert(DEAD_LETTER_ATTEMPTS.to_owned(), attempts.to_string());
-        if state.ids.insert(letter.id.clone()) {
-            let name = letter.ty.clone();
-            state.log.push(Arc::new(letter));
-            for group in state.groups.values() {
-                if group.pattern.matches(&name) {
-                    group.wake.notify_waiters();
-                }
-            }
-        }
-    }
-
     /// The next delivery for `subscription` of `group`, if one is due now; otherwise when to
     /// look again (a pending redelivery or ack deadline), if ever.
     fn next_delivery(
@@ -155,26 +180,32 @@ impl Broker {
     ) -> Result<Result<MemoryDelivery, Option<Instant>>, TransportError> {
         let mut state = self.lock();
         let now = Instant::now();
+        let Some(group) = state.groups.get_mut(group_name) else {
+            return Err(TransportError::Closed {
+                transport: "memory".to_owned(),
+            });
+        };
+        // Deliveries past their ack wait go back in line (or to the dead letter).
+        let expired: Vec<InFlight> = {
+            let ids: Vec<u64> = group
+                .in_flight
+                .iter()
+                .filter(|(_, flight)| flight.deadline <= now)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.iter()
+                .filter_map(|id| group.in_flight.remove(id))
+                .collect()
+        };
+        for flight in &expired {
+            state.requeue(group_name, flight, now, "not settled within the ack wait");
+        }
         let State { log, groups, .. } = &mut *state;
         let Some(group) = groups.get_mut(group_name) else {
             return Err(TransportError::Closed {
                 transport: "memory".to_owned(),
             });
         };
-        // Deliveries past their ack wait go back in line.
-        let expired: Vec<u64> = group
-            .in_flight
-            .iter()
-            .filter(|(_, flight)| flight.deadline <= now)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired {
-            if let Some(flight) = group.in_flight.remove(&id) {
-                group
-                    .redeliver
-                    .push_back((flight.index, flight.attempt + 1, now));
-            }
-        }
         let due = group.redeliver.iter().position(|(_, _, at)| *at <= now);
         let next = match due {
             Some(position) => group
@@ -237,42 +268,16 @@ impl Broker {
         let Some(flight) = group.in_flight.remove(&id) else {
             return;
         };
-        let max = group.options.max_deliveries;
-        let wake = Arc::clone(&group.wake);
         match how {
             Settle::Ack => {}
-            Settle::Nack { reason, .. } if flight.attempt >= max => {
-                let reason = format!("{reason} (after {} deliveries)", flight.attempt);
-                Broker::dead_letter(
-                    &mut state,
-                    group_name,
-                    flight.index,
-                    flight.attempt,
-                    &reason,
-                );
-            }
-            Settle::Nack { delay, .. } => {
-                group.redeliver.push_back((
-                    flight.index,
-                    flight.attempt + 1,
-                    Instant::now() + delay,
-                ));
-                wake.notify_waiters();
+            Settle::Nack { delay, reason } => {
+                state.requeue(group_name, &flight, Instant::now() + delay, &reason);
             }
             Settle::Return => {
-                group
-                    .redeliver
-                    .push_back((flight.index, flight.attempt + 1, Instant::now()));
-                wake.notify_waiters();
+                state.requeue(group_name, &flight, Instant::now(), "dropped unsettled");
             }
             Settle::Reject { reason } => {
-                Broker::dead_letter(
-                    &mut state,
-                    group_name,
-                    flight.index,
-                    flight.attempt,
-                    &reason,
-                );
+                state.dead_letter(group_name, flight.index, flight.attempt, &reason);
             }
         }
     }
@@ -288,21 +293,20 @@ impl Broker {
             state.groups.remove(group_name);
             return;
         }
-        let now = Instant::now();
-        let returned: Vec<u64> = group
+        let ids: Vec<u64> = group
             .in_flight
             .iter()
             .filter(|(_, flight)| flight.subscription == subscription)
             .map(|(id, _)| *id)
             .collect();
-        for id in returned {
-            if let Some(flight) = group.in_flight.remove(&id) {
-                group
-                    .redeliver
-                    .push_back((flight.index, flight.attempt + 1, now));
-            }
+        let returned: Vec<InFlight> = ids
+            .iter()
+            .filter_map(|id| group.in_flight.remove(id))
+            .collect();
+        let now = Instant::now();
+        for flight in &returned {
+            state.requeue(group_name, flight, now, "its subscription closed");
         }
-        group.wake.notify_waiters();
     }
 }
 
@@ -365,9 +369,13 @@ impl MemoryTransport {
         let pattern = Pattern::parse(&options.pattern)
             .map_err(|error| invalid("pattern", &options.pattern, error.to_string()))?;
         let subscription = self.broker.next_id();
-        let (group_name, durable) = match &options.group {
-            Some(group) => (format!("group:{group}"), true),
-            None => (format!("private:{subscription}"), false),
+        let (group_name, durable, label) = match &options.group {
+            Some(group) => (format!("group:{group}"), true, group.clone()),
+            None => (
+                format!("private:{subscription}"),
+                false,
+                format!("subscription-{subscription}"),
+            ),
         };
         let wake = {
             let mut state = self.broker.lock();
@@ -383,6 +391,7 @@ impl MemoryTransport {
                     in_flight: HashMap::new(),
                     wake: Arc::new(Notify::new()),
                     durable,
+                    label,
                 });
             if group.pattern.as_str() != pattern.as_str() {
                 return Err(invalid(

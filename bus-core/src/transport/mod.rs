@@ -138,25 +138,35 @@ impl SubscribeOptions {
 }
 
 /// The name under which a transport dead-letters an event of name `event`: subscribe to
-/// `dead-letter.>` to see them all. A dead-lettered event keeps its attributes and payload and
-/// gains the extensions [`DEAD_LETTER_REASON`], [`DEAD_LETTER_GROUP`] and
-/// [`DEAD_LETTER_ATTEMPTS`].
+/// `dead-letter.>` to see them all. A dead-lettered event keeps its payload and attributes but
+/// its id (a broker keeps one event per id, and the original is stored already): it gets a new
+/// id, and the extensions [`DEAD_LETTER_OF`] (the original id), [`DEAD_LETTER_REASON`],
+/// [`DEAD_LETTER_GROUP`] and [`DEAD_LETTER_ATTEMPTS`].
+///
+/// An event is dead-lettered when a group's last allowed delivery
+/// ([`max_deliveries`](SubscribeOptions::max_deliveries)) fails in any way: nacked, rejected,
+/// dropped unsettled, or not settled within the ack wait.
 pub fn dead_letter_name(event: &str) -> String {
     format!("{DEAD_LETTER_PREFIX}.{event}")
 }
 
 /// The first token of every dead-letter name.
 pub const DEAD_LETTER_PREFIX: &str = "dead-letter";
+/// Extension attribute of a dead-lettered event: the id of the event it is the dead letter of.
+pub const DEAD_LETTER_OF: &str = "deadletterof";
 /// Extension attribute of a dead-lettered event: why it was dead-lettered.
 pub const DEAD_LETTER_REASON: &str = "deadletterreason";
-/// Extension attribute of a dead-lettered event: the group (or subscription) that gave up.
+/// Extension attribute of a dead-lettered event: the group that gave up (its name as given to
+/// [`SubscribeOptions::group`]; `subscription-<n>` for a subscription outside any group).
 pub const DEAD_LETTER_GROUP: &str = "deadlettergroup";
 /// Extension attribute of a dead-lettered event: how many deliveries were made.
 pub const DEAD_LETTER_ATTEMPTS: &str = "deadletterattempts";
 
 /// What a transport can do. The conformance suite skips a case that needs a capability the
 /// transport lacks, and says so by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Build one from [`Capabilities::default`] (nothing) and set the fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Capabilities {
     /// Events survive the restart of the broker (and of the subscribers).
