@@ -1021,7 +1021,6 @@ impl EventBus {
                 layer.on_emit(&info);
             }
         }
-        let mut mismatched = Vec::new();
         let context = EmitContext {
             mode: shared.dispatch,
             runtime: &runtime,
@@ -1032,44 +1031,8 @@ impl EventBus {
             layers,
             dead_letter: shared.dead_letter.as_ref(),
         };
-        let mut deliver = |entry: &Arc<Entry>, event: ErasedEvent| {
-            let dispatcher = Dispatcher {
-                emit: &context,
-                entry,
-                outcomes: &mut outcomes,
-                reservation: reserved.as_mut().and_then(Reserved::take),
-            };
-            if !entry.erased.listener.deliver(event, dispatcher) {
-                mismatched.push(Arc::clone(entry));
-            }
-        };
-        // What the listeners emit while they are polled here records this event as its cause.
-        let handling = Handling::enter(meta.id);
-        // Every listener but the last gets a clone of the event; the last gets the event.
-        // Listeners of `AnyEvent` share one `AnyEvent` around a clone.
-        let mut event: Option<ErasedEvent> = Some(Arc::new(event));
-        let mut any_event: Option<ErasedEvent> = None;
-        let mut targets = exact_entries.iter().chain(&matched).peekable();
-        while let Some(entry) = targets.next() {
-            let this = if entry.erased.event_type == any && actual != any {
-                let payload = event.clone();
-                payload.map(|payload| {
-                    Arc::clone(any_event.get_or_insert_with(|| {
-                        let envelope = Envelope::new(Arc::clone(&name), meta);
-                        Arc::new(AnyEvent::new(envelope, payload, std::any::type_name::<E>()))
-                    }))
-                })
-            } else {
-                match targets.peek() {
-                    Some(_) => event.clone(),
-                    None => event.take(),
-                }
-            };
-            if let Some(this) = this {
-                deliver(entry, this);
-            }
-        }
-        drop(handling);
+        let targets = exact_entries.iter().chain(&matched);
+        let mismatched = deliver_all(&context, targets, event, reserved, &mut outcomes);
         for entry in mismatched {
             not_delivered(&mut outcomes, &name, &entry, mismatch(&entry));
         }
@@ -1159,6 +1122,56 @@ impl EventBus {
         let raw = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         ListenerId::from_raw(NonZeroU64::new(raw).unwrap_or(NonZeroU64::MAX))
     }
+}
+
+/// Hands `event` to each of `targets`, in order, with their places under `max_in_flight`
+/// (if any) from `reserved`. Every listener but the last gets a clone of the event's `Arc`;
+/// the last gets the `Arc` itself; listeners of `AnyEvent` share one `AnyEvent` around a
+/// clone. Returns the listeners that turned out to take another type.
+fn deliver_all<'a, E>(
+    context: &EmitContext<'_>,
+    targets: impl Iterator<Item = &'a Arc<Entry>>,
+    event: E,
+    mut reserved: Option<Reserved<'_>>,
+    outcomes: &mut Outcomes,
+) -> Vec<Arc<Entry>>
+where
+    E: Send + Sync + 'static,
+{
+    let any = TypeId::of::<AnyEvent>();
+    let wraps_in_any = TypeId::of::<E>() != any;
+    let mut mismatched = Vec::new();
+    // What the listeners emit while they are polled here records this event as its cause.
+    let _handling = Handling::enter(context.meta.id);
+    let mut event: Option<ErasedEvent> = Some(Arc::new(event));
+    let mut any_event: Option<ErasedEvent> = None;
+    let mut targets = targets.peekable();
+    while let Some(entry) = targets.next() {
+        let this = if wraps_in_any && entry.erased.event_type == any {
+            event.clone().map(|payload| {
+                Arc::clone(any_event.get_or_insert_with(|| {
+                    let envelope = Envelope::new(Arc::clone(context.event_name), *context.meta);
+                    Arc::new(AnyEvent::new(envelope, payload, std::any::type_name::<E>()))
+                }))
+            })
+        } else {
+            match targets.peek() {
+                Some(_) => event.clone(),
+                None => event.take(),
+            }
+        };
+        let Some(this) = this else { continue };
+        let dispatcher = Dispatcher {
+            emit: context,
+            entry,
+            outcomes: &mut *outcomes,
+            reservation: reserved.as_mut().and_then(Reserved::take),
+        };
+        if !entry.erased.listener.deliver(this, dispatcher) {
+            mismatched.push(Arc::clone(entry));
+        }
+    }
+    mismatched
 }
 
 /// Records and logs that `entry` could not take the event.
