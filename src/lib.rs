@@ -75,6 +75,7 @@
 //! |---|---|---|
 //! | `macros` | yes | the [`listener`] attribute and [`derive(Event)`](macro@Event) |
 //! | `metrics` | no | [`MetricsLayer`]: the bus's emits and deliveries as counters, a gauge and a histogram, through the [`metrics`](https://docs.rs/metrics) facade |
+//! | `nats` | no | [`nats`]: the NATS JetStream transport ([`nats::NatsTransport`], crate `bus-nats`) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -100,3 +101,7 @@ pub use bus_core::__private;
 
 /// Transports: how a bus reaches other processes through a broker. See [`transport::Transport`].
 pub use bus_core::transport;
+
+/// The NATS JetStream transport: [`nats::NatsTransport`] (crate `bus-nats`).
+#[cfg(feature = "nats")]
+pub use bus_nats as nats;

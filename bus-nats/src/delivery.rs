@@ -1,0 +1,358 @@
+//! [`NatsDelivery`]: one JetStream message handed to a subscriber, and the dead letters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker;
+use bus_core::transport::{
+    BoxFuture, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON,
+    Delivery, TransportError, WireEvent, dead_letter_name,
+};
+use bytes::Bytes;
+use tracing::Instrument;
+
+use crate::error::NatsError;
+use crate::names::{self, MSG_ID};
+use crate::transport::Inner;
+
+/// How long after a delivery was dropped unsettled it is delivered again. Not zero: a delivery
+/// is often dropped together with its subscription, and this lets the server see that
+/// subscription gone (it reads the unsubscribe first) before it redelivers, so the event goes
+/// to a live subscriber.
+pub(crate) const DROPPED_DELAY: Duration = Duration::from_millis(100);
+
+/// What a delivery knows about the subscription it came from.
+#[derive(Debug)]
+pub(crate) struct Origin {
+    /// The group as given, or `subscription-<consumer>` for a subscription outside any group:
+    /// the [`DEAD_LETTER_GROUP`] of its dead letters.
+    pub(crate) group: String,
+    /// The consumer's name, for logs.
+    pub(crate) consumer: String,
+    /// The subscription's `max_deliveries`.
+    pub(crate) max_deliveries: u32,
+}
+
+/// One delivery of one event. Settled by `ack`, `nack` or `reject`; dropped unsettled, it is
+/// nak'd by a spawned task, to be delivered again after [`DROPPED_DELAY`] (without a Tokio
+/// runtime, the broker delivers it again after the ack wait).
+pub(crate) struct NatsDelivery {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) origin: Arc<Origin>,
+    pub(crate) subject: String,
+    pub(crate) event: WireEvent,
+    pub(crate) attempt: u32,
+    /// `None` once settled.
+    pub(crate) acker: Option<Acker>,
+}
+
+impl NatsDelivery {
+    fn span(&self, what: &'static str) -> tracing::Span {
+        tracing::debug_span!(
+            "bus.nats.settle",
+            what,
+            subject = %self.subject,
+            consumer = %self.origin.consumer,
+            event_id = %self.event.id,
+            attempt = self.attempt,
+        )
+    }
+
+    /// Takes what settling needs, marking the delivery settled.
+    fn take(mut self: Box<Self>) -> (Settle, Acker) {
+        match self.take_parts() {
+            Some(parts) => parts,
+            // A delivery is only ever built with its acker, and is settled once: by value.
+            None => (self.settle_parts(), Acker::new(self.inner.js.clone(), None)),
+        }
+    }
+
+    /// What settling needs, if not settled yet; marks the delivery settled.
+    fn take_parts(&mut self) -> Option<(Settle, Acker)> {
+        let acker = self.acker.take()?;
+        Some((self.settle_parts(), acker))
+    }
+
+    fn settle_parts(&mut self) -> Settle {
+        Settle {
+            inner: Arc::clone(&self.inner),
+            origin: Arc::clone(&self.origin),
+            subject: std::mem::take(&mut self.subject),
+            event: std::mem::replace(&mut self.event, WireEvent::new("", "", "", Bytes::new())),
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// A delivery being settled.
+struct Settle {
+    inner: Arc<Inner>,
+    origin: Arc<Origin>,
+    subject: String,
+    event: WireEvent,
+    attempt: u32,
+}
+
+impl Settle {
+    async fn send(&self, acker: &Acker, kind: AckKind) -> Result<(), TransportError> {
+        let (what, sent) = match kind {
+            AckKind::Ack if self.inner.config.ack_sync => ("ack", acker.double_ack().await),
+            AckKind::Ack => ("ack", acker.ack().await),
+            AckKind::Term => ("term", acker.ack_with(kind).await),
+            _ => ("nak", acker.ack_with(kind).await),
+        };
+        sent.map_err(|error| {
+            tracing::warn!(what, %error, "cannot settle the delivery");
+            NatsError::Settle {
+                subject: self.subject.clone(),
+                what,
+                detail: error.to_string(),
+            }
+            .broker()
+        })
+    }
+
+    /// Dead-letters the event with `reason`, then terminates it; if the dead letter cannot be
+    /// stored, naks it after `retry` instead, so that it is not lost.
+    async fn dead_letter(
+        &self,
+        acker: &Acker,
+        reason: &str,
+        retry: Duration,
+    ) -> Result<(), TransportError> {
+        let letter = dead_letter_event(&self.event, &self.origin.group, self.attempt, reason);
+        let headers = match names::event_headers(&letter) {
+            Ok(headers) => headers,
+            Err(bad) => {
+                // Every attribute came in as a header; only a name we add could fail here.
+                let detail = format!("header `{}`: {}", bad.name, bad.reason);
+                return self
+                    .dead_letter_failed(acker, &letter.ty, detail, retry)
+                    .await;
+            }
+        };
+        let dead_subject = format!("{}.{}", self.inner.config.prefix, letter.ty);
+        match self
+            .inner
+            .publish_raw(&dead_subject, &letter.ty, headers, letter.data.clone())
+            .await
+        {
+            Ok(()) => {
+                tracing::warn!(
+                    dead_letter = %dead_subject,
+                    reason,
+                    "event dead-lettered"
+                );
+                self.send(acker, AckKind::Term).await
+            }
+            Err(error) => {
+                self.dead_letter_failed(acker, &letter.ty, error.to_string(), retry)
+                    .await
+            }
+        }
+    }
+
+    async fn dead_letter_failed(
+        &self,
+        acker: &Acker,
+        dead_letter: &str,
+        detail: String,
+        retry: Duration,
+    ) -> Result<(), TransportError> {
+        tracing::error!(%detail, "cannot store the dead letter; the event will be delivered again");
+        let _ = self.send(acker, AckKind::Nak(Some(retry))).await;
+        Err(NatsError::DeadLetter {
+            subject: self.subject.clone(),
+            dead_letter: dead_letter.to_owned(),
+            deadline: self.inner.config.publish_deadline,
+            detail,
+        }
+        .broker())
+    }
+}
+
+/// The dead letter of a decoded event, as the memory transport writes it: the same attributes
+/// and payload under `dead-letter.<name>`, id `<id>.dead.<group>`, plus the four extensions
+/// (the original id, the reason, the group, the attempts).
+pub(crate) fn dead_letter_event(
+    event: &WireEvent,
+    group: &str,
+    attempts: u32,
+    reason: &str,
+) -> WireEvent {
+    let mut letter = event.clone();
+    letter.ty = dead_letter_name(&event.ty);
+    letter.id = names::one_line(&format!("{}.dead.{group}", event.id));
+    letter
+        .extensions
+        .insert(DEAD_LETTER_OF.to_owned(), event.id.clone());
+    letter
+        .extensions
+        .insert(DEAD_LETTER_REASON.to_owned(), names::one_line(reason));
+    letter
+        .extensions
+        .insert(DEAD_LETTER_GROUP.to_owned(), names::one_line(group));
+    letter
+        .extensions
+        .insert(DEAD_LETTER_ATTEMPTS.to_owned(), attempts.to_string());
+    letter
+}
+
+/// The dead letter of a message that does not decode: its payload and its headers (but the
+/// JetStream ones), made a valid CloudEvent of type `dead-letter.<subject without prefix>`,
+/// with the four extensions. Returns the subject, the dead letter's name and its headers.
+pub(crate) fn dead_letter_raw(
+    prefix: &str,
+    message: &async_nats::Message,
+    sequence: u64,
+    group: &str,
+    attempts: u32,
+    reason: &str,
+) -> (String, String, HeaderMap) {
+    let subject = message.subject.as_str();
+    let rest = subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .unwrap_or(subject);
+    let name = dead_letter_name(rest);
+    let pairs = names::header_pairs(message.headers.as_ref());
+    let find = |wanted: &str| {
+        pairs
+            .iter()
+            .find(|(header, value)| header.eq_ignore_ascii_case(wanted) && !value.is_empty())
+            .map(|(_, value)| (*value).to_owned())
+    };
+    let original_id = find("ce-id")
+        .or_else(|| find(MSG_ID))
+        .unwrap_or_else(|| format!("seq-{sequence}"));
+    let source = find("ce-source").unwrap_or_else(|| "bus-nats".to_owned());
+    let id = names::one_line(&format!("{original_id}.dead.{group}"));
+    let replaced = [
+        "ce-specversion".to_owned(),
+        "ce-id".to_owned(),
+        "ce-source".to_owned(),
+        "ce-type".to_owned(),
+        format!("ce-{DEAD_LETTER_OF}"),
+        format!("ce-{DEAD_LETTER_REASON}"),
+        format!("ce-{DEAD_LETTER_GROUP}"),
+        format!("ce-{DEAD_LETTER_ATTEMPTS}"),
+    ];
+    let mut headers = HeaderMap::new();
+    if let Some(original) = &message.headers {
+        for (header, values) in original.iter() {
+            let lower = AsRef::<str>::as_ref(header).to_ascii_lowercase();
+            if lower.starts_with("nats-") || replaced.contains(&lower) {
+                continue;
+            }
+            for value in values {
+                headers.append(header.clone(), value.clone());
+            }
+        }
+    }
+    let ours: [(String, String); 9] = [
+        (
+            "ce-specversion".to_owned(),
+            bus_core::transport::SPEC_VERSION.to_owned(),
+        ),
+        ("ce-id".to_owned(), id.clone()),
+        ("ce-source".to_owned(), names::one_line(&source)),
+        ("ce-type".to_owned(), name.clone()),
+        (
+            format!("ce-{DEAD_LETTER_OF}"),
+            names::one_line(&original_id),
+        ),
+        (format!("ce-{DEAD_LETTER_REASON}"), names::one_line(reason)),
+        (format!("ce-{DEAD_LETTER_GROUP}"), names::one_line(group)),
+        (format!("ce-{DEAD_LETTER_ATTEMPTS}"), attempts.to_string()),
+        (MSG_ID.to_owned(), id),
+    ];
+    for (header, value) in ours {
+        // Every name above is a valid header name and every value is on one line.
+        let _ = names::insert(&mut headers, &header, &value);
+    }
+    (format!("{prefix}.{name}"), name, headers)
+}
+
+impl Delivery for NatsDelivery {
+    fn event(&self) -> &WireEvent {
+        &self.event
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let span = self.span("ack");
+        let (settle, acker) = self.take();
+        Box::pin(async move { settle.send(&acker, AckKind::Ack).await }.instrument(span))
+    }
+
+    fn nack(
+        self: Box<Self>,
+        delay: Duration,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), TransportError>> {
+        let span = self.span("nack");
+        let (settle, acker) = self.take();
+        Box::pin(
+            async move {
+                if settle.attempt >= settle.origin.max_deliveries {
+                    let reason = format!("{reason} (after {} deliveries)", settle.attempt);
+                    settle.dead_letter(&acker, &reason, delay).await
+                } else {
+                    tracing::debug!(?delay, reason, "nak");
+                    settle.send(&acker, AckKind::Nak(Some(delay))).await
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    fn reject(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
+        let span = self.span("reject");
+        let (settle, acker) = self.take();
+        Box::pin(
+            async move {
+                settle
+                    .dead_letter(&acker, &reason, Duration::from_secs(1))
+                    .await
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl Drop for NatsDelivery {
+    fn drop(&mut self) {
+        let Some((settle, acker)) = self.take_parts() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let span = tracing::debug_span!(
+            "bus.nats.settle",
+            what = "dropped",
+            subject = %settle.subject,
+            consumer = %settle.origin.consumer,
+            event_id = %settle.event.id,
+            attempt = settle.attempt,
+        );
+        runtime.spawn(
+            async move {
+                if settle.attempt >= settle.origin.max_deliveries {
+                    // The last allowed delivery failed: dead-lettered, as after a last nack.
+                    let reason = format!("dropped unsettled (after {} deliveries)", settle.attempt);
+                    let _ = settle.dead_letter(&acker, &reason, DROPPED_DELAY).await;
+                } else {
+                    tracing::debug!("delivery dropped unsettled: nak");
+                    let _ = settle.send(&acker, AckKind::Nak(Some(DROPPED_DELAY))).await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! What went wrong on the NATS side, in words that say what to do. Travels as the `source` of a
+//! [`TransportError`], so callers can downcast to it.
+
+use std::time::Duration;
+
+use bus_core::transport::TransportError;
+
+/// The transport's name in errors and logs.
+pub(crate) const NAME: &str = "nats";
+
+/// Why an operation of [`NatsTransport`](crate::NatsTransport) failed: the `source` of the
+/// [`TransportError`] it returned (`Unreachable` or `Broker`).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NatsError {
+    /// The first connection failed.
+    #[error(
+        "cannot connect to NATS at `{url}`: {source}; check that nats-server runs there \
+         (with JetStream: `nats-server -js`) and that the URL is right"
+    )]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// What the client said.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The server does not answer JetStream requests.
+    #[error(
+        "NATS at `{url}` does not answer JetStream requests ({detail}); start nats-server with \
+         JetStream enabled (`nats-server -js`) or enable it in its configuration"
+    )]
+    JetStreamUnavailable {
+        /// The URL given.
+        url: String,
+        /// What the client said.
+        detail: String,
+    },
+    /// The stream could not be created or brought up to date.
+    #[error(
+        "cannot set up JetStream stream `{stream}` for subjects `{subjects}`: {detail}; if \
+         another stream already captures these subjects, choose another subject_prefix (or \
+         stream_name), or remove the other stream"
+    )]
+    Stream {
+        /// The stream name.
+        stream: String,
+        /// The subjects it should capture.
+        subjects: String,
+        /// What the server said.
+        detail: String,
+    },
+    /// A consumer could not be created, found or bound.
+    #[error(
+        "cannot set up JetStream consumer `{consumer}` on stream `{stream}` (filter \
+         `{filter}`): {detail}; check the server's logs and limits (max consumers, max ack \
+         pending)"
+    )]
+    Consumer {
+        /// The stream name.
+        stream: String,
+        /// The consumer name (`ephemeral` for a subscription outside any group).
+        consumer: String,
+        /// The filter subject.
+        filter: String,
+        /// What the server said.
+        detail: String,
+    },
+    /// A publish failed for a reason that retrying does not fix.
+    #[error("publish to `{subject}` refused: {detail}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// What the client or the server said.
+        detail: String,
+    },
+    /// An ack, nak or term could not be sent.
+    #[error(
+        "cannot settle a delivery of `{subject}` ({what}): {detail}; the broker delivers it \
+         again after the ack wait"
+    )]
+    Settle {
+        /// The subject.
+        subject: String,
+        /// `ack`, `nak` or `term`.
+        what: &'static str,
+        /// What the client said.
+        detail: String,
+    },
+    /// A dead letter could not be stored; the event was not settled.
+    #[error(
+        "cannot dead-letter `{subject}` to `{dead_letter}` within {deadline:?}: {detail}; the \
+         event stays with the broker and is delivered again"
+    )]
+    DeadLetter {
+        /// The subject of the event.
+        subject: String,
+        /// The dead-letter subject.
+        dead_letter: String,
+        /// The publish deadline that passed.
+        deadline: Duration,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+impl NatsError {
+    /// As a broker error.
+    pub(crate) fn broker(self) -> TransportError {
+        TransportError::Broker {
+            transport: NAME.to_owned(),
+            source: Box::new(self),
+        }
+    }
+
+    /// As an unreachable-broker error.
+    pub(crate) fn unreachable(self) -> TransportError {
+        TransportError::Unreachable {
+            transport: NAME.to_owned(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// A [`TransportError::Invalid`] of this transport.
+pub(crate) fn invalid(
+    what: &'static str,
+    value: &str,
+    reason: impl Into<String>,
+) -> TransportError {
+    TransportError::Invalid {
+        transport: NAME.to_owned(),
+        what,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}

@@ -1,0 +1,584 @@
+//! A subscription: its consumer (durable for a group, ephemeral otherwise), the pull loop, the
+//! decoding of each message, and the dead letters of messages that do not decode.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::pull::{self, Stream as PullStream};
+use async_nats::jetstream::consumer::{
+    AckPolicy, DeliverPolicy, FromConsumer, PullConsumer, ReplayPolicy,
+};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
+use async_nats::jetstream::stream::ConsumerErrorKind;
+use bus_core::transport::{
+    Delivery, SubscribeOptions, TransportError, TransportSubscription, WireEvent,
+};
+use futures_util::{FutureExt, StreamExt};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::delivery::{NatsDelivery, Origin, dead_letter_raw};
+use crate::error::{NatsError, invalid};
+use crate::names;
+use crate::transport::{EPHEMERAL_INACTIVE_THRESHOLD, Inner};
+
+/// Idle heartbeat asked of the server for each pull request: a silent server is noticed
+/// after twice this.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long one pull request stays open.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts to re-open a broken subscription.
+const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
+
+/// Opens a subscription: checks the pattern, gets or creates its consumer, starts pulling.
+pub(crate) async fn open(
+    inner: Arc<Inner>,
+    options: SubscribeOptions,
+) -> Result<TransportSubscription, TransportError> {
+    names::check_pattern(&options.pattern)
+        .map_err(|reason| invalid("pattern", &options.pattern, reason))?;
+    let spec = Spec {
+        filter: format!("{}.{}", inner.config.prefix, options.pattern),
+        durable: options.group.as_deref().map(names::consumer_name),
+        group: options.group.clone(),
+        pattern: options.pattern.clone(),
+        ack_wait: options.ack_wait,
+        max_deliveries: options.max_deliveries.max(1),
+    };
+    let span = tracing::info_span!(
+        "bus.nats.subscription",
+        subject = %spec.filter,
+        consumer = tracing::field::Empty,
+        group = options.group.as_deref().unwrap_or("-"),
+    );
+    let consumer = spec
+        .ensure(&inner, DeliverPolicy::New)
+        .instrument(span.clone())
+        .await?;
+    let info = consumer.cached_info();
+    let consumer_name = info.name.clone();
+    let last_sequence = info.delivered.stream_sequence;
+    span.record("consumer", consumer_name.as_str());
+    let messages = pull(&inner, &consumer).instrument(span.clone()).await?;
+    tracing::debug!(parent: &span, "subscribed");
+    let origin = Arc::new(Origin {
+        group: options
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("subscription-{consumer_name}")),
+        consumer: consumer_name,
+        max_deliveries: spec.max_deliveries,
+    });
+    let pump = Pump {
+        inner,
+        spec,
+        origin,
+        messages: Some(Messages(Some(messages))),
+        last_sequence,
+        retry_at: None,
+        failures: 0,
+        span,
+    };
+    Ok(Box::pin(futures_util::stream::unfold(
+        pump,
+        |mut pump| async move {
+            let span = pump.span.clone();
+            let item = pump.next().instrument(span).await;
+            Some((item, pump))
+        },
+    )))
+}
+
+/// Starts the pull loop of `consumer`.
+async fn pull(inner: &Inner, consumer: &PullConsumer) -> Result<PullStream, TransportError> {
+    consumer
+        .stream()
+        .max_messages_per_batch(inner.config.fetch_batch)
+        .expires(PULL_EXPIRES)
+        .heartbeat(HEARTBEAT)
+        .messages()
+        .await
+        .map_err(|error| {
+            NatsError::Consumer {
+                stream: inner.config.stream_name.clone(),
+                consumer: consumer.cached_info().name.clone(),
+                filter: consumer.cached_info().config.filter_subject.clone(),
+                detail: error.to_string(),
+            }
+            .unreachable()
+        })
+}
+
+/// What a subscription asked for.
+struct Spec {
+    filter: String,
+    pattern: String,
+    group: Option<String>,
+    /// The durable consumer's name; `None` for an ephemeral consumer.
+    durable: Option<String>,
+    ack_wait: Duration,
+    max_deliveries: u32,
+}
+
+impl Spec {
+    /// The consumer configuration. JetStream's `max_deliver` is one more than
+    /// `max_deliveries`: the spare delivery only happens when the last allowed one was never
+    /// settled (its ack wait expired, its subscriber went away), and the subscription
+    /// dead-letters it instead of handing it out, so an event is never parked silently.
+    fn config(&self, start: DeliverPolicy) -> pull::Config {
+        pull::Config {
+            durable_name: self.durable.clone(),
+            description: Some(match &self.group {
+                Some(group) => format!("bus group `{group}` on `{}`", self.pattern),
+                None => format!("bus subscription to `{}`", self.pattern),
+            }),
+            deliver_policy: start,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_deliver: i64::from(self.max_deliveries) + 1,
+            filter_subject: self.filter.clone(),
+            replay_policy: ReplayPolicy::Instant,
+            inactive_threshold: if self.durable.is_some() {
+                Duration::ZERO
+            } else {
+                EPHEMERAL_INACTIVE_THRESHOLD
+            },
+            ..Default::default()
+        }
+    }
+
+    fn consumer_error(&self, inner: &Inner, detail: String) -> NatsError {
+        NatsError::Consumer {
+            stream: inner.config.stream_name.clone(),
+            consumer: self
+                .durable
+                .clone()
+                .unwrap_or_else(|| "ephemeral".to_owned()),
+            filter: self.filter.clone(),
+            detail,
+        }
+    }
+
+    fn create_error(
+        &self,
+        inner: &Inner,
+        error: &async_nats::jetstream::stream::ConsumerError,
+    ) -> TransportError {
+        let nats = self.consumer_error(inner, error.to_string());
+        match error.kind() {
+            ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => nats.unreachable(),
+            _ => nats.broker(),
+        }
+    }
+
+    /// Gets or creates the consumer; a new one starts at `start`.
+    async fn ensure(
+        &self,
+        inner: &Inner,
+        start: DeliverPolicy,
+    ) -> Result<PullConsumer, TransportError> {
+        let config = self.config(start);
+        let Some(name) = &self.durable else {
+            return inner
+                .stream
+                .create_consumer(config)
+                .await
+                .map_err(|error| self.create_error(inner, &error));
+        };
+        match inner.stream.consumer_info(name).await {
+            Ok(info) => self.adopt(inner, info).await,
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
+                match inner.stream.create_consumer(config).await {
+                    Ok(consumer) => {
+                        tracing::info!(consumer = %name, "created the group's durable consumer");
+                        Ok(consumer)
+                    }
+                    // Another member of the group may have created it first.
+                    Err(create) => match inner.stream.consumer_info(name).await {
+                        Ok(info) => self.adopt(inner, info).await,
+                        Err(_) => Err(self.create_error(inner, &create)),
+                    },
+                }
+            }
+            Err(error) => {
+                let nats = self.consumer_error(inner, error.to_string());
+                Err(match error.kind() {
+                    ConsumerInfoErrorKind::TimedOut
+                    | ConsumerInfoErrorKind::NoResponders
+                    | ConsumerInfoErrorKind::Request
+                    | ConsumerInfoErrorKind::Offline => nats.unreachable(),
+                    _ => nats.broker(),
+                })
+            }
+        }
+    }
+
+    /// Binds to an existing durable consumer: same filter required; ack wait and max deliver
+    /// brought to this subscription's (the group resumes where it stood).
+    async fn adopt(
+        &self,
+        inner: &Inner,
+        info: async_nats::jetstream::consumer::Info,
+    ) -> Result<PullConsumer, TransportError> {
+        let group = self.group.as_deref().unwrap_or_default();
+        if info.config.deliver_subject.is_some() {
+            return Err(invalid(
+                "group",
+                group,
+                format!(
+                    "a push consumer `{}` already exists on stream `{}`; delete it or choose \
+                     another group name",
+                    info.name, info.stream_name
+                ),
+            ));
+        }
+        if info.config.filter_subject != self.filter {
+            let theirs = info
+                .config
+                .filter_subject
+                .strip_prefix(&format!("{}.", inner.config.prefix))
+                .unwrap_or(&info.config.filter_subject)
+                .to_owned();
+            return Err(invalid(
+                "group",
+                group,
+                format!(
+                    "the group subscribes to `{theirs}`; one group has one pattern (delete \
+                     consumer `{}` of stream `{}` to change it)",
+                    info.name, info.stream_name
+                ),
+            ));
+        }
+        let wanted = self.config(info.config.deliver_policy);
+        if info.config.ack_wait != wanted.ack_wait || info.config.max_deliver != wanted.max_deliver
+        {
+            tracing::info!(
+                consumer = %info.name,
+                ack_wait = ?wanted.ack_wait,
+                max_deliver = wanted.max_deliver,
+                "updating the group's ack wait and max deliver"
+            );
+            return inner
+                .stream
+                .create_consumer(wanted)
+                .await
+                .map_err(|error| self.create_error(inner, &error));
+        }
+        let config = pull::Config::try_from_consumer_config(info.config.clone())
+            .map_err(|error| self.consumer_error(inner, error.to_string()).broker())?;
+        Ok(PullConsumer::new(config, info, inner.js.clone()))
+    }
+}
+
+/// The pull stream of a subscription. Dropped, it naks the messages it had already received
+/// (a spawned task), so they are delivered again at once rather than after the ack wait.
+struct Messages(Option<PullStream>);
+
+impl Drop for Messages {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.0.take() else {
+            return;
+        };
+        // Here and now, not in a task: what has already arrived (never waiting for more), then
+        // the unsubscribe, queued before anything this thread sends after the drop. The server
+        // reads one connection in order: once it has read the unsubscribe, its pending pull
+        // requests to this subscription have no interest left.
+        let mut held = Vec::new();
+        while let Some(Some(item)) = stream.next().now_or_never() {
+            if let Ok(message) = item {
+                held.push(message);
+            }
+        }
+        drop(stream);
+        if held.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        // Nak'd with a short delay, so that the server redelivers after it has read the
+        // unsubscribe (an immediate nak here makes nats-server 2.9 mix up redeliveries).
+        runtime.spawn(async move {
+            for message in &held {
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(crate::delivery::DROPPED_DELAY)))
+                    .await;
+            }
+            tracing::debug!(
+                returned = held.len(),
+                "subscription closed: nak'd the messages in hand"
+            );
+        });
+    }
+}
+
+/// The state behind a subscription's stream.
+struct Pump {
+    inner: Arc<Inner>,
+    spec: Spec,
+    origin: Arc<Origin>,
+    messages: Option<Messages>,
+    /// The stream sequence of the last message received: where a lost ephemeral consumer
+    /// resumes.
+    last_sequence: u64,
+    retry_at: Option<Instant>,
+    failures: u32,
+    span: tracing::Span,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if self.spec.durable.is_some() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let stream = self.inner.stream.clone();
+        let name = self.origin.consumer.clone();
+        runtime.spawn(async move {
+            if let Err(error) = stream.delete_consumer(&name).await {
+                tracing::debug!(
+                    consumer = %name,
+                    %error,
+                    "ephemeral consumer not deleted; the server drops it when inactive"
+                );
+            }
+        });
+    }
+}
+
+impl Pump {
+    /// The next delivery; re-opens the consumer and the pull loop when they break, and yields
+    /// an error only for what reconnecting does not cure (then tries again when polled).
+    async fn next(&mut self) -> Result<Box<dyn Delivery>, TransportError> {
+        loop {
+            let messages = match self.messages.as_mut().and_then(|m| m.0.as_mut()) {
+                Some(messages) => messages,
+                None => {
+                    if let Some(at) = self.retry_at.take() {
+                        tokio::time::sleep_until(at).await;
+                    }
+                    if let Err(error) = self.reopen().await {
+                        self.failures = self.failures.saturating_add(1);
+                        self.retry_at = Some(Instant::now() + reopen_delay(self.failures));
+                        match error {
+                            TransportError::Unreachable { .. } => {
+                                tracing::warn!(%error, "cannot re-open the subscription yet");
+                                continue;
+                            }
+                            error => {
+                                tracing::error!(%error, "cannot re-open the subscription");
+                                return Err(error);
+                            }
+                        }
+                    }
+                    self.failures = 0;
+                    continue;
+                }
+            };
+            match messages.next().await {
+                Some(Ok(message)) => {
+                    if let Some(delivery) = self.receive(message).await {
+                        return Ok(delivery);
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "pulling failed; re-opening the subscription");
+                    self.messages = None;
+                    self.retry_at = Some(Instant::now() + reopen_delay(1));
+                }
+                None => {
+                    tracing::warn!("the pull loop ended; re-opening the subscription");
+                    self.messages = None;
+                }
+            }
+        }
+    }
+
+    /// Gets the consumer back (or creates it again from where this subscription stood) and
+    /// starts a new pull loop.
+    async fn reopen(&mut self) -> Result<(), TransportError> {
+        let start = DeliverPolicy::ByStartSequence {
+            start_sequence: self.last_sequence + 1,
+        };
+        let consumer = match &self.spec.durable {
+            Some(_) => self.spec.ensure(&self.inner, start).await?,
+            None => {
+                // An ephemeral consumer may be gone (inactive, server restart): look first.
+                match self.inner.stream.consumer_info(&self.origin.consumer).await {
+                    Ok(info) => PullConsumer::new(
+                        pull::Config::try_from_consumer_config(info.config.clone()).map_err(
+                            |error| {
+                                self.spec
+                                    .consumer_error(&self.inner, error.to_string())
+                                    .broker()
+                            },
+                        )?,
+                        info,
+                        self.inner.js.clone(),
+                    ),
+                    Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
+                        let consumer = self.spec.ensure(&self.inner, start).await?;
+                        let name = consumer.cached_info().name.clone();
+                        tracing::warn!(
+                            consumer = %name,
+                            from_sequence = self.last_sequence + 1,
+                            "the ephemeral consumer was gone: created a new one"
+                        );
+                        self.origin = Arc::new(Origin {
+                            group: format!("subscription-{name}"),
+                            consumer: name,
+                            max_deliveries: self.origin.max_deliveries,
+                        });
+                        consumer
+                    }
+                    Err(error) => {
+                        return Err(self
+                            .spec
+                            .consumer_error(&self.inner, error.to_string())
+                            .unreachable());
+                    }
+                }
+            }
+        };
+        let messages = pull(&self.inner, &consumer).await?;
+        tracing::info!("subscription re-opened");
+        self.messages = Some(Messages(Some(messages)));
+        Ok(())
+    }
+
+    /// Turns a message into a delivery; a message that does not decode, or a spare delivery
+    /// past `max_deliveries`, is dead-lettered here and yields nothing.
+    async fn receive(
+        &mut self,
+        message: async_nats::jetstream::Message,
+    ) -> Option<Box<dyn Delivery>> {
+        let (delivered, sequence) = match message.info() {
+            Ok(info) => (info.delivered, info.stream_sequence),
+            Err(_) => (1, 0),
+        };
+        self.last_sequence = self.last_sequence.max(sequence);
+        tracing::trace!(delivered, sequence, "received");
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+        let (message, acker) = message.split();
+        let decoded = WireEvent::from_headers(
+            names::header_pairs(message.headers.as_ref()),
+            message.payload.clone(),
+            self.inner.config.max_payload,
+        )
+        .map_err(|error| error.to_string())
+        .and_then(|event| {
+            let expected = format!("{}.{}", self.inner.config.prefix, event.ty);
+            if message.subject.as_str() == expected {
+                Ok(event)
+            } else {
+                Err(format!(
+                    "the event's type `{}` does not match its subject `{}`",
+                    event.ty, message.subject
+                ))
+            }
+        });
+        let (reason, attempts) = match decoded {
+            Ok(event) if attempt <= self.origin.max_deliveries => {
+                return Some(Box::new(NatsDelivery {
+                    inner: Arc::clone(&self.inner),
+                    origin: Arc::clone(&self.origin),
+                    subject: message.subject.to_string(),
+                    event,
+                    attempt,
+                    acker: Some(acker),
+                }));
+            }
+            Ok(_) => (
+                format!(
+                    "not settled within the ack wait (after {} deliveries)",
+                    attempt - 1
+                ),
+                attempt - 1,
+            ),
+            Err(reason) => (reason, attempt),
+        };
+        let dead_prefix = format!(
+            "{}.{}.",
+            self.inner.config.prefix,
+            bus_core::transport::DEAD_LETTER_PREFIX
+        );
+        if message.subject.starts_with(&dead_prefix) {
+            // A dead letter that does not decode is not dead-lettered again (no loop).
+            tracing::warn!(
+                message_subject = %message.subject,
+                sequence,
+                %reason,
+                "dropping a dead letter that does not decode"
+            );
+            let _ = acker.ack_with(AckKind::Term).await;
+            return None;
+        }
+        let letter = |reason: &str| {
+            dead_letter_raw(
+                &self.inner.config.prefix,
+                &message,
+                sequence,
+                &self.origin.group,
+                attempts,
+                reason,
+            )
+        };
+        let (mut subject, mut name, mut headers) = letter(&reason);
+        let mut data = message.payload.clone();
+        let server_limit = match self.inner.client.server_info().max_payload {
+            0 => usize::MAX,
+            limit => limit,
+        };
+        let header_bytes = |headers: &async_nats::HeaderMap| -> usize {
+            names::header_pairs(Some(headers))
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 4)
+                .sum::<usize>()
+                + 12
+        };
+        if data.len().saturating_add(header_bytes(&headers)) > server_limit {
+            let shorter = format!(
+                "{reason} (its payload of {} bytes is left out: with the dead-letter headers it \
+                 exceeds the server's max_payload; it stays in the stream at sequence \
+                 {sequence})",
+                data.len()
+            );
+            (subject, name, headers) = letter(&shorter);
+            data = bytes::Bytes::new();
+        }
+        match self.inner.publish_raw(&subject, &name, headers, data).await {
+            Ok(()) => {
+                tracing::warn!(
+                    message_subject = %message.subject,
+                    sequence,
+                    dead_letter = %subject,
+                    %reason,
+                    "message dead-lettered"
+                );
+                let _ = acker.ack_with(AckKind::Term).await;
+            }
+            Err(error) => {
+                tracing::error!(
+                    message_subject = %message.subject,
+                    sequence,
+                    %reason,
+                    %error,
+                    "cannot dead-letter a message; it will be delivered again"
+                );
+                let _ = acker
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+            }
+        }
+        None
+    }
+}
+
+/// 100 ms, doubling up to [`MAX_REOPEN_DELAY`].
+fn reopen_delay(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (Duration::from_millis(100) * 2_u32.pow(doublings)).min(MAX_REOPEN_DELAY)
+}

@@ -1,0 +1,606 @@
+//! [`NatsTransport`] and its builder: the connection, the stream, and publishing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, stream};
+use bus_core::transport::{
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, SubscribeOptions, Transport, TransportError,
+    TransportSubscription, WireEvent,
+};
+use bytes::Bytes;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::{NAME, NatsError, invalid};
+use crate::names;
+
+/// The default [`subject_prefix`](NatsTransportBuilder::subject_prefix): `bus`.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "bus";
+/// The default [`publish_deadline`](NatsTransportBuilder::publish_deadline): 30 s.
+pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
+/// The default [`duplicate_window`](NatsTransportBuilder::duplicate_window): 2 min (JetStream's
+/// own default, set explicitly).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The default [`request_timeout`](NatsTransportBuilder::request_timeout): 5 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default [`connect_timeout`](NatsTransportBuilder::connect_timeout): 5 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default [`fetch_batch`](NatsTransportBuilder::fetch_batch): 1 message per pull request.
+pub const DEFAULT_FETCH_BATCH: usize = 1;
+/// How long the broker keeps the consumer of a subscription outside any group once nobody pulls
+/// from it (its process died without closing it): 5 min.
+pub const EPHEMERAL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(300);
+
+/// The longest pause between two reconnect attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// The longest pause between two attempts of one publish.
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// A [`Transport`] over NATS JetStream.
+///
+/// - **One stream** (`stream_name`, default the prefix in capitals: `BUS`) captures
+///   `<prefix>.>`; an event named `a.b.c` is the subject `<prefix>.a.b.c`, and dead letters
+///   (`dead-letter.a.b.c`) are stored under the same prefix. The stream is created at
+///   [`connect`](NatsTransportBuilder::connect) if missing, and its subjects and duplicate
+///   window are brought back to these values if they differ (its other limits, such as a
+///   `max_age` an operator set, are kept). Storage: files, retention by limits (none by
+///   default: events stay until an operator sets limits or purges).
+/// - **Publish** is a JetStream publish with the CloudEvents binary-mode headers and
+///   `Nats-Msg-Id` = the event id; it resolves once the server's PubAck says the event is
+///   stored. While the server is away (a restart, a network blip) the publish is retried, with
+///   the same id (so it is stored once), until
+///   [`publish_deadline`](NatsTransportBuilder::publish_deadline) passes, then fails with
+///   [`TransportError::PublishTimedOut`]. The client reconnects by itself, forever.
+/// - **Subscribe** opens a pull consumer filtered on `<prefix>.<pattern>` (`*` and `>` map
+///   one to one). With a group: the durable consumer named after the group (see
+///   [`SubscribeOptions::group`]); a new group starts with the events published after it was
+///   created, an existing group resumes where it stood; all subscriptions of a group, in any
+///   process, share its events (competing consumers). Without a group: an ephemeral consumer
+///   of this subscription alone, from now on, deleted when the subscription is dropped.
+/// - **Settling**: `ack` acks (a plain ack, or a double ack confirmed by the server with
+///   [`ack_sync`](NatsTransportBuilder::ack_sync)); `nack` naks with the delay, or on the last
+///   allowed delivery dead-letters the event and terminates it; `reject` dead-letters and
+///   terminates. A delivery dropped unsettled is nak'd at once (in a spawned task). A message
+///   that does not decode as an event is dead-lettered by the subscription itself, with the
+///   decoding error as the reason, and never reaches the caller.
+///
+/// Clones share one connection.
+///
+/// ```no_run
+/// use bus_core::transport::{SubscribeOptions, Transport, WireEvent};
+/// use bus_nats::NatsTransport;
+/// use futures_util::StreamExt;
+///
+/// # async fn demo() -> Result<(), bus_core::transport::TransportError> {
+/// let nats = NatsTransport::builder("nats://127.0.0.1:4222")
+///     .subject_prefix("shop")
+///     .connect()
+///     .await?;
+/// let mut orders = nats.subscribe(SubscribeOptions::new("orders.>").group("billing")).await?;
+/// nats.publish(WireEvent::new("id-1", "checkout", "orders.created", "{}")).await?;
+/// let delivery = orders.next().await.expect("open")?;
+/// delivery.ack().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct NatsTransport {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("url", &self.inner.config.url)
+            .field("subject_prefix", &self.inner.config.prefix)
+            .field("stream", &self.inner.config.stream_name)
+            .field("state", &self.inner.client.connection_state())
+            .finish()
+    }
+}
+
+/// What a connected transport shares with its subscriptions and deliveries.
+pub(crate) struct Inner {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: stream::Stream,
+    pub(crate) config: Config,
+}
+
+impl Drop for Inner {
+    /// The last handle of a connection is gone: what it queued (acks, naks) must still reach
+    /// the server, so a task flushes the connection before it closes.
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.client.clone();
+        let timeout = self.config.request_timeout;
+        runtime.spawn(async move {
+            if let Ok(Err(error)) = tokio::time::timeout(timeout, client.flush()).await {
+                tracing::debug!(%error, "final flush of the connection failed");
+            }
+        });
+    }
+}
+
+/// The settled configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) stream_name: String,
+    pub(crate) publish_deadline: Duration,
+    pub(crate) max_payload: usize,
+    pub(crate) duplicate_window: Duration,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) fetch_batch: usize,
+    pub(crate) ack_sync: bool,
+    pub(crate) restartable: bool,
+}
+
+/// Builds a [`NatsTransport`]; every setting has a documented default.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `connect` is awaited"]
+pub struct NatsTransportBuilder {
+    url: String,
+    prefix: String,
+    stream_name: Option<String>,
+    publish_deadline: Duration,
+    max_payload: usize,
+    duplicate_window: Duration,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    fetch_batch: usize,
+    ack_sync: bool,
+    restartable: bool,
+}
+
+impl NatsTransportBuilder {
+    /// The subject prefix of every event: event `a.b` is subject `<prefix>.a.b`, and the stream
+    /// captures `<prefix>.>`. One or more tokens of letters, digits, `_` and `-`. Default:
+    /// [`DEFAULT_SUBJECT_PREFIX`] (`bus`). Two buses share events when they share a prefix.
+    pub fn subject_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The JetStream stream's name. Default: the prefix in capitals, dots as `_` (`bus` →
+    /// `BUS`, `acme.bus` → `ACME_BUS`).
+    pub fn stream_name(mut self, name: impl Into<String>) -> Self {
+        self.stream_name = Some(name.into());
+        self
+    }
+
+    /// How long a publish (and a dead letter) keeps being retried while the broker is away
+    /// before it fails with [`TransportError::PublishTimedOut`]. Keep it within the
+    /// [duplicate window](Self::duplicate_window), so a retried publish is stored once.
+    /// Default: [`DEFAULT_PUBLISH_DEADLINE`] (30 s).
+    pub fn publish_deadline(mut self, deadline: Duration) -> Self {
+        self.publish_deadline = deadline;
+        self
+    }
+
+    /// The largest payload published or accepted, in bytes: a bigger publish is refused with
+    /// [`TransportError::Invalid`], a bigger message received is dead-lettered. The server's
+    /// own `max_payload` (1 MiB by default, headers included) also applies. Default:
+    /// [`DEFAULT_MAX_PAYLOAD`] (1 MiB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// The stream's duplicate window: a publish whose event id was stored less than this long
+    /// ago is acknowledged and dropped. Default: [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// How long one JetStream request (set-up, one publish attempt's PubAck, a double ack)
+    /// waits for its answer. Default: [`DEFAULT_REQUEST_TIMEOUT`] (5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long the first connection may take. Default: [`DEFAULT_CONNECT_TIMEOUT`] (5 s).
+    /// Reconnects after that are automatic and never give up.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many messages one pull request of a subscription asks for (at least 1).
+    ///
+    /// A subscription asks for more only when it is polled for its next delivery. With 1, it
+    /// never holds a message it has not handed out, so [`attempt`] counts exactly the
+    /// deliveries handed out, as in the memory transport. With more, a subscription fetches
+    /// ahead: faster (fewer round trips), but the messages it holds unhandled when it closes
+    /// are returned to the broker and count one delivery each toward
+    /// [`max_deliveries`](bus_core::transport::SubscribeOptions::max_deliveries). Default:
+    /// [`DEFAULT_FETCH_BATCH`] (1).
+    ///
+    /// [`attempt`]: bus_core::transport::Delivery::attempt
+    pub fn fetch_batch(mut self, messages: usize) -> Self {
+        self.fetch_batch = messages.max(1);
+        self
+    }
+
+    /// `true`: [`ack`](bus_core::transport::Delivery::ack) waits until the server confirms the
+    /// ack (a double ack, one round trip per ack), so an acknowledged event is never delivered
+    /// again, even if the connection breaks right after. `false`: a plain ack, sent and not
+    /// confirmed. Default: `false`.
+    pub fn ack_sync(mut self, confirm: bool) -> Self {
+        self.ack_sync = confirm;
+        self
+    }
+
+    /// For test harnesses: declare in [`Capabilities::restartable`] that the test owns this
+    /// server (a private `nats-server` it started) and may restart it. Default: `false`.
+    pub fn restartable(mut self, restartable: bool) -> Self {
+        self.restartable = restartable;
+        self
+    }
+
+    /// Connects, and creates or updates the stream.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Invalid`] for a bad prefix or stream name,
+    /// [`TransportError::Unreachable`] when the server cannot be reached or has no JetStream,
+    /// [`TransportError::Broker`] when the stream cannot be set up; the source is a
+    /// [`NatsError`] saying what to do.
+    pub async fn connect(self) -> Result<NatsTransport, TransportError> {
+        names::check_prefix(&self.prefix)
+            .map_err(|reason| invalid("subject prefix", &self.prefix, reason))?;
+        let stream_name = self
+            .stream_name
+            .clone()
+            .unwrap_or_else(|| names::default_stream_name(&self.prefix));
+        names::check_stream_name(&stream_name)
+            .map_err(|reason| invalid("stream name", &stream_name, reason))?;
+        let config = Config {
+            url: self.url,
+            prefix: self.prefix,
+            stream_name,
+            publish_deadline: self.publish_deadline,
+            max_payload: self.max_payload,
+            duplicate_window: self.duplicate_window,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            fetch_batch: self.fetch_batch,
+            ack_sync: self.ack_sync,
+            restartable: self.restartable,
+        };
+        let span = tracing::info_span!(
+            "bus.nats.connect",
+            url = %config.url,
+            stream = %config.stream_name,
+            subjects = %format!("{}.>", config.prefix),
+        );
+        connect(config).instrument(span).await
+    }
+}
+
+async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
+    let url = config.url.clone();
+    let client = async_nats::ConnectOptions::new()
+        .name("bus-nats")
+        .connection_timeout(config.connect_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .max_reconnects(None)
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let url = url.clone();
+            async move { log_event(&url, event) }
+        })
+        .connect(config.url.as_str())
+        .await
+        .map_err(|source| {
+            NatsError::Connect {
+                url: config.url.clone(),
+                source,
+            }
+            .unreachable()
+        })?;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(config.request_timeout)
+        .build(client.clone());
+    let stream = ensure_stream(&js, &config).await?;
+    tracing::info!("connected; stream ready");
+    Ok(NatsTransport {
+        inner: Arc::new(Inner {
+            client,
+            js,
+            stream,
+            config,
+        }),
+    })
+}
+
+/// Reconnect at once, then after 50 ms, doubling up to [`MAX_RECONNECT_DELAY`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
+    (Duration::from_millis(50) * 2_u32.pow(doublings)).min(MAX_RECONNECT_DELAY)
+}
+
+fn log_event(url: &str, event: async_nats::Event) {
+    match event {
+        async_nats::Event::Connected => tracing::info!(url, "NATS connection (re)established"),
+        async_nats::Event::Disconnected => {
+            tracing::warn!(url, "NATS connection lost; reconnecting");
+        }
+        async_nats::Event::SlowConsumer(sid) => {
+            tracing::warn!(
+                url,
+                sid,
+                "NATS slow consumer: messages dropped by the client"
+            );
+        }
+        other => tracing::debug!(url, event = %other, "NATS client event"),
+    }
+}
+
+/// Gets or creates the stream, and brings its subjects and duplicate window to ours.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &Config,
+) -> Result<stream::Stream, TransportError> {
+    let subjects = vec![format!("{}.>", config.prefix)];
+    let wanted = stream::Config {
+        name: config.stream_name.clone(),
+        subjects: subjects.clone(),
+        duplicate_window: config.duplicate_window,
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        description: Some("events of the bus event bus (bus-nats)".to_owned()),
+        ..Default::default()
+    };
+    let stream_error = |detail: String| NatsError::Stream {
+        stream: config.stream_name.clone(),
+        subjects: subjects.join(", "),
+        detail,
+    };
+    let mut stream = js.get_or_create_stream(wanted).await.map_err(|error| {
+        use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
+        match error.kind() {
+            Kind::JetStreamUnavailable | Kind::TimedOut => NatsError::JetStreamUnavailable {
+                url: config.url.clone(),
+                detail: error.to_string(),
+            }
+            .unreachable(),
+            _ => stream_error(error.to_string()).broker(),
+        }
+    })?;
+    let current = stream.cached_info().config.clone();
+    if current.subjects != subjects || current.duplicate_window != config.duplicate_window {
+        tracing::info!(
+            from = ?current.subjects,
+            window = ?current.duplicate_window,
+            "updating the stream's subjects and duplicate window"
+        );
+        let updated = stream::Config {
+            subjects: subjects.clone(),
+            duplicate_window: config.duplicate_window,
+            ..current
+        };
+        js.update_stream(updated)
+            .await
+            .map_err(|error| stream_error(error.to_string()).broker())?;
+        stream = js
+            .get_stream(&config.stream_name)
+            .await
+            .map_err(|error| stream_error(error.to_string()).broker())?;
+    }
+    Ok(stream)
+}
+
+impl NatsTransport {
+    /// Connects to `url` (`nats://127.0.0.1:4222`, `127.0.0.1:4222`, or several
+    /// comma-separated) with every default; see [`NatsTransport::builder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`NatsTransportBuilder::connect`].
+    pub async fn connect(url: impl Into<String>) -> Result<NatsTransport, TransportError> {
+        NatsTransport::builder(url).connect().await
+    }
+
+    /// A builder for a connection to `url`.
+    pub fn builder(url: impl Into<String>) -> NatsTransportBuilder {
+        NatsTransportBuilder {
+            url: url.into(),
+            prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
+            stream_name: None,
+            publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            fetch_batch: DEFAULT_FETCH_BATCH,
+            ack_sync: false,
+            restartable: false,
+        }
+    }
+
+    /// The subject prefix.
+    pub fn subject_prefix(&self) -> &str {
+        &self.inner.config.prefix
+    }
+
+    /// The stream's name.
+    pub fn stream_name(&self) -> &str {
+        &self.inner.config.stream_name
+    }
+
+    /// The subject an event named `event` is published on: `<prefix>.<event>`.
+    pub fn subject(&self, event: &str) -> String {
+        format!("{}.{event}", self.inner.config.prefix)
+    }
+
+    /// The durable consumer that the subscriptions of group `group` share (the group's name
+    /// with characters NATS refuses replaced, plus a hash when anything was replaced).
+    pub fn consumer_name(group: &str) -> String {
+        names::consumer_name(group)
+    }
+
+    /// The underlying NATS client, for what the transport does not cover (tests, admin).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.inner.client
+    }
+
+    /// The underlying JetStream context, for what the transport does not cover (tests, admin).
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.inner.js
+    }
+}
+
+impl Transport for NatsTransport {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        capabilities.persistent = true;
+        capabilities.ordered = true;
+        capabilities.groups = true;
+        capabilities.deduplicates = true;
+        capabilities.restartable = self.inner.config.restartable;
+        capabilities
+    }
+
+    fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>> {
+        let span = tracing::debug_span!(
+            "bus.nats.publish",
+            subject = %self.subject(&event.ty),
+            event_id = %event.id,
+        );
+        Box::pin(self.inner.publish(event).instrument(span))
+    }
+
+    fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
+        Box::pin(crate::subscription::open(Arc::clone(&self.inner), options))
+    }
+}
+
+impl Inner {
+    /// Checks and publishes an event.
+    async fn publish(&self, event: WireEvent) -> Result<(), TransportError> {
+        names::check_name(&event.ty).map_err(|reason| invalid("event name", &event.ty, reason))?;
+        if event.data.len() > self.config.max_payload {
+            return Err(invalid(
+                "payload",
+                &event.ty,
+                format!(
+                    "{} bytes is over the {}-byte max_payload of this transport; send a \
+                     reference to the data instead, or raise max_payload (and the server's)",
+                    event.data.len(),
+                    self.config.max_payload
+                ),
+            ));
+        }
+        let headers = names::event_headers(&event).map_err(|bad| {
+            invalid(
+                "attribute",
+                &bad.name,
+                format!("cannot travel as a NATS header: {}", bad.reason),
+            )
+        })?;
+        // What a subscriber would refuse (an empty id, an extension name in capitals, too
+        // many attributes) is refused here, before it reaches the stream.
+        WireEvent::from_headers(
+            names::header_pairs(Some(&headers)),
+            event.data.clone(),
+            self.config.max_payload,
+        )
+        .map_err(|error| {
+            invalid(
+                "event",
+                &event.ty,
+                format!("subscribers could not decode it: {error}"),
+            )
+        })?;
+        let subject = format!("{}.{}", self.config.prefix, event.ty);
+        self.publish_raw(&subject, &event.ty, headers, event.data)
+            .await
+    }
+
+    /// Publishes until the PubAck, retrying what a reconnect may cure until the publish
+    /// deadline. `headers` must carry `Nats-Msg-Id`, so that retries are stored once.
+    pub(crate) async fn publish_raw(
+        &self,
+        subject: &str,
+        event: &str,
+        headers: HeaderMap,
+        data: Bytes,
+    ) -> Result<(), TransportError> {
+        let deadline = Instant::now() + self.config.publish_deadline;
+        let timed_out = || TransportError::PublishTimedOut {
+            transport: NAME.to_owned(),
+            event: event.to_owned(),
+            deadline: self.config.publish_deadline,
+        };
+        let mut pause = Duration::from_millis(10);
+        for attempt in 1_u32.. {
+            let message = PublishMessage::build()
+                .payload(data.clone())
+                .headers(headers.clone());
+            let publish = async {
+                let ack = self.js.send_publish(subject.to_owned(), message).await?;
+                ack.await
+            };
+            let error = match tokio::time::timeout_at(deadline, publish).await {
+                Err(_elapsed) => {
+                    tracing::warn!(attempt, "publish not confirmed before the deadline");
+                    return Err(timed_out());
+                }
+                Ok(Ok(ack)) => {
+                    tracing::trace!(
+                        attempt,
+                        sequence = ack.sequence,
+                        duplicate = ack.duplicate,
+                        "stored"
+                    );
+                    return Ok(());
+                }
+                Ok(Err(error)) => error,
+            };
+            match error.kind() {
+                PublishErrorKind::MaxPayloadExceeded
+                | PublishErrorKind::WrongLastMessageId
+                | PublishErrorKind::WrongLastSequence => {
+                    return Err(NatsError::Publish {
+                        subject: subject.to_owned(),
+                        detail: error.to_string(),
+                    }
+                    .broker());
+                }
+                _ => {
+                    tracing::debug!(attempt, %error, "publish not confirmed; retrying");
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(attempt, %error, "publish not confirmed before the deadline");
+                return Err(timed_out());
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(MAX_RETRY_DELAY);
+        }
+        Err(timed_out())
+    }
+}

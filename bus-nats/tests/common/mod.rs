@@ -1,0 +1,224 @@
+//! Shared by the integration tests: a transport on the shared server (unique prefix and stream
+//! per test, deleted at the end), a private `nats-server` a test can restart, and bounded waits.
+#![allow(dead_code, reason = "each test file uses a part of these helpers")]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bus_core::transport::{Delivery, TransportError, TransportSubscription};
+use bus_nats::{NatsTransport, NatsTransportBuilder};
+use futures_util::StreamExt;
+
+/// The shared server of the machine (and of CI).
+pub const SHARED_URL: &str = "127.0.0.1:4222";
+
+/// How long a test waits for something that should happen (not a timing assertion: a bound
+/// on a hang).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Whether this is CI, where a missing broker fails a test instead of skipping it.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// A random lower-case suffix, for unique prefixes, stream names, groups and ids.
+pub fn unique() -> String {
+    (0..10).map(|_| fastrand::lowercase()).collect()
+}
+
+/// A transport on a fresh prefix and stream of the shared server; the stream is deleted when
+/// this is dropped (even when the test panics).
+pub struct TestNats {
+    pub transport: NatsTransport,
+    pub prefix: String,
+    url: String,
+}
+
+impl std::ops::Deref for TestNats {
+    type Target = NatsTransport;
+    fn deref(&self) -> &NatsTransport {
+        &self.transport
+    }
+}
+
+impl TestNats {
+    /// Connects to the shared server with `configure` applied to the builder. `None` (with a
+    /// printed reason) when the server is down and this is not CI; in CI that panics.
+    pub async fn connect(
+        test: &str,
+        configure: impl FnOnce(NatsTransportBuilder) -> NatsTransportBuilder,
+    ) -> Option<TestNats> {
+        TestNats::connect_to(SHARED_URL, test, configure).await
+    }
+
+    /// As [`TestNats::connect`], on any server.
+    pub async fn connect_to(
+        url: &str,
+        test: &str,
+        configure: impl FnOnce(NatsTransportBuilder) -> NatsTransportBuilder,
+    ) -> Option<TestNats> {
+        let prefix = format!("t{}", unique());
+        let builder = NatsTransport::builder(url)
+            .subject_prefix(prefix.clone())
+            .stream_name(format!("TEST_{}", prefix.to_uppercase()));
+        match configure(builder).connect().await {
+            Ok(transport) => Some(TestNats {
+                transport,
+                prefix,
+                url: url.to_owned(),
+            }),
+            Err(error @ TransportError::Unreachable { .. }) if !ci() => {
+                eprintln!("SKIPPED {test}: NATS with JetStream is not reachable at {url}: {error}");
+                None
+            }
+            Err(error) => panic!("{test}: cannot connect to NATS at {url}: {error}"),
+        }
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        let url = self.url.clone();
+        let stream = self.transport.stream_name().to_owned();
+        // A runtime of its own: this may run inside the test's runtime, or while it unwinds.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                let Ok(Ok(client)) =
+                    tokio::time::timeout(Duration::from_secs(5), async_nats::connect(url)).await
+                else {
+                    return;
+                };
+                let js = async_nats::jetstream::new(client);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), js.delete_stream(&stream)).await;
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// The next delivery, within [`PATIENCE`]; panics with `what` otherwise.
+pub async fn next(subscription: &mut TransportSubscription, what: &str) -> Box<dyn Delivery> {
+    match tokio::time::timeout(PATIENCE, subscription.next()).await {
+        Ok(Some(Ok(delivery))) => delivery,
+        Ok(Some(Err(error))) => panic!("{what}: the subscription yielded an error: {error}"),
+        Ok(None) => panic!("{what}: the subscription ended"),
+        Err(_) => panic!("{what}: nothing delivered within {PATIENCE:?}"),
+    }
+}
+
+/// Whether a delivery arrives within `wait` (a short look for something that must not come).
+pub async fn arrives_within(subscription: &mut TransportSubscription, wait: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(wait, subscription.next()).await,
+        Ok(Some(_))
+    )
+}
+
+/// A `nats-server -js` of the test's own, on a free loopback port with its own store; killed
+/// when dropped.
+pub struct PrivateNatsServer {
+    binary: PathBuf,
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateNatsServer {
+    /// Starts one. `None` (with a printed reason) when no `nats-server` binary is found and
+    /// this is not CI; in CI that panics.
+    pub fn start(test: &str) -> Option<PrivateNatsServer> {
+        let candidates = [
+            std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from),
+            Some(PathBuf::from("/usr/sbin/nats-server")),
+            Some(PathBuf::from("/usr/bin/nats-server")),
+            Some(PathBuf::from("/usr/local/bin/nats-server")),
+        ];
+        let Some(binary) = candidates.into_iter().flatten().find(|path| path.exists()) else {
+            let message = "no nats-server binary (set NATS_SERVER_BIN, or install the Debian \
+                           package nats-server)";
+            if ci() {
+                panic!("{test}: {message}");
+            }
+            eprintln!("SKIPPED {test}: {message}");
+            return None;
+        };
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|address| address.port())
+            .expect("a free loopback port");
+        let store = std::env::temp_dir().join(format!("bus-nats-test-{}", unique()));
+        std::fs::create_dir_all(&store).expect("a store directory");
+        let mut server = PrivateNatsServer {
+            binary,
+            port,
+            store,
+            child: None,
+        };
+        server.launch();
+        Some(server)
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no graceful shutdown) and starts it again on the same port
+    /// and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new(&self.binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        // Wait until it accepts connections: a readiness wait, bounded.
+        for _ in 0..400 {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "nats-server did not listen on port {} within 10 s",
+            self.port
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNatsServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}

@@ -1,0 +1,182 @@
+//! Messages that do not decode, published with the raw client: dead-lettered by the
+//! subscription with the decoding error as the reason, never handed out, and the subscription
+//! keeps flowing.
+
+mod common;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bus_core::transport::{
+    DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON, SubscribeOptions, Transport, WireEvent,
+};
+use bus_nats::NatsTransport;
+use common::{TestNats, arrives_within, next, unique};
+
+/// Publishes a raw message through JetStream (stored, acknowledged), outside the transport.
+async fn publish_raw(nats: &NatsTransport, name: &str, headers: HeaderMap, payload: Vec<u8>) {
+    nats.jetstream()
+        .publish_with_headers(nats.subject(name), headers, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+fn ce_headers(id: &str, ty: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("ce-specversion", "1.0");
+    headers.insert("ce-id", id);
+    headers.insert("ce-source", "raw-client");
+    headers.insert("ce-type", ty);
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_dead_lettered_and_the_stream_flows() {
+    let Some(nats) = TestNats::connect("garbage_is_dead_lettered_and_the_stream_flows", |b| {
+        b.max_payload(1024)
+    })
+    .await
+    else {
+        return;
+    };
+    // The dead letters are read on another connection to the same stream, with the default
+    // max_payload: the dead letter of the oversized message keeps its payload.
+    let reader = NatsTransport::builder(common::SHARED_URL)
+        .subject_prefix(nats.prefix.clone())
+        .stream_name(nats.stream_name())
+        .connect()
+        .await
+        .unwrap();
+    let mut dead = reader
+        .subscribe(SubscribeOptions::new("dead-letter.>"))
+        .await
+        .unwrap();
+    let mut orders = nats
+        .subscribe(SubscribeOptions::new("orders.>").group("billing"))
+        .await
+        .unwrap();
+
+    // 1. No headers at all, not even JSON.
+    nats.jetstream()
+        .publish(nats.subject("orders.raw"), "\u{0}garbage".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // 2. Valid attributes, a payload over max_payload.
+    publish_raw(
+        &nats,
+        "orders.big",
+        ce_headers("big-1", "orders.big"),
+        vec![b'x'; 4096],
+    )
+    .await;
+    // 3. Attributes with a type that is not its subject.
+    publish_raw(
+        &nats,
+        "orders.mine",
+        ce_headers("liar-1", "users.created"),
+        b"{}".to_vec(),
+    )
+    .await;
+    // 4. An unknown spec version, and a custom header that must survive.
+    let mut headers = ce_headers("old-1", "orders.old");
+    headers.insert("ce-specversion", "0.3");
+    headers.insert("x-trace", "keep-me");
+    publish_raw(&nats, "orders.old", headers, b"{}".to_vec()).await;
+    // Then a good one: it still arrives.
+    let good = WireEvent::new(unique(), "shop", "orders.created", "{}");
+    nats.publish(good.clone()).await.unwrap();
+
+    let delivery = next(&mut orders, "the good event after the garbage").await;
+    assert_eq!(delivery.event(), &good, "garbage was never handed out");
+    delivery.ack().await.unwrap();
+
+    let mut letters = Vec::new();
+    for _ in 0..4 {
+        let letter = next(&mut dead, "a dead letter").await;
+        letters.push(letter.event().clone());
+        letter.ack().await.unwrap();
+    }
+    letters.sort_by(|a, b| a.ty.cmp(&b.ty));
+    let reason = |letter: &WireEvent| letter.extensions[DEAD_LETTER_REASON].clone();
+    let [big, mine, old, raw] = &letters[..] else {
+        panic!("four dead letters: {letters:?}")
+    };
+
+    assert_eq!(raw.ty, "dead-letter.orders.raw");
+    assert!(reason(raw).contains("specversion"), "{}", reason(raw));
+    assert_eq!(&raw.data[..], b"\0garbage");
+    assert_eq!(raw.source, "bus-nats");
+    assert_eq!(raw.extensions[DEAD_LETTER_GROUP], "billing");
+
+    assert_eq!(big.ty, "dead-letter.orders.big");
+    assert!(reason(big).contains("4096"), "{}", reason(big));
+    assert!(reason(big).contains("1024"), "{}", reason(big));
+    assert_eq!(big.data.len(), 4096, "the raw payload is kept");
+    assert_eq!(big.id, "big-1.dead.billing");
+    assert_eq!(big.extensions[DEAD_LETTER_OF], "big-1");
+    assert_eq!(big.source, "raw-client");
+
+    assert_eq!(mine.ty, "dead-letter.orders.mine");
+    assert!(reason(mine).contains("users.created"), "{}", reason(mine));
+
+    assert_eq!(old.ty, "dead-letter.orders.old");
+    assert!(reason(old).contains("0.3"), "{}", reason(old));
+
+    // The raw headers travel with the dead letter.
+    let stream = nats
+        .jetstream()
+        .get_stream(nats.stream_name())
+        .await
+        .unwrap();
+    let stored = stream
+        .get_last_raw_message_by_subject(&nats.subject("dead-letter.orders.old"))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.headers.get("x-trace").map(|v| v.as_str()),
+        Some("keep-me")
+    );
+
+    // Nothing else arrives, and the group has nothing left.
+    assert!(!arrives_within(&mut orders, Duration::from_millis(300)).await);
+    let info = stream
+        .consumer_info(NatsTransport::consumer_name("billing"))
+        .await
+        .unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_does_not_decode_is_not_dead_lettered_again() {
+    let Some(nats) = TestNats::connect(
+        "a_dead_letter_that_does_not_decode_is_not_dead_lettered_again",
+        |b| b,
+    )
+    .await
+    else {
+        return;
+    };
+    let mut everything = nats.subscribe(SubscribeOptions::new(">")).await.unwrap();
+    nats.jetstream()
+        .publish(nats.subject("dead-letter.orders.x"), "junk".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let marker = WireEvent::new(unique(), "t", "orders.after", "{}");
+    nats.publish(marker.clone()).await.unwrap();
+    let delivery = next(&mut everything, "the event after the junk").await;
+    assert_eq!(delivery.event(), &marker);
+    delivery.ack().await.unwrap();
+    // No `dead-letter.dead-letter...` chain: the stream holds the junk and the marker only.
+    let stream = nats
+        .jetstream()
+        .get_stream(nats.stream_name())
+        .await
+        .unwrap();
+    assert_eq!(stream.get_info().await.unwrap().state.messages, 2);
+}
