@@ -26,7 +26,7 @@ async fn confirm(order: Arc<OrderPlaced>) {
 
 /// Fails for every third order: `bus_deliveries_total{outcome="failed"}`.
 async fn reserve_stock(order: Arc<OrderPlaced>) -> Result<(), String> {
-    if order.id % 3 == 0 {
+    if order.id.is_multiple_of(3) {
         return Err(format!("no stock left for order {}", order.id));
     }
     tokio::time::sleep(Duration::from_millis(2)).await;

@@ -71,7 +71,7 @@ static FINISHED: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 #[bus::listener(concurrency = 1)]
 async fn one_at_a_time(step: &Step) {
     // Steps wait for different things: run side by side, later ones would finish first.
-    if step.seq % 2 == 0 {
+    if step.seq.is_multiple_of(2) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     } else {
         tokio::task::yield_now().await;

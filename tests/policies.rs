@@ -673,10 +673,10 @@ async fn a_retried_listener_error_keeps_its_type() {
         .dead_letter({
             let downcast = Arc::clone(&downcast);
             move |letter: &DeadLetter| {
-                if let DeliveryError::Failed { source, .. } = letter.error() {
-                    if source.downcast_ref::<NoStock>() == Some(&NoStock(4)) {
-                        downcast.store(true, Ordering::SeqCst);
-                    }
+                if let DeliveryError::Failed { source, .. } = letter.error()
+                    && source.downcast_ref::<NoStock>() == Some(&NoStock(4))
+                {
+                    downcast.store(true, Ordering::SeqCst);
                 }
             }
         })

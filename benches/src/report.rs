@@ -76,7 +76,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let mid = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     } else {
         sorted[mid]
@@ -479,14 +479,13 @@ fn tokio_version() -> String {
     let text = std::fs::read_to_string(lock).unwrap_or_default();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
-        if line == "name = \"tokio\"" {
-            if let Some(version) = lines
+        if line == "name = \"tokio\""
+            && let Some(version) = lines
                 .next()
                 .and_then(|l| l.strip_prefix("version = \""))
                 .and_then(|l| l.strip_suffix('"'))
-            {
-                return version.to_owned();
-            }
+        {
+            return version.to_owned();
         }
     }
     "unknown".to_owned()

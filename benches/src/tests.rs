@@ -147,7 +147,7 @@ impl System for Lossy {
     }
 
     async fn emit(&self, _name: &Arc<str>, seq: u64) {
-        if seq % 2 == 0 {
+        if seq.is_multiple_of(2) {
             for work in &self.listeners {
                 tokio::spawn(work.handle(seq));
             }

@@ -360,8 +360,9 @@ mod tests {
             ),
         ] {
             let output = derive(input).to_string();
-            let implementation =
-                format!("impl :: bus :: __private :: Event for E {{ const NAME : & 'static str = {name} ; }}");
+            let implementation = format!(
+                "impl :: bus :: __private :: Event for E {{ const NAME : & 'static str = {name} ; }}"
+            );
             assert!(output.contains(&implementation), "{output}");
             assert!(output.contains("compile_error"), "{output}");
         }

@@ -336,8 +336,9 @@ mod tests {
                 let generated = expand(args.clone(), quote!(async fn f(#arg) {}));
                 assert_one_const_block(&generated);
                 let text = generated.to_string();
-                let name =
-                    format!("StaticListener :: new (< UserCreated as {bus} :: __private :: Event > :: NAME ,");
+                let name = format!(
+                    "StaticListener :: new (< UserCreated as {bus} :: __private :: Event > :: NAME ,"
+                );
                 assert!(text.contains(&name), "{name} not in {text}");
             }
         }
