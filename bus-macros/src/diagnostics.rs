@@ -63,6 +63,19 @@ pub(crate) fn fallback(item: TokenStream, error: &syn::Error) -> TokenStream {
     quote!(#item #error)
 }
 
+/// Asserts that `messages` are exactly as many as `expected`, each containing its expected
+/// part, in order: how the tests check that every mistake is reported at once.
+#[cfg(test)]
+pub(crate) fn assert_messages(messages: &[String], expected: &[&str]) {
+    assert_eq!(messages.len(), expected.len(), "{messages:#?}");
+    for (message, expected) in messages.iter().zip(expected) {
+        assert!(
+            message.contains(expected),
+            "{message:?} should contain {expected:?}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proc_macro2::Span;

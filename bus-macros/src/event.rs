@@ -338,13 +338,7 @@ mod tests {
             "event name has the character",
             "`crate` must be",
         ];
-        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
-        for (message, expected) in messages.iter().zip(expected) {
-            assert!(
-                message.contains(expected),
-                "{message:?} should contain {expected:?}"
-            );
-        }
+        crate::diagnostics::assert_messages(&messages, &expected);
     }
 
     /// A mistake fails the build with its message, and the impl is still there so that no

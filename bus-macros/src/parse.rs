@@ -1032,13 +1032,7 @@ mod tests {
             "invalid duration \"5\"",
             "`backoff` is the delay before a retry",
         ];
-        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
-        for (message, expected) in messages.iter().zip(expected) {
-            assert!(
-                message.contains(expected),
-                "{message:?} should contain {expected:?}"
-            );
-        }
+        crate::diagnostics::assert_messages(&messages, &expected);
     }
 
     #[test]
@@ -1128,13 +1122,7 @@ mod tests {
             "cannot be borrowed mutably",
             "exactly one argument",
         ];
-        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
-        for (message, expected) in messages.iter().zip(expected) {
-            assert!(
-                message.contains(expected),
-                "{message:?} should contain {expected:?}"
-            );
-        }
+        crate::diagnostics::assert_messages(&messages, &expected);
     }
 
     #[test]
