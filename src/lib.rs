@@ -86,6 +86,7 @@ pub use bus_core::{
     Lagged, Layer, Listener, ListenerId, ListenerInfo, ListenerKind, ListenerOutput, MAX_BACKOFF,
     MAX_SUBSCRIPTION_CAPACITY, NameError, Policy, ShutdownReport, SourceLocation, Subscription,
     TracingLayer, WaitError, WaitFor, current_event_id, emit, global, publish, try_emit,
+    validate_name, validate_pattern,
 };
 
 #[cfg(feature = "metrics")]

@@ -45,6 +45,7 @@ pub use crate::layer::{
 pub use crate::listener::{Listener, ListenerOutput};
 #[cfg(feature = "metrics")]
 pub use crate::metrics_layer::MetricsLayer;
+pub use crate::name::{validate_name, validate_pattern};
 pub use crate::policy::{DEFAULT_BACKOFF, MAX_BACKOFF, Policy};
 pub use crate::registry::{ListenerId, ListenerInfo, ListenerKind, SourceLocation};
 pub use crate::subscription::{Lagged, MAX_CAPACITY as MAX_SUBSCRIPTION_CAPACITY, Subscription};

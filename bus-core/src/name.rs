@@ -8,6 +8,37 @@ pub(crate) fn validate(name: &str) -> Result<(), NameError> {
     check_event_name(name).map_err(|problem| NameError::new(name, problem))
 }
 
+/// Checks `name` against the event-name rules that `emit` applies: dot-separated tokens of
+/// ASCII letters, digits, `_` and `-`, no wildcard. For transports and other code that takes
+/// names from outside (the wire) and must refuse what `emit` would.
+///
+/// ```
+/// assert!(bus::validate_name("orders.eu.created").is_ok());
+/// assert!(bus::validate_name("orders.*").is_err());
+/// ```
+///
+/// # Errors
+///
+/// A [`NameError`] saying what is wrong.
+pub fn validate_name(name: &str) -> Result<(), NameError> {
+    validate(name)
+}
+
+/// Checks `pattern` against the listener-pattern rules that `add_listener` applies: a name, or
+/// tokens where a whole `*` matches one token and a last `>` one or more.
+///
+/// ```
+/// assert!(bus::validate_pattern("orders.*.created").is_ok());
+/// assert!(bus::validate_pattern("orders.>.created").is_err());
+/// ```
+///
+/// # Errors
+///
+/// A [`NameError`] saying what is wrong.
+pub fn validate_pattern(pattern: &str) -> Result<(), NameError> {
+    crate::pattern::Pattern::parse(pattern).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,54 +5,20 @@ use std::str::FromStr;
 
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
-use bus_core::transport::{DEFAULT_MAX_PAYLOAD, WireError, WireEvent};
-use bytes::Bytes;
+use bus_core::transport::WireEvent;
 
 /// The NATS header that JetStream deduplicates on.
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 
-/// Checks `name` against the event-name rules of `bus-core` (the ones `emit` applies), by
-/// decoding a minimal CloudEvent of that type: the decoder validates names exactly like a local
-/// emit does, and it is the only public door to those rules.
+/// Checks `name` against the event-name rules of `bus-core`, the ones `emit` applies.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    let headers = [
-        ("ce-specversion", bus_core::transport::SPEC_VERSION),
-        ("ce-id", "check"),
-        ("ce-source", "check"),
-        ("ce-type", name),
-    ];
-    match WireEvent::from_headers(headers, Bytes::new(), DEFAULT_MAX_PAYLOAD) {
-        Ok(_) => Ok(()),
-        Err(WireError::Name(reason)) => Err(reason),
-        Err(other) => Err(other.to_string()),
-    }
+    bus_core::validate_name(name).map_err(|error| error.to_string())
 }
 
-/// Checks a subscription pattern: dot-separated tokens, each a name token, `*` (one token), or
-/// a last `>` (one or more tokens). The literal tokens obey the event-name rules.
+/// Checks a subscription pattern against the listener-pattern rules of `bus-core`: tokens
+/// that are names, `*` (one token), or a last `>` (one or more).
 pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
-    let tokens: Vec<&str> = pattern.split('.').collect();
-    let last = tokens.len() - 1;
-    let mut literal = Vec::with_capacity(tokens.len());
-    for (index, token) in tokens.iter().enumerate() {
-        match *token {
-            "*" => literal.push("x"),
-            ">" if index == last => literal.push("x"),
-            ">" => {
-                return Err(format!(
-                    "`>` must be the last token of a pattern (`orders.>`), found it as token {}",
-                    index + 1
-                ));
-            }
-            token if token.contains(['*', '>']) => {
-                return Err(format!(
-                    "wildcards `*` and `>` must stand alone as a whole token, found `{token}`"
-                ));
-            }
-            token => literal.push(token),
-        }
-    }
-    check_name(&literal.join("."))
+    bus_core::validate_pattern(pattern).map_err(|error| error.to_string())
 }
 
 /// Checks a subject prefix: one or more name tokens, no wildcard.
