@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! cargo run --release -p bus-benches --example bench -- [--quick] [--runs N]
-//!     [--only a,b,c,d,d1,e,g] [--runtime mt|ct] [--system NAME,...]
+//!     [--only a,b,c,d,d1,e,g,n] [--runtime mt|ct] [--system NAME,...]
 //! ```
+//!
+//! Scenario `n` (issue 5) is the NATS JetStream transport beside a raw `async-nats` loop, on
+//! the server at `NATS_URL` (default `127.0.0.1:4222`); `--runtime` and `--system` do not
+//! apply to it, and it is skipped, with the reason, when the server or JetStream is not there.
 //!
 //! Progress goes to stderr, the tables to stdout. Scenario (g) runs each system in a fresh
 //! process (this program, re-executed with `--memory-child`), so peaks do not mix.
@@ -15,10 +19,10 @@ use std::time::Instant;
 
 use bus_benches::{
     Contender, Flavor, Header, Job, NotApplicable, Output, Plan, Results, Scenario, Value,
-    contenders, load_average, machine,
+    contenders, load_average, machine, nats,
 };
 
-const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,g] \
+const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,g,n] \
                      [--runtime mt|ct] [--system NAME,...]";
 
 struct Options {
@@ -27,6 +31,8 @@ struct Options {
     scenarios: Vec<Scenario>,
     flavors: Vec<Flavor>,
     systems: Option<Vec<String>>,
+    /// Scenario (n): the NATS JetStream transport.
+    nats: bool,
 }
 
 fn main() -> ExitCode {
@@ -54,6 +60,8 @@ fn main() -> ExitCode {
     let mut results = Results::new(&contenders);
     let divisor = if options.quick { 10 } else { 1 };
     let started = Instant::now();
+
+    let nats = options.nats.then(|| nats_scenario(options.runs, divisor));
 
     for &scenario in &options.scenarios {
         let job = scenario.job(divisor);
@@ -118,7 +126,18 @@ fn main() -> ExitCode {
         scenarios: options.scenarios,
         flavors: options.flavors,
     };
-    print!("{}", results.render(&header));
+    if !header.scenarios.is_empty() || nats.is_none() {
+        print!("{}", results.render(&header));
+    }
+    if let Some(nats) = nats {
+        if header.scenarios.is_empty() {
+            println!("- command: `{}`", header.command);
+            for line in &header.machine {
+                println!("- {line}");
+            }
+        }
+        print!("{nats}");
+    }
     println!(
         "\nTotal driver time: {:.0} s; load average at the end (1, 5, 15 min): {}.",
         started.elapsed().as_secs_f64(),
@@ -134,6 +153,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         scenarios: Scenario::ALL.to_vec(),
         flavors: Flavor::ALL.to_vec(),
         systems: None,
+        nats: true,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -149,11 +169,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .ok_or_else(|| format!("`--runs {runs}`: expected a positive number"))?;
             }
             "--only" => {
-                options.scenarios = value()?
+                let ids = value()?;
+                options.nats = ids.split(',').any(|id| id == "n");
+                options.scenarios = ids
                     .split(',')
+                    .filter(|&id| id != "n")
                     .map(|id| {
                         Scenario::from_id(id).ok_or_else(|| {
-                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, g (f waits for patterns, issue 4)")
+                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, g, n (f waits for patterns, issue 4)")
                         })
                     })
                     .collect::<Result<_, _>>()?;
@@ -181,6 +204,116 @@ fn parse(args: &[String]) -> Result<Options, String> {
         }
     }
     Ok(options)
+}
+
+/// Scenario (n): every row of [`nats::Row::ALL`] `runs` times (interleaved: run 1 of every
+/// row, then run 2, ...), and its markdown section. Skipped, with the reason on stderr and in
+/// the section, when the server cannot be reached.
+fn nats_scenario(runs: usize, divisor: u64) -> String {
+    let url = nats::url();
+    let runtime = Flavor::MultiThread.runtime();
+    let version = match nats::probe(&url, &runtime) {
+        Ok(version) => version,
+        Err(why) => {
+            eprintln!("n: skipped: {why}");
+            return format!("\n### (n) NATS JetStream transport\n\nSkipped: {why}.\n");
+        }
+    };
+    let counts = nats::Counts::new(divisor);
+    let rows = nats::Row::ALL;
+    let mut measures: Vec<Vec<nats::Measure>> = vec![Vec::new(); rows.len()];
+    let mut failures: Vec<Option<String>> = vec![None; rows.len()];
+    let started = Instant::now();
+    for run in 1..=runs {
+        for (index, &row) in rows.iter().enumerate() {
+            if failures[index].is_some() {
+                continue;
+            }
+            eprint!("n {} run {run}/{runs}: ", row.label());
+            match nats::run(row, counts, &url, &format!("r{run}_{index}"), &runtime) {
+                Ok(m) => {
+                    eprintln!(
+                        "publish {:.0}/s, end to end {:.0}/s, latency p50 {:.0} us, p99 {:.0} us",
+                        m.publish,
+                        m.end_to_end,
+                        m.p50 / 1e3,
+                        m.p99 / 1e3
+                    );
+                    measures[index].push(m);
+                }
+                Err(why) => {
+                    eprintln!("FAILED: {why}");
+                    failures[index] = Some(why);
+                }
+            }
+        }
+    }
+    let median = |index: usize, field: fn(&nats::Measure) -> f64| -> Option<f64> {
+        let mut values: Vec<f64> = measures[index].iter().map(field).collect();
+        values.sort_by(f64::total_cmp);
+        (failures[index].is_none() && !values.is_empty()).then(|| values[values.len() / 2])
+    };
+    let show = |value: Option<f64>, scale: f64, digits: usize| {
+        value.map_or_else(
+            || "failed".to_owned(),
+            |v| format!("{:.digits$}", v / scale),
+        )
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\n### (n) NATS JetStream transport: `NatsTransport` beside a raw `async-nats` loop\n\n\
+         {} event(s) published with {} PubAcks awaited in flight; end to end = the same count \
+         published while one durable pull consumer receives and acks them all; latency = \
+         publish call to receipt, {} samples after {} warm-up. Server {url}, nats-server {version}; \
+         {runs} run(s) per row, medians; NATS part {:.0} s.\n\n",
+        counts.events,
+        counts.window,
+        counts.samples,
+        counts.warmup,
+        started.elapsed().as_secs_f64()
+    ));
+    out.push_str(
+        "| system | publish (events/s) | end to end (events/s) | latency p50 / p99 (µs) |\n\
+         |---|---:|---:|---:|\n",
+    );
+    for (index, row) in rows.iter().enumerate() {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} / {} |\n",
+            row.label(),
+            show(median(index, |m| m.publish), 1.0, 0),
+            show(median(index, |m| m.end_to_end), 1.0, 0),
+            show(median(index, |m| m.p50), 1e3, 0),
+            show(median(index, |m| m.p99), 1e3, 0),
+        ));
+    }
+    for (index, row) in rows.iter().enumerate() {
+        if row.client != nats::Client::Transport {
+            continue;
+        }
+        let Some(raw) = rows.iter().position(|r| *r == row.raw()) else {
+            continue;
+        };
+        let ratio =
+            |field: fn(&nats::Measure) -> f64| match (median(index, field), median(raw, field)) {
+                (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                _ => "-".to_owned(),
+            };
+        out.push_str(&format!(
+            "| {} ÷ raw (batch {}) | {} | {} | {} / {} |\n",
+            row.label(),
+            row.fetch_batch,
+            ratio(|m| m.publish),
+            ratio(|m| m.end_to_end),
+            ratio(|m| m.p50),
+            ratio(|m| m.p99),
+        ));
+    }
+    for (index, row) in rows.iter().enumerate() {
+        if let Some(why) = &failures[index] {
+            out.push_str(&format!("\n{} failed: {why}\n", row.label()));
+        }
+    }
+    out
 }
 
 /// A shorter job of the same shape, to warm up with.

@@ -9,10 +9,14 @@
 //!   each handler counts itself, and the runner waits for the count, under a guard timeout that
 //!   panics. A system that loses events can never produce a number.
 //!
+//! - [`nats`]: scenario (n) of issue 5, the NATS JetStream transport beside a raw
+//!   `async-nats` loop, against a real server (the driver runs it; criterion does not).
+//!
 //! `benches/dispatch.rs` (criterion, `cargo bench`) and `examples/bench.rs` (the driver that
 //! prints `BENCHMARKS.md`'s tables) both run through [`Contender::run`].
 
 mod contender;
+pub mod nats;
 mod report;
 mod run;
 mod scenario;

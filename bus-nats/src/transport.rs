@@ -522,12 +522,7 @@ impl Inner {
         })?;
         // What a subscriber would refuse (an empty id, an extension name in capitals, too
         // many attributes) is refused here, before it reaches the stream.
-        WireEvent::from_headers(
-            names::header_pairs(Some(&headers)),
-            event.data.clone(),
-            self.config.max_payload,
-        )
-        .map_err(|error| {
+        event.validate(self.config.max_payload).map_err(|error| {
             invalid(
                 "event",
                 &event.ty,

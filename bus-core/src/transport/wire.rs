@@ -119,12 +119,6 @@ impl WireEvent {
         data: Bytes,
         max_payload: usize,
     ) -> Result<WireEvent, WireError> {
-        if data.len() > max_payload {
-            return Err(WireError::TooLarge {
-                size: data.len(),
-                max: max_payload,
-            });
-        }
         let mut attributes: BTreeMap<String, String> = BTreeMap::new();
         let mut content_type = None;
         for (count, (name, value)) in headers.into_iter().enumerate() {
@@ -150,16 +144,7 @@ impl WireEvent {
         let source = take("source").ok_or(WireError::Missing("source"))?;
         let ty = take("type").ok_or(WireError::Missing("type"))?;
         let time = take("time");
-        for (required, value) in [("id", &id), ("source", &source), ("type", &ty)] {
-            if value.is_empty() {
-                return Err(WireError::Empty(required));
-            }
-        }
-        name::validate(&ty).map_err(|error| WireError::Name(error.to_string()))?;
-        if let Some(bad) = attributes.keys().find(|name| !is_extension_name(name)) {
-            return Err(WireError::ExtensionName(bad.clone()));
-        }
-        Ok(WireEvent {
+        let event = WireEvent {
             id,
             source,
             ty,
@@ -167,7 +152,46 @@ impl WireEvent {
             datacontenttype: content_type,
             extensions: attributes,
             data,
-        })
+        };
+        event.validate(max_payload)?;
+        Ok(event)
+    }
+
+    /// Checks what a subscriber's [`from_headers`](WireEvent::from_headers) would refuse,
+    /// without encoding: the payload size, empty required attributes, the event name,
+    /// extension names and the attribute count. A publisher calls it to refuse, before
+    /// sending, an event no subscriber could read.
+    ///
+    /// # Errors
+    ///
+    /// The [`WireError`] the subscriber would give.
+    pub fn validate(&self, max_payload: usize) -> Result<(), WireError> {
+        if self.data.len() > max_payload {
+            return Err(WireError::TooLarge {
+                size: self.data.len(),
+                max: max_payload,
+            });
+        }
+        for (required, value) in [
+            ("id", &self.id),
+            ("source", &self.source),
+            ("type", &self.ty),
+        ] {
+            if value.is_empty() {
+                return Err(WireError::Empty(required));
+            }
+        }
+        name::validate(&self.ty).map_err(|error| WireError::Name(error.to_string()))?;
+        if let Some(bad) = self.extensions.keys().find(|name| !is_extension_name(name)) {
+            return Err(WireError::ExtensionName(bad.clone()));
+        }
+        // specversion, id, source, type, time, content-type, then one header per extension.
+        if self.extensions.len() + 6 > MAX_ATTRIBUTES {
+            return Err(WireError::TooManyHeaders {
+                max: MAX_ATTRIBUTES,
+            });
+        }
+        Ok(())
     }
 }
 
