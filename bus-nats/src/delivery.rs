@@ -173,30 +173,16 @@ impl Settle {
     }
 }
 
-/// The dead letter of a decoded event, as the memory transport writes it: the same attributes
-/// and payload under `dead-letter.<name>`, id `<id>.dead.<group>`, plus the four extensions
-/// (the original id, the reason, the group, the attempts).
+/// The dead letter of a decoded event ([`WireEvent::dead_letter`]), with the reason and the
+/// group on one line, as NATS headers must be.
 pub(crate) fn dead_letter_event(
     event: &WireEvent,
     group: &str,
     attempts: u32,
     reason: &str,
 ) -> WireEvent {
-    let mut letter = event.clone();
-    letter.ty = dead_letter_name(&event.ty);
-    letter.id = names::one_line(&format!("{}.dead.{group}", event.id));
-    letter
-        .extensions
-        .insert(DEAD_LETTER_OF.to_owned(), event.id.clone());
-    letter
-        .extensions
-        .insert(DEAD_LETTER_REASON.to_owned(), names::one_line(reason));
-    letter
-        .extensions
-        .insert(DEAD_LETTER_GROUP.to_owned(), names::one_line(group));
-    letter
-        .extensions
-        .insert(DEAD_LETTER_ATTEMPTS.to_owned(), attempts.to_string());
+    let mut letter = event.dead_letter(&names::one_line(group), attempts, &names::one_line(reason));
+    letter.id = names::one_line(&letter.id);
     letter
 }
 

@@ -11,9 +11,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Capabilities, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF,
-    DEAD_LETTER_REASON, Delivery, SubscribeOptions, Transport, TransportError,
-    TransportSubscription, WireEvent, dead_letter_name,
+    BoxFuture, Capabilities, Delivery, SubscribeOptions, Transport, TransportError,
+    TransportSubscription, WireEvent,
 };
 use crate::pattern::Pattern;
 
@@ -98,19 +97,7 @@ impl State {
             .groups
             .get(key)
             .map_or_else(|| key.to_owned(), |group| group.label.clone());
-        let event = &self.log[index];
-        let mut letter = WireEvent::clone(event);
-        letter.ty = dead_letter_name(&event.ty);
-        // A new id: the broker keeps one event per id, and the original is stored already.
-        letter.id = format!("{}.dead.{label}", event.id);
-        for (name, value) in [
-            (DEAD_LETTER_OF, event.id.clone()),
-            (DEAD_LETTER_REASON, reason.to_owned()),
-            (DEAD_LETTER_GROUP, label),
-            (DEAD_LETTER_ATTEMPTS, attempts.to_string()),
-        ] {
-            letter.extensions.insert(name.to_owned(), value);
-        }
+        let letter = self.log[index].dead_letter(&label, attempts, reason);
         if self.ids.insert(letter.id.clone()) {
             let name = letter.ty.clone();
             self.log.push(Arc::new(letter));

@@ -81,6 +81,29 @@ impl WireEvent {
         self
     }
 
+    /// The dead letter of this event, as every transport writes it: the same attributes and
+    /// payload under [`dead_letter_name`](super::dead_letter_name), a new id
+    /// `<id>.dead.<group>` (the broker keeps one event per id, and the original is stored
+    /// already), and the extensions [`DEAD_LETTER_OF`](super::DEAD_LETTER_OF) (the original
+    /// id), [`DEAD_LETTER_REASON`](super::DEAD_LETTER_REASON),
+    /// [`DEAD_LETTER_GROUP`](super::DEAD_LETTER_GROUP) and
+    /// [`DEAD_LETTER_ATTEMPTS`](super::DEAD_LETTER_ATTEMPTS).
+    #[must_use]
+    pub fn dead_letter(&self, group: &str, attempts: u32, reason: &str) -> WireEvent {
+        let mut letter = self.clone();
+        letter.ty = super::dead_letter_name(&self.ty);
+        letter.id = format!("{}.dead.{group}", self.id);
+        for (name, value) in [
+            (super::DEAD_LETTER_OF, self.id.clone()),
+            (super::DEAD_LETTER_REASON, reason.to_owned()),
+            (super::DEAD_LETTER_GROUP, group.to_owned()),
+            (super::DEAD_LETTER_ATTEMPTS, attempts.to_string()),
+        ] {
+            letter.extensions.insert(name.to_owned(), value);
+        }
+        letter
+    }
+
     /// The attributes as binary-mode headers: `ce-specversion`, `ce-id`, `ce-source`,
     /// `ce-type`, `ce-time`, `content-type` for `datacontenttype`, and `ce-<name>` per
     /// extension.
