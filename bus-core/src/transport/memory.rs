@@ -90,6 +90,16 @@ struct InFlight {
     deadline: Instant,
 }
 
+impl Group {
+    /// Takes the deliveries in flight that `which` selects out of the group.
+    fn take_in_flight(&mut self, which: impl Fn(&InFlight) -> bool) -> Vec<InFlight> {
+        self.in_flight
+            .extract_if(|_, flight| which(flight))
+            .map(|(_, flight)| flight)
+            .collect()
+    }
+}
+
 impl State {
     /// Puts event `index` to the dead letter of group `key` with `reason`.
     fn dead_letter(&mut self, key: &str, index: usize, attempts: u32, reason: &str) {
@@ -98,15 +108,20 @@ impl State {
             .get(key)
             .map_or_else(|| key.to_owned(), |group| group.label.clone());
         let letter = self.log[index].dead_letter(&label, attempts, reason);
-        if self.ids.insert(letter.id.clone()) {
-            let name = letter.ty.clone();
-            self.log.push(Arc::new(letter));
-            for group in self.groups.values() {
-                if group.pattern.matches(&name) {
-                    group.wake.notify_waiters();
-                }
+        self.append(letter);
+    }
+
+    /// Stores `event` unless its id is stored already, and wakes the groups it matches.
+    fn append(&mut self, event: WireEvent) {
+        if !self.ids.insert(event.id.clone()) {
+            return;
+        }
+        for group in self.groups.values() {
+            if group.pattern.matches(&event.ty) {
+                group.wake.notify_waiters();
             }
         }
+        self.log.push(Arc::new(event));
     }
 
     /// Puts an unsettled delivery of group `key` back in line, due at `due`; or, when it was
@@ -143,21 +158,6 @@ impl Broker {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Stores `event` unless its id is stored already, and wakes the groups it matches.
-    fn store(&self, event: WireEvent) {
-        let mut state = self.lock();
-        if !state.ids.insert(event.id.clone()) {
-            return;
-        }
-        let name = event.ty.clone();
-        state.log.push(Arc::new(event));
-        for group in state.groups.values() {
-            if group.pattern.matches(&name) {
-                group.wake.notify_waiters();
-            }
-        }
-    }
-
     /// The next delivery for `subscription` of `group`, if one is due now; otherwise when to
     /// look again (a pending redelivery or ack deadline), if ever.
     fn next_delivery(
@@ -173,17 +173,7 @@ impl Broker {
             });
         };
         // Deliveries past their ack wait go back in line (or to the dead letter).
-        let expired: Vec<InFlight> = {
-            let ids: Vec<u64> = group
-                .in_flight
-                .iter()
-                .filter(|(_, flight)| flight.deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.iter()
-                .filter_map(|id| group.in_flight.remove(id))
-                .collect()
-        };
+        let expired = group.take_in_flight(|flight| flight.deadline <= now);
         for flight in &expired {
             state.requeue(group_name, flight, now, "not settled within the ack wait");
         }
@@ -280,16 +270,7 @@ impl Broker {
             state.groups.remove(group_name);
             return;
         }
-        let ids: Vec<u64> = group
-            .in_flight
-            .iter()
-            .filter(|(_, flight)| flight.subscription == subscription)
-            .map(|(id, _)| *id)
-            .collect();
-        let returned: Vec<InFlight> = ids
-            .iter()
-            .filter_map(|id| group.in_flight.remove(id))
-            .collect();
+        let returned = group.take_in_flight(|flight| flight.subscription == subscription);
         let now = Instant::now();
         for flight in &returned {
             state.requeue(group_name, flight, now, "its subscription closed");
@@ -327,7 +308,7 @@ impl Transport for MemoryTransport {
 
     fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>> {
         let stored = crate::name::validate(&event.ty)
-            .map(|()| self.broker.store(event.clone()))
+            .map(|()| self.broker.lock().append(event.clone()))
             .map_err(|error| TransportError::Invalid {
                 transport: "memory".to_owned(),
                 what: "event name",
