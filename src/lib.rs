@@ -80,13 +80,13 @@
 #![deny(missing_docs)]
 
 pub use bus_core::{
-    AddListenerError, AnyEvent, AttemptResult, BoxError, DEFAULT_BACKOFF, DeadLetter,
+    AddListenerError, AnyEvent, AttemptResult, BoxError, CAUSATION, DEFAULT_BACKOFF, DeadLetter,
     DeliveryError, DeliveryInfo, DeliveryOutcome, DeliveryReport, Dispatch, Emission,
     EmissionFuture, EmitError, EmitInfo, Envelope, Event, EventBus, EventBusBuilder, EventId,
-    Lagged, Layer, Listener, ListenerId, ListenerInfo, ListenerKind, ListenerOutput, MAX_BACKOFF,
-    MAX_SUBSCRIPTION_CAPACITY, NameError, Policy, ShutdownReport, SourceLocation, Subscription,
-    TracingLayer, WaitError, WaitFor, current_event_id, emit, global, publish, try_emit,
-    validate_name, validate_pattern,
+    Group, Lagged, Layer, Listener, ListenerId, ListenerInfo, ListenerKind, ListenerOutput,
+    MAX_BACKOFF, MAX_SUBSCRIPTION_CAPACITY, NameError, Policy, PublishError, ShutdownReport,
+    SourceLocation, Subscription, TracingLayer, WaitError, WaitFor, current_event_id, emit, global,
+    install_global, publish, try_emit, validate_name, validate_pattern,
 };
 
 #[cfg(feature = "metrics")]

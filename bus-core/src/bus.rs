@@ -23,7 +23,10 @@ use crate::policy::Policy;
 use crate::registry::{
     Added, Entry, ListenerId, ListenerInfo, ListenerKind, NewListener, Registry, SourceLocation,
 };
+use crate::remote::codec::Codec;
+use crate::remote::{Reach, Remote};
 use crate::subscription::{self, Subscription};
+use crate::transport::{Transport, TransportError};
 use crate::wait::{self, WaitError, WaitFor};
 
 /// An async event bus.
@@ -123,6 +126,8 @@ struct Shared {
     tasks: Arc<Tasks>,
     dispatch: Dispatch,
     dead_letter: Option<DeadLetterHook>,
+    /// The broker side, on a bus with a transport.
+    remote: Option<Remote>,
 }
 
 /// Builds an [`EventBus`] with other settings than the defaults.
@@ -138,6 +143,10 @@ pub struct EventBusBuilder {
     layers: Layers,
     dead_letter: Option<DeadLetterHook>,
     max_in_flight: Option<usize>,
+    service: Option<Arc<str>>,
+    transport: Option<Arc<dyn Transport>>,
+    codecs: Vec<Codec>,
+    annotated: bool,
 }
 
 impl std::fmt::Debug for EventBusBuilder {
@@ -147,6 +156,13 @@ impl std::fmt::Debug for EventBusBuilder {
             .field("layers", &self.layers.len())
             .field("dead_letter", &self.dead_letter.is_some())
             .field("max_in_flight", &self.max_in_flight)
+            .field("service", &self.service)
+            .field(
+                "transport",
+                &self.transport.as_ref().map(|transport| transport.name()),
+            )
+            .field("codecs", &self.codecs)
+            .field("annotated", &self.annotated)
             .finish()
     }
 }
@@ -197,11 +213,59 @@ impl EventBusBuilder {
         self
     }
 
-    /// The bus, empty.
+    /// The name of this service: the `source` of the events it publishes, and the first part
+    /// of its listeners' consumer groups, so that the instances of one service share their
+    /// events and each other service gets its own copy. `"bus"` when not set.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(Arc::from(name.into()));
+        self
+    }
+
+    /// Goes distributed: events whose type is serde (`Serialize + Deserialize`) are published
+    /// to the broker behind `transport`, and every listener of such a type receives its events
+    /// from the broker, wherever they were emitted. Events of other types stay in process.
+    ///
+    /// See the [`transport`](crate::transport) module for what a transport does, and
+    /// [`EventBus::ready`] to wait until the bus's subscriptions are in place.
+    pub fn transport<T: Transport>(mut self, transport: T) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// [`transport`](EventBusBuilder::transport) for a transport shared with other code.
+    pub fn shared_transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Lets `E` cross the wire. Types that derive [`Event`](crate::Event), and the argument
+    /// types of `#[bus::listener]` fns, are found at compile time and need no call; this is
+    /// for the types that only runtime listeners and emits use.
+    pub fn codec<E>(mut self) -> Self
+    where
+        E: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
+        self.codecs.push(Codec::json::<E>());
+        self
+    }
+
+    /// Registers every `#[bus::listener]` fn linked into the binary on the bus being built,
+    /// as [`EventBus::with_annotated_listeners`] does.
+    pub fn annotated_listeners(mut self) -> Self {
+        self.annotated = true;
+        self
+    }
+
+    /// The bus. With a transport, the consumers of its distributed listeners start on this
+    /// thread's Tokio runtime: build it inside one, then await [`EventBus::ready`].
     pub fn build(self) -> EventBus {
         let mut registry = Registry::default();
         registry.layers = self.layers;
-        EventBus {
+        let remote = self.transport.map(|transport| {
+            let service = self.service.unwrap_or_else(|| Arc::from("bus"));
+            Remote::new(service, transport, &self.codecs)
+        });
+        let bus = EventBus {
             shared: Arc::new(Shared {
                 registry: ArcSwap::from_pointee(registry),
                 writer: Mutex::new(()),
@@ -209,8 +273,13 @@ impl EventBusBuilder {
                 tasks: Arc::new(Tasks::new(self.max_in_flight)),
                 dispatch: self.dispatch,
                 dead_letter: self.dead_letter,
+                remote,
             }),
+        };
+        if self.annotated {
+            bus.add_annotated_listeners();
         }
+        bus
     }
 }
 
@@ -383,6 +452,7 @@ impl EventBus {
             ListenerKind::Added,
             erased,
             policy,
+            Reach::Distributable,
         )
     }
 
@@ -402,6 +472,7 @@ impl EventBus {
         kind: ListenerKind,
         erased: Erased,
         policy: Policy,
+        reach: Reach,
     ) -> Result<ListenerId, AddListenerError> {
         let pattern =
             Pattern::parse(event_name).map_err(|source| AddListenerError::InvalidName {
@@ -409,12 +480,19 @@ impl EventBus {
                 source,
             })?;
         let (event_type, event_type_name) = (erased.event_type, erased.event_type_name);
+        let plan =
+            self.shared.remote.as_ref().and_then(|remote| {
+                remote.plan(reach, event_name, listener_name, event_type, &policy)
+            });
         let new = NewListener {
             name: Arc::from(listener_name),
             location,
             kind,
             erased,
             policy,
+            distributed: plan
+                .as_ref()
+                .map(|plan| plan.options.group.as_deref().map(Arc::from)),
         };
         let added = self.update(|registry| {
             let added = registry.add(&pattern, new, || self.next_id());
@@ -443,7 +521,13 @@ impl EventBus {
         });
         Ok(match added {
             Added::New(id) => {
-                tracing::debug!(event = event_name, listener = listener_name, listener_id = id.get(), %location, "listener added");
+                tracing::debug!(event = event_name, listener = listener_name, listener_id = id.get(), %location, distributed = plan.is_some(), "listener added");
+                if let (Some(remote), Some(plan)) = (&self.shared.remote, plan) {
+                    let entry = self.shared.registry.load().entry(id).cloned();
+                    if let Some(entry) = entry {
+                        remote.start(entry, plan, &self.shared.tasks);
+                    }
+                }
                 id
             }
             Added::Existing(id) => id,
@@ -480,6 +564,7 @@ impl EventBus {
     fn remove_identity(&self, event_name: &str, identity: TypeId) -> bool {
         let removed = self.update(|registry| registry.remove_identity(event_name, identity));
         tracing::debug!(event = event_name, removed, "remove_listener");
+        self.stop_removed_consumers();
         removed
     }
 
@@ -488,6 +573,7 @@ impl EventBus {
     pub fn remove(&self, id: ListenerId) -> bool {
         let removed = self.update(|registry| registry.remove_id(id));
         tracing::debug!(listener_id = id.get(), removed, "remove");
+        self.stop_removed_consumers();
         removed
     }
 
@@ -538,6 +624,7 @@ impl EventBus {
             ListenerKind::Added,
             erased,
             Policy::new(),
+            Reach::Local,
         )?;
         state.registered(&self.downgrade(), id);
         Ok(id)
@@ -602,6 +689,7 @@ impl EventBus {
             ListenerKind::Added,
             erased,
             Policy::new(),
+            Reach::Local,
         ) {
             Ok(id) => WaitFor::waiting(receiver, self.downgrade(), id, pattern),
             Err(AddListenerError::InvalidName { source, .. }) => {
@@ -667,6 +755,7 @@ impl EventBus {
             ListenerKind::Added,
             erased,
             Policy::new(),
+            Reach::Local,
         )?;
         Ok(Subscription::new(receiver, pattern, self.downgrade(), id))
     }
@@ -833,6 +922,80 @@ impl EventBus {
     where
         E: Send + Sync + 'static,
     {
+        if let Some(remote) = &self.shared.remote
+            && let Some(codec) = remote.codec(TypeId::of::<E>())
+        {
+            return self.dispatch_published(remote, *codec, event_name, event, strictness);
+        }
+        self.dispatch_local(event_name, event, strictness, None)
+    }
+
+    /// An emit of a type that crosses the wire: published to the broker, and delivered here
+    /// only to the listeners that stay in process (the distributed ones get it from the
+    /// broker, like every other instance).
+    fn dispatch_published<E>(
+        &self,
+        remote: &Remote,
+        codec: Codec,
+        event_name: &str,
+        event: E,
+        strictness: Strictness,
+    ) -> Result<Emission, Refusal<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        let refused = |error: EmitError, event: E| {
+            if strictness == Strictness::Strict {
+                return Err(Refusal {
+                    error,
+                    event,
+                    needed: 0,
+                });
+            }
+            tracing::error!(event = event_name, %error, "event not emitted");
+            Ok(Outcomes::new(Arc::from(event_name), 0).into_emission())
+        };
+        if let Err(error) = name::validate(event_name) {
+            return refused(EmitError::InvalidName(error), event);
+        }
+        if self.is_closed() {
+            let event_name = event_name.to_owned();
+            return refused(EmitError::Closed { event: event_name }, event);
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            let event_name = event_name.to_owned();
+            return refused(EmitError::NoRuntime { event: event_name }, event);
+        };
+        let data = match codec.encode(&event) {
+            Ok(data) => data,
+            Err(reason) => {
+                let error = EmitError::Unencodable {
+                    event: event_name.to_owned(),
+                    type_name: std::any::type_name::<E>(),
+                    reason,
+                };
+                return refused(error, event);
+            }
+        };
+        let meta = Meta::now();
+        let mut emission = self.dispatch_local(event_name, event, strictness, Some(meta))?;
+        let wire = remote.wire(event_name, &meta, data);
+        emission.published_by(remote.publish(&runtime, &self.shared.tasks, wire, meta.id));
+        Ok(emission)
+    }
+
+    /// Delivers `event` to the listeners in this process. `published`: the event went to the
+    /// broker too, with this envelope; the distributed listeners are skipped.
+    fn dispatch_local<E>(
+        &self,
+        event_name: &str,
+        event: E,
+        strictness: Strictness,
+        published: Option<Meta>,
+    ) -> Result<Emission, Refusal<E>>
+    where
+        E: Send + Sync + 'static,
+    {
         let shared = &*self.shared;
         let registry = shared.registry.load();
         // A shutdown that begins after this check still stops every delivery task of this
@@ -851,7 +1014,18 @@ impl EventBus {
         if invalid.is_none() && registry.has_patterns() {
             registry.for_each_pattern_match(event_name, |entry| matched.push(Arc::clone(entry)));
         }
-        let exact_entries: &[Arc<Entry>] = exact.map_or(&[], |slot| &slot.entries);
+        let mut exact_entries: &[Arc<Entry>] = exact.map_or(&[], |slot| &slot.entries);
+        // What the distributed listeners get from the broker, they do not get here too.
+        let local_entries: Vec<Arc<Entry>>;
+        if published.is_some() {
+            local_entries = exact_entries
+                .iter()
+                .filter(|entry| !entry.remote)
+                .cloned()
+                .collect();
+            exact_entries = &local_entries;
+            matched.retain(|entry| !entry.remote);
+        }
         let refuse = |error: EmitError, event: E, needed: usize| {
             Err(Refusal {
                 error,
@@ -901,10 +1075,10 @@ impl EventBus {
                 .iter()
                 .chain(&matched)
                 .any(|entry| entry.observes_envelope());
-        let meta = if clocked {
-            Meta::now()
-        } else {
-            Meta::unclocked()
+        let meta = match published {
+            Some(meta) => meta,
+            None if clocked => Meta::now(),
+            None => Meta::unclocked(),
         };
         let emit_info = |listeners| EmitInfo {
             name: event_name,
@@ -1070,6 +1244,11 @@ impl EventBus {
     pub async fn shutdown(&self, timeout: Duration) -> ShutdownReport {
         let tasks = &self.shared.tasks;
         tasks.close();
+        if let Some(remote) = &self.shared.remote {
+            // No more deliveries from the broker; the ones running are waited for below, and
+            // those cut short stay unsettled, for the broker to deliver again.
+            remote.close();
+        }
         let in_flight = tasks.in_flight();
         let aborted_before = tasks.aborted();
         tracing::info!(in_flight, ?timeout, "bus shutting down");
@@ -1093,6 +1272,42 @@ impl EventBus {
     /// How many deliveries are running right now.
     pub fn in_flight(&self) -> usize {
         self.shared.tasks.in_flight()
+    }
+
+    /// Stops the consumers of distributed listeners that are no longer registered.
+    fn stop_removed_consumers(&self) {
+        if let Some(remote) = &self.shared.remote {
+            let registry = self.shared.registry.load();
+            remote.stop_removed(|id| registry.contains(id));
+        }
+    }
+
+    /// Resolves once the subscription of every distributed listener added so far is in place
+    /// at the broker: from then on, every event published (by any instance) reaches them.
+    /// Resolves at once on a bus without a transport.
+    ///
+    /// A subscription that fails is retried in the background, every second, until it works;
+    /// `ready` reports the first failure it sees.
+    ///
+    /// # Errors
+    ///
+    /// The transport's error when a subscription could not be made (broker unreachable,
+    /// pattern or group refused), or when a listener was added outside a Tokio runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future only stops the waiting.
+    pub async fn ready(&self) -> Result<(), Arc<TransportError>> {
+        match &self.shared.remote {
+            Some(remote) => remote.ready().await,
+            None => Ok(()),
+        }
+    }
+
+    /// The transport's name and this bus's service, on a bus with a transport.
+    pub fn distribution(&self) -> Option<(&str, &str)> {
+        let remote = self.shared.remote.as_ref()?;
+        Some((remote.transport_name(), remote.service()))
     }
 
     /// Builds the next registry snapshot from the current one and swaps it in.

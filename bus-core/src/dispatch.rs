@@ -192,6 +192,30 @@ impl Tasks {
         }
     }
 
+    /// Counts a task that is not a local delivery (a publish to the broker, a delivery from
+    /// it) as in flight until the returned guard drops, so `drain` and `shutdown` wait for it
+    /// too. `None`, and nothing counted, once the bus is closed.
+    pub(crate) fn track(self: &Arc<Self>) -> Option<Tracked> {
+        self.try_start().then(|| Tracked(Arc::clone(self)))
+    }
+
+    /// Resolves once [`cancel_all`](Tasks::cancel_all) has been called.
+    pub(crate) async fn cancelled(&self) {
+        loop {
+            let mut notified = pin!(self.cancel.notified());
+            notified.as_mut().enable();
+            if self.cancelled.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Counts one task aborted by shutdown.
+    pub(crate) fn count_aborted(&self) {
+        self.aborted.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The `max_in_flight` limit, if the bus has one.
     pub(crate) fn limit(&self) -> Option<usize> {
         self.limit
@@ -240,6 +264,15 @@ impl Tasks {
 }
 
 /// Counts a caller of [`Tasks::room`] as waiting until it returns or is dropped.
+/// One task counted in flight by [`Tasks::track`], until dropped.
+pub(crate) struct Tracked(Arc<Tasks>);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
 struct RoomWaiter<'a>(&'a Tasks);
 
 impl Drop for RoomWaiter<'_> {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use tokio::task::JoinHandle;
 
-use crate::error::DeliveryError;
+use crate::error::{DeliveryError, PublishError};
 use crate::event::EventId;
 use crate::registry::Entry;
 
@@ -19,6 +19,7 @@ pub struct DeliveryReport {
     event_id: Option<EventId>,
     delivered: usize,
     failures: Vec<DeliveryError>,
+    published: Option<Result<(), PublishError>>,
 }
 
 impl DeliveryReport {
@@ -44,9 +45,24 @@ impl DeliveryReport {
         self.failures.len()
     }
 
-    /// `true` when no delivery failed. An event with no listener is ok.
+    /// `true` when no delivery failed and, on a bus with a transport, the event was
+    /// published. An event with no listener is ok.
     pub fn is_ok(&self) -> bool {
-        self.failures.is_empty()
+        self.failures.is_empty() && !matches!(self.published, Some(Err(_)))
+    }
+
+    /// On a bus with a [transport](crate::EventBusBuilder::transport), for an event whose
+    /// type crosses the wire: `Some(Ok(()))` once the broker has stored it (so it survives
+    /// this process, and reaches the distributed listeners of every instance), or why it was
+    /// not. `None` for an event that stayed in process.
+    ///
+    /// [`delivered`](DeliveryReport::delivered) and [`failures`](DeliveryReport::failures)
+    /// count the listeners in this process only; the broker's deliveries are settled by the
+    /// consumers that receive them.
+    pub fn published(&self) -> Option<Result<(), &PublishError>> {
+        self.published
+            .as_ref()
+            .map(|published| published.as_ref().map(|&()| ()))
     }
 
     /// What went wrong, one entry per failed delivery.
@@ -71,6 +87,8 @@ pub(crate) struct Outcomes {
     delivered: usize,
     failures: Vec<DeliveryError>,
     tasks: Vec<(JoinHandle<Conclusion>, Arc<Entry>)>,
+    /// The publish to the broker, on a bus with a transport.
+    publish: Option<JoinHandle<Result<(), PublishError>>>,
 }
 
 impl Outcomes {
@@ -82,6 +100,7 @@ impl Outcomes {
             delivered: 0,
             failures: Vec::new(),
             tasks: Vec::new(),
+            publish: None,
         }
     }
 
@@ -107,6 +126,15 @@ impl Outcomes {
 
     /// Waits for the deliveries still running in tasks and adds their conclusions.
     async fn finish(mut self) -> DeliveryReport {
+        let published = match self.publish.take() {
+            Some(publish) => Some(match publish.await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(PublishError::Aborted {
+                    event: self.event.to_string(),
+                }),
+            }),
+            None => None,
+        };
         for (task, entry) in std::mem::take(&mut self.tasks) {
             let conclusion = match task.await {
                 Ok(conclusion) => conclusion,
@@ -119,7 +147,9 @@ impl Outcomes {
             };
             self.record(conclusion);
         }
-        self.report()
+        let mut report = self.report();
+        report.published = published;
+        report
     }
 
     fn report(self) -> DeliveryReport {
@@ -128,6 +158,7 @@ impl Outcomes {
             event_id: self.event_id,
             delivered: self.delivered,
             failures: self.failures,
+            published: None,
         }
     }
 }
@@ -144,6 +175,11 @@ pub struct Emission {
 }
 
 impl Emission {
+    /// Makes awaiting this emission wait for `publish` too.
+    pub(crate) fn published_by(&mut self, publish: JoinHandle<Result<(), PublishError>>) {
+        self.outcomes.publish = Some(publish);
+    }
+
     /// The event name.
     pub fn event(&self) -> &str {
         &self.outcomes.event
@@ -206,7 +242,7 @@ impl IntoFuture for Emission {
     /// Dropping the future does not cancel the deliveries; they run to completion either way.
     fn into_future(self) -> EmissionFuture {
         let outcomes = self.outcomes;
-        let inner = if outcomes.tasks.is_empty() {
+        let inner = if outcomes.tasks.is_empty() && outcomes.publish.is_none() {
             EmissionFutureInner::Ready(Some(outcomes.report()))
         } else {
             EmissionFutureInner::Waiting(Box::pin(outcomes.finish()))

@@ -129,6 +129,52 @@ pub enum EmitError {
         /// How many deliveries the emit needed.
         listeners: usize,
     },
+    /// The bus has a transport and the event's type has a codec, but serde could not encode
+    /// this value (a map with non-string keys, a `Serialize` impl that failed).
+    #[error(
+        "cannot emit `{event}`: its `{type_name}` payload does not encode as JSON: {reason}; \
+         fix its `Serialize` impl, or emit a type without one to keep it in process"
+    )]
+    Unencodable {
+        /// The event name.
+        event: String,
+        /// The payload's type.
+        type_name: &'static str,
+        /// What serde said.
+        reason: String,
+    },
+}
+
+/// Why an event emitted on a bus with a transport did not reach the broker. Listeners in
+/// other processes did not get it; listeners that stay in this process did, as the report
+/// says.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The broker did not store the event (unreachable past the transport's publish
+    /// deadline, refused, closed).
+    #[error(
+        "event `{event}` ({event_id}) was not published: {source}; no other process got it, \
+         emit it again once the broker is back"
+    )]
+    Transport {
+        /// The event name.
+        event: String,
+        /// The event's id (emitting it again with the same id is deduplicated by brokers
+        /// that deduplicate).
+        event_id: crate::event::EventId,
+        /// What the transport said.
+        source: Arc<crate::transport::TransportError>,
+    },
+    /// The publish task was dropped before the broker answered: its runtime shut down.
+    #[error(
+        "event `{event}` may not have been published: the runtime shut down before the broker \
+         confirmed it"
+    )]
+    Aborted {
+        /// The event name.
+        event: String,
+    },
 }
 
 /// Why a listener could not be added.

@@ -78,6 +78,21 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// The id written as [`Display`](fmt::Display) writes it (32 hex digits, dashes
+    /// anywhere), or `None`.
+    pub(crate) fn parse(text: &str) -> Option<EventId> {
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
+        if hex.len() != 32 {
+            return None;
+        }
+        u128::from_str_radix(&hex, 16)
+            .ok()
+            .and_then(NonZeroU128::new)
+            .map(EventId)
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let hex = format!("{:032x}", self.0.get());

@@ -12,6 +12,7 @@ use crate::listener::{Erased, Listener};
 use crate::once::{self, OnceState};
 use crate::policy::Policy;
 use crate::registry::{ListenerKind, SourceLocation};
+use crate::remote::Reach;
 
 /// A listener declared with `#[bus::listener]`, as `inventory` collects it at link time.
 ///
@@ -132,7 +133,13 @@ impl EventBus {
     /// is not linked (see the crate docs, "Listeners in other crates"). Names that listeners of
     /// different event types share are logged as errors here.
     pub fn with_annotated_listeners() -> Self {
-        let bus = EventBus::new();
+        EventBus::builder().annotated_listeners().build()
+    }
+
+    /// Registers the `#[bus::listener]` fns on this bus; see
+    /// [`EventBusBuilder::annotated_listeners`](crate::EventBusBuilder::annotated_listeners).
+    pub(crate) fn add_annotated_listeners(&self) {
+        let bus = self;
         let mut listeners: Vec<&StaticListener> = inventory::iter::<StaticListener>().collect();
         listeners.sort_by_key(|listener| (listener.event, listener.fn_path));
         for listener in listeners {
@@ -148,6 +155,11 @@ impl EventBus {
                 ListenerKind::Annotated,
                 erased,
                 registration.policy,
+                if registration.once {
+                    Reach::Local
+                } else {
+                    Reach::Distributable
+                },
             );
             if let (Ok(id), Some((state, weak))) = (&added, &once) {
                 state.registered(weak, *id);
@@ -177,11 +189,24 @@ impl EventBus {
                  the listeners of its own type; give each type its own event name"
             );
         }
-        bus
     }
 }
 
 static GLOBAL: OnceCell<EventBus> = OnceCell::new();
+
+/// Makes `bus` the process-wide bus that [`global`], [`emit`] and [`publish`] use: for a bus
+/// with other settings than the default one, such as a
+/// [transport](crate::EventBusBuilder::transport). Build it with
+/// [`annotated_listeners`](crate::EventBusBuilder::annotated_listeners) to keep the
+/// `#[bus::listener]` fns.
+///
+/// # Errors
+///
+/// Gives `bus` back when the global bus exists already (it was installed, or used: it is built
+/// on first use). Install it first thing in `main`.
+pub fn install_global(bus: EventBus) -> Result<(), EventBus> {
+    GLOBAL.set(bus)
+}
 
 /// The process-wide bus: every `#[bus::listener]` fn of the binary, plus whatever is added to it
 /// at run time. Built on first use.

@@ -24,6 +24,7 @@ mod once;
 mod pattern;
 mod policy;
 mod registry;
+mod remote;
 mod shared_map;
 mod subscription;
 pub mod transport;
@@ -36,9 +37,11 @@ pub mod __private;
 pub use crate::bus::{EventBus, EventBusBuilder, ShutdownReport};
 pub use crate::dispatch::Dispatch;
 pub use crate::emission::{DeliveryReport, Emission, EmissionFuture};
-pub use crate::error::{AddListenerError, BoxError, DeliveryError, EmitError, NameError};
+pub use crate::error::{
+    AddListenerError, BoxError, DeliveryError, EmitError, NameError, PublishError,
+};
 pub use crate::event::{AnyEvent, Envelope, Event, EventId, current_event_id};
-pub use crate::global::{emit, global, publish, try_emit};
+pub use crate::global::{emit, global, install_global, publish, try_emit};
 pub use crate::layer::{
     AttemptResult, DeadLetter, DeliveryInfo, DeliveryOutcome, EmitInfo, Layer, TracingLayer,
 };
@@ -46,7 +49,8 @@ pub use crate::listener::{Listener, ListenerOutput};
 #[cfg(feature = "metrics")]
 pub use crate::metrics_layer::MetricsLayer;
 pub use crate::name::{validate_name, validate_pattern};
-pub use crate::policy::{DEFAULT_BACKOFF, MAX_BACKOFF, Policy};
+pub use crate::policy::{DEFAULT_BACKOFF, Group, MAX_BACKOFF, Policy};
 pub use crate::registry::{ListenerId, ListenerInfo, ListenerKind, SourceLocation};
+pub use crate::remote::CAUSATION;
 pub use crate::subscription::{Lagged, MAX_CAPACITY as MAX_SUBSCRIPTION_CAPACITY, Subscription};
 pub use crate::wait::{WaitError, WaitFor};

@@ -31,6 +31,24 @@ pub struct Policy {
     timeout: Option<Duration>,
     retries: u32,
     backoff: Duration,
+    group: Group,
+}
+
+/// Which instances of a service share a distributed listener's events.
+///
+/// Only matters on a bus with a [transport](crate::EventBusBuilder::transport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Group {
+    /// The instances of one service compete for the events: each event is handled once per
+    /// service, by one of them. The group is `<service>.<listener name>`.
+    #[default]
+    Service,
+    /// Every instance gets every event published while it runs (no durable position: events
+    /// published while no instance runs are not kept for it).
+    Ungrouped,
+    /// The group of this name, shared with whoever else names it (across services, too).
+    Named(&'static str),
 }
 
 /// The first retry's delay when a policy retries without naming a backoff.
@@ -47,6 +65,7 @@ impl Policy {
             timeout: None,
             retries: 0,
             backoff: DEFAULT_BACKOFF,
+            group: Group::Service,
         }
     }
 
@@ -81,6 +100,19 @@ impl Policy {
     pub const fn backoff(mut self, backoff: Duration) -> Self {
         self.backoff = backoff;
         self
+    }
+
+    /// On a distributed bus, which instances share this listener's events (see [`Group`]);
+    /// [`Group::Service`] by default. `#[bus::listener(group = false)]` is
+    /// [`Group::Ungrouped`], `group = "name"` is [`Group::Named`].
+    pub const fn group(mut self, group: Group) -> Self {
+        self.group = group;
+        self
+    }
+
+    /// The [`group`](Policy::group) choice.
+    pub const fn grouping(&self) -> Group {
+        self.group
     }
 
     /// The concurrency limit, if any.

@@ -103,6 +103,8 @@ pub struct ListenerInfo {
     location: SourceLocation,
     kind: ListenerKind,
     policy: Policy,
+    distributed: bool,
+    group: Option<Arc<str>>,
 }
 
 impl ListenerInfo {
@@ -136,6 +138,21 @@ impl ListenerInfo {
     pub fn policy(&self) -> Policy {
         self.policy
     }
+
+    /// `true` when it receives its events from the bus's
+    /// [transport](crate::EventBusBuilder::transport), `false` when they stay in this
+    /// process: the bus has no transport, the event type is not serde (no
+    /// `Serialize + Deserialize`, so it cannot cross the wire), the listener takes
+    /// [`AnyEvent`](crate::AnyEvent), or the bus made it (`once`, `wait_for`, `subscribe`).
+    pub fn is_distributed(&self) -> bool {
+        self.distributed
+    }
+
+    /// The consumer group it receives its events in, when it is distributed and grouped
+    /// (see [`Group`](crate::Group)).
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
 }
 
 /// A registered listener.
@@ -145,6 +162,9 @@ pub(crate) struct Entry {
     /// `Some` when the listener has a policy other than the default: its deliveries then take
     /// the policy path (always a task, with its lane, timeout and retries).
     pub(crate) lane: Option<Lane>,
+    /// `true` when its events come from the broker: an emit that publishes its event skips
+    /// it, so it does not get the event twice.
+    pub(crate) remote: bool,
     /// Set once a delivery of this listener did not complete in its first poll; from then on
     /// its deliveries are spawned directly (see [`Dispatch`](crate::Dispatch)).
     suspends: AtomicBool,
@@ -192,6 +212,8 @@ pub(crate) struct NewListener {
     pub(crate) kind: ListenerKind,
     pub(crate) erased: Erased,
     pub(crate) policy: Policy,
+    /// `Some` for a distributed listener, with its group, if any.
+    pub(crate) distributed: Option<Option<Arc<str>>>,
 }
 
 /// What [`Registry::add`] did.
@@ -301,7 +323,10 @@ impl Registry {
                 location: listener.location,
                 kind: listener.kind,
                 policy: listener.policy,
+                distributed: listener.distributed.is_some(),
+                group: listener.distributed.clone().flatten(),
             },
+            remote: listener.distributed.is_some(),
             erased: listener.erased,
             lane: (!listener.policy.is_default()).then(|| Lane::new(&listener.policy)),
             suspends: AtomicBool::new(false),
@@ -320,6 +345,20 @@ impl Registry {
     /// Removes the listener of `event` whose identity is `identity`.
     pub(crate) fn remove_identity(&mut self, event: &str, identity: TypeId) -> bool {
         self.remove_from_slot(event, |entry| entry.erased.identity == Some(identity))
+    }
+
+    /// `true` while the listener with this id is registered.
+    pub(crate) fn contains(&self, id: ListenerId) -> bool {
+        self.names_by_id.get(&id).is_some()
+    }
+
+    /// The entry of the listener with this id.
+    pub(crate) fn entry(&self, id: ListenerId) -> Option<&Arc<Entry>> {
+        let name = self.names_by_id.get(&id)?;
+        self.slot(name)?
+            .entries
+            .iter()
+            .find(|entry| entry.info.id == id)
     }
 
     /// Removes the listener with this id, whatever its event.
@@ -403,6 +442,7 @@ mod tests {
             kind: ListenerKind::Added,
             erased,
             policy: Policy::new(),
+            distributed: None,
         }
     }
 

@@ -71,11 +71,25 @@ fn implementation(input: &DeriveInput, args: &EventArgs) -> TokenStream {
         Some(name) => name.clone(),
         None => LitStr::new("", Span::call_site()),
     };
+    // A concrete serde type crosses the wire on a bus with a transport: its codec is found at
+    // compile time (the probe resolves to `None` for other types) and submitted at link time.
+    // A generic type's parameters are not known here; `EventBusBuilder::codec` covers it.
+    let codec = input.generics.params.is_empty().then(|| {
+        quote! {
+            #[doc(hidden)]
+            const _: () = {
+                #bus::__private::inventory::submit! {
+                    #bus::__private::CodecEntry::new(|| #bus::__private::codec_of!(#ident))
+                }
+            };
+        }
+    });
     quote! {
         #[automatically_derived]
         impl #impl_generics #bus::__private::Event for #ident #type_generics #where_clause {
             const NAME: &'static str = #name;
         }
+        #codec
     }
 }
 
@@ -188,16 +202,21 @@ mod tests {
     use super::*;
     use crate::snapshot;
 
-    /// The impl generated for `input`, checked to be exactly one `impl` item.
+    /// The impl generated for `input`, checked to be one `impl` item, followed by the
+    /// codec's `const _` block for a type without generics.
     #[track_caller]
     fn implementation_of(input: TokenStream) -> syn::ItemImpl {
         let output = derive(input);
-        match syn::parse2::<syn::File>(output.clone()) {
-            Ok(file) => match <[syn::Item; 1]>::try_from(file.items) {
-                Ok([syn::Item::Impl(item)]) => item,
-                _ => panic!("expected one impl, got: {output}"),
-            },
-            Err(error) => panic!("{error}: {output}"),
+        let file = syn::parse2::<syn::File>(output.clone())
+            .unwrap_or_else(|error| panic!("{error}: {output}"));
+        match file.items.as_slice() {
+            [syn::Item::Impl(item)] if !item.generics.params.is_empty() => item.clone(),
+            [syn::Item::Impl(item), syn::Item::Const(codec)] if item.generics.params.is_empty() => {
+                let codec = codec.to_token_stream().to_string();
+                assert!(codec.contains("CodecEntry :: new"), "{codec}");
+                item.clone()
+            }
+            _ => panic!("expected one impl and, without generics, a codec block, got: {output}"),
         }
     }
 

@@ -117,6 +117,9 @@ fn registration(listener: &Listener) -> TokenStream {
                     || #register,
                 )
             }
+            #bus::__private::inventory::submit! {
+                #bus::__private::CodecEntry::new(|| #bus::__private::codec_of!(#event))
+            }
         };
     }
 }
@@ -318,10 +321,10 @@ mod tests {
         let text = generated.to_string();
         assert_eq!(
             text.matches(":: my_app :: bus :: __private ::").count(),
-            7,
+            10,
             "{text}"
         );
-        assert_eq!(text.matches(":: bus ::").count(), 7, "{text}");
+        assert_eq!(text.matches(":: bus ::").count(), 10, "{text}");
         assert_paths_are_absolute(generated);
     }
 

@@ -28,4 +28,7 @@ const _: () = {
             },
         )
     }
+    ::bus::__private::inventory::submit! {
+        ::bus::__private::CodecEntry::new(|| ::bus::__private::codec_of!(OrderPlaced))
+    }
 };

@@ -18,4 +18,7 @@ const _: () = {
             || ::bus::__private::registration::<UserCreated, _, _>(__listener, on_user_created),
         )
     }
+    ::bus::__private::inventory::submit! {
+        ::bus::__private::CodecEntry::new(|| ::bus::__private::codec_of!(UserCreated))
+    }
 };

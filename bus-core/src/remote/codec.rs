@@ -1,0 +1,220 @@
+//! How an event's payload crosses the wire: JSON through serde, for the types that implement
+//! `Serialize` and `Deserialize`. Types that do not stay in their process.
+//!
+//! The bus finds a type's codec by its `TypeId` in a table built once from the codecs that
+//! `#[derive(bus::Event)]` and `#[bus::listener]` submit through `inventory` (they learn at
+//! compile time whether the type is serde: [`CodecProbe`]), and from those given to
+//! [`EventBusBuilder::codec`](crate::EventBusBuilder::codec).
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use once_cell::sync::Lazy;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::listener::ErasedEvent;
+
+/// The media type of every payload a codec writes.
+pub const JSON: &str = "application/json";
+
+/// Encodes and decodes the payloads of one event type, as JSON.
+#[derive(Clone, Copy)]
+pub struct Codec {
+    type_id: fn() -> TypeId,
+    type_name: &'static str,
+    encode: fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, String>,
+    decode: fn(&[u8]) -> Result<ErasedEvent, String>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("type", &self.type_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Codec {
+    /// The JSON codec of `E`.
+    pub fn json<E>() -> Codec
+    where
+        E: Serialize + DeserializeOwned + Send + Sync + 'static,
+    {
+        Codec {
+            type_id: TypeId::of::<E>,
+            type_name: std::any::type_name::<E>(),
+            encode: encode_json::<E>,
+            decode: decode_json::<E>,
+        }
+    }
+
+    /// The type this codec encodes.
+    pub(crate) fn type_id(&self) -> TypeId {
+        (self.type_id)()
+    }
+
+    /// The name of the type this codec encodes.
+    pub(crate) fn type_name(&self) -> &'static str {
+        self.type_name
+    }
+
+    /// `event` as JSON. Fails when serde does (a map with non-string keys, a failing
+    /// `Serialize` impl), with serde's message.
+    pub(crate) fn encode(&self, event: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, String> {
+        (self.encode)(event)
+    }
+
+    /// The event `bytes` encode. Fails on anything but the JSON of this codec's type, with
+    /// serde's message (which says where).
+    pub(crate) fn decode(&self, bytes: &[u8]) -> Result<ErasedEvent, String> {
+        (self.decode)(bytes)
+    }
+}
+
+fn encode_json<E: Serialize + 'static>(event: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, String> {
+    let event = event.downcast_ref::<E>().ok_or_else(|| {
+        format!(
+            "the codec of `{}` was given another type",
+            std::any::type_name::<E>()
+        )
+    })?;
+    serde_json::to_vec(event).map_err(|error| error.to_string())
+}
+
+fn decode_json<E: DeserializeOwned + Send + Sync + 'static>(
+    bytes: &[u8],
+) -> Result<ErasedEvent, String> {
+    let event: E = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+    Ok(Arc::new(event))
+}
+
+/// A codec submitted at link time by generated code: `None` when the type is not serde.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct CodecEntry(fn() -> Option<Codec>);
+
+impl CodecEntry {
+    #[doc(hidden)]
+    pub const fn new(codec: fn() -> Option<Codec>) -> Self {
+        CodecEntry(codec)
+    }
+}
+
+inventory::collect!(CodecEntry);
+
+/// Asks, at compile time, whether `T` is serde: `(&CodecProbe::<T>::NEW).codec()` is the JSON
+/// codec of `T` when `T: Serialize + DeserializeOwned`, and `None` otherwise (autoref
+/// specialisation: the method of [`SerdeCodec`] is found first, when its bounds hold; the one
+/// of [`NoCodec`] takes one more reference). Works for a concrete `T` only, as in generated
+/// code.
+#[doc(hidden)]
+pub struct CodecProbe<T>(PhantomData<fn() -> T>);
+
+impl<T> std::fmt::Debug for CodecProbe<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodecProbe")
+    }
+}
+
+impl<T> CodecProbe<T> {
+    #[doc(hidden)]
+    pub const NEW: Self = CodecProbe(PhantomData);
+}
+
+/// The codec of a concrete type `$ty` if it is serde, else `None`: what generated code calls,
+/// so that it needs no `use` of the probe's traits.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __codec_of {
+    ($ty:ty) => {{
+        use $crate::__private::{NoCodec as _, SerdeCodec as _};
+        (&$crate::__private::CodecProbe::<$ty>::NEW).codec()
+    }};
+}
+
+/// See [`CodecProbe`].
+#[doc(hidden)]
+pub trait SerdeCodec {
+    #[doc(hidden)]
+    fn codec(&self) -> Option<Codec>;
+}
+
+impl<T> SerdeCodec for CodecProbe<T>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    fn codec(&self) -> Option<Codec> {
+        Some(Codec::json::<T>())
+    }
+}
+
+/// See [`CodecProbe`].
+#[doc(hidden)]
+pub trait NoCodec {
+    #[doc(hidden)]
+    fn codec(&self) -> Option<Codec> {
+        None
+    }
+}
+
+impl<T> NoCodec for &CodecProbe<T> {}
+
+/// The codecs of one bus, by type.
+#[derive(Clone, Default)]
+pub(crate) struct Codecs(Arc<HashMap<TypeId, Codec>>);
+
+impl Codecs {
+    /// The codecs submitted at link time, and `extra`.
+    pub(crate) fn linked_and(extra: &[Codec]) -> Codecs {
+        static LINKED: Lazy<Vec<Codec>> = Lazy::new(|| {
+            inventory::iter::<CodecEntry>()
+                .filter_map(|entry| (entry.0)())
+                .collect()
+        });
+        let map = LINKED
+            .iter()
+            .chain(extra)
+            .map(|codec| (codec.type_id(), *codec))
+            .collect();
+        Codecs(Arc::new(map))
+    }
+
+    /// The codec of the type `type_id`, if it has one.
+    pub(crate) fn get(&self, type_id: TypeId) -> Option<&Codec> {
+        self.0.get(&type_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NotSerde;
+
+    #[test]
+    fn the_probe_finds_the_codec_of_serde_types_only() {
+        let codec = (&CodecProbe::<Vec<String>>::NEW).codec();
+        assert_eq!(
+            codec.map(|codec| codec.type_id()),
+            Some(TypeId::of::<Vec<String>>())
+        );
+        assert!((&CodecProbe::<NotSerde>::NEW).codec().is_none());
+        assert!((&CodecProbe::<crate::AnyEvent>::NEW).codec().is_none());
+    }
+
+    #[test]
+    fn payloads_round_trip_and_bad_ones_say_why() {
+        let codec = Codec::json::<Vec<u32>>();
+        let bytes = codec.encode(&vec![1_u32, 2]).unwrap();
+        assert_eq!(bytes, b"[1,2]");
+        let decoded = codec.decode(&bytes).unwrap();
+        assert_eq!(decoded.downcast_ref::<Vec<u32>>(), Some(&vec![1, 2]));
+        let error = codec.decode(b"[1,").unwrap_err();
+        assert!(error.contains("EOF"), "{error}");
+        assert!(codec.decode(br#"{"a":1}"#).is_err());
+        assert!(codec.encode(&"not a vec").is_err());
+    }
+}

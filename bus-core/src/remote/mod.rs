@@ -1,0 +1,315 @@
+//! A bus with a transport: emits of serde types are published to the broker, and every
+//! listener of a serde type receives its events from the broker, through a subscription of its
+//! own (one durable consumer group per listener and service).
+//!
+//! Everything here is reached only through `Shared::remote`, which is `None` on a bus without
+//! a transport: such a bus pays one branch per emit for this module.
+
+pub(crate) mod codec;
+mod consumer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use self::codec::{Codec, Codecs};
+use crate::dispatch::Tasks;
+use crate::error::PublishError;
+use crate::event::{EventId, Meta};
+use crate::policy::{Group, Policy};
+use crate::registry::{Entry, ListenerId};
+use crate::transport::{
+    DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVERIES, SubscribeOptions, Transport, TransportError,
+    WireEvent,
+};
+
+/// The extension attribute that carries an event's [causation](crate::Envelope::causation).
+pub const CAUSATION: &str = "causationid";
+
+/// Whether a listener may receive its events from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    /// A listener added by the user (`add_listener`, `#[bus::listener]`): distributed when
+    /// its event type has a codec.
+    Distributable,
+    /// A listener of the bus's own making (`once`, `wait_for`, `subscribe`), which stays in
+    /// process.
+    Local,
+}
+
+/// Where a subscription stands, as [`EventBus::ready`](crate::EventBus::ready) waits for it.
+#[derive(Debug, Clone)]
+enum Readiness {
+    Starting,
+    Ready,
+    Failed(Arc<TransportError>),
+}
+
+/// One listener's consumer.
+struct Consumer {
+    group: Option<String>,
+    stop: CancellationToken,
+    ready: watch::Receiver<Readiness>,
+}
+
+/// What a listener's subscription is, decided when it is added.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub(crate) options: SubscribeOptions,
+    pub(crate) codec: Codec,
+}
+
+/// The transport side of one bus.
+pub(crate) struct Remote {
+    service: Arc<str>,
+    transport: Arc<dyn Transport>,
+    codecs: Codecs,
+    consumers: Mutex<HashMap<ListenerId, Consumer>>,
+    /// Cancelled by shutdown: every consumer stops taking deliveries.
+    closed: CancellationToken,
+}
+
+impl Remote {
+    pub(crate) fn new(service: Arc<str>, transport: Arc<dyn Transport>, extra: &[Codec]) -> Self {
+        Remote {
+            service,
+            transport,
+            codecs: Codecs::linked_and(extra),
+            consumers: Mutex::new(HashMap::new()),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// The service name, the `source` of what this bus publishes.
+    pub(crate) fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The transport's name, for logs.
+    pub(crate) fn transport_name(&self) -> &str {
+        self.transport.name()
+    }
+
+    /// The codec of `type_id`, if that type crosses the wire.
+    pub(crate) fn codec(&self, type_id: std::any::TypeId) -> Option<&Codec> {
+        self.codecs.get(type_id)
+    }
+
+    /// The subscription a listener would get, or `None` when it stays in process: made by the
+    /// bus, taking `AnyEvent`, or of a type without a codec.
+    pub(crate) fn plan(
+        &self,
+        reach: Reach,
+        pattern: &str,
+        listener: &str,
+        event_type: std::any::TypeId,
+        policy: &Policy,
+    ) -> Option<Plan> {
+        if reach == Reach::Local {
+            return None;
+        }
+        let codec = *self.codecs.get(event_type)?;
+        let group = match policy.grouping() {
+            Group::Service => Some(self.unique_group(format!("{}.{listener}", self.service))),
+            Group::Named(name) => Some(name.to_owned()),
+            Group::Ungrouped => None,
+        };
+        let max_deliveries = if policy.retries() > 0 {
+            policy.max_attempts()
+        } else {
+            DEFAULT_MAX_DELIVERIES
+        };
+        // A delivery must not be handed to another instance while its listener may still run:
+        // the ack wait outlasts the listener's timeout.
+        let ack_wait = policy.timeout_after().map_or(DEFAULT_ACK_WAIT, |timeout| {
+            DEFAULT_ACK_WAIT.max(timeout.saturating_mul(2))
+        });
+        let mut options = SubscribeOptions::new(pattern)
+            .max_deliveries(max_deliveries)
+            .ack_wait(ack_wait);
+        options.group = group;
+        Some(Plan { options, codec })
+    }
+
+    /// `group`, or `group-2`, `group-3`... when listeners of this bus use it already (two
+    /// closures of one fn share a type name). Registration order decides, which is the same in
+    /// every instance of a service that registers its listeners the same way.
+    fn unique_group(&self, group: String) -> String {
+        let consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let taken = |candidate: &str| {
+            consumers
+                .values()
+                .any(|consumer| consumer.group.as_deref() == Some(candidate))
+        };
+        if !taken(&group) {
+            return group;
+        }
+        (2..)
+            .map(|n| format!("{group}-{n}"))
+            .find(|candidate| !taken(candidate))
+            .unwrap_or(group)
+    }
+
+    /// Starts the consumer of `entry` on this thread's runtime.
+    pub(crate) fn start(&self, entry: Arc<Entry>, plan: Plan, tasks: &Arc<Tasks>) {
+        let (ready_tx, ready) = watch::channel(Readiness::Starting);
+        let stop = self.closed.child_token();
+        let listener = entry.info.name().to_owned();
+        let id = entry.info.id();
+        match Handle::try_current() {
+            Ok(runtime) => {
+                let consumer = consumer::Consumer {
+                    transport: Arc::clone(&self.transport),
+                    entry,
+                    plan: plan.clone(),
+                    tasks: Arc::clone(tasks),
+                    stop: stop.clone(),
+                    ready: ready_tx,
+                };
+                runtime.spawn(consumer.run());
+            }
+            Err(_) => {
+                let error = TransportError::Closed {
+                    transport: format!(
+                        "{} (listener `{listener}` added outside a Tokio runtime: its consumer \
+                         cannot start; build the bus and add listeners inside the runtime)",
+                        self.transport.name()
+                    ),
+                };
+                tracing::error!(listener, %error, "distributed listener not started");
+                let _ = ready_tx.send(Readiness::Failed(Arc::new(error)));
+            }
+        }
+        self.consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                id,
+                Consumer {
+                    group: plan.options.group,
+                    stop,
+                    ready,
+                },
+            );
+    }
+
+    /// Stops the consumers of the listeners that `keep` says are gone.
+    pub(crate) fn stop_removed(&self, keep: impl Fn(ListenerId) -> bool) {
+        let mut consumers = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        consumers.retain(|id, consumer| {
+            let kept = keep(*id);
+            if !kept {
+                consumer.stop.cancel();
+            }
+            kept
+        });
+    }
+
+    /// Stops every consumer from taking more deliveries (shutdown).
+    pub(crate) fn close(&self) {
+        self.closed.cancel();
+    }
+
+    /// Resolves once every consumer's subscription is in place, or with the first error.
+    pub(crate) async fn ready(&self) -> Result<(), Arc<TransportError>> {
+        let receivers: Vec<watch::Receiver<Readiness>> = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|consumer| consumer.ready.clone())
+            .collect();
+        for mut receiver in receivers {
+            let state = receiver
+                .wait_for(|state| !matches!(state, Readiness::Starting))
+                .await
+                .map(|state| state.clone());
+            match state {
+                Ok(Readiness::Failed(error)) => return Err(error),
+                // A consumer whose task ended (its listener was removed) is no longer waited
+                // for.
+                Ok(_) | Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes `wire` on `runtime`, counted in flight by `tasks` until the broker has it.
+    /// The handle resolves with the outcome; a failure is logged whether or not anybody
+    /// awaits it.
+    pub(crate) fn publish(
+        &self,
+        runtime: &Handle,
+        tasks: &Arc<Tasks>,
+        wire: WireEvent,
+        id: EventId,
+    ) -> tokio::task::JoinHandle<Result<(), PublishError>> {
+        let transport = Arc::clone(&self.transport);
+        let tracked = tasks.track();
+        let span = tracing::debug_span!("bus.publish", event = %wire.ty, event_id = %id);
+        runtime.spawn(tracing::Instrument::instrument(
+            async move {
+                let _tracked = tracked;
+                let event = wire.ty.clone();
+                match transport.publish(wire).await {
+                    Ok(()) => Ok(()),
+                    Err(error) => {
+                        let error = PublishError::Transport {
+                            event,
+                            event_id: id,
+                            source: Arc::new(error),
+                        };
+                        tracing::error!(%error, "event not published");
+                        Err(error)
+                    }
+                }
+            },
+            span,
+        ))
+    }
+
+    /// The wire form of an event emitted here.
+    pub(crate) fn wire(&self, name: &str, meta: &Meta, data: Vec<u8>) -> WireEvent {
+        let mut wire = WireEvent::new(meta.id.to_string(), self.service(), name, data)
+            .at(meta.emitted_at())
+            .content_type(codec::JSON);
+        if let Some(causation) = meta.causation {
+            wire = wire.extension(CAUSATION, causation.to_string());
+        }
+        wire
+    }
+}
+
+/// The envelope of an event that came from the broker. Ids and causations written by this
+/// crate are read back; an id in another form (from another publisher) gets a fresh local id,
+/// and a missing or unreadable time reads as now.
+pub(crate) fn meta_of(wire: &WireEvent) -> Meta {
+    let id = EventId::parse(&wire.id).unwrap_or_else(EventId::next);
+    let emitted_at = wire
+        .time
+        .as_deref()
+        .and_then(|time| humantime::parse_rfc3339_weak(time).ok())
+        .unwrap_or_else(SystemTime::now);
+    let causation = wire
+        .extensions
+        .get(CAUSATION)
+        .and_then(|causation| EventId::parse(causation));
+    Meta {
+        id,
+        emitted_at,
+        causation,
+    }
+}
+
+/// How long a consumer waits before subscribing again after a failure.
+pub(crate) const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);
