@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bus::transport::{MemoryTransport, SubscribeOptions, Transport, WireEvent};
 use bus::{EventBus, Group, Policy};
-use tokio_stream::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bus::Event)]
 #[event(name = "orders.created")]
@@ -79,7 +79,11 @@ async fn a_published_event_reaches_the_listener_through_the_broker() {
 
     let report = bus.publish(OrderCreated { id: 7 }).await;
     assert!(matches!(report.published(), Some(Ok(()))), "{report:?}");
-    assert_eq!(report.delivered(), 0, "no in-process delivery: it comes from the broker");
+    assert_eq!(
+        report.delivered(),
+        0,
+        "no in-process delivery: it comes from the broker"
+    );
     let [(order, handled)] = receive(&mut receiver, 1).await.try_into().unwrap();
     assert_eq!(order, 7);
     assert_eq!(handled, report.event_id(), "the envelope crosses the wire");
@@ -132,7 +136,11 @@ async fn each_service_handles_each_event_once_and_instances_compete() {
             .map(|(_, _, id)| *id)
             .collect();
         ids.sort_unstable();
-        assert_eq!(ids, (0..events).collect::<Vec<_>>(), "{service}: each event once");
+        assert_eq!(
+            ids,
+            (0..events).collect::<Vec<_>>(),
+            "{service}: each event once"
+        );
         for instance in [1, 2] {
             assert!(
                 received
@@ -200,7 +208,11 @@ async fn a_type_that_is_not_serde_stays_in_process_and_the_listing_says_so() {
     assert!(report.published().is_none());
     assert_eq!(report.delivered(), 1);
     other.drain().await;
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "only this process's listener");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "only this process's listener"
+    );
 }
 
 #[tokio::test]
@@ -219,7 +231,11 @@ async fn the_bus_own_listeners_stay_in_process_beside_distributed_ones() {
     let report = bus.publish(OrderCreated { id: 3 }).await;
     assert_eq!(report.delivered(), 1, "the wait_for, in process");
     assert_eq!(waiting.await.unwrap().id, 3);
-    assert_eq!(receive(&mut receiver, 1).await, [3], "the listener, through the broker");
+    assert_eq!(
+        receive(&mut receiver, 1).await,
+        [3],
+        "the listener, through the broker"
+    );
 }
 
 #[tokio::test]
@@ -269,7 +285,10 @@ async fn failed_deliveries_are_retried_then_dead_lettered_and_the_stream_flows()
     assert_eq!(event.extensions["deadletterattempts"], "3");
     let reason = &event.extensions["deadletterreason"];
     assert!(reason.contains("order 13 is poison"), "{reason}");
-    assert!(reason.contains("listener `"), "the reason names the listener: {reason}");
+    assert!(
+        reason.contains("listener `"),
+        "the reason names the listener: {reason}"
+    );
     letter.ack().await.unwrap();
 }
 
@@ -390,14 +409,22 @@ async fn an_event_emitted_by_a_distributed_listener_records_its_cause() {
             let _ = sender.send((event.id(), event.causation()));
         }
     });
-    assert!(!bus.listeners("orders.>")[0].is_distributed(), "AnyEvent stays in process");
+    assert!(
+        !bus.listeners("orders.>")[0].is_distributed(),
+        "AnyEvent stays in process"
+    );
     bus.ready().await.unwrap();
     let first = bus.publish(OrderCreated { id: 1 }).await;
-    let [(first_id, none), (second_id, cause)] = receive(&mut receiver, 2).await.try_into().unwrap();
+    let [(first_id, none), (second_id, cause)] =
+        receive(&mut receiver, 2).await.try_into().unwrap();
     assert_eq!(Some(first_id), first.event_id());
     assert_eq!(none, None);
     assert_ne!(second_id, first_id);
-    assert_eq!(cause, Some(first_id), "the second event names the first as its cause");
+    assert_eq!(
+        cause,
+        Some(first_id),
+        "the second event names the first as its cause"
+    );
 }
 
 #[tokio::test]
@@ -450,4 +477,31 @@ async fn annotated_listeners_and_derived_events_go_distributed_with_no_wiring() 
         assert!(tokio::time::Instant::now() < deadline, "never handled");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[bus::listener("orders.audited", group = "audit")]
+async fn audit(_order: &OrderShipped) {}
+
+#[bus::listener("orders.audited", group = false)]
+async fn mirror(_order: &OrderShipped) {}
+
+#[tokio::test]
+async fn the_group_option_of_the_attribute_names_or_drops_the_group() {
+    let bus = EventBus::builder()
+        .service("shipping")
+        .transport(MemoryTransport::new())
+        .annotated_listeners()
+        .build();
+    let listeners = bus.listeners("orders.audited");
+    let group_of = |name: &str| {
+        let info = listeners
+            .iter()
+            .find(|info| info.name().ends_with(name))
+            .unwrap();
+        assert!(info.is_distributed(), "{name}");
+        info.group().map(str::to_owned)
+    };
+    assert_eq!(group_of("::audit"), Some("audit".to_owned()));
+    assert_eq!(group_of("::mirror"), None);
+    bus.ready().await.unwrap();
 }

@@ -8,7 +8,7 @@ use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
 
 use crate::diagnostics::fallback;
-use crate::parse::{self, Listener, PolicyOptions, Takes};
+use crate::parse::{self, GroupOption, Listener, PolicyOptions, Takes};
 
 /// The whole expansion of `#[bus::listener(args)] item`.
 pub(crate) fn listener(args: TokenStream, item: TokenStream) -> TokenStream {
@@ -131,6 +131,7 @@ fn policy_expr(policy: &PolicyOptions, bus: &TokenStream) -> TokenStream {
         timeout,
         retry,
         backoff,
+        group,
     } = policy;
     let concurrency = concurrency.map(|limit| {
         let limit = Literal::usize_unsuffixed(limit);
@@ -148,7 +149,11 @@ fn policy_expr(policy: &PolicyOptions, bus: &TokenStream) -> TokenStream {
         let backoff = duration_expr(backoff, bus);
         quote!(.backoff(#backoff))
     });
-    quote!(#bus::__private::Policy::new() #concurrency #timeout #retry #backoff)
+    let group = group.as_ref().map(|group| match group {
+        GroupOption::Ungrouped => quote!(.group(#bus::__private::Group::Ungrouped)),
+        GroupOption::Named(name) => quote!(.group(#bus::__private::Group::Named(#name))),
+    });
+    quote!(#bus::__private::Policy::new() #concurrency #timeout #retry #backoff #group)
 }
 
 /// A `Duration` expression for `duration`, in the largest unit that holds it exactly, so that

@@ -81,6 +81,9 @@ mod snapshot;
 ///     up to `N` times.
 ///   - **`backoff = "100ms"`**: the delay before the first retry, doubling with each further
 ///     one; only with `retry`.
+///   - **`group = false`** or **`group = "name"`**: on a bus with a transport, every instance
+///     gets every event (`false`), or the listener joins the consumer group `name`; by default
+///     the instances of one service share the events (`bus::Group`).
 ///
 ///   Durations are a number and a unit (`"250ms"`, `"5s"`, `"1m 30s"`, `"2h"`), read with
 ///   [`humantime`](https://docs.rs/humantime) at compile time, so a typo is a compile error.

@@ -58,7 +58,7 @@ pub(crate) enum Takes {
 
 /// The policy options of the attribute, checked: `None` where an option is not given, which
 /// leaves the runtime's default.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct PolicyOptions {
     /// `concurrency = N`, at least 1.
     pub(crate) concurrency: Option<usize>,
@@ -68,6 +68,17 @@ pub(crate) struct PolicyOptions {
     pub(crate) retry: Option<u32>,
     /// `backoff = "100ms"`, only with `retry` of at least 1.
     pub(crate) backoff: Option<Duration>,
+    /// `group = false` or `group = "name"`: who shares the events on a distributed bus.
+    pub(crate) group: Option<GroupOption>,
+}
+
+/// The `group` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupOption {
+    /// `group = false`: every instance gets every event.
+    Ungrouped,
+    /// `group = "name"`: the group of that name.
+    Named(String),
 }
 
 impl PolicyOptions {
@@ -112,12 +123,13 @@ pub(crate) fn listener(args: TokenStream, item: TokenStream) -> syn::Result<List
 }
 
 /// Every option the attribute takes, in the order error messages list them.
-const OPTIONS: [&str; 6] = [
+const OPTIONS: [&str; 7] = [
     "once",
     "concurrency",
     "timeout",
     "retry",
     "backoff",
+    "group",
     "crate",
 ];
 
@@ -269,6 +281,7 @@ fn option(args: &mut Args, key: &Ident, value: Option<Expr>, errors: &mut Errors
         }
         ("retry", Some(value)) => policy.retry = integer(key, &value, u32::MAX, errors),
         ("backoff", Some(value)) => policy.backoff = duration(key, &value, errors),
+        ("group", Some(value)) => policy.group = group(&value, errors),
         _ => {
             let expected: Vec<String> =
                 OPTIONS.iter().map(|option| format!("`{option}`")).collect();
@@ -290,7 +303,52 @@ fn example(option: &str) -> &'static str {
         "timeout" => "`timeout = \"5s\"`",
         "retry" => "`retry = 3`",
         "backoff" => "`backoff = \"100ms\"`",
+        "group" => "`group = false` or `group = \"name\"`",
         _ => "`crate = \"bus\"`",
+    }
+}
+
+/// The value of `group = ..`: `false`, or a group name (a non-empty string without
+/// whitespace); `None` when it is neither (the error is recorded).
+fn group(value: &Expr, errors: &mut Errors) -> Option<GroupOption> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(flag),
+            ..
+        }) if !flag.value => Some(GroupOption::Ungrouped),
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(_), ..
+        }) => {
+            errors.spanned(
+                value,
+                "`group = true` is the default (the instances of a service share the events); \
+                 remove it, or write `group = false` for every instance to get every event",
+            );
+            None
+        }
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(name),
+            ..
+        }) => {
+            let text = name.value();
+            if text.is_empty() || text.chars().any(char::is_whitespace) {
+                errors.spanned(
+                    value,
+                    "a group name must not be empty or hold whitespace, such as \
+                     `group = \"billing.orders\"`",
+                );
+                return None;
+            }
+            Some(GroupOption::Named(text))
+        }
+        _ => {
+            errors.spanned(
+                value,
+                "`group` must be `false` (every instance gets every event) or a string literal \
+                 naming the group, such as `group = \"billing.orders\"`",
+            );
+            None
+        }
     }
 }
 
@@ -899,7 +957,7 @@ mod tests {
             (quote!(b"user.created"), "must be a string literal"),
             (quote!("a.b", "c.d"), "takes one event name"),
             (quote!(once, "a.b", "c.d"), "takes one event name"),
-            (quote!("a.b", foo = 1), "unknown option `foo`, expected one of: `once`, `concurrency`, `timeout`, `retry`, `backoff`, `crate`"),
+            (quote!("a.b", foo = 1), "unknown option `foo`, expected one of: `once`, `concurrency`, `timeout`, `retry`, `backoff`, `group`, `crate`"),
             (quote!("a.b", r#foo = 1), "unknown option `foo`, expected one of: `once`"),
             (quote!("a.b", onec), "unknown option `onec`, expected one of: `once`"),
             (quote!(retries = 3), "unknown option `retries`"),
@@ -937,6 +995,13 @@ mod tests {
             (quote!(retry = 0, backoff = "100ms"), "but this listener has `retry = 0`"),
             // `retry` is wrong: that error alone.
             (quote!(retry = "3", backoff = "100ms"), "`retry` must be an integer literal"),
+            (quote!(group), "option `group` needs a value; write `group = false` or `group = \"name\"`"),
+            (quote!(group = true), "`group = true` is the default"),
+            (quote!(group = ""), "a group name must not be empty or hold whitespace"),
+            (quote!(group = "a b"), "a group name must not be empty or hold whitespace"),
+            (quote!(group = billing), "`group` must be `false` (every instance gets every event) or a string literal"),
+            (quote!(group = 0), "`group` must be `false`"),
+            (quote!(group = false, group = "x"), "duplicate option `group`"),
         ];
         for (args, expected) in cases {
             let message = error(args.clone(), item.clone());
@@ -979,6 +1044,7 @@ mod tests {
             timeout: Some(Duration::from_secs(5)),
             retry: Some(3),
             backoff: Some(Duration::from_millis(100)),
+            group: None,
         };
         for args in [
             quote!(
@@ -1015,8 +1081,15 @@ mod tests {
             }
         );
         assert!(listener.name.is_none());
-        let listener = parses(quote!(retry = 1, backoff = "0s"), item);
+        let listener = parses(quote!(retry = 1, backoff = "0s"), item.clone());
         assert_eq!(listener.policy.backoff, Some(Duration::ZERO));
+        let listener = parses(quote!(group = false), item.clone());
+        assert_eq!(listener.policy.group, Some(GroupOption::Ungrouped));
+        let listener = parses(quote!("a.b", group = "billing.orders"), item);
+        assert_eq!(
+            listener.policy.group,
+            Some(GroupOption::Named("billing.orders".to_owned()))
+        );
     }
 
     #[test]
