@@ -5,12 +5,12 @@ pub use ::inventory;
 pub use ::std::sync::Arc;
 pub use ::std::time::Duration;
 
+pub use crate::__codec_of as codec_of;
 pub use crate::error::BoxError;
 pub use crate::event::Event;
 pub use crate::global::{Registration, StaticListener, registration};
 pub use crate::listener::ListenerOutput;
 pub use crate::policy::{Group, Policy};
-pub use crate::__codec_of as codec_of;
 pub use crate::remote::codec::{Codec, CodecEntry, CodecProbe, NoCodec, SerdeCodec};
 
 /// What the generated adapter of a `#[bus::listener]` fn returns.

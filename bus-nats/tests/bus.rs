@@ -79,7 +79,9 @@ async fn services_fan_out_and_instances_compete_through_jetstream() {
     }
     let events = 100_u64;
     for id in 0..events {
-        let report = buses[id as usize % 4].emit("orders.created", OrderCreated { id }).await;
+        let report = buses[id as usize % 4]
+            .emit("orders.created", OrderCreated { id })
+            .await;
         assert!(matches!(report.published(), Some(Ok(()))), "{report:?}");
     }
     let received = receive(&mut receiver, 2 * events as usize).await;
@@ -90,10 +92,16 @@ async fn services_fan_out_and_instances_compete_through_jetstream() {
             .map(|(_, _, id)| *id)
             .collect();
         ids.sort_unstable();
-        assert_eq!(ids, (0..events).collect::<Vec<_>>(), "{service}: each event once");
+        assert_eq!(
+            ids,
+            (0..events).collect::<Vec<_>>(),
+            "{service}: each event once"
+        );
         for instance in [1, 2] {
             assert!(
-                received.iter().any(|(s, i, _)| *s == service && *i == instance),
+                received
+                    .iter()
+                    .any(|(s, i, _)| *s == service && *i == instance),
                 "{service} instance {instance} took part"
             );
         }
@@ -130,7 +138,11 @@ async fn a_poison_event_is_dead_lettered_after_the_retries_and_the_others_flow()
     );
     bus.ready().await.unwrap();
     for id in [12, 13, 14] {
-        assert!(bus.emit("orders.created", OrderCreated { id }).await.is_ok());
+        assert!(
+            bus.emit("orders.created", OrderCreated { id })
+                .await
+                .is_ok()
+        );
     }
     let mut flowed = receive(&mut receiver, 2).await;
     flowed.sort_unstable();
