@@ -1,0 +1,182 @@
+//! Two services, two instances each, as four separate processes on NATS JetStream.
+//!
+//! ```sh
+//! cargo run --example distributed --features nats            # NATS on 127.0.0.1:4222
+//! BUS_NATS_URL=nats://host:4222 cargo run --example distributed --features nats
+//! ```
+//!
+//! This process starts the four workers (itself, run as `distributed worker <service>
+//! <instance>`), waits until each is subscribed, publishes 20 `orders.placed` events, and
+//! reads what the workers print. Each service handles each order once (fan-out across
+//! services), and the two instances of a service share the orders (competing consumers).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::nats::NatsTransport;
+use bus::{EventBus, Group, Policy};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, bus::Event)]
+#[event(name = "orders.placed")]
+struct OrderPlaced {
+    id: u32,
+}
+
+/// Sent to every instance (no group): time to stop.
+#[derive(Debug, Serialize, Deserialize, bus::Event)]
+#[event(name = "demo.stop")]
+struct Stop;
+
+const ORDERS: u32 = 20;
+const SERVICES: [&str; 2] = ["billing", "shipping"];
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn connect() -> Result<NatsTransport, Error> {
+    let url = std::env::var("BUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let transport = NatsTransport::builder(url)
+        .subject_prefix("demo")
+        .connect()
+        .await?;
+    Ok(transport)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [worker, service, instance] if worker == "worker" => run_worker(service, instance).await,
+        _ => run_demo().await,
+    }
+}
+
+/// One instance of one service: handles orders until told to stop.
+async fn run_worker(service: &str, instance: &str) -> Result<(), Error> {
+    let bus = EventBus::builder()
+        .service(service)
+        .transport(connect().await?)
+        .build();
+    let (who, what) = (format!("{service}#{instance}"), service.to_owned());
+    bus.add_listener("orders.placed", move |order: Arc<OrderPlaced>| {
+        let (who, what) = (who.clone(), what.clone());
+        async move {
+            // The work takes a moment, so the other instance gets its share.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            println!("{who} {what} order {}", order.id);
+        }
+    });
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel(1);
+    bus.add_listener_with(
+        "demo.stop",
+        move |_: Arc<Stop>| {
+            let stop_tx = stop_tx.clone();
+            async move {
+                let _ = stop_tx.send(()).await;
+            }
+        },
+        Policy::new().group(Group::Ungrouped),
+    );
+    bus.ready().await?;
+    println!("ready");
+    stop_rx.recv().await;
+    bus.shutdown(Duration::from_secs(5)).await;
+    Ok(())
+}
+
+/// Starts the four workers, publishes the orders, and shows who handled what.
+async fn run_demo() -> Result<(), Error> {
+    let exe = std::env::current_exe()?;
+    let mut workers: Vec<(String, Child)> = Vec::new();
+    for service in SERVICES {
+        for instance in ["1", "2"] {
+            let child = Command::new(&exe)
+                .args(["worker", service, instance])
+                .stdout(Stdio::piped())
+                .spawn()?;
+            workers.push((format!("{service}#{instance}"), child));
+        }
+    }
+    // Each worker's lines, read on a thread of its own.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<(String, String)>();
+    for (name, child) in &mut workers {
+        let stdout = child.stdout.take().ok_or("worker without stdout")?;
+        let (name, lines_tx) = (name.clone(), lines_tx.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = lines_tx.send((name.clone(), line));
+            }
+        });
+    }
+    drop(lines_tx);
+    let next_line = || {
+        lines_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "a worker went quiet for 30 s")
+    };
+    let mut ready = BTreeSet::new();
+    while ready.len() < workers.len() {
+        let (name, line) = next_line()?;
+        if line == "ready" {
+            ready.insert(name);
+        }
+    }
+    println!("4 workers subscribed: {ready:?}");
+
+    let bus = EventBus::builder()
+        .service("checkout")
+        .transport(connect().await?)
+        .build();
+    for id in 0..ORDERS {
+        let report = bus.publish(OrderPlaced { id }).await;
+        if let Some(Err(error)) = report.published() {
+            return Err(error.clone().into());
+        }
+    }
+    println!("published {ORDERS} orders");
+
+    // service -> order -> instances that handled it
+    let mut handled: BTreeMap<String, BTreeMap<u32, Vec<String>>> = BTreeMap::new();
+    let mut count = 0;
+    while count < ORDERS as usize * SERVICES.len() {
+        let (name, line) = next_line()?;
+        let mut words = line.split_whitespace();
+        if let (Some(who), Some(service), Some("order"), Some(id)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let id: u32 = id.parse()?;
+            let by = handled.entry(service.to_owned()).or_default();
+            by.entry(id).or_default().push(who.to_owned());
+            count += 1;
+            debug_assert_eq!(name, who);
+        }
+    }
+    bus.publish(Stop).await;
+    for (name, mut child) in workers {
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(format!("worker {name} exited with {status}").into());
+        }
+    }
+
+    for (service, orders) in &handled {
+        let mut per_instance: BTreeMap<&str, usize> = BTreeMap::new();
+        for instances in orders.values() {
+            for instance in instances {
+                *per_instance.entry(instance).or_default() += 1;
+            }
+        }
+        let once = orders.len() == ORDERS as usize && orders.values().all(|by| by.len() == 1);
+        println!(
+            "{service}: {} orders, each handled once: {once}; shared as {per_instance:?}",
+            orders.len()
+        );
+        if !once {
+            return Err(format!("{service} did not handle each order exactly once").into());
+        }
+    }
+    Ok(())
+}
