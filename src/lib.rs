@@ -76,6 +76,7 @@
 //! | `macros` | yes | the [`listener`] attribute and [`derive(Event)`](macro@Event) |
 //! | `metrics` | no | [`MetricsLayer`]: the bus's emits and deliveries as counters, a gauge and a histogram, through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `nats` | no | [`nats`]: the NATS JetStream transport ([`nats::NatsTransport`], crate `bus-nats`) |
+//! | `redis` | no | [`redis`]: the Redis Streams transport ([`redis::RedisTransport`], crate `bus-redis`) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -106,3 +107,7 @@ pub use bus_core::transport;
 /// The NATS JetStream transport: [`nats::NatsTransport`] (crate `bus-nats`).
 #[cfg(feature = "nats")]
 pub use bus_nats as nats;
+
+/// The Redis Streams transport: [`redis::RedisTransport`] (crate `bus-redis`).
+#[cfg(feature = "redis")]
+pub use bus_redis as redis;

@@ -1,0 +1,468 @@
+//! Names on both sides: event names and patterns ↔ stream keys, CloudEvents attributes ↔ stream
+//! fields, and the parsing of stream replies. Nothing here panics on odd input.
+
+use bus_core::transport::WireEvent;
+use bytes::Bytes;
+use redis::Value;
+
+/// The stream field that holds the payload; every other field is a binary-mode header
+/// (`ce-id`, `ce-type`, `content-type`, ...).
+pub(crate) const DATA_FIELD: &str = "data";
+
+/// Checks `name` against the event-name rules of `bus-core`, the ones `emit` applies.
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
+    bus_core::validate_name(name).map_err(|error| error.to_string())
+}
+
+/// Checks a subscription pattern against the listener-pattern rules of `bus-core`.
+pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
+    bus_core::validate_pattern(pattern).map_err(|error| error.to_string())
+}
+
+/// Checks a key prefix: 1 to 100 ASCII letters, digits, `_`, `-`, `.` and `:`, so that it is
+/// never a glob pattern in `SCAN MATCH`.
+pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 100 {
+        return Err("a key prefix is 1 to 100 characters long".to_owned());
+    }
+    match prefix
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        Some(bad) => Err(format!(
+            "`{}` is not allowed in a key prefix (ASCII letters, digits, `_`, `-`, `.`, `:`)",
+            bad.escape_default()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The keys of one prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub(crate) fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The stream of event `name`: `<prefix>:stream:<name>`.
+    pub(crate) fn stream(&self, name: &str) -> String {
+        format!("{}:stream:{name}", self.prefix)
+    }
+
+    /// The event name of stream key `key`, if it is one of this prefix's streams.
+    pub(crate) fn name_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix(":stream:")
+    }
+
+    /// The `SCAN MATCH` pattern of every stream of the prefix.
+    pub(crate) fn stream_glob(&self) -> String {
+        format!("{}:stream:*", self.prefix)
+    }
+
+    /// The publish-side duplicate marker of event id `id`.
+    pub(crate) fn dedup(&self, id: &str) -> String {
+        format!("{}:dedup:{id}", self.prefix)
+    }
+
+    /// The set of every event name published under the prefix.
+    pub(crate) fn names(&self) -> String {
+        format!("{}:names", self.prefix)
+    }
+
+    /// The stream that logs each event name the first time it is published, for the
+    /// subscriptions to a pattern to discover new streams.
+    pub(crate) fn names_log(&self) -> String {
+        format!("{}:names:log", self.prefix)
+    }
+
+    /// The hash of group `group`'s pattern and start.
+    pub(crate) fn group(&self, group: &str) -> String {
+        format!("{}:group:{group}", self.prefix)
+    }
+}
+
+/// A subscription pattern in NATS token syntax: `*` is one token, a last `>` one or more.
+#[derive(Debug, Clone)]
+pub(crate) struct Matcher {
+    tokens: Vec<String>,
+}
+
+impl Matcher {
+    /// `pattern` must have passed [`check_pattern`].
+    pub(crate) fn new(pattern: &str) -> Matcher {
+        Matcher {
+            tokens: pattern.split('.').map(str::to_owned).collect(),
+        }
+    }
+
+    /// Whether the pattern is a plain name (no wildcard).
+    pub(crate) fn is_literal(&self) -> bool {
+        self.tokens.iter().all(|token| token != "*" && token != ">")
+    }
+
+    /// Whether `name` matches.
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        let mut names = name.split('.');
+        for (position, token) in self.tokens.iter().enumerate() {
+            let Some(part) = names.next() else {
+                return false;
+            };
+            match token.as_str() {
+                ">" if position + 1 == self.tokens.len() => return true,
+                "*" => {}
+                literal if literal == part => {}
+                _ => return false,
+            }
+        }
+        names.next().is_none()
+    }
+}
+
+/// The stream fields of an event: its binary-mode headers, then the payload.
+pub(crate) fn event_fields(event: &WireEvent) -> Vec<(String, Bytes)> {
+    let mut fields: Vec<(String, Bytes)> = event
+        .headers()
+        .into_iter()
+        .map(|(name, value)| (name, Bytes::from(value)))
+        .collect();
+    fields.push((DATA_FIELD.to_owned(), event.data.clone()));
+    fields
+}
+
+/// The fields of one stream entry, as stored (any bytes).
+pub(crate) type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Reads an event back from the fields of an entry of stream `name`.
+pub(crate) fn decode(name: &str, fields: &Fields, max_payload: usize) -> Result<WireEvent, String> {
+    let mut headers = Vec::with_capacity(fields.len());
+    let mut data = Bytes::new();
+    for (field, value) in fields {
+        let field =
+            std::str::from_utf8(field).map_err(|_| "a field name is not UTF-8".to_owned())?;
+        if field == DATA_FIELD {
+            data = Bytes::copy_from_slice(value);
+            continue;
+        }
+        let value = std::str::from_utf8(value)
+            .map_err(|_| format!("the value of field `{field}` is not UTF-8"))?;
+        headers.push((field, value));
+    }
+    let event = WireEvent::from_headers(headers, data, max_payload).map_err(|e| e.to_string())?;
+    if event.ty != name {
+        return Err(format!(
+            "the event's type `{}` does not match its stream `{name}`",
+            event.ty
+        ));
+    }
+    Ok(event)
+}
+
+/// The dead letter of an entry that does not decode: a valid event of type
+/// `dead-letter.<name>` keeping the payload (field `data`), with the original id (`ce-id`, or
+/// `entry-<entry id>`) and source when they are readable, plus the fields that are not
+/// CloudEvents attributes, kept as they were.
+pub(crate) fn dead_letter_raw(
+    name: &str,
+    entry: &str,
+    fields: &Fields,
+    group: &str,
+    attempts: u32,
+    reason: &str,
+) -> (WireEvent, Vec<(String, Bytes)>) {
+    let text = |wanted: &str| {
+        fields.iter().find_map(|(field, value)| {
+            let field = std::str::from_utf8(field).ok()?;
+            let value = std::str::from_utf8(value).ok()?;
+            (field.eq_ignore_ascii_case(wanted) && !value.is_empty()).then(|| value.to_owned())
+        })
+    };
+    let data = fields
+        .iter()
+        .find(|(field, _)| field.as_slice() == DATA_FIELD.as_bytes())
+        .map(|(_, value)| Bytes::copy_from_slice(value))
+        .unwrap_or_default();
+    let id = text("ce-id").unwrap_or_else(|| format!("entry-{entry}"));
+    let source = text("ce-source").unwrap_or_else(|| "bus-redis".to_owned());
+    let letter = WireEvent::new(id, source, name, data).dead_letter(group, attempts, reason);
+    let mut stored = event_fields(&letter);
+    for (field, value) in fields {
+        let Ok(field) = std::str::from_utf8(field) else {
+            continue;
+        };
+        let lower = field.to_ascii_lowercase();
+        if lower.starts_with("ce-") || lower == "content-type" || lower == DATA_FIELD {
+            continue;
+        }
+        stored.push((field.to_owned(), Bytes::copy_from_slice(value)));
+    }
+    (letter, stored)
+}
+
+/// One entry of a stream reply; `fields` is `None` for an entry deleted (trimmed) while
+/// pending.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    pub(crate) fields: Option<Fields>,
+}
+
+/// The text of a bulk or simple string.
+pub(crate) fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
+        Value::Okay => Some("OK".to_owned()),
+        _ => None,
+    }
+}
+
+fn bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes.clone()),
+        Value::SimpleString(text) => Some(text.clone().into_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.clone().into_bytes()),
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+fn items(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
+    }
+}
+
+/// Entries `[[id, [field, value, ...]], ...]` (a `nil` field list: deleted).
+pub(crate) fn entries(value: &Value) -> Result<Vec<Entry>, String> {
+    let Some(list) = items(value) else {
+        return match value {
+            Value::Nil => Ok(Vec::new()),
+            other => Err(format!("expected a list of entries, got {other:?}")),
+        };
+    };
+    list.iter()
+        .map(|entry| {
+            let parts = items(entry).ok_or_else(|| format!("expected an entry, got {entry:?}"))?;
+            let id = parts
+                .first()
+                .and_then(text)
+                .ok_or_else(|| format!("an entry without an id: {entry:?}"))?;
+            let fields = match parts.get(1) {
+                None | Some(Value::Nil) => None,
+                Some(Value::Map(pairs)) => Some(
+                    pairs
+                        .iter()
+                        .filter_map(|(k, v)| Some((bytes(k)?, bytes(v)?)))
+                        .collect(),
+                ),
+                Some(list) => {
+                    let flat = items(list).ok_or_else(|| format!("entry {id}: fields {list:?}"))?;
+                    Some(
+                        flat.chunks(2)
+                            .filter_map(|pair| match pair {
+                                [k, v] => Some((bytes(k)?, bytes(v)?)),
+                                _ => None,
+                            })
+                            .collect(),
+                    )
+                }
+            };
+            Ok(Entry { id, fields })
+        })
+        .collect()
+}
+
+/// An `XREAD` / `XREADGROUP` reply: entries by stream key (nothing on a timeout).
+pub(crate) fn read_reply(value: &Value) -> Result<Vec<(String, Vec<Entry>)>, String> {
+    let pairs: Vec<(&Value, &Value)> = match value {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+        Value::Array(list) => list
+            .iter()
+            .map(|stream| match items(stream) {
+                Some([key, entries]) => Ok((key, entries)),
+                _ => Err(format!("expected [key, entries], got {stream:?}")),
+            })
+            .collect::<Result<_, _>>()?,
+        other => return Err(format!("expected streams, got {other:?}")),
+    };
+    pairs
+        .into_iter()
+        .map(|(key, list)| {
+            let key = text(key).ok_or_else(|| format!("a stream key {key:?}"))?;
+            Ok((key, entries(list)?))
+        })
+        .collect()
+}
+
+/// An `XAUTOCLAIM` reply: the next cursor, the entries claimed, the ids deleted meanwhile.
+pub(crate) fn autoclaim_reply(value: &Value) -> Result<(String, Vec<Entry>, Vec<String>), String> {
+    let parts = items(value).ok_or_else(|| format!("expected a list, got {value:?}"))?;
+    let cursor = parts
+        .first()
+        .and_then(text)
+        .ok_or_else(|| format!("no cursor in {value:?}"))?;
+    let claimed = match parts.get(1) {
+        Some(list) => entries(list)?,
+        None => Vec::new(),
+    };
+    let deleted = parts
+        .get(2)
+        .and_then(items)
+        .map(|ids| ids.iter().filter_map(text).collect())
+        .unwrap_or_default();
+    Ok((cursor, claimed, deleted))
+}
+
+/// An extended `XPENDING` reply: `(id, consumer, delivery count)` per entry.
+pub(crate) fn pending_reply(value: &Value) -> Result<Vec<(String, String, u32)>, String> {
+    let Some(list) = items(value) else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|row| match items(row) {
+            Some([id, consumer, _idle, count]) => {
+                let count = match count {
+                    Value::Int(n) => u32::try_from(*n).unwrap_or(u32::MAX),
+                    other => text(other).and_then(|text| text.parse().ok()).unwrap_or(1),
+                };
+                Ok((
+                    text(id).unwrap_or_default(),
+                    text(consumer).unwrap_or_default(),
+                    count,
+                ))
+            }
+            _ => Err(format!("expected a pending entry, got {row:?}")),
+        })
+        .collect()
+}
+
+/// The entry id just before `ms`-0: reading or creating a group "after" it starts at
+/// millisecond `ms`.
+pub(crate) fn id_before_ms(ms: u64) -> String {
+    match ms.checked_sub(1) {
+        Some(previous) => format!("{previous}-{}", u64::MAX),
+        None => "0-0".to_owned(),
+    }
+}
+
+/// Compares two entry ids (`<ms>-<seq>`) numerically; unreadable ids sort first.
+pub(crate) fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching_follows_nats_tokens() {
+        let cases = [
+            ("a", "a", true),
+            ("a", "a.b", false),
+            ("a.*", "a.b", true),
+            ("a.*", "a", false),
+            ("a.*", "a.b.c", false),
+            ("a.>", "a.b", true),
+            ("a.>", "a.b.c", true),
+            ("a.>", "a", false),
+            ("*.b.>", "a.b.c", true),
+            ("*.b.>", "a.b", false),
+            (">", "a", true),
+            ("A", "a", false),
+            ("a.*.c", "a.b.d", false),
+            ("a.b", "a.bc", false),
+        ];
+        for (pattern, name, expected) in cases {
+            assert_eq!(
+                Matcher::new(pattern).matches(name),
+                expected,
+                "{pattern} {name}"
+            );
+        }
+        assert!(Matcher::new("a.b").is_literal());
+        assert!(!Matcher::new("a.*").is_literal());
+    }
+
+    #[test]
+    fn prefixes_are_never_globs() {
+        assert!(check_prefix("bus").is_ok());
+        assert!(check_prefix("acme:bus-1.x").is_ok());
+        for bad in ["", "a*", "a?", "a[b]", "a b", "a\\b"] {
+            assert!(check_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let keys = Keys::new("p");
+        assert_eq!(keys.stream("a.b"), "p:stream:a.b");
+        assert_eq!(keys.name_of("p:stream:a.b"), Some("a.b"));
+        assert_eq!(keys.name_of("q:stream:a.b"), None);
+    }
+
+    #[test]
+    fn events_round_trip_through_fields() {
+        let event = WireEvent::new("id-1", "svc", "orders.created", &b"\x00\xffbinary"[..])
+            .content_type("application/octet-stream")
+            .extension("note", "naïve value");
+        let fields: Fields = event_fields(&event)
+            .into_iter()
+            .map(|(k, v)| (k.into_bytes(), v.to_vec()))
+            .collect();
+        assert_eq!(decode("orders.created", &fields, 1 << 20).unwrap(), event);
+        assert!(decode("orders.other", &fields, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn garbage_is_a_reason_and_a_valid_dead_letter() {
+        let fields: Fields = vec![
+            (b"foo".to_vec(), b"bar".to_vec()),
+            (vec![0xff], b"x".to_vec()),
+            (b"ce-id".to_vec(), b"g-1".to_vec()),
+        ];
+        assert!(decode("a.b", &fields, 1 << 20).is_err());
+        let (letter, stored) = dead_letter_raw("a.b", "1-0", &fields, "grp", 1, "bad");
+        assert_eq!(letter.ty, "dead-letter.a.b");
+        assert_eq!(letter.id, "g-1.dead.grp");
+        assert!(letter.validate(1 << 20).is_ok());
+        assert!(
+            stored
+                .iter()
+                .any(|(k, v)| k == "foo" && v.as_ref() == b"bar")
+        );
+    }
+
+    #[test]
+    fn replies_parse_and_garbage_replies_are_errors() {
+        let entry = Value::Array(vec![
+            Value::BulkString(b"1-0".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"k".to_vec()),
+                Value::BulkString(b"v".to_vec()),
+            ]),
+        ]);
+        let deleted = Value::Array(vec![Value::BulkString(b"2-0".to_vec()), Value::Nil]);
+        let reply = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"key".to_vec()),
+            Value::Array(vec![entry, deleted]),
+        ])]);
+        let parsed = read_reply(&reply).unwrap();
+        assert_eq!(parsed[0].0, "key");
+        assert_eq!(parsed[0].1[0].fields.as_ref().unwrap()[0].0, b"k");
+        assert!(parsed[0].1[1].fields.is_none());
+        assert!(read_reply(&Value::Int(3)).is_err());
+        assert!(read_reply(&Value::Nil).unwrap().is_empty());
+        assert_eq!(id_before_ms(10), format!("9-{}", u64::MAX));
+        assert!(id_key("2-1") > id_key("1-5"));
+    }
+}

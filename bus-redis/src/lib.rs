@@ -1,0 +1,147 @@
+//! The Redis Streams transport of the `bus` event bus: [`RedisTransport`] implements
+//! [`bus_core::transport::Transport`] with the semantics of the in-process
+//! [`MemoryTransport`](bus_core::transport::MemoryTransport), on Redis Streams (Redis 7 or
+//! later: it uses `XAUTOCLAIM`'s list of deleted entries).
+//!
+//! ```no_run
+//! use bus_core::transport::{SubscribeOptions, Transport, WireEvent};
+//! use bus_redis::{RedisTransport, Retention};
+//! use futures_util::StreamExt;
+//! use std::time::Duration;
+//!
+//! # async fn demo() -> Result<(), bus_core::transport::TransportError> {
+//! let redis = RedisTransport::builder("redis://127.0.0.1:6379")
+//!     .key_prefix("bus")                                    // streams are `bus:stream:<name>`
+//!     .retention(Retention::MaxAge(Duration::from_secs(24 * 3600)))
+//!     .claim_interval(Duration::from_secs(1))              // XAUTOCLAIM once a second
+//!     .publish_deadline(Duration::from_secs(10))           // retry through a Redis restart
+//!     .connect()
+//!     .await?;
+//! let mut billing = redis
+//!     .subscribe(SubscribeOptions::new("orders.*").group("billing").max_deliveries(5))
+//!     .await?;
+//! redis.publish(WireEvent::new("order-1", "shop", "orders.created", "{}")).await?; // stored
+//! while let Some(delivery) = billing.next().await {
+//!     let delivery = delivery?;
+//!     match delivery.attempt() {
+//!         1 => delivery.nack(Duration::from_millis(100), "try again".into()).await?,
+//!         _ => delivery.ack().await?,
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Mapping
+//!
+//! | bus | Redis |
+//! |---|---|
+//! | event name `a.b.c` | stream `<prefix>:stream:a.b.c` |
+//! | pattern `a.*`, `a.>` | every stream whose name matches, read together: found at subscribe time (`SCAN`, and the set `<prefix>:names`) and later in the stream `<prefix>:names:log`, which a publish appends a name to the first time it is used |
+//! | [`WireEvent`](bus_core::transport::WireEvent) attributes | stream fields named as the CloudEvents binary-mode headers (`ce-id`, `ce-type`, `content-type`, ...), payload in field `data` |
+//! | publish resolved | the publish script's `XADD` replied: stored (as durable as the server's persistence: use `appendonly yes`) |
+//! | retention | `XADD ... MAXLEN ~ n` or `MINID ~ <now - age>` ([`Retention`]) |
+//! | duplicate id | `SET <prefix>:dedup:<id> NX PX <window>` in the same script: a second publish within the window is dropped |
+//! | group `g` | consumer group `g` on each matching stream, created from the group's first subscribe (record `<prefix>:group:g`) |
+//! | no group | `XREAD` from the moment of the subscribe, with the bookkeeping of redeliveries in the subscription |
+//! | group instance | consumer `<instance>-<n>` ([`instance_name`](RedisTransportBuilder::instance_name)) |
+//! | `max_deliveries` | the delivery count of the pending list, checked by the consumer |
+//! | `ack_wait` | the idle time after which `XAUTOCLAIM` takes an entry over |
+//! | `attempt()` | the entry's delivery count in the pending list (1 for a first read) |
+//! | `ack` / `nack(d)` / `reject` | `XACK` / claimed back by the same consumer after `d` / dead letter then `XACK` |
+//! | dead letter | `dead-letter.<name>` under the same prefix, id `<id>.dead.<group>` |
+//!
+//! **Groups.** A new group starts with the events published after its first subscription
+//! (Redis's clock); an existing group resumes where it stood. Subscribing to an existing group
+//! with another pattern is [`TransportError::Invalid`](bus_core::transport::TransportError::Invalid).
+//! Every subscription of a group is a consumer of its own, named after the transport's
+//! instance, and reads on a connection of its own (`XREADGROUP ... BLOCK`; the shared
+//! multiplexed connection, with its short response timeout, never carries a blocking read).
+//! On start, and after its connection broke, a consumer first re-reads the entries pending on
+//! itself (`XREADGROUP ... 0`): with a stable instance name, what a crashed instance held is
+//! taken up again by its next life at once. Every
+//! [`claim_interval`](RedisTransportBuilder::claim_interval), a consumer takes over with
+//! `XAUTOCLAIM` the entries pending longer than its `ack_wait` on any consumer of the group
+//! (dead, hung, or itself). A subscription that closes hands its pending entries back
+//! (`XCLAIM ... IDLE <30 days> JUSTID`: claimable by the next `XAUTOCLAIM` of any member, no
+//! delivery counted), then removes its consumer when nothing is left pending on it.
+//!
+//! **Settling.** `ack` is `XACK`, retried through reconnects until the publish deadline (an
+//! `XACK` is idempotent). `nack(delay)` keeps the entry pending on the consumer, which claims it
+//! back (`XCLAIM`, counting a delivery) once the delay is over: no busy loop, and a delay
+//! longer than the `ack_wait` is cut short by the claims of the group. A delivery dropped
+//! unsettled is handed back to the group at once. On the last allowed delivery
+//! (`max_deliveries`), a nack, a reject or a drop dead-letters the event, then acks it; an entry
+//! whose delivery count is past `max_deliveries` (its last delivery was never settled: the
+//! consumer died, or the ack wait passed) is dead-lettered by the consumer that claims it,
+//! with the reason `not settled within the ack wait (after n deliveries)`. A dead letter is the
+//! event under `dead-letter.<name>`, with the id `<id>.dead.<group>` and the extensions
+//! `deadletterof`, `deadletterreason`, `deadlettergroup` (the group as given, or
+//! `subscription-<consumer>` outside any group) and `deadletterattempts`
+//! ([`WireEvent::dead_letter`](bus_core::transport::WireEvent::dead_letter)).
+//!
+//! **Entries that do not decode** (written by another client: `redis-cli XADD` with random
+//! fields, a missing or empty attribute, a field that is not UTF-8, an invalid name, a payload
+//! over [`max_payload`](RedisTransportBuilder::max_payload), a type that is not its stream's
+//! name) are dead-lettered by the subscription itself, with the decoding error as the reason,
+//! keeping the payload (field `data`) and the fields that are not CloudEvents attributes,
+//! logged at `warn`, then acknowledged; the subscription goes on and never yields them. A dead
+//! letter that does not decode is dropped, not dead-lettered again.
+//!
+//! **The group vanishing** (`NOGROUP`: Redis flushed, or restarted without persistence) is
+//! logged at `warn`, counted ([`RedisTransport::groups_recreated`]), and cured: the
+//! subscription creates the group again on each stream from the last entry it received there,
+//! and goes on.
+//!
+//! **Trimming** ([`Retention`]) may delete entries still pending in a group. Such entries are
+//! detected (the deleted ids `XAUTOCLAIM` returns, the empty entries of a re-read of the own
+//! pending entries), logged at `warn` and counted ([`RedisTransport::trimmed_while_pending`]).
+//!
+//! **Deduplication**, twice. On publish: the id is stored for the
+//! [`duplicate_window`](RedisTransportBuilder::duplicate_window) (one small key per id), and a
+//! second publish of it within the window is dropped; this also makes a publish retried after a
+//! lost reply store the event once. On receipt: a consumer drops (and acks) an entry whose
+//! event id its group acknowledged through the same transport within the
+//! [`acked_window`](RedisTransportBuilder::acked_window) (process memory, bounded by
+//! [`acked_capacity`](RedisTransportBuilder::acked_capacity)).
+//!
+//! **Reconnects.** The shared connection reconnects by itself; a publish or ack made while
+//! Redis is away is retried until the publish deadline. A subscription whose connection broke
+//! reconnects with a backoff (100 ms doubling up to 2 s), forever, and only yields an error for
+//! what reconnecting does not cure.
+//!
+//! **Limits.** Not for Redis Cluster (the publish script touches keys of several slots).
+//! A subscription to a pattern with wildcards scans the keyspace once as it starts (`SCAN MATCH
+//! <prefix>:stream:* TYPE stream`): on a database with millions of keys, subscribing takes a
+//! moment. Streams written by other clients after it started are not found by it (only those
+//! published through this transport are logged as new names). Group names are used as they
+//! are (Redis accepts any string). The blocking read
+//! of a group subscription wakes at least every `claim_interval`, and of a pattern subscription
+//! every `discovery_interval`: an idle subscription costs a few commands a second.
+//!
+//! # Logs
+//!
+//! Spans: `bus.redis.connect` (url, prefix, instance), `bus.redis.publish` (stream, event id),
+//! `bus.redis.subscription` (pattern, consumer, group), `bus.redis.settle` (stream, entry,
+//! consumer, event id, attempt).
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod dedup;
+mod delivery;
+mod error;
+mod keys;
+mod subscription;
+mod transport;
+
+pub use crate::error::RedisError;
+pub use crate::transport::{
+    DEFAULT_ACKED_CAPACITY, DEFAULT_ACKED_WINDOW, DEFAULT_CLAIM_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DISCOVERY_INTERVAL, DEFAULT_DUPLICATE_WINDOW, DEFAULT_KEY_PREFIX,
+    DEFAULT_PUBLISH_DEADLINE, DEFAULT_READ_BATCH, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETENTION,
+    RedisTransport, RedisTransportBuilder, Retention,
+};
+
+/// The client library, re-exported for the escape hatches [`RedisTransport::connection`] and
+/// [`RedisTransport::client`].
+pub use redis;

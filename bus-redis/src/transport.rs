@@ -1,0 +1,816 @@
+//! [`RedisTransport`] and its builder: the connection, publishing, and what subscriptions and
+//! deliveries share.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bus_core::transport::{
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, SubscribeOptions, Transport, TransportError,
+    TransportSubscription, WireEvent,
+};
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Script, Value};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::dedup::AckedIds;
+use crate::error::{NAME, RedisError, invalid, is_transient};
+use crate::keys::{self, Keys};
+
+/// The default [`key_prefix`](RedisTransportBuilder::key_prefix): `bus`.
+pub const DEFAULT_KEY_PREFIX: &str = "bus";
+/// The default [`publish_deadline`](RedisTransportBuilder::publish_deadline): 30 s.
+pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
+/// The default [`duplicate_window`](RedisTransportBuilder::duplicate_window): 2 min.
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The default [`acked_window`](RedisTransportBuilder::acked_window): 2 min.
+pub const DEFAULT_ACKED_WINDOW: Duration = Duration::from_secs(120);
+/// The default [`acked_capacity`](RedisTransportBuilder::acked_capacity): 100,000 ids.
+pub const DEFAULT_ACKED_CAPACITY: usize = 100_000;
+/// The default [`retention`](RedisTransportBuilder::retention): about the last million entries
+/// of each stream.
+pub const DEFAULT_RETENTION: Retention = Retention::MaxLen(1_000_000);
+/// The default [`claim_interval`](RedisTransportBuilder::claim_interval): 1 s.
+pub const DEFAULT_CLAIM_INTERVAL: Duration = Duration::from_secs(1);
+/// The default [`discovery_interval`](RedisTransportBuilder::discovery_interval): 250 ms.
+pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_millis(250);
+/// The default [`read_batch`](RedisTransportBuilder::read_batch): 1 entry per group read.
+pub const DEFAULT_READ_BATCH: usize = 1;
+/// The default [`request_timeout`](RedisTransportBuilder::request_timeout): 5 s.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default [`connect_timeout`](RedisTransportBuilder::connect_timeout): 5 s.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest pause between two attempts of one publish or ack.
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// How each stream is trimmed on `XADD`, always approximately (`~`: Redis trims whole radix-tree
+/// nodes, so a stream keeps at least the limit, and a little more).
+///
+/// Trimming is blind to consumer groups: an entry trimmed while it is still pending in a group
+/// is lost to that group. The transport detects such entries (the deleted ids that `XAUTOCLAIM`
+/// returns, and the empty entries of a re-read of a consumer's own pending list), acknowledges
+/// them, logs each at `warn` and counts them in
+/// [`RedisTransport::trimmed_while_pending`]. Size the retention well above what a group may
+/// fall behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Retention {
+    /// No trimming: streams grow until an operator trims them.
+    Unbounded,
+    /// `XADD <key> MAXLEN ~ n`: about the last `n` entries of each stream.
+    MaxLen(u64),
+    /// `XADD <key> MINID ~ <now - age>`: about the entries of the last `age` (by the server's
+    /// clock, since entry ids are the server's time in milliseconds).
+    MaxAge(Duration),
+}
+
+/// What the publish script returns for a duplicate.
+const PUBLISH_SCRIPT: &str = r"
+local window = tonumber(ARGV[1])
+if window > 0 then
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'PX', window) then
+    return false
+  end
+end
+local args = {KEYS[1]}
+if ARGV[3] == 'MAXLEN' then
+  table.insert(args, 'MAXLEN')
+  table.insert(args, '~')
+  table.insert(args, ARGV[4])
+elseif ARGV[3] == 'MINID' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local minid = now - tonumber(ARGV[4])
+  if minid < 0 then minid = 0 end
+  table.insert(args, 'MINID')
+  table.insert(args, '~')
+  table.insert(args, string.format('%.0f', minid))
+end
+table.insert(args, '*')
+for i = 5, #ARGV do
+  table.insert(args, ARGV[i])
+end
+local id = redis.call('XADD', unpack(args))
+if redis.call('SADD', KEYS[3], ARGV[2]) == 1 then
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', '*', 'name', ARGV[2])
+end
+return id
+";
+
+/// Creates a group's record if missing; returns its pattern and start either way.
+const GROUP_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSETNX', KEYS[1], 'pattern', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'start', string.format('%.0f', now))
+return redis.call('HMGET', KEYS[1], 'pattern', 'start')
+";
+
+/// A [`Transport`] over Redis Streams.
+///
+/// - **One stream per event name**: event `a.b.c` is the stream `<prefix>:stream:a.b.c`, and its
+///   dead letters go to `<prefix>:stream:dead-letter.a.b.c`. Each entry holds the CloudEvents
+///   binary-mode headers as fields (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`,
+///   `ce-time`, `content-type`, `ce-<extension>`) and the payload in the field `data`.
+/// - **Publish** runs one Lua script: `SET <prefix>:dedup:<id> NX PX <duplicate window>` (a
+///   duplicate stops here and the publish resolves `Ok`), `XADD` with the
+///   [retention](RedisTransportBuilder::retention), and the registration of the name in
+///   `<prefix>:names` (and, the first time, in the stream `<prefix>:names:log`). It resolves once
+///   Redis replied, on the shared multiplexed connection; while Redis is away the publish is
+///   retried (the dedup key makes the retry store it once) until the
+///   [publish deadline](RedisTransportBuilder::publish_deadline).
+/// - **Subscribe** reads, on a connection of its own (blocking reads never use the shared
+///   connection), every stream whose name matches the pattern: found at start (`SCAN`, and the
+///   name registry), and found later in the log of new names, every
+///   [`discovery_interval`](RedisTransportBuilder::discovery_interval). With a group: the
+///   consumer group of that name on each stream (`XREADGROUP`), created on a stream when first
+///   seen, starting at the group's creation; without: `XREAD` from the moment of the subscribe.
+/// - **Settling**: see the [crate documentation](crate).
+///
+/// Clones share one connection.
+///
+/// ```no_run
+/// use bus_core::transport::{SubscribeOptions, Transport, WireEvent};
+/// use bus_redis::RedisTransport;
+/// use futures_util::StreamExt;
+///
+/// # async fn demo() -> Result<(), bus_core::transport::TransportError> {
+/// let redis = RedisTransport::builder("redis://127.0.0.1:6379")
+///     .key_prefix("shop")
+///     .connect()
+///     .await?;
+/// let mut orders = redis.subscribe(SubscribeOptions::new("orders.>").group("billing")).await?;
+/// redis.publish(WireEvent::new("id-1", "checkout", "orders.created", "{}")).await?;
+/// let delivery = orders.next().await.expect("open")?;
+/// delivery.ack().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisTransport {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTransport")
+            .field("url", &self.inner.config.url)
+            .field("key_prefix", &self.inner.config.prefix)
+            .field("instance", &self.inner.config.instance)
+            .finish()
+    }
+}
+
+/// Counters of what the transport noticed.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub(crate) trimmed_while_pending: AtomicU64,
+    pub(crate) groups_recreated: AtomicU64,
+    pub(crate) duplicates_dropped: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+}
+
+/// What a connected transport shares with its subscriptions and deliveries.
+pub(crate) struct Inner {
+    pub(crate) client: redis::Client,
+    pub(crate) conn: ConnectionManager,
+    pub(crate) config: Config,
+    pub(crate) keys: Keys,
+    publish_script: Script,
+    group_script: Script,
+    pub(crate) acked: Mutex<AckedIds>,
+    pub(crate) stats: Stats,
+    next_subscription: AtomicU64,
+    /// The consumer slots in use per group: a subscription's consumer is
+    /// `<instance>-<slot>`, the lowest free slot.
+    slots: Mutex<HashMap<String, BTreeSet<u32>>>,
+}
+
+/// The settled configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) url: String,
+    pub(crate) prefix: String,
+    pub(crate) instance: String,
+    pub(crate) retention: Retention,
+    pub(crate) publish_deadline: Duration,
+    pub(crate) duplicate_window: Duration,
+    pub(crate) max_payload: usize,
+    pub(crate) claim_interval: Duration,
+    pub(crate) discovery_interval: Duration,
+    pub(crate) read_batch: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) restartable: bool,
+}
+
+/// Builds a [`RedisTransport`]; every setting has a documented default.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `connect` is awaited"]
+pub struct RedisTransportBuilder {
+    url: String,
+    prefix: String,
+    instance: Option<String>,
+    retention: Retention,
+    publish_deadline: Duration,
+    duplicate_window: Duration,
+    acked_window: Duration,
+    acked_capacity: usize,
+    max_payload: usize,
+    claim_interval: Duration,
+    discovery_interval: Duration,
+    read_batch: usize,
+    request_timeout: Duration,
+    connect_timeout: Duration,
+    restartable: bool,
+}
+
+impl RedisTransportBuilder {
+    /// The prefix of every key: streams are `<prefix>:stream:<event name>`. ASCII letters,
+    /// digits, `_`, `-`, `.` and `:`. Default: [`DEFAULT_KEY_PREFIX`] (`bus`). Two buses share
+    /// events when they share a prefix (and a database).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How streams are trimmed on each publish (always approximate). Default:
+    /// [`DEFAULT_RETENTION`] (`MaxLen(1_000_000)`). See [`Retention`] for what trimming does
+    /// to pending entries.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long a publish (and a dead letter, and an ack) keeps being retried while Redis is
+    /// away before it fails with [`TransportError::PublishTimedOut`]. Keep it within the
+    /// [duplicate window](Self::duplicate_window), so that a retried publish is stored once.
+    /// Default: [`DEFAULT_PUBLISH_DEADLINE`] (30 s).
+    pub fn publish_deadline(mut self, deadline: Duration) -> Self {
+        self.publish_deadline = deadline;
+        self
+    }
+
+    /// The publish-side duplicate window: a publish of an event id published less than this
+    /// long ago is dropped (and resolves `Ok`). Each id published costs one key
+    /// `<prefix>:dedup:<id>` (about 60 bytes plus the id) for this long. `Duration::ZERO`
+    /// turns it off, and then [`Capabilities::deduplicates`] is `false`. Default:
+    /// [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
+    pub fn duplicate_window(mut self, window: Duration) -> Self {
+        self.duplicate_window = window;
+        self
+    }
+
+    /// The consumer-side duplicate window: a subscription drops (and acknowledges) an entry
+    /// whose event id its group acknowledged through this transport less than this long ago:
+    /// the second copy of an event published twice past the duplicate window, or an entry
+    /// whose ack was lost with the connection. Held in process memory, shared by the
+    /// subscriptions of this transport: about 100 bytes plus the id and group lengths per
+    /// id, at most [`acked_capacity`](Self::acked_capacity) ids (the oldest are forgotten
+    /// first). `Duration::ZERO` turns it off. Default: [`DEFAULT_ACKED_WINDOW`] (2 min).
+    pub fn acked_window(mut self, window: Duration) -> Self {
+        self.acked_window = window;
+        self
+    }
+
+    /// The most ids the consumer-side duplicate window remembers. Default:
+    /// [`DEFAULT_ACKED_CAPACITY`] (100,000: about 15 MB with ids of 40 bytes).
+    pub fn acked_capacity(mut self, ids: usize) -> Self {
+        self.acked_capacity = ids;
+        self
+    }
+
+    /// The largest payload published or accepted, in bytes: a bigger publish is refused with
+    /// [`TransportError::Invalid`], a bigger entry received is dead-lettered. Default:
+    /// [`DEFAULT_MAX_PAYLOAD`] (1 MiB).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// How often a group subscription runs `XAUTOCLAIM` on its streams, taking over the
+    /// entries pending longer than its [`ack_wait`](SubscribeOptions::ack_wait) on any consumer
+    /// of the group (a dead one, a hung one, or itself); also the longest a blocking read
+    /// waits. An entry left behind is redelivered at most this long after its ack wait.
+    /// Default: [`DEFAULT_CLAIM_INTERVAL`] (1 s).
+    pub fn claim_interval(mut self, interval: Duration) -> Self {
+        self.claim_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often a subscription to a pattern with wildcards looks for streams created after
+    /// it started (in the log of new names). Default: [`DEFAULT_DISCOVERY_INTERVAL`] (250 ms).
+    pub fn discovery_interval(mut self, interval: Duration) -> Self {
+        self.discovery_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many entries one `XREADGROUP` asks for (at least 1). Entries read but not handed
+    /// out yet are pending on the subscription's consumer: when it closes they go back to the
+    /// group and count one delivery each. Default: [`DEFAULT_READ_BATCH`] (1). Subscriptions
+    /// outside any group always read up to 256 at once (they have no pending list).
+    pub fn read_batch(mut self, entries: usize) -> Self {
+        self.read_batch = entries.max(1);
+        self
+    }
+
+    /// The name of this process instance, from which the consumer names of its subscriptions
+    /// are made (`<instance>-<n>`, `n` the lowest number free in the group). Give a name that
+    /// is stable across restarts of the instance (a pod name, say): a restarted instance then
+    /// first re-reads the entries it left pending. Two live instances must never share one.
+    /// Default: `<host>-<pid>-<random>`, new on every connect.
+    pub fn instance_name(mut self, name: impl Into<String>) -> Self {
+        self.instance = Some(name.into());
+        self
+    }
+
+    /// How long one command on the shared connection waits for its reply. Default:
+    /// [`DEFAULT_REQUEST_TIMEOUT`] (5 s).
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long one connection attempt may take. Default: [`DEFAULT_CONNECT_TIMEOUT`] (5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// For test harnesses: declare in [`Capabilities::restartable`] that the test owns this
+    /// server (a private `redis-server` it started) and may restart it. Default: `false`.
+    pub fn restartable(mut self, restartable: bool) -> Self {
+        self.restartable = restartable;
+        self
+    }
+
+    /// Connects (and checks that the server answers).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Invalid`] for a bad prefix or URL, [`TransportError::Unreachable`]
+    /// when the server cannot be reached; the source is a [`RedisError`] saying what to do.
+    pub async fn connect(self) -> Result<RedisTransport, TransportError> {
+        keys::check_prefix(&self.prefix)
+            .map_err(|reason| invalid("key prefix", &self.prefix, reason))?;
+        let instance = self.instance.clone().unwrap_or_else(default_instance);
+        if instance.is_empty() || instance.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "instance name",
+                &instance,
+                "an instance name is not empty and has no whitespace",
+            ));
+        }
+        let config = Config {
+            url: self.url,
+            prefix: self.prefix,
+            instance,
+            retention: self.retention,
+            publish_deadline: self.publish_deadline,
+            duplicate_window: self.duplicate_window,
+            max_payload: self.max_payload,
+            claim_interval: self.claim_interval,
+            discovery_interval: self.discovery_interval,
+            read_batch: self.read_batch,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            restartable: self.restartable,
+        };
+        let acked = AckedIds::new(self.acked_window, self.acked_capacity);
+        let span = tracing::info_span!(
+            "bus.redis.connect",
+            url = %config.url,
+            prefix = %config.prefix,
+            instance = %config.instance,
+        );
+        connect(config, acked).instrument(span).await
+    }
+}
+
+/// `<host>-<pid>-<random>`.
+fn default_instance() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|host| host.trim().to_owned())
+        .filter(|host| !host.is_empty() && !host.chars().any(char::is_whitespace))
+        .unwrap_or_else(|| "host".to_owned());
+    let random: String = (0..6).map(|_| fastrand::alphanumeric()).collect();
+    format!("{host}-{}-{random}", std::process::id())
+}
+
+async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, TransportError> {
+    let client = redis::Client::open(config.url.as_str()).map_err(|source| {
+        RedisError::Url {
+            url: config.url.clone(),
+            source,
+        }
+        .broker()
+    })?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.request_timeout))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_millis(500));
+    let conn = tokio::time::timeout(
+        config.connect_timeout + config.request_timeout,
+        ConnectionManager::new_with_config(client.clone(), manager_config),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connecting timed out",
+        )))
+    })
+    .map_err(|source| {
+        RedisError::Connect {
+            url: config.url.clone(),
+            source,
+        }
+        .unreachable()
+    })?;
+    let keys = Keys::new(&config.prefix);
+    let inner = Inner {
+        client,
+        conn,
+        keys,
+        publish_script: Script::new(PUBLISH_SCRIPT),
+        group_script: Script::new(GROUP_SCRIPT),
+        acked: Mutex::new(acked),
+        stats: Stats::default(),
+        next_subscription: AtomicU64::new(0),
+        slots: Mutex::new(HashMap::new()),
+        config,
+    };
+    // One round trip, so that a server that accepts connections but does not answer fails here.
+    let mut conn = inner.conn.clone();
+    redis::cmd("PING")
+        .query_async::<Value>(&mut conn)
+        .await
+        .map_err(|source| {
+            RedisError::Connect {
+                url: inner.config.url.clone(),
+                source,
+            }
+            .unreachable()
+        })?;
+    tracing::info!("connected");
+    Ok(RedisTransport {
+        inner: Arc::new(inner),
+    })
+}
+
+impl RedisTransport {
+    /// Connects to `url` (`redis://127.0.0.1:6379`, `redis://:password@host:port/db`) with
+    /// every default; see [`RedisTransport::builder`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisTransportBuilder::connect`].
+    pub async fn connect(url: impl Into<String>) -> Result<RedisTransport, TransportError> {
+        RedisTransport::builder(url).connect().await
+    }
+
+    /// A builder for a connection to `url`.
+    pub fn builder(url: impl Into<String>) -> RedisTransportBuilder {
+        RedisTransportBuilder {
+            url: url.into(),
+            prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            instance: None,
+            retention: DEFAULT_RETENTION,
+            publish_deadline: DEFAULT_PUBLISH_DEADLINE,
+            duplicate_window: DEFAULT_DUPLICATE_WINDOW,
+            acked_window: DEFAULT_ACKED_WINDOW,
+            acked_capacity: DEFAULT_ACKED_CAPACITY,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            claim_interval: DEFAULT_CLAIM_INTERVAL,
+            discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
+            read_batch: DEFAULT_READ_BATCH,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            restartable: false,
+        }
+    }
+
+    /// The key prefix.
+    pub fn key_prefix(&self) -> &str {
+        &self.inner.config.prefix
+    }
+
+    /// This instance's name, from which its consumer names are made.
+    pub fn instance_name(&self) -> &str {
+        &self.inner.config.instance
+    }
+
+    /// The key of the stream of event `event`: `<prefix>:stream:<event>`.
+    pub fn stream_key(&self, event: &str) -> String {
+        self.inner.keys.stream(event)
+    }
+
+    /// How many entries were found trimmed (deleted by the retention) while still pending in
+    /// a group, since this transport connected. Each is also logged at `warn`.
+    pub fn trimmed_while_pending(&self) -> u64 {
+        self.inner
+            .stats
+            .trimmed_while_pending
+            .load(Ordering::Relaxed)
+    }
+
+    /// How many times a subscription found its consumer group gone (`NOGROUP`: Redis flushed,
+    /// or restarted without persistence) and created it again.
+    pub fn groups_recreated(&self) -> u64 {
+        self.inner.stats.groups_recreated.load(Ordering::Relaxed)
+    }
+
+    /// How many entries were dropped because their event id had been acknowledged by the same
+    /// group within the [acked window](RedisTransportBuilder::acked_window).
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.inner.stats.duplicates_dropped.load(Ordering::Relaxed)
+    }
+
+    /// How many dead letters this transport's subscriptions wrote.
+    pub fn dead_lettered(&self) -> u64 {
+        self.inner.stats.dead_lettered.load(Ordering::Relaxed)
+    }
+
+    /// The shared multiplexed connection, for what the transport does not cover (tests,
+    /// admin). It has a short response timeout: never send blocking commands on it.
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// The underlying client, to open connections of your own.
+    pub fn client(&self) -> &redis::Client {
+        &self.inner.client
+    }
+}
+
+impl Transport for RedisTransport {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let mut capabilities = Capabilities::default();
+        capabilities.persistent = true;
+        capabilities.ordered = true;
+        capabilities.groups = true;
+        capabilities.deduplicates = !self.inner.config.duplicate_window.is_zero();
+        capabilities.restartable = self.inner.config.restartable;
+        capabilities
+    }
+
+    fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>> {
+        let span = tracing::debug_span!(
+            "bus.redis.publish",
+            stream = %self.inner.keys.stream(&event.ty),
+            event_id = %event.id,
+        );
+        Box::pin(self.inner.publish(event).instrument(span))
+    }
+
+    fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
+        Box::pin(crate::subscription::open(Arc::clone(&self.inner), options))
+    }
+}
+
+impl Inner {
+    /// Checks and publishes an event.
+    async fn publish(&self, event: WireEvent) -> Result<(), TransportError> {
+        keys::check_name(&event.ty).map_err(|reason| invalid("event name", &event.ty, reason))?;
+        if event.data.len() > self.config.max_payload {
+            return Err(invalid(
+                "payload",
+                &event.ty,
+                format!(
+                    "{} bytes is over the {}-byte max_payload of this transport; send a \
+                     reference to the data instead, or raise max_payload",
+                    event.data.len(),
+                    self.config.max_payload
+                ),
+            ));
+        }
+        // What a subscriber would refuse (an empty id, an extension name in capitals, too
+        // many attributes) is refused here, before it reaches the stream.
+        event.validate(self.config.max_payload).map_err(|error| {
+            invalid(
+                "event",
+                &event.ty,
+                format!("subscribers could not decode it: {error}"),
+            )
+        })?;
+        self.publish_fields(&event.ty, &event.id, keys::event_fields(&event))
+            .await
+            .map(drop)
+    }
+
+    /// Runs the publish script until Redis replies, retrying what a reconnect may cure until
+    /// the publish deadline. `Ok(false)`: a duplicate, dropped.
+    pub(crate) async fn publish_fields(
+        &self,
+        name: &str,
+        id: &str,
+        fields: Vec<(String, Bytes)>,
+    ) -> Result<bool, TransportError> {
+        let key = self.keys.stream(name);
+        let (trim, limit) = match self.config.retention {
+            Retention::Unbounded => ("", 0_u64),
+            Retention::MaxLen(entries) => ("MAXLEN", entries),
+            Retention::MaxAge(age) => ("MINID", u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+        };
+        let window = u64::try_from(self.config.duplicate_window.as_millis()).unwrap_or(u64::MAX);
+        let mut invocation = self.publish_script.prepare_invoke();
+        invocation
+            .key(&key)
+            .key(self.keys.dedup(id))
+            .key(self.keys.names())
+            .key(self.keys.names_log())
+            .arg(window)
+            .arg(name)
+            .arg(trim)
+            .arg(limit);
+        for (field, value) in &fields {
+            invocation.arg(field.as_str()).arg(value.as_ref());
+        }
+        let deadline = Instant::now() + self.config.publish_deadline;
+        let timed_out = || TransportError::PublishTimedOut {
+            transport: NAME.to_owned(),
+            event: name.to_owned(),
+            deadline: self.config.publish_deadline,
+        };
+        let mut pause = Duration::from_millis(10);
+        for attempt in 1_u32.. {
+            let mut conn = self.conn.clone();
+            let sent = invocation.invoke_async::<Option<String>>(&mut conn);
+            let error = match tokio::time::timeout_at(deadline, sent).await {
+                Err(_elapsed) => {
+                    tracing::warn!(attempt, "publish not confirmed before the deadline");
+                    return Err(timed_out());
+                }
+                Ok(Ok(Some(entry))) => {
+                    tracing::trace!(attempt, entry, "stored");
+                    return Ok(true);
+                }
+                Ok(Ok(None)) => {
+                    tracing::debug!(attempt, "duplicate id: dropped");
+                    return Ok(false);
+                }
+                Ok(Err(error)) => error,
+            };
+            if !is_transient(&error) {
+                return Err(RedisError::command("XADD", &key, error));
+            }
+            tracing::debug!(attempt, %error, "publish not confirmed; retrying");
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(attempt, %error, "publish not confirmed before the deadline");
+                return Err(timed_out());
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(MAX_RETRY_DELAY);
+        }
+        Err(timed_out())
+    }
+
+    /// `XACK`, retried through reconnects until the publish deadline. A group that is gone
+    /// has nothing left to acknowledge: that is `Ok`.
+    pub(crate) async fn ack(
+        &self,
+        key: &str,
+        group: &str,
+        entry: &str,
+    ) -> Result<(), TransportError> {
+        let deadline = Instant::now() + self.config.publish_deadline;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            let mut conn = self.conn.clone();
+            let mut command = redis::cmd("XACK");
+            command.arg(key).arg(group).arg(entry);
+            let sent = command.query_async::<Value>(&mut conn);
+            let detail = match tokio::time::timeout_at(deadline, sent).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(error)) if crate::error::is_no_group(&error) => {
+                    tracing::warn!(key, group, entry, "ack: the group is gone; nothing to ack");
+                    return Ok(());
+                }
+                Ok(Err(error)) if !is_transient(&error) => {
+                    return Err(RedisError::command("XACK", key, error));
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => "no reply".to_owned(),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RedisError::Ack {
+                    key: key.to_owned(),
+                    entry: entry.to_owned(),
+                    deadline: self.config.publish_deadline,
+                    detail,
+                }
+                .unreachable());
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(MAX_RETRY_DELAY);
+        }
+    }
+
+    /// The group's record (pattern, start in ms), created with `pattern` and the server's
+    /// time if missing.
+    pub(crate) async fn group_record(
+        &self,
+        group: &str,
+        pattern: &str,
+    ) -> Result<(String, u64), TransportError> {
+        let key = self.keys.group(group);
+        let mut conn = self.conn.clone();
+        let reply: Vec<Option<String>> = self
+            .group_script
+            .key(&key)
+            .arg(pattern)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|error| RedisError::command("HSETNX", &key, error))?;
+        match reply.as_slice() {
+            [Some(pattern), Some(start)] => Ok((pattern.clone(), start.parse().unwrap_or(0))),
+            _ => Err(RedisError::Reply {
+                command: "HMGET",
+                key,
+                detail: format!("{reply:?}"),
+            }
+            .broker()),
+        }
+    }
+
+    /// The server's clock, in milliseconds.
+    pub(crate) async fn server_ms(&self) -> Result<u64, TransportError> {
+        let mut conn = self.conn.clone();
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(|error| RedisError::command("TIME", "-", error))?;
+        Ok(seconds * 1000 + micros / 1000)
+    }
+
+    /// A new connection of its own, for one subscription's blocking reads: its response
+    /// timeout is the longest block plus the request timeout.
+    pub(crate) async fn reader(
+        &self,
+        longest_block: Duration,
+    ) -> Result<MultiplexedConnection, redis::RedisError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(longest_block + self.config.request_timeout));
+        self.client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+    }
+
+    /// A number for a new subscription, unique in this transport.
+    pub(crate) fn next_subscription(&self) -> u64 {
+        self.next_subscription.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes the lowest free consumer slot of `group`.
+    pub(crate) fn take_slot(&self, group: &str) -> u32 {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let used = slots.entry(group.to_owned()).or_default();
+        let slot = (0..).find(|slot| !used.contains(slot)).unwrap_or(u32::MAX);
+        used.insert(slot);
+        slot
+    }
+
+    /// Gives a consumer slot back.
+    pub(crate) fn release_slot(&self, group: &str, slot: u32) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(used) = slots.get_mut(group) {
+            used.remove(&slot);
+            if used.is_empty() {
+                slots.remove(group);
+            }
+        }
+    }
+
+    /// Whether `group` acknowledged event `id` within the acked window.
+    pub(crate) fn was_acked(&self, group: &str, id: &str) -> bool {
+        self.acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(group, id)
+    }
+
+    /// Records that `group` acknowledged event `id`.
+    pub(crate) fn record_ack(&self, group: &str, id: &str) {
+        self.acked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(group, id);
+    }
+}

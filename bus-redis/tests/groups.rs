@@ -1,0 +1,270 @@
+//! Consumer groups on the shared server: slow consumers with frequent claims, fan-out without a
+//! group, the own pending entries re-read by the next life of an instance, and the claim of
+//! what a hung consumer holds.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bus_core::transport::{SubscribeOptions, Transport, WireEvent};
+use bus_redis::redis::{self, Value};
+use common::{PATIENCE, TestRedis, arrives_within, next, unique};
+use futures_util::StreamExt;
+use tokio::task::JoinSet;
+
+/// 20 consumers of one group, each on its own connection, each slow (a pause per event as
+/// its work), with a claim every 20 ms: every entry is handled once (as a first attempt), and
+/// the group has nothing pending at the end: each entry was acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumers_with_frequent_claims_handle_each_entry_once() {
+    const CONSUMERS: usize = 20;
+    const EVENTS: usize = 200;
+    let Some(redis) = TestRedis::connect("slow_consumers", |b| b).await else {
+        return;
+    };
+    let group = format!("slow-{}", unique());
+    let options = SubscribeOptions::new("jobs.created")
+        .group(&group)
+        .ack_wait(Duration::from_secs(10));
+    let handled: Arc<Mutex<Vec<(String, u32, usize)>>> = Arc::default();
+    let mut consumers = JoinSet::new();
+    let mut connections = Vec::new();
+    for consumer in 0..CONSUMERS {
+        let connection = redis
+            .another(|b| b.claim_interval(Duration::from_millis(20)))
+            .await;
+        let mut subscription = connection
+            .subscribe(options.clone())
+            .await
+            .expect("subscribed");
+        connections.push(connection);
+        let handled = Arc::clone(&handled);
+        consumers.spawn(async move {
+            while let Some(delivery) = subscription.next().await {
+                let delivery = delivery.expect("a delivery");
+                // The work of a slow consumer.
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                let id = delivery.event().id.clone();
+                let attempt = delivery.attempt();
+                delivery.ack().await.expect("acked");
+                handled
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push((id, attempt, consumer));
+            }
+        });
+    }
+    let events: Vec<WireEvent> = (0..EVENTS)
+        .map(|n| WireEvent::new(format!("job-{n}-{}", unique()), "s", "jobs.created", "{}"))
+        .collect();
+    for event in &events {
+        redis.publish(event.clone()).await.expect("published");
+    }
+    common::eventually("every event handled", || {
+        let count = handled.lock().unwrap_or_else(PoisonError::into_inner).len();
+        async move { count >= EVENTS }
+    })
+    .await;
+    consumers.abort_all();
+    let handled = handled
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut times: HashMap<&str, usize> = HashMap::new();
+    for (id, attempt, _) in &handled {
+        *times.entry(id.as_str()).or_default() += 1;
+        assert_eq!(
+            *attempt, 1,
+            "{id} was delivered again: claimed from a live consumer"
+        );
+    }
+    for event in &events {
+        assert_eq!(
+            times.get(event.id.as_str()),
+            Some(&1),
+            "{} not handled once",
+            event.id
+        );
+    }
+    let busy: HashSet<usize> = handled.iter().map(|(_, _, consumer)| *consumer).collect();
+    assert!(busy.len() > 1, "the group spread the work: {busy:?}");
+    let mut conn = redis.connection();
+    let summary: Value = redis::cmd("XPENDING")
+        .arg(redis.stream_key("jobs.created"))
+        .arg(&group)
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    let Value::Array(summary) = summary else {
+        panic!("XPENDING summary: {summary:?}");
+    };
+    assert_eq!(
+        summary.first(),
+        Some(&Value::Int(0)),
+        "entries left pending"
+    );
+}
+
+/// Subscriptions outside any group, on three connections: each gets every event, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_group_every_subscription_gets_every_event() {
+    let Some(redis) = TestRedis::connect("fan_out_without_group", |b| b).await else {
+        return;
+    };
+    let mut subscriptions = Vec::new();
+    let mut connections = Vec::new();
+    for _ in 0..3 {
+        let connection = redis.another(|b| b).await;
+        subscriptions.push(
+            connection
+                .subscribe(SubscribeOptions::new("news.*"))
+                .await
+                .expect("subscribed"),
+        );
+        connections.push(connection);
+    }
+    let events: Vec<WireEvent> = (0..50)
+        .map(|n| {
+            let name = if n % 2 == 0 { "news.eu" } else { "news.us" };
+            WireEvent::new(format!("news-{n}-{}", unique()), "s", name, "{}")
+        })
+        .collect();
+    for event in &events {
+        redis.publish(event.clone()).await.expect("published");
+    }
+    let expected: HashSet<String> = events.iter().map(|e| e.id.clone()).collect();
+    for (index, subscription) in subscriptions.iter_mut().enumerate() {
+        let mut got = HashSet::new();
+        while got.len() < expected.len() {
+            let delivery = next(subscription, "the next event").await;
+            assert_eq!(delivery.attempt(), 1);
+            assert!(
+                got.insert(delivery.event().id.clone()),
+                "subscription {index} got {} twice",
+                delivery.event().id
+            );
+            delivery.ack().await.expect("acked");
+        }
+        assert_eq!(got, expected);
+        assert!(!arrives_within(subscription, Duration::from_millis(300)).await);
+    }
+}
+
+/// An instance dies holding a delivery, its subscription never closed (leaked, as a killed
+/// process leaves it); its next life, with the same instance name, first re-reads what was
+/// pending on it, long before the ack wait would give it to anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_instance_rereads_its_own_pending_entries() {
+    let Some(redis) = TestRedis::connect("own_pending", |b| b).await else {
+        return;
+    };
+    let instance = format!("svc-{}", unique());
+    let options = SubscribeOptions::new("mail.send")
+        .group(format!("mailer-{}", unique()))
+        .ack_wait(Duration::from_secs(3600));
+    let first_life = redis.another(|b| b.instance_name(&instance)).await;
+    let mut subscription = first_life
+        .subscribe(options.clone())
+        .await
+        .expect("subscribed");
+    let event = WireEvent::new(format!("mail-{}", unique()), "s", "mail.send", "{}");
+    redis.publish(event.clone()).await.expect("published");
+    let delivery = next(&mut subscription, "the first delivery").await;
+    assert_eq!(delivery.event().id, event.id);
+    // The process dies: nothing is settled, nothing is closed.
+    std::mem::forget(delivery);
+    std::mem::forget(subscription);
+    drop(first_life);
+
+    let second_life = redis.another(|b| b.instance_name(&instance)).await;
+    let mut subscription = second_life.subscribe(options).await.expect("subscribed");
+    let again = next(&mut subscription, "the pending entry, re-read").await;
+    assert_eq!(again.event().id, event.id);
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.expect("acked");
+}
+
+/// A consumer hangs holding a delivery (its subscription open, never read again): once the ack
+/// wait has passed, a live consumer claims the entry with `XAUTOCLAIM`, as another attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_consumers_entry_is_claimed_after_the_ack_wait() {
+    let Some(redis) = TestRedis::connect("hung_consumer", |b| b).await else {
+        return;
+    };
+    let options = SubscribeOptions::new("pay.capture")
+        .group(format!("payments-{}", unique()))
+        .ack_wait(Duration::from_millis(500));
+    let hung = redis.another(|b| b).await;
+    let mut stuck = hung.subscribe(options.clone()).await.expect("subscribed");
+    let event = WireEvent::new(format!("pay-{}", unique()), "s", "pay.capture", "{}");
+    redis.publish(event.clone()).await.expect("published");
+    let delivery = next(&mut stuck, "the first delivery").await;
+    std::mem::forget(delivery);
+
+    let live = redis
+        .another(|b| b.claim_interval(Duration::from_millis(100)))
+        .await;
+    let mut subscription = live.subscribe(options).await.expect("subscribed");
+    let again = tokio::time::timeout(PATIENCE, subscription.next())
+        .await
+        .expect("claimed within the patience")
+        .expect("open")
+        .expect("a delivery");
+    assert_eq!(again.event().id, event.id);
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.expect("acked");
+    drop(stuck);
+}
+
+/// A subscription that closes holding a delivery hands it back to the group at once (claimed
+/// by the next member's first claim, long before the ack wait), and its consumer is removed
+/// once nothing is pending on it: closed subscriptions leave no consumers behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_subscription_hands_back_and_leaves_no_consumer() {
+    let Some(redis) = TestRedis::connect("closed_subscription", |b| {
+        b.claim_interval(Duration::from_millis(100))
+    })
+    .await
+    else {
+        return;
+    };
+    let group = format!("closing-{}", unique());
+    let options = SubscribeOptions::new("cart.updated")
+        .group(&group)
+        .ack_wait(Duration::from_secs(3600));
+    let mut first = redis.subscribe(options.clone()).await.expect("subscribed");
+    let event = WireEvent::new(format!("cart-{}", unique()), "s", "cart.updated", "{}");
+    redis.publish(event.clone()).await.expect("published");
+    let held = next(&mut first, "the first delivery").await;
+    drop(first);
+    std::mem::forget(held); // the process died with it: only the subscription's close counts
+
+    let other = redis
+        .another(|b| b.claim_interval(Duration::from_millis(100)))
+        .await;
+    let mut second = other.subscribe(options).await.expect("subscribed");
+    let again = next(&mut second, "the handed-back entry").await;
+    assert_eq!(again.event().id, event.id);
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.expect("acked");
+    drop(second);
+
+    let key = redis.stream_key("cart.updated");
+    common::eventually("every consumer removed", || {
+        let mut conn = redis.connection();
+        let (key, group) = (key.clone(), group.clone());
+        async move {
+            let consumers: Vec<Value> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&key)
+                .arg(&group)
+                .query_async(&mut conn)
+                .await
+                .expect("XINFO CONSUMERS");
+            consumers.is_empty()
+        }
+    })
+    .await;
+}
