@@ -464,6 +464,10 @@ impl EventBus {
     }
 
     /// Registers an erased listener: the one path every listener takes into the registry.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one fact about the listener, named at every call site"
+    )]
     pub(crate) fn register(
         &self,
         event_name: &str,

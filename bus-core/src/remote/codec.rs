@@ -195,6 +195,10 @@ mod tests {
     struct NotSerde;
 
     #[test]
+    #[expect(
+        clippy::needless_borrow,
+        reason = "the probe is called as generated code calls it, through a reference"
+    )]
     fn the_probe_finds_the_codec_of_serde_types_only() {
         let codec = (&CodecProbe::<Vec<String>>::NEW).codec();
         assert_eq!(

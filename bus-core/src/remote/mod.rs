@@ -234,11 +234,9 @@ impl Remote {
                 .wait_for(|state| !matches!(state, Readiness::Starting))
                 .await
                 .map(|state| state.clone());
-            match state {
-                Ok(Readiness::Failed(error)) => return Err(error),
-                // A consumer whose task ended (its listener was removed) is no longer waited
-                // for.
-                Ok(_) | Err(_) => {}
+            // A consumer whose task ended (its listener was removed) is no longer waited for.
+            if let Ok(Readiness::Failed(error)) = state {
+                return Err(error);
             }
         }
         Ok(())
