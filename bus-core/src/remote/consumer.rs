@@ -126,31 +126,29 @@ impl Consumer {
         })
         .catch_unwind();
         let policy = self.entry.info.policy();
-        let outcome = async {
-            match policy.timeout_after() {
-                Some(timeout) => match tokio::time::timeout(timeout, running).await {
-                    Ok(outcome) => outcome
-                        .map_err(|panic| format!("panicked: {}", panic_message(panic.as_ref()))),
-                    Err(_) => Ok(Err(format!("timed out after {timeout:?}").into())),
-                },
-                None => running
+        // `None` when the listener returned `Ok`, else what went wrong.
+        let failure = async {
+            let finished = match policy.timeout_after() {
+                Some(timeout) => tokio::time::timeout(timeout, running)
                     .await
-                    .map_err(|panic| format!("panicked: {}", panic_message(panic.as_ref()))),
+                    .map_err(|_| timeout),
+                None => Ok(running.await),
+            };
+            match finished {
+                Ok(Ok(Ok(()))) => None,
+                Ok(Ok(Err(error))) => Some(format!("failed: {error}")),
+                Ok(Err(panic)) => Some(format!("panicked: {}", panic_message(panic.as_ref()))),
+                Err(timeout) => Some(format!("failed: timed out after {timeout:?}")),
             }
         };
-        let outcome = tokio::select! {
+        let failure = tokio::select! {
             biased;
             () = self.tasks.cancelled() => {
                 self.tasks.count_aborted();
                 tracing::info!(parent: &span, "aborted by shutdown: left unsettled, the broker delivers it again");
                 return;
             }
-            outcome = outcome.instrument(span.clone()) => outcome,
-        };
-        let failure = match outcome {
-            Ok(Ok(())) => None,
-            Ok(Err(error)) => Some(format!("failed: {error}")),
-            Err(panicked) => Some(panicked),
+            failure = failure.instrument(span.clone()) => failure,
         };
         match failure {
             None => settle(delivery.ack(), &span).await,
