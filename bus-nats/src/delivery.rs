@@ -136,7 +136,12 @@ impl Settle {
         let dead_subject = format!("{}.{}", self.inner.config.prefix, letter.ty);
         match self
             .inner
-            .publish_raw(&dead_subject, &letter.ty, headers, letter.data.clone())
+            .publish_raw(
+                &dead_subject,
+                &letter.ty,
+                || headers.clone(),
+                letter.data.clone(),
+            )
             .await
         {
             Ok(()) => {

@@ -549,7 +549,11 @@ impl Pump {
             (subject, name, headers) = letter(&shorter);
             data = bytes::Bytes::new();
         }
-        match self.inner.publish_raw(&subject, &name, headers, data).await {
+        match self
+            .inner
+            .publish_raw(&subject, &name, || headers.clone(), data)
+            .await
+        {
             Ok(()) => {
                 tracing::warn!(
                     message_subject = %message.subject,

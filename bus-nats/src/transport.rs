@@ -530,17 +530,26 @@ impl Inner {
             )
         })?;
         let subject = format!("{}.{}", self.config.prefix, event.ty);
-        self.publish_raw(&subject, &event.ty, headers, event.data)
+        let mut first = Some(headers);
+        let headers = || {
+            // Built once above without error; the same event gives the same headers again.
+            first
+                .take()
+                .unwrap_or_else(|| names::event_headers(&event).unwrap_or_default())
+        };
+        self.publish_raw(&subject, &event.ty, headers, event.data.clone())
             .await
     }
 
     /// Publishes until the PubAck, retrying what a reconnect may cure until the publish
-    /// deadline. `headers` must carry `Nats-Msg-Id`, so that retries are stored once.
+    /// deadline. `headers` gives each attempt its headers (moved into the first, built again
+    /// for a retry, so the common path copies nothing); they must carry `Nats-Msg-Id`, so that
+    /// retries are stored once.
     pub(crate) async fn publish_raw(
         &self,
         subject: &str,
         event: &str,
-        headers: HeaderMap,
+        mut headers: impl FnMut() -> HeaderMap,
         data: Bytes,
     ) -> Result<(), TransportError> {
         let deadline = Instant::now() + self.config.publish_deadline;
@@ -549,16 +558,25 @@ impl Inner {
             event: event.to_owned(),
             deadline: self.config.publish_deadline,
         };
+        // async-nats bounds an attempt by the request timeout twice (sending, then the
+        // PubAck): while that fits before the deadline, a timer of our own adds nothing.
+        let bounded_by_client = self.config.request_timeout.saturating_mul(2);
         let mut pause = Duration::from_millis(10);
         for attempt in 1_u32.. {
             let message = PublishMessage::build()
                 .payload(data.clone())
-                .headers(headers.clone());
+                .headers(headers());
             let publish = async {
                 let ack = self.js.send_publish(subject.to_owned(), message).await?;
                 ack.await
             };
-            let error = match tokio::time::timeout_at(deadline, publish).await {
+            let outcome = if deadline.saturating_duration_since(Instant::now()) >= bounded_by_client
+            {
+                Ok(publish.await)
+            } else {
+                tokio::time::timeout_at(deadline, publish).await
+            };
+            let error = match outcome {
                 Err(_elapsed) => {
                     tracing::warn!(attempt, "publish not confirmed before the deadline");
                     return Err(timed_out());
