@@ -37,11 +37,11 @@
 //! | bus | Redis |
 //! |---|---|
 //! | event name `a.b.c` | stream `<prefix>:stream:a.b.c` |
-//! | pattern `a.*`, `a.>` | every stream whose name matches, read together: found at subscribe time (`SCAN`, and the set `<prefix>:names`) and later in the stream `<prefix>:names:log`, which a publish appends a name to the first time it is used |
+//! | pattern `a.*`, `a.>` | every stream whose name matches, read together: found at subscribe time (`SCAN`, and the set `<prefix>:names`) and later in the stream `<prefix>:names:log`, which a publish appends a name to the first time it is used (a publish registers its name again every 10 s, so that a flushed registry is rebuilt) |
 //! | [`WireEvent`](bus_core::transport::WireEvent) attributes | stream fields named as the CloudEvents binary-mode headers (`ce-id`, `ce-type`, `content-type`, ...), payload in field `data` |
-//! | publish resolved | the publish script's `XADD` replied: stored (as durable as the server's persistence: use `appendonly yes`) |
+//! | publish resolved | the `XADD` replied: stored (as durable as the server's persistence: use `appendonly yes`) |
 //! | retention | `XADD ... MAXLEN ~ n` or `MINID ~ <now - age>` ([`Retention`]) |
-//! | duplicate id | `SET <prefix>:dedup:<id> NX PX <window>` in the same script: a second publish within the window is dropped |
+//! | duplicate id | the consumer drops an id its group acknowledged through this transport within the [`acked_window`](RedisTransportBuilder::acked_window); with a [`duplicate_window`](RedisTransportBuilder::duplicate_window) (off by default), `SET <prefix>:dedup:<id> NX PX <window>` and the `XADD` in one Lua script: a second publish within the window is not stored |
 //! | group `g` | consumer group `g` on each matching stream, created from the group's first subscribe (record `<prefix>:group:g`) |
 //! | no group | `XREAD` from the moment of the subscribe, with the bookkeeping of redeliveries in the subscription |
 //! | group instance | consumer `<instance>-<n>` ([`instance_name`](RedisTransportBuilder::instance_name)) |

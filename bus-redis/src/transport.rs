@@ -24,8 +24,10 @@ use crate::keys::{self, Keys};
 pub const DEFAULT_KEY_PREFIX: &str = "bus";
 /// The default [`publish_deadline`](RedisTransportBuilder::publish_deadline): 30 s.
 pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
-/// The default [`duplicate_window`](RedisTransportBuilder::duplicate_window): 2 min.
-pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// The default [`duplicate_window`](RedisTransportBuilder::duplicate_window): off. Repeats are
+/// dropped on the consumer side ([`acked_window`](RedisTransportBuilder::acked_window)); the
+/// publish-side window costs a Lua script and a key per event (see the builder method).
+pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::ZERO;
 /// The default [`acked_window`](RedisTransportBuilder::acked_window): 2 min.
 pub const DEFAULT_ACKED_WINDOW: Duration = Duration::from_secs(120);
 /// The default [`acked_capacity`](RedisTransportBuilder::acked_capacity): 100,000 ids.
@@ -68,7 +70,9 @@ pub enum Retention {
     MaxAge(Duration),
 }
 
-/// What the publish script returns for a duplicate.
+/// The publish of a duplicate window or a first-seen name, in one atomic step: `false` for a
+/// duplicate, else the entry's id. The fields go to `XADD` as they are (`unpack`): building a
+/// table of them first cost a quarter of the script's time.
 const PUBLISH_SCRIPT: &str = r"
 local window = tonumber(ARGV[1])
 if window > 0 then
@@ -76,30 +80,28 @@ if window > 0 then
     return false
   end
 end
-local args = {KEYS[1]}
+local id
 if ARGV[3] == 'MAXLEN' then
-  table.insert(args, 'MAXLEN')
-  table.insert(args, '~')
-  table.insert(args, ARGV[4])
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', unpack(ARGV, 5))
 elseif ARGV[3] == 'MINID' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local minid = now - tonumber(ARGV[4])
   if minid < 0 then minid = 0 end
-  table.insert(args, 'MINID')
-  table.insert(args, '~')
-  table.insert(args, string.format('%.0f', minid))
+  id = redis.call('XADD', KEYS[1], 'MINID', '~', string.format('%.0f', minid), '*', unpack(ARGV, 5))
+else
+  id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
 end
-table.insert(args, '*')
-for i = 5, #ARGV do
-  table.insert(args, ARGV[i])
-end
-local id = redis.call('XADD', unpack(args))
 if redis.call('SADD', KEYS[3], ARGV[2]) == 1 then
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', '10000', '*', 'name', ARGV[2])
 end
 return id
 ";
+
+/// How long a name this transport registered (through the publish script) is taken as known,
+/// so that its publishes are a plain `XADD`. After this, the next publish registers it again:
+/// a name registry lost to a flush is rebuilt within this time.
+const NAME_REFRESH: Duration = Duration::from_secs(10);
 
 /// Creates a group's record if missing; returns its pattern and start either way.
 const GROUP_SCRIPT: &str = r"
@@ -116,12 +118,14 @@ return redis.call('HMGET', KEYS[1], 'pattern', 'start')
 ///   dead letters go to `<prefix>:stream:dead-letter.a.b.c`. Each entry holds the CloudEvents
 ///   binary-mode headers as fields (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`,
 ///   `ce-time`, `content-type`, `ce-<extension>`) and the payload in the field `data`.
-/// - **Publish** runs one Lua script: `SET <prefix>:dedup:<id> NX PX <duplicate window>` (a
-///   duplicate stops here and the publish resolves `Ok`), `XADD` with the
-///   [retention](RedisTransportBuilder::retention), and the registration of the name in
-///   `<prefix>:names` (and, the first time, in the stream `<prefix>:names:log`). It resolves once
-///   Redis replied, on the shared multiplexed connection; while Redis is away the publish is
-///   retried (the dedup key makes the retry store it once) until the
+/// - **Publish** is one `XADD` with the [retention](RedisTransportBuilder::retention). A Lua
+///   script does it instead when more is needed in the same step: with a
+///   [duplicate window](RedisTransportBuilder::duplicate_window), `SET <prefix>:dedup:<id> NX
+///   PX <window>` first (a duplicate stops there and the publish resolves `Ok`); and, for a
+///   name this transport has not registered in the last 10 s, the registration of the name in
+///   `<prefix>:names` (and, the first time, in the stream `<prefix>:names:log`) that pattern
+///   subscribers discover streams by. It resolves once Redis replied, on the shared
+///   multiplexed connection; while Redis is away the publish is retried until the
 ///   [publish deadline](RedisTransportBuilder::publish_deadline).
 /// - **Subscribe** reads, on a connection of its own (blocking reads never use the shared
 ///   connection), every stream whose name matches the pattern: found at start (`SCAN`, and the
@@ -188,6 +192,8 @@ pub(crate) struct Inner {
     /// The consumer slots in use per group: a subscription's consumer is
     /// `<instance>-<slot>`, the lowest free slot.
     slots: Mutex<HashMap<String, BTreeSet<u32>>>,
+    /// The names this transport registered, and when: see [`NAME_REFRESH`].
+    registered: Mutex<HashMap<String, Instant>>,
 }
 
 /// The settled configuration.
@@ -247,19 +253,25 @@ impl RedisTransportBuilder {
     }
 
     /// How long a publish (and a dead letter, and an ack) keeps being retried while Redis is
-    /// away before it fails with [`TransportError::PublishTimedOut`]. Keep it within the
-    /// [duplicate window](Self::duplicate_window), so that a retried publish is stored once.
-    /// Default: [`DEFAULT_PUBLISH_DEADLINE`] (30 s).
+    /// away before it fails with [`TransportError::PublishTimedOut`]. A retry whose first
+    /// attempt was stored after all stores the event twice, unless a
+    /// [duplicate window](Self::duplicate_window) at least this long is set; without one, the
+    /// consumer side drops the second copy when its group acknowledged the first through the
+    /// same transport ([`acked_window`](Self::acked_window)). Default:
+    /// [`DEFAULT_PUBLISH_DEADLINE`] (30 s).
     pub fn publish_deadline(mut self, deadline: Duration) -> Self {
         self.publish_deadline = deadline;
         self
     }
 
     /// The publish-side duplicate window: a publish of an event id published less than this
-    /// long ago is dropped (and resolves `Ok`). Each id published costs one key
-    /// `<prefix>:dedup:<id>` (about 60 bytes plus the id) for this long. `Duration::ZERO`
-    /// turns it off, and then [`Capabilities::deduplicates`] is `false`. Default:
-    /// [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
+    /// long ago is dropped by Redis (and resolves `Ok`), and [`Capabilities::deduplicates`]
+    /// is `true`. It has a price, which is why it is off by default: every publish runs a Lua
+    /// script (`SET NX PX` and `XADD` in one step), which costs Redis about twice the time of
+    /// the plain `XADD` published otherwise (BENCHMARKS.md, scenario (r)), and each id costs
+    /// one key `<prefix>:dedup:<id>` (about 60 bytes plus the id) for this long: 2 minutes at
+    /// 10,000 events/s is 1.2 million keys, about 100 MB. Default:
+    /// [`DEFAULT_DUPLICATE_WINDOW`] (off).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = window;
         self
@@ -445,6 +457,7 @@ async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, Tran
         stats: Stats::default(),
         next_subscription: AtomicU64::new(0),
         slots: Mutex::new(HashMap::new()),
+        registered: Mutex::new(HashMap::new()),
         config,
     };
     // One round trip, so that a server that accepts connections but does not answer fails here.
@@ -612,8 +625,14 @@ impl Inner {
             .map(drop)
     }
 
-    /// Runs the publish script until Redis replies, retrying what a reconnect may cure until
-    /// the publish deadline. `Ok(false)`: a duplicate, dropped.
+    /// Stores an event until Redis replies, retrying what a reconnect may cure until the
+    /// publish deadline. `Ok(false)`: a duplicate, dropped.
+    ///
+    /// The common case is one plain `XADD` (with the retention's `MAXLEN ~`). The publish
+    /// script, which costs Redis about twice the time of an `XADD`, runs only when it must: a
+    /// duplicate window (the `SET NX` and the `XADD` are one step), `MaxAge` retention (the
+    /// server's clock), or a name this transport has not registered in the last
+    /// [`NAME_REFRESH`].
     pub(crate) async fn publish_fields(
         &self,
         name: &str,
@@ -627,18 +646,31 @@ impl Inner {
             Retention::MaxAge(age) => ("MINID", u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
         };
         let window = u64::try_from(self.config.duplicate_window.as_millis()).unwrap_or(u64::MAX);
+        let plain = window == 0 && trim != "MINID" && self.is_registered(name);
         let mut invocation = self.publish_script.prepare_invoke();
-        invocation
-            .key(&key)
-            .key(self.keys.dedup(id))
-            .key(self.keys.names())
-            .key(self.keys.names_log())
-            .arg(window)
-            .arg(name)
-            .arg(trim)
-            .arg(limit);
-        for (field, value) in &fields {
-            invocation.arg(field.as_str()).arg(value.as_ref());
+        let mut command = redis::cmd("XADD");
+        if plain {
+            command.arg(&key);
+            if trim == "MAXLEN" {
+                command.arg("MAXLEN").arg("~").arg(limit);
+            }
+            command.arg("*");
+            for (field, value) in &fields {
+                command.arg(field.as_str()).arg(value.as_ref());
+            }
+        } else {
+            invocation
+                .key(&key)
+                .key(self.keys.dedup(id))
+                .key(self.keys.names())
+                .key(self.keys.names_log())
+                .arg(window)
+                .arg(name)
+                .arg(trim)
+                .arg(limit);
+            for (field, value) in &fields {
+                invocation.arg(field.as_str()).arg(value.as_ref());
+            }
         }
         let deadline = Instant::now() + self.config.publish_deadline;
         let timed_out = || TransportError::PublishTimedOut {
@@ -649,7 +681,13 @@ impl Inner {
         let mut pause = Duration::from_millis(10);
         for attempt in 1_u32.. {
             let mut conn = self.conn.clone();
-            let sent = invocation.invoke_async::<Option<String>>(&mut conn);
+            let sent = async {
+                if plain {
+                    command.query_async::<Option<String>>(&mut conn).await
+                } else {
+                    invocation.invoke_async::<Option<String>>(&mut conn).await
+                }
+            };
             let error = match tokio::time::timeout_at(deadline, sent).await {
                 Err(_elapsed) => {
                     tracing::warn!(attempt, "publish not confirmed before the deadline");
@@ -657,6 +695,9 @@ impl Inner {
                 }
                 Ok(Ok(Some(entry))) => {
                     tracing::trace!(attempt, entry, "stored");
+                    if !plain {
+                        self.registered(name);
+                    }
                     return Ok(true);
                 }
                 Ok(Ok(None)) => {
@@ -678,6 +719,31 @@ impl Inner {
             pause = (pause * 2).min(MAX_RETRY_DELAY);
         }
         Err(timed_out())
+    }
+
+    /// Whether `name` was registered by this transport less than [`NAME_REFRESH`] ago.
+    fn is_registered(&self, name: &str) -> bool {
+        let registered = self
+            .registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        registered
+            .get(name)
+            .is_some_and(|at| at.elapsed() < NAME_REFRESH)
+    }
+
+    /// Notes that the publish script just registered `name`.
+    fn registered(&self, name: &str) {
+        let mut registered = self
+            .registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match registered.get_mut(name) {
+            Some(at) => *at = Instant::now(),
+            None => {
+                registered.insert(name.to_owned(), Instant::now());
+            }
+        }
     }
 
     /// `XACK`, retried through reconnects until the publish deadline. A group that is gone

@@ -1,15 +1,19 @@
 //! The transport conformance suite (`bus-conformance`) on Redis Streams, twice:
 //!
 //! - `shared`: on the machine's server (127.0.0.1:6379), a fresh key prefix per case (its keys
-//!   deleted after it). Not restartable: `broker_restart` is skipped there, by name.
+//!   deleted after it), with the transport's defaults: publishes are plain `XADD`s. Not
+//!   restartable and not deduplicating at the broker: `broker_restart` and `dedup` are skipped
+//!   there, by name.
 //! - `private`: on a `redis-server --appendonly yes` each case starts for itself on a free
-//!   port, which the harness may restart: every case runs, `broker_restart` included.
+//!   port, which the harness may restart, with a duplicate window (publishes go through the
+//!   Lua script): every case runs, `broker_restart` and `dedup` included.
 //!
 //! An unreachable broker fails the case (the suite never skips one).
 
 mod common;
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use bus_conformance::Harness;
 use bus_core::transport::{BoxFuture, Transport};
@@ -60,6 +64,11 @@ impl Harness for RedisHarness {
             let transport = RedisTransport::builder(self.first.url.clone())
                 .key_prefix(self.first.prefix.clone())
                 .restartable(self.server.is_some())
+                .duplicate_window(if self.server.is_some() {
+                    Duration::from_secs(120)
+                } else {
+                    Duration::ZERO
+                })
                 .connect()
                 .await
                 .unwrap_or_else(|error| {
