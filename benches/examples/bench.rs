@@ -3,12 +3,15 @@
 //!
 //! ```text
 //! cargo run --release -p bus-benches --example bench -- [--quick] [--runs N]
-//!     [--only a,b,c,d,d1,e,g,n] [--runtime mt|ct] [--system NAME,...]
+//!     [--only a,b,c,d,d1,e,g,n,r] [--runtime mt|ct] [--system NAME,...]
 //! ```
 //!
 //! Scenario `n` (issue 5) is the NATS JetStream transport beside a raw `async-nats` loop, on
 //! the server at `NATS_URL` (default `127.0.0.1:4222`); `--runtime` and `--system` do not
 //! apply to it, and it is skipped, with the reason, when the server or JetStream is not there.
+//! Scenario `r` (issue 6) is the same for the Redis Streams transport beside a raw `redis`
+//! XADD / XREADGROUP loop, on the server at `REDIS_URL` (default `redis://127.0.0.1:6379`),
+//! skipped likewise when Redis (7 or later) is not there.
 //!
 //! Progress goes to stderr, the tables to stdout. Scenario (g) runs each system in a fresh
 //! process (this program, re-executed with `--memory-child`), so peaks do not mix.
@@ -19,10 +22,10 @@ use std::time::Instant;
 
 use bus_benches::{
     Contender, Flavor, Header, Job, NotApplicable, Output, Plan, Results, Scenario, Value,
-    contenders, load_average, machine, nats,
+    contenders, load_average, machine, nats, redis,
 };
 
-const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,g,n] \
+const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,g,n,r] \
                      [--runtime mt|ct] [--system NAME,...]";
 
 struct Options {
@@ -33,6 +36,8 @@ struct Options {
     systems: Option<Vec<String>>,
     /// Scenario (n): the NATS JetStream transport.
     nats: bool,
+    /// Scenario (r): the Redis Streams transport.
+    redis: bool,
 }
 
 fn main() -> ExitCode {
@@ -61,7 +66,14 @@ fn main() -> ExitCode {
     let divisor = if options.quick { 10 } else { 1 };
     let started = Instant::now();
 
-    let nats = options.nats.then(|| nats_scenario(options.runs, divisor));
+    // The transport scenarios, each a markdown section of its own, in this order.
+    let transports: Vec<String> = [
+        options.nats.then(|| nats_scenario(options.runs, divisor)),
+        options.redis.then(|| redis_scenario(options.runs, divisor)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
 
     for &scenario in &options.scenarios {
         let job = scenario.job(divisor);
@@ -126,17 +138,16 @@ fn main() -> ExitCode {
         scenarios: options.scenarios,
         flavors: options.flavors,
     };
-    if !header.scenarios.is_empty() || nats.is_none() {
+    if !header.scenarios.is_empty() || transports.is_empty() {
         print!("{}", results.render(&header));
-    }
-    if let Some(nats) = nats {
-        if header.scenarios.is_empty() {
-            println!("- command: `{}`", header.command);
-            for line in &header.machine {
-                println!("- {line}");
-            }
+    } else {
+        println!("- command: `{}`", header.command);
+        for line in &header.machine {
+            println!("- {line}");
         }
-        print!("{nats}");
+    }
+    for section in &transports {
+        print!("{section}");
     }
     println!(
         "\nTotal driver time: {:.0} s; load average at the end (1, 5, 15 min): {}.",
@@ -154,6 +165,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         flavors: Flavor::ALL.to_vec(),
         systems: None,
         nats: true,
+        redis: true,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -171,12 +183,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--only" => {
                 let ids = value()?;
                 options.nats = ids.split(',').any(|id| id == "n");
+                options.redis = ids.split(',').any(|id| id == "r");
                 options.scenarios = ids
                     .split(',')
-                    .filter(|&id| id != "n")
+                    .filter(|&id| id != "n" && id != "r")
                     .map(|id| {
                         Scenario::from_id(id).ok_or_else(|| {
-                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, g, n (f waits for patterns, issue 4)")
+                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, g, n, r (f waits for patterns, issue 4)")
                         })
                     })
                     .collect::<Result<_, _>>()?;
@@ -287,7 +300,7 @@ fn nats_scenario(runs: usize, divisor: u64) -> String {
         ));
     }
     for (index, row) in rows.iter().enumerate() {
-        if row.client != nats::Client::Transport {
+        if row.client == nats::Client::Raw {
             continue;
         }
         let Some(raw) = rows.iter().position(|r| *r == row.raw()) else {
@@ -302,6 +315,117 @@ fn nats_scenario(runs: usize, divisor: u64) -> String {
             "| {} ÷ raw (batch {}) | {} | {} | {} / {} |\n",
             row.label(),
             row.fetch_batch,
+            ratio(|m| m.publish),
+            ratio(|m| m.end_to_end),
+            ratio(|m| m.p50),
+            ratio(|m| m.p99),
+        ));
+    }
+    for (index, row) in rows.iter().enumerate() {
+        if let Some(why) = &failures[index] {
+            out.push_str(&format!("\n{} failed: {why}\n", row.label()));
+        }
+    }
+    out
+}
+
+/// Scenario (r): every row of [`redis::Row::ALL`] `runs` times (interleaved: run 1 of every
+/// row, then run 2, ...), and its markdown section. Skipped, with the reason on stderr and in
+/// the section, when the server cannot be reached or is older than Redis 7.
+fn redis_scenario(runs: usize, divisor: u64) -> String {
+    let url = redis::url();
+    let runtime = Flavor::MultiThread.runtime();
+    let version = match redis::probe(&url, &runtime) {
+        Ok(version) => version,
+        Err(why) => {
+            eprintln!("r: skipped: {why}");
+            return format!("\n### (r) Redis Streams transport\n\nSkipped: {why}.\n");
+        }
+    };
+    let counts = redis::Counts::new(divisor);
+    let rows = redis::Row::ALL;
+    let mut measures: Vec<Vec<redis::Measure>> = vec![Vec::new(); rows.len()];
+    let mut failures: Vec<Option<String>> = vec![None; rows.len()];
+    let started = Instant::now();
+    for run in 1..=runs {
+        for (index, &row) in rows.iter().enumerate() {
+            if failures[index].is_some() {
+                continue;
+            }
+            eprint!("r {} run {run}/{runs}: ", row.label());
+            match redis::run(row, counts, &url, &format!("r{run}_{index}"), &runtime) {
+                Ok(m) => {
+                    eprintln!(
+                        "publish {:.0}/s, end to end {:.0}/s, latency p50 {:.0} us, p99 {:.0} us",
+                        m.publish,
+                        m.end_to_end,
+                        m.p50 / 1e3,
+                        m.p99 / 1e3
+                    );
+                    measures[index].push(m);
+                }
+                Err(why) => {
+                    eprintln!("FAILED: {why}");
+                    failures[index] = Some(why);
+                }
+            }
+        }
+    }
+    let median = |index: usize, field: fn(&redis::Measure) -> f64| -> Option<f64> {
+        let mut values: Vec<f64> = measures[index].iter().map(field).collect();
+        values.sort_by(f64::total_cmp);
+        (failures[index].is_none() && !values.is_empty()).then(|| values[values.len() / 2])
+    };
+    let show = |value: Option<f64>, scale: f64, digits: usize| {
+        value.map_or_else(
+            || "failed".to_owned(),
+            |v| format!("{:.digits$}", v / scale),
+        )
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\n### (r) Redis Streams transport: `RedisTransport` beside a raw `redis` loop\n\n\
+         {} event(s) published with {} XADD replies awaited in flight; end to end = the same \
+         count published while one consumer of a group reads (XREADGROUP on a connection of \
+         its own) and acks them all; latency = publish call to receipt, {} samples after {} \
+         warm-up. Server {url}, Redis {version}; {runs} run(s) per row, medians; Redis part \
+         {:.0} s.\n\n",
+        counts.events,
+        counts.window,
+        counts.samples,
+        counts.warmup,
+        started.elapsed().as_secs_f64()
+    ));
+    out.push_str(
+        "| system | publish (events/s) | end to end (events/s) | latency p50 / p99 (µs) |\n\
+         |---|---:|---:|---:|\n",
+    );
+    for (index, row) in rows.iter().enumerate() {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} / {} |\n",
+            row.label(),
+            show(median(index, |m| m.publish), 1.0, 0),
+            show(median(index, |m| m.end_to_end), 1.0, 0),
+            show(median(index, |m| m.p50), 1e3, 0),
+            show(median(index, |m| m.p99), 1e3, 0),
+        ));
+    }
+    for (index, row) in rows.iter().enumerate() {
+        if row.client == redis::Client::Raw {
+            continue;
+        }
+        let Some(raw) = rows.iter().position(|r| *r == row.raw()) else {
+            continue;
+        };
+        let ratio =
+            |field: fn(&redis::Measure) -> f64| match (median(index, field), median(raw, field)) {
+                (Some(a), Some(b)) => format!("{:.2}x", a / b),
+                _ => "-".to_owned(),
+            };
+        out.push_str(&format!(
+            "| {} ÷ raw (COUNT {}) | {} | {} | {} / {} |\n",
+            row.label(),
+            row.read_batch,
             ratio(|m| m.publish),
             ratio(|m| m.end_to_end),
             ratio(|m| m.p50),

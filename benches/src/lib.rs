@@ -11,12 +11,15 @@
 //!
 //! - [`nats`]: scenario (n) of issue 5, the NATS JetStream transport beside a raw
 //!   `async-nats` loop, against a real server (the driver runs it; criterion does not).
+//! - [`redis`]: scenario (r) of issue 6, the Redis Streams transport beside a raw `redis`
+//!   XADD / XREADGROUP loop, against a real server (the driver runs it, likewise).
 //!
 //! `benches/dispatch.rs` (criterion, `cargo bench`) and `examples/bench.rs` (the driver that
 //! prints `BENCHMARKS.md`'s tables) both run through [`Contender::run`].
 
 mod contender;
 pub mod nats;
+pub mod redis;
 mod report;
 mod run;
 mod scenario;

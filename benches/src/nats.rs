@@ -18,22 +18,27 @@
 //! the raw loop does not do is what the transport adds: checking and re-decoding the event
 //! before publishing, decoding every message received into a [`WireEvent`], and boxing.
 //!
-//! The bus-level path (emit through a bus wired to a transport) does not exist yet: this
-//! measures the transport layer.
+//! The bus rows do the same through an `EventBus` wired to a `NatsTransport` (see
+//! [`measure_bus`]): what `emit` and a distributed listener cost on top of the transport.
 
 use std::collections::HashSet;
+use std::future::IntoFuture;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::{self, Stream as PullStream};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
+use bus::EventBus;
 use bus_core::transport::{
     Delivery, SubscribeOptions, Transport, TransportSubscription, WireEvent,
 };
 use bus_nats::NatsTransport;
 use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
 /// The server the scenario uses unless `NATS_URL` says otherwise.
@@ -86,6 +91,8 @@ pub enum Client {
     Raw,
     /// `bus_nats::NatsTransport` through the `Transport` trait.
     Transport,
+    /// An `EventBus` wired to a `NatsTransport`: `emit` publishes, a listener consumes.
+    Bus,
 }
 
 /// One row of the table: a client, and how many messages a pull request asks for.
@@ -100,13 +107,17 @@ pub struct Row {
 
 impl Row {
     /// The rows, in table order: each batch size with the raw loop first.
-    pub const ALL: [Row; 4] = [
+    pub const ALL: [Row; 6] = [
         Row {
             client: Client::Raw,
             fetch_batch: 1,
         },
         Row {
             client: Client::Transport,
+            fetch_batch: 1,
+        },
+        Row {
+            client: Client::Bus,
             fetch_batch: 1,
         },
         Row {
@@ -115,6 +126,10 @@ impl Row {
         },
         Row {
             client: Client::Transport,
+            fetch_batch: 64,
+        },
+        Row {
+            client: Client::Bus,
             fetch_batch: 64,
         },
     ];
@@ -125,6 +140,8 @@ impl Row {
             (Client::Raw, n) => format!("raw async-nats, batch {n}"),
             (Client::Transport, 1) => "NatsTransport (default fetch_batch 1)".to_owned(),
             (Client::Transport, n) => format!("NatsTransport, fetch_batch({n})"),
+            (Client::Bus, 1) => "EventBus on NatsTransport (fetch_batch 1)".to_owned(),
+            (Client::Bus, n) => format!("EventBus on NatsTransport, fetch_batch({n})"),
         }
     }
 
@@ -203,7 +220,12 @@ pub fn run(
             .await
             .map_err(|e| format!("NATS unreachable at {url}: {e}"))?;
         let admin_js = jetstream::new(admin.clone());
-        let outcome = measure(row, counts, url, &prefix, &stream_name).await;
+        let outcome = match row.client {
+            Client::Bus => measure_bus(row, counts, url, &prefix, &stream_name).await,
+            Client::Raw | Client::Transport => {
+                measure(row, counts, url, &prefix, &stream_name).await
+            }
+        };
         let deleted = admin_js.delete_stream(&stream_name).await;
         let _ = admin.flush().await;
         let measure = outcome?;
@@ -286,6 +308,119 @@ async fn measure(
     })
 }
 
+/// The event a bus row emits: serde, so the bus publishes it (JSON) and its listener is
+/// distributed.
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    seq: u64,
+}
+
+/// The three phases through an `EventBus` of service `bench` wired to a `NatsTransport`:
+/// awaiting an `Emission` waits for the PubAck; the listener (a distributed one, group
+/// `bench.<listener>`, the default concurrency) gets each event from the broker, and the bus
+/// acks it when the listener returns. End to end is timed until every event was handled and
+/// every publish confirmed (the acks are sent as each listener returns, not awaited).
+async fn measure_bus(
+    row: Row,
+    counts: Counts,
+    url: &str,
+    prefix: &str,
+    stream_name: &str,
+) -> Result<Measure, String> {
+    let transport = NatsTransport::builder(url)
+        .subject_prefix(prefix)
+        .stream_name(stream_name)
+        .fetch_batch(row.fetch_batch)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let bus = EventBus::builder()
+        .service("bench")
+        .transport(transport.clone())
+        .codec::<Order>()
+        .build();
+    let emit_all = |bus: EventBus, base: u64| async move {
+        futures_util::stream::iter(base..base + counts.events)
+            .map(|seq| bus.emit(EVENT, Order { seq }).into_future())
+            .buffered(counts.window)
+            .map(|report| match report.published() {
+                Some(Ok(())) => Ok(()),
+                Some(Err(error)) => Err(format!("publish failed: {error}")),
+                None => Err("the emit was not published".to_owned()),
+            })
+            .try_for_each(|()| std::future::ready(Ok(())))
+            .await
+    };
+
+    // 1. Publish (no listener yet: the events go to the stream only).
+    let start = Instant::now();
+    guard("publish", emit_all(bus.clone(), 0)).await??;
+    let publish = rate(counts.events, start.elapsed());
+
+    // 2. End to end, through a listener whose consumer exists before the first emit.
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    bus.add_listener(EVENT, move |order: Arc<Order>| {
+        let _ = sender.send(order.seq);
+        async {}
+    });
+    bus.ready().await.map_err(|e| e.to_string())?;
+    let base = counts.events;
+    let start = Instant::now();
+    let publishing = tokio::spawn(emit_all(bus.clone(), base));
+    let mut seen = HashSet::with_capacity(usize::try_from(counts.events).unwrap_or(0));
+    guard("end to end", async {
+        while (seen.len() as u64) < counts.events {
+            let seq = received
+                .recv()
+                .await
+                .ok_or("the listener is gone".to_owned())?;
+            if !(base..base + counts.events).contains(&seq) || !seen.insert(seq) {
+                return Err(format!("event {seq} delivered twice or out of phase"));
+            }
+        }
+        Ok::<_, String>(())
+    })
+    .await??;
+    guard("end to end (publishes)", publishing)
+        .await?
+        .map_err(|e| format!("publishing task: {e}"))??;
+    let end_to_end = rate(counts.events, start.elapsed());
+
+    // 3. Latency: emit to the listener's call.
+    let mut times = Vec::with_capacity(usize::try_from(counts.samples).unwrap_or(0));
+    let base = 2 * counts.events;
+    guard("latency", async {
+        for seq in base..base + counts.warmup + counts.samples {
+            let start = Instant::now();
+            let (report, got) = tokio::join!(bus.emit(EVENT, Order { seq }), async {
+                let got = received.recv().await;
+                (start.elapsed(), got)
+            });
+            if !matches!(report.published(), Some(Ok(()))) {
+                return Err(format!("event {seq} not published: {report:?}"));
+            }
+            let (elapsed, got) = got;
+            if got != Some(seq) {
+                return Err(format!("expected {seq}, received {got:?}"));
+            }
+            if seq >= base + counts.warmup {
+                times.push(elapsed.as_nanos() as f64);
+            }
+        }
+        Ok::<_, String>(())
+    })
+    .await??;
+    times.sort_by(f64::total_cmp);
+    bus.shutdown(Duration::from_secs(5)).await;
+    let _ = transport.client().flush().await;
+    Ok(Measure {
+        publish,
+        end_to_end,
+        p50: percentile(&times, 0.50),
+        p99: percentile(&times, 0.99),
+    })
+}
+
 fn rate(events: u64, elapsed: Duration) -> f64 {
     events as f64 / elapsed.as_secs_f64()
 }
@@ -331,6 +466,18 @@ async fn publish_all(
         .await
 }
 
+/// The pull settings of a `NatsTransport` subscription.
+async fn pull_messages(consumer: &PullConsumer, batch: usize) -> Result<PullStream, String> {
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .expires(Duration::from_secs(30))
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// A connected side of a row.
 struct Side {
     publisher: Publisher,
@@ -340,7 +487,8 @@ struct Side {
 impl Side {
     async fn connect(row: Row, url: &str, prefix: &str, stream_name: &str) -> Result<Side, String> {
         match row.client {
-            Client::Transport => {
+            // A bus row measures through `measure_bus`; its transport side is the same.
+            Client::Transport | Client::Bus => {
                 let transport = NatsTransport::builder(url)
                     .subject_prefix(prefix)
                     .stream_name(stream_name)
@@ -406,16 +554,12 @@ impl Side {
                     })
                     .await
                     .map_err(|e| e.to_string())?;
-                // The pull settings of a `NatsTransport` subscription.
-                let messages = consumer
-                    .stream()
-                    .max_messages_per_batch(row.fetch_batch)
-                    .expires(Duration::from_secs(30))
-                    .heartbeat(Duration::from_secs(5))
-                    .messages()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(Consumer::Raw(messages))
+                let messages = pull_messages(&consumer, row.fetch_batch).await?;
+                Ok(Consumer::Raw {
+                    consumer,
+                    messages,
+                    batch: row.fetch_batch,
+                })
             }
             (Publisher::Raw { .. }, None) => Err("raw side without its stream".to_owned()),
         }
@@ -474,17 +618,32 @@ impl Publisher {
     reason = "one value per side or per message; boxing the raw side would add an allocation it does not make"
 )]
 enum Consumer {
-    Raw(PullStream),
+    Raw {
+        consumer: PullConsumer,
+        messages: PullStream,
+        batch: usize,
+    },
     Transport(TransportSubscription),
 }
 
 impl Consumer {
     async fn receive(&mut self) -> Result<Received, String> {
         match self {
-            Consumer::Raw(messages) => match messages.next().await {
-                Some(Ok(message)) => Ok(Received::Raw(message)),
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("the pull stream ended".to_owned()),
+            // A missed idle heartbeat (seen on a loaded machine) may leave the pull stream
+            // stuck: the raw loop re-opens it, as the transport does.
+            Consumer::Raw {
+                consumer,
+                messages,
+                batch,
+            } => loop {
+                match messages.next().await {
+                    Some(Ok(message)) => return Ok(Received::Raw(message)),
+                    Some(Err(e)) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                        *messages = pull_messages(consumer, *batch).await?;
+                    }
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("the pull stream ended".to_owned()),
+                }
             },
             Consumer::Transport(subscription) => match subscription.next().await {
                 Some(Ok(delivery)) => Ok(Received::Transport(delivery)),
