@@ -1,14 +1,17 @@
-//! Two services, two instances each, as four separate processes on NATS JetStream.
+//! Two services, two instances each, as four separate processes on one broker: NATS
+//! JetStream or Redis Streams, chosen by the URL's scheme.
 //!
 //! ```sh
-//! cargo run --example distributed --features nats            # NATS on 127.0.0.1:4222
-//! BUS_NATS_URL=nats://host:4222 cargo run --example distributed --features nats
+//! cargo run --example distributed --features nats,redis                               # NATS, 127.0.0.1:4222
+//! cargo run --example distributed --features nats,redis -- redis://127.0.0.1:6379     # Redis Streams
+//! cargo run --example distributed --features nats,redis -- nats://host:4222
 //! ```
 //!
-//! This process starts the four workers (itself, run as `distributed worker <service>
+//! This process starts the four workers (itself, run as `distributed worker <url> <service>
 //! <instance>`), waits until each is subscribed, publishes 20 `orders.placed` events, and
 //! reads what the workers print. Each service handles each order once (fan-out across
-//! services), and the two instances of a service share the orders (competing consumers).
+//! services), and the two instances of a service share the orders (competing consumers). The
+//! listeners and the emits are the same on either broker: only `connect` looks at the URL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -17,6 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bus::nats::NatsTransport;
+use bus::redis::RedisTransport;
+use bus::transport::Transport;
 use bus::{EventBus, Group, Policy};
 use serde::{Deserialize, Serialize};
 
@@ -36,29 +41,54 @@ const SERVICES: [&str; 2] = ["billing", "shipping"];
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-async fn connect() -> Result<NatsTransport, Error> {
-    let url = std::env::var("BUS_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let transport = NatsTransport::builder(url)
-        .subject_prefix("demo")
-        .connect()
-        .await?;
-    Ok(transport)
+/// The broker when no URL is given.
+const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+/// The transport for `url`: `nats://` is NATS JetStream, `redis://` (or `rediss://`) Redis
+/// Streams. The keys, subjects and streams of the demo live under the prefix `demo`.
+async fn connect(url: &str) -> Result<Arc<dyn Transport>, Error> {
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    Ok(match scheme {
+        "nats" => Arc::new(
+            NatsTransport::builder(url)
+                .subject_prefix("demo")
+                .connect()
+                .await?,
+        ),
+        "redis" | "rediss" => Arc::new(
+            RedisTransport::builder(url)
+                .key_prefix("demo")
+                .connect()
+                .await?,
+        ),
+        _ => {
+            return Err(format!(
+                "`{url}`: expected a nats:// or redis:// URL, e.g. {DEFAULT_URL} or \
+                 redis://127.0.0.1:6379"
+            )
+            .into());
+        }
+    })
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.as_slice() {
-        [worker, service, instance] if worker == "worker" => run_worker(service, instance).await,
-        _ => run_demo().await,
+        [worker, url, service, instance] if worker == "worker" => {
+            run_worker(url, service, instance).await
+        }
+        [url] => run_demo(url).await,
+        [] => run_demo(DEFAULT_URL).await,
+        _ => Err("usage: distributed [nats://host:port | redis://host:port]".into()),
     }
 }
 
 /// One instance of one service: handles orders until told to stop.
-async fn run_worker(service: &str, instance: &str) -> Result<(), Error> {
+async fn run_worker(url: &str, service: &str, instance: &str) -> Result<(), Error> {
     let bus = EventBus::builder()
         .service(service)
-        .transport(connect().await?)
+        .shared_transport(connect(url).await?)
         .build();
     let (who, what) = (format!("{service}#{instance}"), service.to_owned());
     bus.add_listener("orders.placed", move |order: Arc<OrderPlaced>| {
@@ -88,13 +118,16 @@ async fn run_worker(service: &str, instance: &str) -> Result<(), Error> {
 }
 
 /// Starts the four workers, publishes the orders, and shows who handled what.
-async fn run_demo() -> Result<(), Error> {
+async fn run_demo(url: &str) -> Result<(), Error> {
+    // Fails here, before any worker starts, on a URL of another kind or a broker that is down.
+    let transport = connect(url).await?;
+    println!("broker: {url} ({})", transport.name());
     let exe = std::env::current_exe()?;
     let mut workers: Vec<(String, Child)> = Vec::new();
     for service in SERVICES {
         for instance in ["1", "2"] {
             let child = Command::new(&exe)
-                .args(["worker", service, instance])
+                .args(["worker", url, service, instance])
                 .stdout(Stdio::piped())
                 .spawn()?;
             workers.push((format!("{service}#{instance}"), child));
@@ -128,7 +161,7 @@ async fn run_demo() -> Result<(), Error> {
 
     let bus = EventBus::builder()
         .service("checkout")
-        .transport(connect().await?)
+        .shared_transport(transport)
         .build();
     for id in 0..ORDERS {
         let report = bus.publish(OrderPlaced { id }).await;
