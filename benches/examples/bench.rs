@@ -385,13 +385,14 @@ fn redis_scenario(runs: usize, divisor: u64) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "\n### (r) Redis Streams transport: `RedisTransport` beside a raw `redis` loop\n\n\
-         {} event(s) published with {} XADD replies awaited in flight; end to end = the same \
-         count published while one consumer of a group reads (XREADGROUP on a connection of \
+         {} event(s) published with {} XADD replies awaited in flight; end to end = {} \
+         events published while one consumer of a group reads (XREADGROUP on a connection of \
          its own) and acks them all; latency = publish call to receipt, {} samples after {} \
          warm-up. Server {url}, Redis {version}; {runs} run(s) per row, medians; Redis part \
          {:.0} s.\n\n",
-        counts.events,
+        counts.published,
         counts.window,
+        counts.events,
         counts.samples,
         counts.warmup,
         started.elapsed().as_secs_f64()
