@@ -20,6 +20,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
 
+use bus_benches::broker::{RowLabel, Runs};
 use bus_benches::{
     Contender, Flavor, Header, Job, NotApplicable, Output, Plan, Results, Scenario, Value,
     contenders, load_average, machine, nats, redis,
@@ -219,9 +220,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
     Ok(options)
 }
 
-/// Scenario (n): every row of [`nats::Row::ALL`] `runs` times (interleaved: run 1 of every
-/// row, then run 2, ...), and its markdown section. Skipped, with the reason on stderr and in
-/// the section, when the server cannot be reached.
+/// Scenario (n): every row of [`nats::Row::ALL`] `runs` times, and its markdown section.
+/// Skipped, with the reason on stderr and in the section, when the server cannot be reached.
 fn nats_scenario(runs: usize, divisor: u64) -> String {
     let url = nats::url();
     let runtime = Flavor::MultiThread.runtime();
@@ -234,104 +234,43 @@ fn nats_scenario(runs: usize, divisor: u64) -> String {
     };
     let counts = nats::Counts::new(divisor);
     let rows = nats::Row::ALL;
-    let mut measures: Vec<Vec<nats::Measure>> = vec![Vec::new(); rows.len()];
-    let mut failures: Vec<Option<String>> = vec![None; rows.len()];
-    let started = Instant::now();
-    for run in 1..=runs {
-        for (index, &row) in rows.iter().enumerate() {
-            if failures[index].is_some() {
-                continue;
-            }
-            eprint!("n {} run {run}/{runs}: ", row.label());
-            match nats::run(row, counts, &url, &format!("r{run}_{index}"), &runtime) {
-                Ok(m) => {
-                    eprintln!(
-                        "publish {:.0}/s, end to end {:.0}/s, latency p50 {:.0} us, p99 {:.0} us",
-                        m.publish,
-                        m.end_to_end,
-                        m.p50 / 1e3,
-                        m.p99 / 1e3
-                    );
-                    measures[index].push(m);
-                }
-                Err(why) => {
-                    eprintln!("FAILED: {why}");
-                    failures[index] = Some(why);
-                }
-            }
-        }
-    }
-    let median = |index: usize, field: fn(&nats::Measure) -> f64| -> Option<f64> {
-        let mut values: Vec<f64> = measures[index].iter().map(field).collect();
-        values.sort_by(f64::total_cmp);
-        (failures[index].is_none() && !values.is_empty()).then(|| values[values.len() / 2])
-    };
-    let show = |value: Option<f64>, scale: f64, digits: usize| {
-        value.map_or_else(
-            || "failed".to_owned(),
-            |v| format!("{:.digits$}", v / scale),
+    let labels = rows
+        .iter()
+        .map(|row| RowLabel {
+            label: row.label(),
+            against: (row.client != nats::Client::Raw)
+                .then(|| rows.iter().position(|r| *r == row.raw()))
+                .flatten()
+                .map(|raw| (raw, format!("raw (batch {})", row.fetch_batch))),
+        })
+        .collect();
+    let measured = Runs::measure("n", labels, runs, |index, run| {
+        nats::run(
+            rows[index],
+            counts,
+            &url,
+            &format!("r{run}_{index}"),
+            &runtime,
         )
-    };
-    let mut out = String::new();
-    out.push_str(&format!(
+    });
+    format!(
         "\n### (n) NATS JetStream transport: `NatsTransport` beside a raw `async-nats` loop\n\n\
          {} event(s) published with {} PubAcks awaited in flight; end to end = the same count \
          published while one durable pull consumer receives and acks them all; latency = \
          publish call to receipt, {} samples after {} warm-up. Server {url}, nats-server {version}; \
-         {runs} run(s) per row, medians; NATS part {:.0} s.\n\n",
+         {runs} run(s) per row, medians; NATS part {:.0} s.\n\n{}",
         counts.events,
         counts.window,
         counts.samples,
         counts.warmup,
-        started.elapsed().as_secs_f64()
-    ));
-    out.push_str(
-        "| system | publish (events/s) | end to end (events/s) | latency p50 / p99 (µs) |\n\
-         |---|---:|---:|---:|\n",
-    );
-    for (index, row) in rows.iter().enumerate() {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} / {} |\n",
-            row.label(),
-            show(median(index, |m| m.publish), 1.0, 0),
-            show(median(index, |m| m.end_to_end), 1.0, 0),
-            show(median(index, |m| m.p50), 1e3, 0),
-            show(median(index, |m| m.p99), 1e3, 0),
-        ));
-    }
-    for (index, row) in rows.iter().enumerate() {
-        if row.client == nats::Client::Raw {
-            continue;
-        }
-        let Some(raw) = rows.iter().position(|r| *r == row.raw()) else {
-            continue;
-        };
-        let ratio =
-            |field: fn(&nats::Measure) -> f64| match (median(index, field), median(raw, field)) {
-                (Some(a), Some(b)) => format!("{:.2}x", a / b),
-                _ => "-".to_owned(),
-            };
-        out.push_str(&format!(
-            "| {} ÷ raw (batch {}) | {} | {} | {} / {} |\n",
-            row.label(),
-            row.fetch_batch,
-            ratio(|m| m.publish),
-            ratio(|m| m.end_to_end),
-            ratio(|m| m.p50),
-            ratio(|m| m.p99),
-        ));
-    }
-    for (index, row) in rows.iter().enumerate() {
-        if let Some(why) = &failures[index] {
-            out.push_str(&format!("\n{} failed: {why}\n", row.label()));
-        }
-    }
-    out
+        measured.elapsed_secs(),
+        measured.table()
+    )
 }
 
-/// Scenario (r): every row of [`redis::Row::ALL`] `runs` times (interleaved: run 1 of every
-/// row, then run 2, ...), and its markdown section. Skipped, with the reason on stderr and in
-/// the section, when the server cannot be reached or is older than Redis 7.
+/// Scenario (r): every row of [`redis::Row::ALL`] `runs` times, and its markdown section.
+/// Skipped, with the reason on stderr and in the section, when the server cannot be reached
+/// or is older than Redis 7.
 fn redis_scenario(runs: usize, divisor: u64) -> String {
     let url = redis::url();
     let runtime = Flavor::MultiThread.runtime();
@@ -344,101 +283,40 @@ fn redis_scenario(runs: usize, divisor: u64) -> String {
     };
     let counts = redis::Counts::new(divisor);
     let rows = redis::Row::ALL;
-    let mut measures: Vec<Vec<redis::Measure>> = vec![Vec::new(); rows.len()];
-    let mut failures: Vec<Option<String>> = vec![None; rows.len()];
-    let started = Instant::now();
-    for run in 1..=runs {
-        for (index, &row) in rows.iter().enumerate() {
-            if failures[index].is_some() {
-                continue;
-            }
-            eprint!("r {} run {run}/{runs}: ", row.label());
-            match redis::run(row, counts, &url, &format!("r{run}_{index}"), &runtime) {
-                Ok(m) => {
-                    eprintln!(
-                        "publish {:.0}/s, end to end {:.0}/s, latency p50 {:.0} us, p99 {:.0} us",
-                        m.publish,
-                        m.end_to_end,
-                        m.p50 / 1e3,
-                        m.p99 / 1e3
-                    );
-                    measures[index].push(m);
-                }
-                Err(why) => {
-                    eprintln!("FAILED: {why}");
-                    failures[index] = Some(why);
-                }
-            }
-        }
-    }
-    let median = |index: usize, field: fn(&redis::Measure) -> f64| -> Option<f64> {
-        let mut values: Vec<f64> = measures[index].iter().map(field).collect();
-        values.sort_by(f64::total_cmp);
-        (failures[index].is_none() && !values.is_empty()).then(|| values[values.len() / 2])
-    };
-    let show = |value: Option<f64>, scale: f64, digits: usize| {
-        value.map_or_else(
-            || "failed".to_owned(),
-            |v| format!("{:.digits$}", v / scale),
+    let labels = rows
+        .iter()
+        .map(|row| RowLabel {
+            label: row.label(),
+            against: (row.client != redis::Client::Raw)
+                .then(|| rows.iter().position(|r| *r == row.raw()))
+                .flatten()
+                .map(|raw| (raw, format!("raw (COUNT {})", row.read_batch))),
+        })
+        .collect();
+    let measured = Runs::measure("r", labels, runs, |index, run| {
+        redis::run(
+            rows[index],
+            counts,
+            &url,
+            &format!("r{run}_{index}"),
+            &runtime,
         )
-    };
-    let mut out = String::new();
-    out.push_str(&format!(
+    });
+    format!(
         "\n### (r) Redis Streams transport: `RedisTransport` beside a raw `redis` loop\n\n\
          {} event(s) published with {} XADD replies awaited in flight; end to end = {} \
          events published while one consumer of a group reads (XREADGROUP on a connection of \
          its own) and acks them all; latency = publish call to receipt, {} samples after {} \
          warm-up. Server {url}, Redis {version}; {runs} run(s) per row, medians; Redis part \
-         {:.0} s.\n\n",
+         {:.0} s.\n\n{}",
         counts.published,
         counts.window,
         counts.events,
         counts.samples,
         counts.warmup,
-        started.elapsed().as_secs_f64()
-    ));
-    out.push_str(
-        "| system | publish (events/s) | end to end (events/s) | latency p50 / p99 (µs) |\n\
-         |---|---:|---:|---:|\n",
-    );
-    for (index, row) in rows.iter().enumerate() {
-        out.push_str(&format!(
-            "| {} | {} | {} | {} / {} |\n",
-            row.label(),
-            show(median(index, |m| m.publish), 1.0, 0),
-            show(median(index, |m| m.end_to_end), 1.0, 0),
-            show(median(index, |m| m.p50), 1e3, 0),
-            show(median(index, |m| m.p99), 1e3, 0),
-        ));
-    }
-    for (index, row) in rows.iter().enumerate() {
-        if row.client == redis::Client::Raw {
-            continue;
-        }
-        let Some(raw) = rows.iter().position(|r| *r == row.raw()) else {
-            continue;
-        };
-        let ratio =
-            |field: fn(&redis::Measure) -> f64| match (median(index, field), median(raw, field)) {
-                (Some(a), Some(b)) => format!("{:.2}x", a / b),
-                _ => "-".to_owned(),
-            };
-        out.push_str(&format!(
-            "| {} ÷ raw (COUNT {}) | {} | {} | {} / {} |\n",
-            row.label(),
-            row.read_batch,
-            ratio(|m| m.publish),
-            ratio(|m| m.end_to_end),
-            ratio(|m| m.p50),
-            ratio(|m| m.p99),
-        ));
-    }
-    for (index, row) in rows.iter().enumerate() {
-        if let Some(why) = &failures[index] {
-            out.push_str(&format!("\n{} failed: {why}\n", row.label()));
-        }
-    }
-    out
+        measured.elapsed_secs(),
+        measured.table()
+    )
 }
 
 /// A shorter job of the same shape, to warm up with.

@@ -9,6 +9,8 @@
 //!   each handler counts itself, and the runner waits for the count, under a guard timeout that
 //!   panics. A system that loses events can never produce a number.
 //!
+//! - [`broker`]: what (n) and (r) share: the event, the phase guard, the measure of a run, the
+//!   loop over the rows and the table.
 //! - [`nats`]: scenario (n) of issue 5, the NATS JetStream transport beside a raw
 //!   `async-nats` loop, against a real server (the driver runs it; criterion does not).
 //! - [`redis`]: scenario (r) of issue 6, the Redis Streams transport beside a raw `redis`
@@ -17,6 +19,7 @@
 //! `benches/dispatch.rs` (criterion, `cargo bench`) and `examples/bench.rs` (the driver that
 //! prints `BENCHMARKS.md`'s tables) both run through [`Contender::run`].
 
+pub mod broker;
 mod contender;
 pub mod nats;
 pub mod redis;

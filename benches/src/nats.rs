@@ -26,6 +26,7 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::broker::{EVENT, GROUP, Measure, event, guard, percentile, rate};
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::{self, Stream as PullStream};
@@ -43,15 +44,6 @@ use tokio::runtime::Runtime;
 
 /// The server the scenario uses unless `NATS_URL` says otherwise.
 pub const DEFAULT_URL: &str = "127.0.0.1:4222";
-
-/// How long any phase of a row may take before the row fails.
-const PHASE_GUARD: Duration = Duration::from_secs(60);
-
-/// The event name (subject `<prefix>.bench.e`).
-const EVENT: &str = "bench.e";
-
-/// The group (durable consumer) both sides consume through.
-const GROUP: &str = "bench";
 
 /// The server's URL: `NATS_URL`, or [`DEFAULT_URL`].
 pub fn url() -> String {
@@ -152,19 +144,6 @@ impl Row {
             ..self
         }
     }
-}
-
-/// What one run of one row measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Measure {
-    /// Events per second, all PubAcks received.
-    pub publish: f64,
-    /// Events per second, published, received and acked.
-    pub end_to_end: f64,
-    /// Publish to receipt, median, in nanoseconds.
-    pub p50: f64,
-    /// Publish to receipt, 99th percentile, in nanoseconds.
-    pub p99: f64,
 }
 
 /// Connects to the server at `url` and checks that JetStream answers; returns the server's
@@ -419,37 +398,6 @@ async fn measure_bus(
         p50: percentile(&times, 0.50),
         p99: percentile(&times, 0.99),
     })
-}
-
-fn rate(events: u64, elapsed: Duration) -> f64 {
-    events as f64 / elapsed.as_secs_f64()
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-async fn guard<T>(phase: &str, future: impl Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(PHASE_GUARD, future)
-        .await
-        .map_err(|_| format!("{phase}: not done within {PHASE_GUARD:?}"))
-}
-
-/// Event `seq` of phase `tag`: the attributes a bus would send (id, source, type, time,
-/// content type) and a small JSON payload.
-fn event(prefix: &str, tag: &str, seq: u64) -> WireEvent {
-    WireEvent::new(
-        format!("{prefix}-{tag}-{seq}"),
-        "bench",
-        EVENT,
-        format!("{{\"seq\":{seq}}}"),
-    )
-    .at(SystemTime::now())
-    .content_type("application/json")
 }
 
 /// Publishes `counts.events` events with `counts.window` in flight.

@@ -36,6 +36,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::broker::{EVENT, GROUP, Measure, event, guard, percentile, rate};
 use bus_core::transport::{
     Delivery, SubscribeOptions, Transport, TransportSubscription, WireEvent,
 };
@@ -47,15 +48,6 @@ use tokio::runtime::Runtime;
 
 /// The server the scenario uses unless `REDIS_URL` says otherwise.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
-
-/// How long any phase of a row may take before the row fails.
-const PHASE_GUARD: Duration = Duration::from_secs(60);
-
-/// The event name (stream `<prefix>:stream:bench.e`).
-const EVENT: &str = "bench.e";
-
-/// The consumer group both sides consume through.
-const GROUP: &str = "bench";
 
 /// The raw consumer's name in the group.
 const RAW_CONSUMER: &str = "raw-0";
@@ -169,19 +161,6 @@ impl Row {
             ..self
         }
     }
-}
-
-/// What one run of one row measured.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Measure {
-    /// Events per second, every `XADD` replied.
-    pub publish: f64,
-    /// Events per second, published, received and acked.
-    pub end_to_end: f64,
-    /// Publish to receipt, median, in nanoseconds.
-    pub p50: f64,
-    /// Publish to receipt, 99th percentile, in nanoseconds.
-    pub p99: f64,
 }
 
 /// Connects to the server at `url` and checks that it answers and is Redis 7 or later (what
@@ -369,37 +348,6 @@ async fn measure(row: Row, counts: Counts, url: &str, prefix: &str) -> Result<Me
         p50: percentile(&times, 0.50),
         p99: percentile(&times, 0.99),
     })
-}
-
-fn rate(events: u64, elapsed: Duration) -> f64 {
-    events as f64 / elapsed.as_secs_f64()
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
-async fn guard<T>(phase: &str, future: impl Future<Output = T>) -> Result<T, String> {
-    tokio::time::timeout(PHASE_GUARD, future)
-        .await
-        .map_err(|_| format!("{phase}: not done within {PHASE_GUARD:?}"))
-}
-
-/// Event `seq` of phase `tag`: the attributes a bus would send (id, source, type, time,
-/// content type) and a small JSON payload.
-fn event(prefix: &str, tag: &str, seq: u64) -> WireEvent {
-    WireEvent::new(
-        format!("{prefix}-{tag}-{seq}"),
-        "bench",
-        EVENT,
-        format!("{{\"seq\":{seq}}}"),
-    )
-    .at(SystemTime::now())
-    .content_type("application/json")
 }
 
 /// Publishes `counts.events` events with `counts.window` in flight.
