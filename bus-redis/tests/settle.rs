@@ -1,6 +1,7 @@
-//! Settling in a group, counted on a private server: a nack with a delay is one claim back
-//! once the delay is over, not a busy loop; a nack on the last attempt is a dead letter and an
-//! ack.
+//! What the transport asks of Redis, counted on a private server: a publish is one plain
+//! `XADD` once its name is registered (the Lua script only with a duplicate window); a nack
+//! with a delay is one claim back once the delay is over, not a busy loop; a nack on the last
+//! attempt is a dead letter and an ack.
 
 mod common;
 
@@ -27,6 +28,58 @@ async fn calls(redis: &TestRedis, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|calls| calls.parse().ok())
         .unwrap_or(0)
+}
+
+async fn reset_stats(redis: &TestRedis) {
+    let mut conn = redis.connection();
+    let _: Value = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_is_one_xadd_and_the_script_only_with_a_duplicate_window() {
+    let Some(server) = PrivateRedisServer::start("a_publish_is_one_xadd") else {
+        return;
+    };
+    let Some(redis) = TestRedis::connect_to(&server.url(), "a_publish_is_one_xadd", |b| b).await
+    else {
+        return;
+    };
+    let event = |n: u32| WireEvent::new(format!("plain-{n}"), "s", "orders.paid", "{}");
+    // The first publish of a name registers it (through the script).
+    redis.publish(event(0)).await.expect("published");
+    reset_stats(&redis).await;
+    for n in 1..=10 {
+        redis.publish(event(n)).await.expect("published");
+    }
+    assert_eq!(calls(&redis, "xadd").await, 10, "one XADD per publish");
+    assert_eq!(
+        calls(&redis, "evalsha").await,
+        0,
+        "no script once registered"
+    );
+    assert_eq!(
+        calls(&redis, "set").await,
+        0,
+        "no duplicate marker by default"
+    );
+
+    let deduplicating = redis
+        .another(|b| b.duplicate_window(Duration::from_secs(60)))
+        .await;
+    reset_stats(&redis).await;
+    for n in 11..=20 {
+        deduplicating.publish(event(n)).await.expect("published");
+    }
+    assert_eq!(
+        calls(&redis, "evalsha").await,
+        10,
+        "with a duplicate window, every publish is the script"
+    );
+    assert_eq!(calls(&redis, "set").await, 10, "one duplicate marker each");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
