@@ -19,7 +19,7 @@
 //! before publishing, decoding every message received into a [`WireEvent`], and boxing.
 //!
 //! The bus rows do the same through an `EventBus` wired to a `NatsTransport` (see
-//! [`measure_bus`]): what `emit` and a distributed listener cost on top of the transport.
+//! `measure_bus`): what `emit` and a distributed listener cost on top of the transport.
 
 use std::collections::HashSet;
 use std::future::IntoFuture;
