@@ -8,8 +8,8 @@ use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, SubscribeOptions, Transport, TransportError,
-    TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
+    TransportError, TransportSubscription, WireEvent,
 };
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -131,7 +131,7 @@ impl Drop for Inner {
 /// The settled configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) url: String,
+    pub(crate) url: ServerUrl,
     pub(crate) prefix: String,
     pub(crate) stream_name: String,
     pub(crate) publish_deadline: Duration,
@@ -148,7 +148,7 @@ pub(crate) struct Config {
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `connect` is awaited"]
 pub struct NatsTransportBuilder {
-    url: String,
+    url: ServerUrl,
     prefix: String,
     stream_name: Option<String>,
     publish_deadline: Duration,
@@ -289,7 +289,7 @@ impl NatsTransportBuilder {
 }
 
 async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
-    let url = config.url.clone();
+    let url = config.url.to_string();
     let client = async_nats::ConnectOptions::new()
         .name("bus-nats")
         .connection_timeout(config.connect_timeout)
@@ -300,11 +300,11 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
             let url = url.clone();
             async move { log_event(&url, event) }
         })
-        .connect(config.url.as_str())
+        .connect(config.url.expose())
         .await
         .map_err(|source| {
             NatsError::Connect {
-                url: config.url.clone(),
+                url: config.url.to_string(),
                 source,
             }
             .unreachable()
@@ -375,7 +375,7 @@ async fn ensure_stream(
         use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
         match error.kind() {
             Kind::JetStreamUnavailable | Kind::TimedOut => NatsError::JetStreamUnavailable {
-                url: config.url.clone(),
+                url: config.url.to_string(),
                 detail: error.to_string(),
             }
             .unreachable(),
@@ -419,7 +419,7 @@ impl NatsTransport {
     /// A builder for a connection to `url`.
     pub fn builder(url: impl Into<String>) -> NatsTransportBuilder {
         NatsTransportBuilder {
-            url: url.into(),
+            url: ServerUrl::new(url),
             prefix: DEFAULT_SUBJECT_PREFIX.to_owned(),
             stream_name: None,
             publish_deadline: DEFAULT_PUBLISH_DEADLINE,

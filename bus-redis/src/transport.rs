@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, SubscribeOptions, Transport, TransportError,
-    TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
+    TransportError, TransportSubscription, WireEvent,
 };
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -199,7 +199,7 @@ pub(crate) struct Inner {
 /// The settled configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
-    pub(crate) url: String,
+    pub(crate) url: ServerUrl,
     pub(crate) prefix: String,
     pub(crate) instance: String,
     pub(crate) retention: Retention,
@@ -218,7 +218,7 @@ pub(crate) struct Config {
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `connect` is awaited"]
 pub struct RedisTransportBuilder {
-    url: String,
+    url: ServerUrl,
     prefix: String,
     instance: Option<String>,
     retention: Retention,
@@ -416,9 +416,9 @@ fn default_instance() -> String {
 }
 
 async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, TransportError> {
-    let client = redis::Client::open(config.url.as_str()).map_err(|source| {
+    let client = redis::Client::open(config.url.expose()).map_err(|source| {
         RedisError::Url {
-            url: config.url.clone(),
+            url: config.url.to_string(),
             source,
         }
         .broker()
@@ -441,7 +441,7 @@ async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, Tran
     })
     .map_err(|source| {
         RedisError::Connect {
-            url: config.url.clone(),
+            url: config.url.to_string(),
             source,
         }
         .unreachable()
@@ -467,7 +467,7 @@ async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, Tran
         .await
         .map_err(|source| {
             RedisError::Connect {
-                url: inner.config.url.clone(),
+                url: inner.config.url.to_string(),
                 source,
             }
             .unreachable()
@@ -492,7 +492,7 @@ impl RedisTransport {
     /// A builder for a connection to `url`.
     pub fn builder(url: impl Into<String>) -> RedisTransportBuilder {
         RedisTransportBuilder {
-            url: url.into(),
+            url: ServerUrl::new(url),
             prefix: DEFAULT_KEY_PREFIX.to_owned(),
             instance: None,
             retention: DEFAULT_RETENTION,

@@ -12,6 +12,7 @@
 //! silently.
 
 mod memory;
+mod server_url;
 mod wire;
 
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use futures_util::Stream;
 
 pub use self::memory::MemoryTransport;
+pub use self::server_url::ServerUrl;
 pub use self::wire::{DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent};
 
 /// A boxed future, as the dyn-compatible transport traits return.
