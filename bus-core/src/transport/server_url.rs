@@ -87,10 +87,16 @@ mod tests {
     fn credentials_are_masked_and_the_rest_kept() {
         for (given, shown) in [
             ("nats://127.0.0.1:4222", "nats://127.0.0.1:4222"),
-            ("nats://alice:s3cret@host:4222", "nats://alice:***@host:4222"),
+            (
+                "nats://alice:s3cret@host:4222",
+                "nats://alice:***@host:4222",
+            ),
             ("nats://t0ken@host:4222", "nats://***@host:4222"),
             ("redis://:s3cret@host:6379/0", "redis://***@host:6379/0"),
-            ("rediss://default:s3cret@host/1?x=1", "rediss://default:***@host/1?x=1"),
+            (
+                "rediss://default:s3cret@host/1?x=1",
+                "rediss://default:***@host/1?x=1",
+            ),
             ("alice:s3cret@host:4222", "alice:***@host:4222"),
             ("127.0.0.1:4222", "127.0.0.1:4222"),
             (
