@@ -30,6 +30,7 @@ async fn calls(redis: &TestRedis, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Zeroes the server's command counts, for [`calls`].
 async fn reset_stats(redis: &TestRedis) {
     let mut conn = redis.connection();
     let _: Value = redis::cmd("CONFIG")
@@ -103,12 +104,7 @@ async fn a_delayed_nack_is_one_claim_once_due_not_a_busy_loop() {
     let first = next(&mut subscription, "the first delivery").await;
     assert_eq!(first.attempt(), 1);
 
-    let mut conn = redis.connection();
-    let _: Value = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut conn)
-        .await
-        .expect("CONFIG RESETSTAT");
+    reset_stats(&redis).await;
     first
         .nack(Duration::from_millis(1500), "busy".to_owned())
         .await
@@ -139,6 +135,7 @@ async fn a_delayed_nack_is_one_claim_once_due_not_a_busy_loop() {
         Some("2")
     );
     letter.ack().await.expect("acked");
+    let mut conn = redis.connection();
     let summary: Value = redis::cmd("XPENDING")
         .arg(redis.stream_key("tasks.run"))
         .arg("workers")
