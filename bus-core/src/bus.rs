@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::runtime::Handle;
 
-use crate::dispatch::{Dispatch, Dispatcher, EmitContext, Reserved, Tasks};
+use crate::dispatch::{self, Dispatch, Dispatcher, EmitContext, Reserved, Tasks};
 use crate::emission::{Emission, Outcomes};
 use crate::error::{AddListenerError, DeliveryError, EmitError};
 use crate::event::{AnyEvent, Envelope, Event, Handling, Meta};
@@ -1065,13 +1065,15 @@ impl EventBus {
         // names that carry different types.
         // Told to the layers once the emit goes ahead (not on each try of `emit_async`).
         let mut passed_by: Vec<Arc<Entry>> = Vec::new();
-        matched.retain(|entry| {
-            let takes_it = takes(entry);
-            if !takes_it {
-                passed_by.push(Arc::clone(entry));
-            }
-            takes_it
-        });
+        if !matched.is_empty() {
+            matched.retain(|entry| {
+                let takes_it = takes(entry);
+                if !takes_it {
+                    passed_by.push(Arc::clone(entry));
+                }
+                takes_it
+            });
+        }
         let listeners = exact_entries.len() + matched.len();
         // The clock is read only when something can see the time.
         let clocked = !layers.only_tracing()
@@ -1125,8 +1127,10 @@ impl EventBus {
             Err(EmitError::Closed {
                 event: event_name.to_owned(),
             })
+        } else if dispatch::in_runtime() {
+            Ok(())
         } else {
-            Handle::try_current().map_err(|_| EmitError::NoRuntime {
+            Err(EmitError::NoRuntime {
                 event: event_name.to_owned(),
             })
         };
@@ -1141,8 +1145,8 @@ impl EventBus {
 
         let mut outcomes = Outcomes::new(Arc::clone(&name), listeners);
         outcomes.set_event_id(meta.id);
-        let runtime = match runtime {
-            Ok(runtime) => runtime,
+        match runtime {
+            Ok(()) => {}
             Err(reason) => {
                 for entry in exact_entries.iter().chain(&matched) {
                     not_delivered(&mut outcomes, &name, entry, reason.clone());
@@ -1201,7 +1205,6 @@ impl EventBus {
         }
         let context = EmitContext {
             mode: shared.dispatch,
-            runtime: &runtime,
             tasks: &shared.tasks,
             event_name: &name,
             emit_span: &emit_span,
@@ -1211,8 +1214,10 @@ impl EventBus {
         };
         let targets = exact_entries.iter().chain(&matched);
         let mismatched = deliver_all(&context, targets, event, reserved, &mut outcomes);
-        for entry in mismatched {
-            not_delivered(&mut outcomes, &name, &entry, mismatch(&entry));
+        if !mismatched.is_empty() {
+            for entry in mismatched {
+                not_delivered(&mut outcomes, &name, &entry, mismatch(&entry));
+            }
         }
         Ok(outcomes.into_emission())
     }

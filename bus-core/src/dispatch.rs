@@ -342,10 +342,18 @@ pub(crate) struct Dispatcher<'a> {
     pub(crate) reservation: Option<Reservation<'a>>,
 }
 
+/// Whether this thread runs in a Tokio runtime's context, where delivery tasks can be spawned.
+///
+/// Inside a task (the common case) that is a thread-local read of the task's id; elsewhere
+/// (`block_on`, a thread that entered a runtime) it is the handle lookup, which clones an
+/// `Arc`.
+pub(crate) fn in_runtime() -> bool {
+    tokio::task::try_id().is_some() || Handle::try_current().is_ok()
+}
+
 /// What the deliveries of one emit share.
 pub(crate) struct EmitContext<'a> {
     pub(crate) mode: Dispatch,
-    pub(crate) runtime: &'a Handle,
     pub(crate) tasks: &'a Arc<Tasks>,
     pub(crate) event_name: &'a Arc<str>,
     pub(crate) emit_span: &'a tracing::Span,
@@ -519,6 +527,12 @@ impl<'a> Dispatcher<'a> {
         // Drops the finished future in place; the memory serves the next delivery.
         slot.set(None);
         slots.put(slot);
+        if self.emit.layers.only_tracing() && matches!(outcome, Ok(Ok(()))) {
+            // Only the tracing layer, which has nothing to say about a success: the report
+            // counts it, as `conclude` would.
+            self.outcomes.record(Ok(()));
+            return;
+        }
         self.conclude_here(&span, started, Some(outcome));
     }
 
@@ -566,6 +580,15 @@ impl<'a> Dispatcher<'a> {
         F: Future + Send + 'static,
         F::Output: ListenerOutput,
     {
+        // Looked up here rather than by the emit: most deliveries complete inline, and the
+        // lookup clones the handle's `Arc`.
+        let Ok(runtime) = Handle::try_current() else {
+            // The emit was in a runtime's context (`in_runtime`), but this thread is not in
+            // one now: a task dropped by a runtime that has gone away, emitting as it drops.
+            self.emit.tasks.aborted.fetch_add(1, Ordering::AcqRel);
+            drop(delivery);
+            return self.conclude_here(&span, started, None);
+        };
         let started_task = match self.reservation.take() {
             Some(reservation) => {
                 // The task gives the place back when it ends, as any task leaves the count.
@@ -596,9 +619,9 @@ impl<'a> Dispatcher<'a> {
         // A span nobody records costs nothing to leave out, and its wrapper would grow every
         // task.
         let handle = if span.is_disabled() {
-            self.emit.runtime.spawn(task)
+            runtime.spawn(task)
         } else {
-            self.emit.runtime.spawn(task.instrument(span))
+            runtime.spawn(task.instrument(span))
         };
         self.outcomes.continued_in_task(handle, self.entry);
     }
