@@ -79,13 +79,20 @@ impl EventId {
 }
 
 impl EventId {
-    /// The id written as [`Display`](fmt::Display) writes it (32 hex digits, dashes
-    /// anywhere), or `None`.
+    /// The id exactly as [`Display`](fmt::Display) writes it (lowercase hex digits in groups
+    /// of 8-4-4-4-12), or `None`. Only that one spelling is read, so two different wire ids
+    /// never map to the same local id.
     pub(crate) fn parse(text: &str) -> Option<EventId> {
-        let hex: String = text.chars().filter(|c| *c != '-').collect();
-        if hex.len() != 32 {
+        let bytes = text.as_bytes();
+        let canonical = bytes.len() == 36
+            && bytes.iter().enumerate().all(|(at, &byte)| match at {
+                8 | 13 | 18 | 23 => byte == b'-',
+                _ => matches!(byte, b'0'..=b'9' | b'a'..=b'f'),
+            });
+        if !canonical {
             return None;
         }
+        let hex: String = text.chars().filter(|c| *c != '-').collect();
         u128::from_str_radix(&hex, 16)
             .ok()
             .and_then(NonZeroU128::new)
@@ -340,6 +347,26 @@ mod tests {
     fn ids_display_as_uuids() {
         let id = EventId(NonZeroU128::new(0x0123_4567_89ab_cdef_0011_2233_4455_6677).unwrap());
         assert_eq!(id.to_string(), "01234567-89ab-cdef-0011-223344556677");
+    }
+
+    #[test]
+    fn ids_parse_only_as_they_display() {
+        let id = EventId::next();
+        assert_eq!(EventId::parse(&id.to_string()), Some(id));
+        let text = "01234567-89ab-cdef-0011-223344556677";
+        assert!(EventId::parse(text).is_some());
+        for other in [
+            // What `u128::from_str_radix` alone would take: a sign, upper case, other dashes.
+            "+1234567-89ab-cdef-0011-223344556677",
+            "01234567-89AB-cdef-0011-223344556677",
+            "0123456789abcdef0011223344556677----",
+            "0123456789abcdef0011223344556677",
+            "01234567-89ab-cdef-0011-22334455667",
+            "00000000-0000-0000-0000-000000000000",
+            "01234567-89ab-cdef-0011-2233445566é",
+        ] {
+            assert_eq!(EventId::parse(other), None, "{other}");
+        }
     }
 
     #[test]
