@@ -12,6 +12,7 @@
 //! silently.
 
 mod memory;
+mod replay;
 mod server_url;
 mod wire;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 use futures_util::Stream;
 
 pub use self::memory::MemoryTransport;
+pub use self::replay::{DeadLetterQueue, REPLAY_OF, ReplayReport};
 pub use self::server_url::ServerUrl;
 pub use self::wire::{DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent};
 
