@@ -4,6 +4,8 @@
 //! fixed, `DeadLetterQueue::replay` puts them back and the listener handles every one. On the
 //! in-memory transport, on NATS JetStream and on Redis Streams.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use bus::transport::{
     DEAD_LETTER_REASON, DeadLetterQueue, MemoryTransport, SubscribeOptions, Transport,
-    TransportError, dead_letter_name,
+    dead_letter_name,
 };
 use bus::{EventBus, Group, Policy};
 use serde::{Deserialize, Serialize};
@@ -256,31 +258,6 @@ async fn poison_is_dead_lettered_then_replayed(transport: Arc<dyn Transport>, la
     );
 }
 
-/// `true` when the broker must be reachable (`CI=true`): a test that cannot reach it fails.
-#[cfg(any(feature = "nats", feature = "redis"))]
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
-
-/// A unique prefix, so that runs never share streams or keys.
-#[cfg(any(feature = "nats", feature = "redis"))]
-fn unique() -> String {
-    (0..10).map(|_| fastrand::lowercase()).collect()
-}
-
-/// The transport, or `None` (test skipped, locally only) when its broker is down.
-#[cfg(any(feature = "nats", feature = "redis"))]
-fn reachable<T>(test: &str, connected: Result<T, TransportError>) -> Option<T> {
-    match connected {
-        Ok(transport) => Some(transport),
-        Err(error @ TransportError::Unreachable { .. }) if !ci() => {
-            eprintln!("SKIPPED {test}: the broker is not reachable: {error}");
-            None
-        }
-        Err(error) => panic!("{test}: cannot connect: {error}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_poison_is_dead_lettered_then_replayed() {
     poison_is_dead_lettered_then_replayed(Arc::new(MemoryTransport::new()), "memory").await;
@@ -289,14 +266,15 @@ async fn memory_poison_is_dead_lettered_then_replayed() {
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_poison_is_dead_lettered_then_replayed() {
-    let prefix = format!("t{}", unique());
+    let prefix = format!("t{}", common::unique());
     let stream = format!("TEST_{}", prefix.to_uppercase());
     let connected = bus::nats::NatsTransport::builder("nats://127.0.0.1:4222")
         .subject_prefix(prefix)
         .stream_name(stream.clone())
         .connect()
         .await;
-    let Some(nats) = reachable("nats_poison_is_dead_lettered_then_replayed", connected) else {
+    let Some(nats) = common::reachable("nats_poison_is_dead_lettered_then_replayed", connected)
+    else {
         return;
     };
     let jetstream = nats.jetstream().clone();
@@ -308,10 +286,11 @@ async fn nats_poison_is_dead_lettered_then_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_poison_is_dead_lettered_then_replayed() {
     let connected = bus::redis::RedisTransport::builder("redis://127.0.0.1:6379")
-        .key_prefix(format!("t{}", unique()))
+        .key_prefix(format!("t{}", common::unique()))
         .connect()
         .await;
-    let Some(redis) = reachable("redis_poison_is_dead_lettered_then_replayed", connected) else {
+    let Some(redis) = common::reachable("redis_poison_is_dead_lettered_then_replayed", connected)
+    else {
         return;
     };
     poison_is_dead_lettered_then_replayed(Arc::new(redis), "redis").await;

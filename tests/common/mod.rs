@@ -103,3 +103,26 @@ impl Write for Logs {
         Ok(())
     }
 }
+
+/// `true` in CI (`CI=true`), where a broker that cannot be reached fails the test.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// A fresh lower-case prefix, so that runs never share streams or keys.
+pub fn unique() -> String {
+    (0..10).map(|_| fastrand::lowercase()).collect()
+}
+
+/// The connected transport, or `None` (the test is skipped, locally only) when the broker is
+/// down; any other error fails the test.
+pub fn reachable<T>(test: &str, connected: Result<T, bus::transport::TransportError>) -> Option<T> {
+    match connected {
+        Ok(transport) => Some(transport),
+        Err(error @ bus::transport::TransportError::Unreachable { .. }) if !ci() => {
+            eprintln!("SKIPPED {test}: the broker is not reachable: {error}");
+            None
+        }
+        Err(error) => panic!("{test}: cannot connect: {error}"),
+    }
+}
