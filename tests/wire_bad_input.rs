@@ -323,5 +323,9 @@ async fn redis_bad_messages_written_by_redis_cli_are_dead_lettered_with_reasons(
     };
     let letters = |count| watched_letters(watcher, count);
     bad_input_is_dead_lettered("redis", Arc::new(redis.clone()), write, letters).await;
-    assert_eq!(redis.dead_lettered(), 5, "the transport counts every dead letter it wrote");
+    assert_eq!(
+        redis.dead_lettered(),
+        5,
+        "the transport counts every dead letter it wrote"
+    );
 }
