@@ -208,12 +208,21 @@ fn check_delivery(event: WireEvent) {
     }
 }
 
-/// An id in the form the bus writes (32 hex digits, dashes anywhere), as a number.
+/// An id in the one form the bus writes and reads back (`EventId`'s Display), as a number.
 fn reference_event_id(text: &str) -> Option<u128> {
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Only the spelling `EventId`'s Display writes: lowercase hex in 8-4-4-4-12 groups.
+    let groups: Vec<&str> = text.split('-').collect();
+    let lengths: Vec<usize> = groups.iter().map(|group| group.len()).collect();
+    if lengths != [8, 4, 4, 4, 12]
+        || !groups.iter().all(|group| {
+            group
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        })
+    {
         return None;
     }
+    let hex = groups.concat();
     u128::from_str_radix(&hex, 16).ok().filter(|&id| id != 0)
 }
 
