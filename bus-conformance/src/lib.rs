@@ -66,6 +66,8 @@
 pub mod cases;
 mod harness;
 mod macros;
+#[cfg(feature = "secure")]
+pub mod secure;
 mod support;
 
 /// Not public API. Used by the code [`conformance_tests!`] generates.

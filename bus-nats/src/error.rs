@@ -25,6 +25,35 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The server refused the credentials of the URL (or asked for credentials and the URL had
+    /// none).
+    #[error(
+        "NATS at `{url}` refused the connection's credentials: {source}; check the user and \
+         password (`nats://user:password@host:4222`) or the token (`nats://token@host:4222`) \
+         in the URL against the server's authorization settings"
+    )]
+    Auth {
+        /// The URL given, credentials masked.
+        url: String,
+        /// What the client said.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// The TLS handshake with the server failed: its certificate is not trusted (signed by a
+    /// CA that is not among the trusted roots, or not for the host of the URL), or the server
+    /// does not speak TLS.
+    #[error(
+        "TLS with NATS at `{url}` failed: {source}; if the server's certificate is signed by a \
+         CA of your own, trust that CA with `tls_root_certificates`, check that the certificate \
+         names the host of the URL, and that the server has TLS enabled"
+    )]
+    Tls {
+        /// The URL given, credentials masked.
+        url: String,
+        /// What the client said.
+        #[source]
+        source: async_nats::ConnectError,
+    },
     /// The server does not answer JetStream requests.
     #[error(
         "NATS at `{url}` does not answer JetStream requests ({detail}); start nats-server with \

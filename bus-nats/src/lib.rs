@@ -87,6 +87,30 @@
 //! the same `Nats-Msg-Id`, so it is stored once) until the publish deadline; subscriptions
 //! resume by themselves and only yield an error for what reconnecting does not cure.
 //!
+//! # Credentials and TLS
+//!
+//! Credentials travel in the URL: `nats://user:password@host:4222` or `nats://token@host:4222`
+//! (the servers of a list share them). The transport hands them to the client apart from the
+//! servers' addresses, and shows the URL only with them masked (`nats://user:***@host:4222`):
+//! in its errors, its logs and its `Debug`. Credentials the server refuses are
+//! [`NatsError::Auth`], under a [`TransportError::Broker`](bus_core::transport::TransportError::Broker).
+//!
+//! TLS (rustls) is used when the server asks for it, with a `tls://` URL, or with
+//! [`require_tls`](NatsTransportBuilder::require_tls); a server certificate signed by a CA of
+//! your own is trusted with [`tls_root_certificates`](NatsTransportBuilder::tls_root_certificates).
+//! A failed handshake (a certificate not trusted, say) is [`NatsError::Tls`], also a broker
+//! error: it fails the connect at once, it is not retried.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), bus_core::transport::TransportError> {
+//! let nats = bus_nats::NatsTransport::builder("tls://alice:s3cret@nats.internal:4222")
+//!     .tls_root_certificates("/etc/bus/ca.pem")
+//!     .connect()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Logs
 //!
 //! Spans: `bus.nats.connect` (url, stream), `bus.nats.publish` (subject, event id),
@@ -98,6 +122,7 @@
 mod delivery;
 mod error;
 mod names;
+mod servers;
 mod subscription;
 mod transport;
 

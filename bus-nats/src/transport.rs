@@ -1,5 +1,6 @@
 //! [`NatsTransport`] and its builder: the connection, the stream, and publishing.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tracing::Instrument;
 
 use crate::error::{NAME, NatsError, invalid};
 use crate::names;
+use crate::servers::{self, Credentials};
 
 /// The default [`subject_prefix`](NatsTransportBuilder::subject_prefix): `bus`.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "bus";
@@ -106,6 +108,9 @@ impl std::fmt::Debug for NatsTransport {
 /// What a connected transport shares with its subscriptions and deliveries.
 pub(crate) struct Inner {
     pub(crate) client: async_nats::Client,
+    /// How many times the connection was re-established since the first: the server forgets
+    /// the pull requests of a connection it lost, so each subscription asks again.
+    pub(crate) reconnects: tokio::sync::watch::Receiver<u64>,
     pub(crate) js: jetstream::Context,
     pub(crate) stream: stream::Stream,
     pub(crate) config: Config,
@@ -142,6 +147,8 @@ pub(crate) struct Config {
     pub(crate) fetch_batch: usize,
     pub(crate) ack_sync: bool,
     pub(crate) restartable: bool,
+    pub(crate) tls_root_certificates: Vec<PathBuf>,
+    pub(crate) require_tls: bool,
 }
 
 /// Builds a [`NatsTransport`]; every setting has a documented default.
@@ -159,6 +166,8 @@ pub struct NatsTransportBuilder {
     fetch_batch: usize,
     ack_sync: bool,
     restartable: bool,
+    tls_root_certificates: Vec<PathBuf>,
+    require_tls: bool,
 }
 
 impl NatsTransportBuilder {
@@ -248,17 +257,52 @@ impl NatsTransportBuilder {
         self
     }
 
+    /// Trusts the CA certificates of the PEM file at `path` for the server's TLS certificate:
+    /// for a server whose certificate is signed by a CA of your own. May be given more than
+    /// once; the certificates add up. Once any is given, only these are trusted (not the
+    /// system's roots). The file is checked at [`connect`](Self::connect) (it must hold at
+    /// least one certificate) and read by the client at each connection.
+    ///
+    /// TLS is used when the server asks for it (`nats-server --tls`), when the URL's scheme is
+    /// `tls://`, or with [`require_tls`](Self::require_tls). Default: the system's roots.
+    ///
+    /// TLS is rustls with its `ring` provider: unless the process installed a rustls
+    /// `CryptoProvider` of its own, connecting with TLS set up here installs ring's as the
+    /// process default.
+    pub fn tls_root_certificates(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_root_certificates.push(path.into());
+        self
+    }
+
+    /// `true`: connect only over TLS, and fail the connect (rather than talk in clear) with a
+    /// server that does not offer it; the same as a `tls://` URL. Default: `false` (TLS when
+    /// the server asks for it).
+    pub fn require_tls(mut self, required: bool) -> Self {
+        self.require_tls = required;
+        self
+    }
+
     /// Connects, and creates or updates the stream.
+    ///
+    /// Credentials come from the URL: `nats://user:password@host:4222` (user and password,
+    /// percent-encoded where needed), or `nats://token@host:4222` (a token). They are handed
+    /// to the client apart from the server's address, and never show: errors, logs and
+    /// `Debug` show the URL with them masked (`nats://user:***@host:4222`).
     ///
     /// # Errors
     ///
-    /// [`TransportError::Invalid`] for a bad prefix or stream name,
-    /// [`TransportError::Unreachable`] when the server cannot be reached or has no JetStream,
-    /// [`TransportError::Broker`] when the stream cannot be set up; the source is a
-    /// [`NatsError`] saying what to do.
+    /// [`TransportError::Invalid`] for a bad prefix, stream name, URL or root certificate
+    /// file, [`TransportError::Unreachable`] when the server cannot be reached or has no
+    /// JetStream, [`TransportError::Broker`] when the server refuses the credentials
+    /// ([`NatsError::Auth`]), the TLS handshake fails ([`NatsError::Tls`], for instance a
+    /// server certificate signed by a CA not trusted), or the stream cannot be set up; the
+    /// source is a [`NatsError`] saying what to do.
     pub async fn connect(self) -> Result<NatsTransport, TransportError> {
         names::check_prefix(&self.prefix)
             .map_err(|reason| invalid("subject prefix", &self.prefix, reason))?;
+        for path in &self.tls_root_certificates {
+            check_root_certificates(path)?;
+        }
         let stream_name = self
             .stream_name
             .clone()
@@ -277,6 +321,8 @@ impl NatsTransportBuilder {
             fetch_batch: self.fetch_batch,
             ack_sync: self.ack_sync,
             restartable: self.restartable,
+            tls_root_certificates: self.tls_root_certificates,
+            require_tls: self.require_tls,
         };
         let span = tracing::info_span!(
             "bus.nats.connect",
@@ -288,26 +334,128 @@ impl NatsTransportBuilder {
     }
 }
 
+/// Checks that `path` is a PEM file with at least one certificate.
+fn check_root_certificates(path: &std::path::Path) -> Result<(), TransportError> {
+    use async_nats::rustls::pki_types::CertificateDer;
+    use async_nats::rustls::pki_types::pem::PemObject;
+
+    let shown = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|error| {
+        invalid(
+            "TLS root certificates",
+            &shown,
+            format!("cannot read the file: {error}"),
+        )
+    })?;
+    let mut count = 0_usize;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate.map_err(|error| {
+            invalid(
+                "TLS root certificates",
+                &shown,
+                format!("not a PEM file of certificates: {error}"),
+            )
+        })?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(invalid(
+            "TLS root certificates",
+            &shown,
+            "no certificate in it (a PEM file with `-----BEGIN CERTIFICATE-----` blocks)",
+        ));
+    }
+    Ok(())
+}
+
+/// Installs rustls' ring provider as the process default, unless one is installed already:
+/// with both of rustls' providers compiled in (another crate may enable the other), rustls
+/// cannot choose by itself.
+fn ensure_crypto_provider() {
+    use async_nats::rustls::crypto::{CryptoProvider, ring};
+    if CryptoProvider::get_default().is_none() {
+        // Lost a race with another thread installing one: that one is used, as wanted.
+        let _ = ring::default_provider().install_default();
+    }
+}
+
+/// Whether the TLS handshake (or setting it up) is what failed.
+fn is_tls_failure(error: &async_nats::ConnectError) -> bool {
+    use std::error::Error as _;
+    if error.kind() == async_nats::ConnectErrorKind::Tls {
+        return true;
+    }
+    let mut cause = error.source();
+    while let Some(current) = cause {
+        if current.is::<async_nats::rustls::Error>() {
+            return true;
+        }
+        // An I/O error's `source` skips the error it wraps: look at that one too.
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<async_nats::rustls::Error>())
+        {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
 async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
+    let servers = servers::parse(config.url.expose())
+        .map_err(|reason| invalid("URL", config.url.shown(), reason))?;
+    let mut options = async_nats::ConnectOptions::new();
+    match servers.credentials {
+        Some(Credentials::UserPassword { user, password }) => {
+            options = options.user_and_password(user, password);
+        }
+        Some(Credentials::Token(token)) => options = options.token(token),
+        None => {}
+    }
+    if !config.tls_root_certificates.is_empty() || config.require_tls || servers.tls_scheme {
+        ensure_crypto_provider();
+    }
+    for path in &config.tls_root_certificates {
+        options = options.add_root_certificates(path.clone());
+    }
+    if config.require_tls {
+        options = options.require_tls(true);
+    }
     let url = config.url.to_string();
-    let client = async_nats::ConnectOptions::new()
+    let (reconnected, reconnects) = tokio::sync::watch::channel(0_u64);
+    // Events come in order, the first connection's `Connected` first: it is not counted.
+    let connected_once = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = options
         .name("bus-nats")
         .connection_timeout(config.connect_timeout)
         .request_timeout(Some(config.request_timeout))
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
+            if matches!(event, async_nats::Event::Connected)
+                && connected_once.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                reconnected.send_modify(|count| *count += 1);
+            }
             let url = url.clone();
             async move { log_event(&url, event) }
         })
-        .connect(config.url.expose())
+        .connect(servers.addresses)
         .await
         .map_err(|source| {
-            NatsError::Connect {
-                url: config.url.to_string(),
-                source,
-            }
-            .unreachable()
+            let url = config.url.to_string();
+            let error = match source.kind() {
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                | async_nats::ConnectErrorKind::Authentication => {
+                    NatsError::Auth { url, source }.broker()
+                }
+                _ if is_tls_failure(&source) => NatsError::Tls { url, source }.broker(),
+                _ => NatsError::Connect { url, source }.unreachable(),
+            };
+            tracing::debug!(%error, "cannot connect");
+            error
         })?;
     let js = jetstream::ContextBuilder::new()
         .timeout(config.request_timeout)
@@ -317,6 +465,7 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
     Ok(NatsTransport {
         inner: Arc::new(Inner {
             client,
+            reconnects,
             js,
             stream,
             config,
@@ -406,8 +555,9 @@ async fn ensure_stream(
 }
 
 impl NatsTransport {
-    /// Connects to `url` (`nats://127.0.0.1:4222`, `127.0.0.1:4222`, or several
-    /// comma-separated) with every default; see [`NatsTransport::builder`].
+    /// Connects to `url` (`nats://127.0.0.1:4222`, `127.0.0.1:4222`, `tls://host:4222`,
+    /// `nats://user:password@host:4222`, `nats://token@host:4222`, or several comma-separated)
+    /// with every default; see [`NatsTransport::builder`].
     ///
     /// # Errors
     ///
@@ -430,6 +580,8 @@ impl NatsTransport {
             fetch_batch: DEFAULT_FETCH_BATCH,
             ack_sync: false,
             restartable: false,
+            tls_root_certificates: Vec::new(),
+            require_tls: false,
         }
     }
 

@@ -34,6 +34,36 @@ pub enum RedisError {
         #[source]
         source: redis::RedisError,
     },
+    /// The server refused the credentials of the URL (or asked for credentials and the URL had
+    /// none, or the user may not run the transport's commands).
+    #[error(
+        "Redis at `{url}` refused the connection's credentials: {source}; check the user and \
+         password in the URL (`redis://user:password@host:port` for an ACL user, \
+         `redis://:password@host:port` for `requirepass`) and that the user is enabled and \
+         allowed the stream commands on the keys of the prefix"
+    )]
+    Auth {
+        /// The URL given, credentials masked.
+        url: String,
+        /// What the client said.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The TLS handshake with the server failed: its certificate is not trusted (signed by a
+    /// CA that is not among the trusted roots, or not for the host of the URL), or the server
+    /// does not speak TLS on that port.
+    #[error(
+        "TLS with Redis at `{url}` failed: {source}; if the server's certificate is signed by a \
+         CA of your own, trust that CA with `tls_root_certificates`, check that the certificate \
+         names the host of the URL, and that the port is the server's `tls-port`"
+    )]
+    Tls {
+        /// The URL given, credentials masked.
+        url: String,
+        /// What the client said.
+        #[source]
+        source: redis::RedisError,
+    },
     /// A command failed for a reason that retrying does not fix.
     #[error("`{command}` on `{key}` failed: {source}")]
     Command {
@@ -134,6 +164,45 @@ pub(crate) fn is_transient(error: &redis::RedisError) -> bool {
             error.code(),
             Some("LOADING" | "BUSY" | "TRYAGAIN" | "MASTERDOWN" | "READONLY" | "CLUSTERDOWN")
         )
+}
+
+/// Whether `error` is the server refusing the connection's credentials or permissions.
+pub(crate) fn is_auth(error: &redis::RedisError) -> bool {
+    error.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
+/// Whether `error` comes from TLS: rustls failed the handshake (a certificate not trusted, an
+/// alert from the server) or could not be set up.
+pub(crate) fn is_tls(error: &redis::RedisError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = cause {
+        if is_rustls(current) {
+            return true;
+        }
+        cause = current.source();
+    }
+    false
+}
+
+/// Whether `error` is a rustls error, or wraps one where `source` does not lead.
+fn is_rustls(error: &(dyn std::error::Error + 'static)) -> bool {
+    if error.is::<rustls::Error>() {
+        return true;
+    }
+    // redis keeps an I/O error behind an `Arc`, and an I/O error's `source` skips the error
+    // it wraps: look behind both.
+    if let Some(shared) =
+        error.downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+    {
+        return is_rustls(&**shared);
+    }
+    if let Some(io) = error.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+    {
+        return is_rustls(inner);
+    }
+    false
 }
 
 /// Whether `error` says that the consumer group (or its stream) is gone.

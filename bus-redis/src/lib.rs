@@ -119,6 +119,30 @@
 //! of a group subscription wakes at least every `claim_interval`, and of a pattern subscription
 //! every `discovery_interval`: an idle subscription costs a few commands a second.
 //!
+//! # Credentials and TLS
+//!
+//! Credentials travel in the URL: `redis://user:password@host:6379` (an ACL user) or
+//! `redis://:password@host:6379` (`requirepass`). The transport shows the URL only with them
+//! masked (`redis://user:***@host:6379`): in its errors, its logs and its `Debug`. Credentials
+//! the server refuses (or a user not allowed a command the transport needs at connect) are
+//! [`RedisError::Auth`], under a [`TransportError::Broker`](bus_core::transport::TransportError::Broker).
+//!
+//! A `rediss://` URL connects over TLS (rustls), for the shared connection and every
+//! subscription's own; a server certificate signed by a CA of your own is trusted with
+//! [`tls_root_certificates`](RedisTransportBuilder::tls_root_certificates) (a file) or
+//! [`tls_root_certificates_pem`](RedisTransportBuilder::tls_root_certificates_pem). A failed
+//! handshake (a certificate not trusted, say) is [`RedisError::Tls`], also a broker error.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), bus_core::transport::TransportError> {
+//! let redis = bus_redis::RedisTransport::builder("rediss://alice:s3cret@redis.internal:6380")
+//!     .tls_root_certificates("/etc/bus/ca.pem")
+//!     .connect()
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Logs
 //!
 //! Spans: `bus.redis.connect` (url, prefix, instance), `bus.redis.publish` (stream, event id),

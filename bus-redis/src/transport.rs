@@ -2,6 +2,7 @@
 //! deliveries share.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -233,6 +234,67 @@ pub struct RedisTransportBuilder {
     request_timeout: Duration,
     connect_timeout: Duration,
     restartable: bool,
+    tls_root_certificates: Vec<RootCertificates>,
+}
+
+/// CA certificates to trust, as given to the builder.
+#[derive(Clone)]
+enum RootCertificates {
+    /// A PEM file, read at connect.
+    File(PathBuf),
+    /// PEM text.
+    Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for RootCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootCertificates::File(path) => f.debug_tuple("File").field(path).finish(),
+            RootCertificates::Pem(pem) => write!(f, "Pem({} bytes)", pem.len()),
+        }
+    }
+}
+
+impl RootCertificates {
+    /// The PEM text, checked to hold at least one certificate.
+    fn load(&self) -> Result<Vec<u8>, TransportError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+
+        let (pem, shown) = match self {
+            RootCertificates::File(path) => {
+                let shown = path.display().to_string();
+                let pem = std::fs::read(path).map_err(|error| {
+                    invalid(
+                        "TLS root certificates",
+                        &shown,
+                        format!("cannot read the file: {error}"),
+                    )
+                })?;
+                (pem, shown)
+            }
+            RootCertificates::Pem(pem) => (pem.clone(), format!("<{} bytes of PEM>", pem.len())),
+        };
+        let mut count = 0_usize;
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            certificate.map_err(|error| {
+                invalid(
+                    "TLS root certificates",
+                    &shown,
+                    format!("not PEM certificates: {error}"),
+                )
+            })?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(invalid(
+                "TLS root certificates",
+                &shown,
+                "no certificate in it (PEM with `-----BEGIN CERTIFICATE-----` blocks)",
+            ));
+        }
+        Ok(pem)
+    }
 }
 
 impl RedisTransportBuilder {
@@ -360,15 +422,56 @@ impl RedisTransportBuilder {
         self
     }
 
+    /// Trusts the CA certificates of the PEM file at `path` for the server's TLS certificate
+    /// (with a `rediss://` URL): for a server whose certificate is signed by a CA of your own.
+    /// May be given more than once, and with
+    /// [`tls_root_certificates_pem`](Self::tls_root_certificates_pem); the certificates add
+    /// up. Once any is given, only these are trusted (not the system's roots). The file is
+    /// read at [`connect`](Self::connect), and must hold at least one certificate. Default:
+    /// the system's roots.
+    ///
+    /// TLS is rustls with its `ring` provider: unless the process installed a rustls
+    /// `CryptoProvider` of its own, connecting to a `rediss://` URL installs ring's as the
+    /// process default.
+    pub fn tls_root_certificates(mut self, path: impl Into<PathBuf>) -> Self {
+        self.tls_root_certificates
+            .push(RootCertificates::File(path.into()));
+        self
+    }
+
+    /// As [`tls_root_certificates`](Self::tls_root_certificates), with the PEM text itself
+    /// (one or more `-----BEGIN CERTIFICATE-----` blocks) rather than a file.
+    pub fn tls_root_certificates_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_root_certificates
+            .push(RootCertificates::Pem(pem.into()));
+        self
+    }
+
     /// Connects (and checks that the server answers).
+    ///
+    /// Credentials come from the URL: `redis://user:password@host:6379` (an ACL user) or
+    /// `redis://:password@host:6379` (`requirepass`); `rediss://` connects over TLS (see
+    /// [`tls_root_certificates`](Self::tls_root_certificates)). They never show: errors,
+    /// logs and `Debug` show the URL with them masked (`redis://user:***@host:6379`).
     ///
     /// # Errors
     ///
-    /// [`TransportError::Invalid`] for a bad prefix or URL, [`TransportError::Unreachable`]
-    /// when the server cannot be reached; the source is a [`RedisError`] saying what to do.
+    /// [`TransportError::Invalid`] for a bad prefix, URL or root certificates,
+    /// [`TransportError::Unreachable`] when the server cannot be reached,
+    /// [`TransportError::Broker`] when the server refuses the credentials
+    /// ([`RedisError::Auth`]) or the TLS handshake fails ([`RedisError::Tls`], for instance a
+    /// server certificate signed by a CA not trusted); the source is a [`RedisError`] saying
+    /// what to do.
     pub async fn connect(self) -> Result<RedisTransport, TransportError> {
         keys::check_prefix(&self.prefix)
             .map_err(|reason| invalid("key prefix", &self.prefix, reason))?;
+        let mut root_certificates: Option<Vec<u8>> = None;
+        for source in &self.tls_root_certificates {
+            let pem = source.load()?;
+            let all = root_certificates.get_or_insert_with(Vec::new);
+            all.extend_from_slice(&pem);
+            all.push(b'\n');
+        }
         let instance = self.instance.clone().unwrap_or_else(default_instance);
         if instance.is_empty() || instance.chars().any(char::is_whitespace) {
             return Err(invalid(
@@ -399,7 +502,9 @@ impl RedisTransportBuilder {
             prefix = %config.prefix,
             instance = %config.instance,
         );
-        connect(config, acked).instrument(span).await
+        connect(config, acked, root_certificates)
+            .instrument(span)
+            .await
     }
 }
 
@@ -415,14 +520,75 @@ fn default_instance() -> String {
     format!("{host}-{}-{random}", std::process::id())
 }
 
-async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, TransportError> {
-    let client = redis::Client::open(config.url.expose()).map_err(|source| {
+/// Installs rustls' ring provider as the process default, unless one is installed already:
+/// redis builds its TLS configuration with the process default.
+fn ensure_crypto_provider() {
+    use rustls::crypto::{CryptoProvider, ring};
+    if CryptoProvider::get_default().is_none() {
+        // Lost a race with another thread installing one: that one is used, as wanted.
+        let _ = ring::default_provider().install_default();
+    }
+}
+
+/// The client for `config.url`, over TLS with `root_certificates` trusted when given.
+fn client(
+    config: &Config,
+    root_certificates: Option<Vec<u8>>,
+) -> Result<redis::Client, TransportError> {
+    let url = config.url.expose();
+    let tls = url
+        .get(..9)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"));
+    if tls {
+        ensure_crypto_provider();
+    }
+    let built = match root_certificates {
+        Some(root_cert) if tls => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        Some(_) => {
+            return Err(invalid(
+                "URL",
+                config.url.shown(),
+                "TLS root certificates are given, but the URL is not a TLS one: write it \
+                 `rediss://host:port`",
+            ));
+        }
+        None => redis::Client::open(url),
+    };
+    built.map_err(|source| {
         RedisError::Url {
             url: config.url.to_string(),
             source,
         }
         .broker()
-    })?;
+    })
+}
+
+/// A failed first connection (or its first command), as the error that says what to do.
+fn connect_error(url: &ServerUrl, source: redis::RedisError) -> TransportError {
+    let url = url.to_string();
+    let error = if crate::error::is_auth(&source) {
+        RedisError::Auth { url, source }.broker()
+    } else if crate::error::is_tls(&source) {
+        RedisError::Tls { url, source }.broker()
+    } else {
+        RedisError::Connect { url, source }.unreachable()
+    };
+    tracing::debug!(%error, "cannot connect");
+    error
+}
+
+async fn connect(
+    config: Config,
+    acked: AckedIds,
+    root_certificates: Option<Vec<u8>>,
+) -> Result<RedisTransport, TransportError> {
+    let client = client(&config, root_certificates)?;
     let manager_config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(config.connect_timeout))
         .set_response_timeout(Some(config.request_timeout))
@@ -439,13 +605,7 @@ async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, Tran
             "connecting timed out",
         )))
     })
-    .map_err(|source| {
-        RedisError::Connect {
-            url: config.url.to_string(),
-            source,
-        }
-        .unreachable()
-    })?;
+    .map_err(|source| connect_error(&config.url, source))?;
     let keys = Keys::new(&config.prefix);
     let inner = Inner {
         client,
@@ -465,13 +625,7 @@ async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, Tran
     redis::cmd("PING")
         .query_async::<Value>(&mut conn)
         .await
-        .map_err(|source| {
-            RedisError::Connect {
-                url: inner.config.url.to_string(),
-                source,
-            }
-            .unreachable()
-        })?;
+        .map_err(|source| connect_error(&inner.config.url, source))?;
     tracing::info!("connected");
     Ok(RedisTransport {
         inner: Arc::new(inner),
@@ -479,8 +633,9 @@ async fn connect(config: Config, acked: AckedIds) -> Result<RedisTransport, Tran
 }
 
 impl RedisTransport {
-    /// Connects to `url` (`redis://127.0.0.1:6379`, `redis://:password@host:port/db`) with
-    /// every default; see [`RedisTransport::builder`].
+    /// Connects to `url` (`redis://127.0.0.1:6379`, `redis://:password@host:port/db`,
+    /// `redis://user:password@host:port`, `rediss://host:port` for TLS) with every default; see
+    /// [`RedisTransport::builder`].
     ///
     /// # Errors
     ///
@@ -507,6 +662,7 @@ impl RedisTransport {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             restartable: false,
+            tls_root_certificates: Vec::new(),
         }
     }
 

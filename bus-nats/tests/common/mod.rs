@@ -129,6 +129,8 @@ pub struct PrivateNatsServer {
     binary: PathBuf,
     port: u16,
     store: PathBuf,
+    /// More command-line arguments (authorization, TLS).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -136,6 +138,15 @@ impl PrivateNatsServer {
     /// Starts one. `None` (with a printed reason) when no `nats-server` binary is found and
     /// this is not CI; in CI that panics.
     pub fn start(test: &str) -> Option<PrivateNatsServer> {
+        PrivateNatsServer::start_with(test, |_port| Vec::new())
+    }
+
+    /// As [`PrivateNatsServer::start`], with more command-line arguments made from the port
+    /// (`--user alice --pass secret`, `--auth token`, `--tls --tlscert <file> --tlskey <file>`).
+    pub fn start_with(
+        test: &str,
+        extra: impl FnOnce(u16) -> Vec<String>,
+    ) -> Option<PrivateNatsServer> {
         let candidates = [
             std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from),
             Some(PathBuf::from("/usr/sbin/nats-server")),
@@ -161,10 +172,16 @@ impl PrivateNatsServer {
             binary,
             port,
             store,
+            extra: extra(port),
             child: None,
         };
         server.launch();
         Some(server)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -190,6 +207,7 @@ impl PrivateNatsServer {
                 "-sd",
             ])
             .arg(&self.store)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -200,6 +200,8 @@ pub struct PrivateRedisServer {
     binary: PathBuf,
     port: u16,
     dir: PathBuf,
+    /// More command-line arguments (users, TLS), after the usual ones: they win.
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -207,6 +209,17 @@ impl PrivateRedisServer {
     /// Starts one. `None` (with a printed reason) when no `redis-server` binary is found and
     /// this is not CI; in CI that panics.
     pub fn start(test: &str) -> Option<PrivateRedisServer> {
+        PrivateRedisServer::start_with(test, |_port| Vec::new())
+    }
+
+    /// As [`PrivateRedisServer::start`], with more command-line arguments made from the port,
+    /// given after the usual ones so that they win (`--user alice on '>secret' '~*' '&*'
+    /// '+@all' --user default off`, or `--port 0 --tls-port <port> --tls-cert-file <file>
+    /// ...` to serve only TLS on the port).
+    pub fn start_with(
+        test: &str,
+        extra: impl FnOnce(u16) -> Vec<String>,
+    ) -> Option<PrivateRedisServer> {
         let candidates = [
             std::env::var_os("REDIS_SERVER_BIN").map(PathBuf::from),
             Some(PathBuf::from("/usr/bin/redis-server")),
@@ -232,10 +245,16 @@ impl PrivateRedisServer {
             binary,
             port,
             dir,
+            extra: extra(port),
             child: None,
         };
         server.launch();
         Some(server)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -256,6 +275,7 @@ impl PrivateRedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--appendonly", "yes", "--save", "", "--daemonize", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
