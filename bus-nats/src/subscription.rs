@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::consumer::pull::{self, Stream as PullStream};
+use async_nats::jetstream::consumer::pull::{self, BatchConfig};
 use async_nats::jetstream::consumer::{
     AckPolicy, DeliverPolicy, FromConsumer, PullConsumer, ReplayPolicy,
 };
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::{StatusCode, Subject};
 use bus_core::transport::{
     Delivery, SubscribeOptions, TransportError, TransportSubscription, WireEvent,
 };
@@ -26,6 +27,9 @@ use crate::transport::{EPHEMERAL_INACTIVE_THRESHOLD, Inner};
 /// Idle heartbeat asked of the server for each pull request: a silent server is noticed
 /// after twice this.
 const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long a subscription with pull requests open waits for anything (a message, a status, a
+/// heartbeat) before it takes them for lost and re-opens.
+const SILENCE: Duration = HEARTBEAT.saturating_mul(2);
 /// How long one pull request stays open.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// The longest pause between two attempts to re-open a broken subscription.
@@ -90,14 +94,13 @@ pub(crate) async fn open(
     )))
 }
 
-/// Starts the pull loop of `consumer`.
-async fn pull(inner: &Inner, consumer: &PullConsumer) -> Result<PullStream, TransportError> {
-    consumer
-        .stream()
-        .max_messages_per_batch(inner.config.fetch_batch)
-        .expires(PULL_EXPIRES)
-        .heartbeat(HEARTBEAT)
-        .messages()
+/// Starts the pull loop of `consumer`: its inbox, subscribed; the first pull request is sent
+/// when the subscription is first polled.
+async fn pull(inner: &Inner, consumer: &PullConsumer) -> Result<Puller, TransportError> {
+    let inbox = Subject::from(inner.client.new_inbox());
+    let subscriber = inner
+        .client
+        .subscribe(inbox.clone())
         .await
         .map_err(|error| {
             NatsError::Consumer {
@@ -107,7 +110,130 @@ async fn pull(inner: &Inner, consumer: &PullConsumer) -> Result<PullStream, Tran
                 detail: error.to_string(),
             }
             .unreachable()
-        })
+        })?;
+    let mut reconnects = inner.reconnects.clone();
+    reconnects.borrow_and_update();
+    Ok(Puller {
+        consumer: consumer.clone(),
+        context: inner.js.clone(),
+        inbox,
+        subscriber,
+        batch: inner.config.fetch_batch.max(1),
+        owed: 0,
+        reconnects,
+    })
+}
+
+/// The pull loop of a subscription, on an inbox of its own.
+///
+/// Not async-nats' `consumer.stream().messages()`: that one sends its pull requests from a
+/// task of its own, and counts a request only when that task reports it sent; a message
+/// answering the request can be counted first, when it is not counted at all (the count is
+/// already zero). With one message per request the stream then believes one still owed and
+/// never asks again: no pull request open, no heartbeat, until the missed heartbeats end the
+/// stream (2 × 5 s here), again and again under load. Here the request is sent and counted in
+/// the same step, before any answer can be read.
+struct Puller {
+    consumer: PullConsumer,
+    context: async_nats::jetstream::Context,
+    inbox: Subject,
+    subscriber: async_nats::Subscriber,
+    /// Messages one pull request asks for at most: `fetch_batch`.
+    batch: usize,
+    /// Messages the open pull requests may still bring, and those received not handed out:
+    /// never more than `batch`.
+    owed: usize,
+    /// Seen at the last pull request; a change means the connection was re-established since.
+    reconnects: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Puller {
+    /// The next message; `Err` when the pull loop is broken (the subscription re-opens).
+    async fn next(&mut self) -> Result<async_nats::jetstream::Message, String> {
+        loop {
+            if self.owed <= self.batch / 2 {
+                let more = self.batch - self.owed;
+                self.reconnects.borrow_and_update();
+                let request = BatchConfig {
+                    batch: more,
+                    expires: Some(PULL_EXPIRES),
+                    idle_heartbeat: HEARTBEAT,
+                    ..Default::default()
+                };
+                self.consumer
+                    .request_batch(request, self.inbox.clone())
+                    .await
+                    .map_err(|error| format!("cannot send a pull request: {error}"))?;
+                self.owed += more;
+                tracing::trace!(more, owed = self.owed, "pull request sent");
+            }
+            let message = tokio::select! {
+                biased;
+                message = self.subscriber.next() => message,
+                changed = self.reconnects.changed() => {
+                    if changed.is_err() {
+                        return Err("the connection is closed".to_owned());
+                    }
+                    // The server forgot the pull requests of the connection it lost.
+                    tracing::debug!("reconnected: pulling again");
+                    self.owed = 0;
+                    continue;
+                }
+                () = tokio::time::sleep(SILENCE) => {
+                    return Err(format!(
+                        "no message nor heartbeat for {SILENCE:?} with a pull request open"
+                    ));
+                }
+            };
+            let Some(message) = message else {
+                return Err("the inbox subscription ended".to_owned());
+            };
+            match message.status {
+                None | Some(StatusCode::OK) => {
+                    self.owed = self.owed.saturating_sub(1);
+                    return Ok(async_nats::jetstream::Message {
+                        message,
+                        context: self.context.clone(),
+                    });
+                }
+                Some(StatusCode::IDLE_HEARTBEAT) => {}
+                Some(StatusCode::NO_RESPONDERS) => {
+                    return Err("no responders: the consumer or JetStream is gone".to_owned());
+                }
+                Some(
+                    StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED | StatusCode::NOT_FOUND,
+                ) => {
+                    let description = message.description.as_deref().unwrap_or_default();
+                    if description == "Consumer Deleted"
+                        || description == "Consumer is push based"
+                        || description.starts_with("Exceeded MaxRequest")
+                    {
+                        return Err(format!("pull request refused: {description}"));
+                    }
+                    // A pull request ended (expired, or cut short): what it did not bring is
+                    // no longer owed. Without the count, take every request as ended.
+                    let left = message
+                        .headers
+                        .as_ref()
+                        .and_then(|headers| headers.get("Nats-Pending-Messages"))
+                        .and_then(|value| value.as_str().parse::<usize>().ok());
+                    self.owed = left.map_or(0, |left| self.owed.saturating_sub(left));
+                    tracing::debug!(
+                        status = %description,
+                        ?left,
+                        owed = self.owed,
+                        "pull request ended"
+                    );
+                }
+                Some(status) => {
+                    return Err(format!(
+                        "unexpected status {status} {}",
+                        message.description.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// What a subscription asked for.
@@ -271,13 +397,13 @@ impl Spec {
     }
 }
 
-/// The pull stream of a subscription. Dropped, it naks the messages it had already received
+/// The pull loop of a subscription. Dropped, it naks the messages it had already received
 /// (a spawned task), so they are delivered again at once rather than after the ack wait.
-struct Messages(Option<PullStream>);
+struct Messages(Option<Puller>);
 
 impl Drop for Messages {
     fn drop(&mut self) {
-        let Some(mut stream) = self.0.take() else {
+        let Some(mut puller) = self.0.take() else {
             return;
         };
         // Here and now, not in a task: what has already arrived (never waiting for more), then
@@ -285,12 +411,15 @@ impl Drop for Messages {
         // reads one connection in order: once it has read the unsubscribe, its pending pull
         // requests to this subscription have no interest left.
         let mut held = Vec::new();
-        while let Some(Some(item)) = stream.next().now_or_never() {
-            if let Ok(message) = item {
-                held.push(message);
+        while let Some(Some(message)) = puller.subscriber.next().now_or_never() {
+            if matches!(message.status, None | Some(StatusCode::OK)) {
+                held.push(async_nats::jetstream::Message {
+                    message,
+                    context: puller.context.clone(),
+                });
             }
         }
-        drop(stream);
+        drop(puller);
         if held.is_empty() {
             return;
         }
@@ -379,19 +508,15 @@ impl Pump {
                 }
             };
             match messages.next().await {
-                Some(Ok(message)) => {
+                Ok(message) => {
                     if let Some(delivery) = self.receive(message).await {
                         return Ok(delivery);
                     }
                 }
-                Some(Err(error)) => {
+                Err(error) => {
                     tracing::warn!(%error, "pulling failed; re-opening the subscription");
                     self.messages = None;
                     self.retry_at = Some(Instant::now() + reopen_delay(1));
-                }
-                None => {
-                    tracing::warn!("the pull loop ended; re-opening the subscription");
-                    self.messages = None;
                 }
             }
         }
