@@ -1242,6 +1242,14 @@ impl EventBus {
     /// [`DeliveryError::Aborted`]. A listener that never reaches an `.await` cannot be aborted;
     /// shutdown waits for it. Listeners can still be added and removed after shutdown.
     ///
+    /// On a bus with a transport, the distributed listeners stop taking deliveries at once. An
+    /// aborted delivery is never acknowledged: it is handed back to the broker (its consumer
+    /// group), as are the events a subscription had received and not yet delivered, and
+    /// shutdown waits for those hand-backs ([`Transport::flush`](crate::transport::Transport::flush)),
+    /// for at most [`HAND_BACK_GRACE`](crate::transport::HAND_BACK_GRACE) past `timeout`, so
+    /// that the process may exit as soon as it returns: another instance gets those events at
+    /// once rather than after their ack wait.
+    ///
     /// # Panics
     ///
     /// When the Tokio runtime was built without its time driver (`enable_time`), as
@@ -1264,6 +1272,9 @@ impl EventBus {
         if tokio::time::timeout(timeout, tasks.idle()).await.is_err() {
             tasks.cancel_all();
             tasks.idle().await;
+        }
+        if let Some(remote) = &self.shared.remote {
+            remote.finish(crate::transport::HAND_BACK_GRACE).await;
         }
         let report = ShutdownReport {
             in_flight,

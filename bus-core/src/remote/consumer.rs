@@ -145,7 +145,10 @@ impl Consumer {
             biased;
             () = self.tasks.cancelled() => {
                 self.tasks.count_aborted();
-                tracing::info!(parent: &span, "aborted by shutdown: left unsettled, the broker delivers it again");
+                tracing::info!(parent: &span, "aborted by shutdown: handed back unsettled, the broker delivers it again");
+                // Still tracked: shutdown waits for the hand-back, so an exit right after it
+                // does not leave the event waiting for the ack wait.
+                settle(delivery.release(), &span).await;
                 return;
             }
             failure = failure.instrument(span.clone()) => failure,

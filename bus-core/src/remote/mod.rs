@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use self::codec::{Codec, Codecs};
 use crate::dispatch::Tasks;
@@ -71,6 +72,8 @@ pub(crate) struct Remote {
     consumers: Mutex<HashMap<ListenerId, Consumer>>,
     /// Cancelled by shutdown: every consumer stops taking deliveries.
     closed: CancellationToken,
+    /// The consumers' tasks, which shutdown waits for: each ends by closing its subscription.
+    running: TaskTracker,
 }
 
 impl Remote {
@@ -81,6 +84,7 @@ impl Remote {
             codecs: Codecs::linked_and(extra),
             consumers: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
+            running: TaskTracker::new(),
         }
     }
 
@@ -173,7 +177,7 @@ impl Remote {
                     stop: stop.clone(),
                     ready: ready_tx,
                 };
-                runtime.spawn(consumer.run());
+                self.running.spawn_on(consumer.run(), &runtime);
             }
             Err(_) => {
                 let error = TransportError::Closed {
@@ -218,6 +222,24 @@ impl Remote {
     /// Stops every consumer from taking more deliveries (shutdown).
     pub(crate) fn close(&self) {
         self.closed.cancel();
+        self.running.close();
+    }
+
+    /// After [`close`](Remote::close) and once the deliveries have ended: waits for the
+    /// consumers to close their subscriptions, then for the transport to hand back what they
+    /// held (`Transport::flush`), for at most `grace`.
+    pub(crate) async fn finish(&self, grace: Duration) {
+        let finished = async {
+            self.running.wait().await;
+            self.transport.flush().await;
+        };
+        if tokio::time::timeout(grace, finished).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "the transport did not finish handing back within the grace period: the \
+                 events it held come back after their ack wait"
+            );
+        }
     }
 
     /// Resolves once every consumer's subscription is in place, or with the first error.

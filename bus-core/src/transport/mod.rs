@@ -26,6 +26,11 @@ pub use self::replay::{DeadLetterQueue, REPLAY_OF, ReplayReport};
 pub use self::server_url::ServerUrl;
 pub use self::wire::{DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent};
 
+/// How long [`EventBus::shutdown`](crate::EventBus::shutdown) waits, past its own deadline,
+/// for the consumers to close their subscriptions and the transport to hand back what they
+/// held ([`Transport::flush`]): 5 s.
+pub const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
+
 /// A boxed future, as the dyn-compatible transport traits return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -49,6 +54,17 @@ pub trait Transport: Send + Sync + 'static {
         &self,
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>>;
+
+    /// Resolves once the work this transport still does in the background for subscriptions
+    /// and deliveries already dropped (handing their events back to the broker) is done, and
+    /// what it sent has reached the broker. The bus awaits it last in
+    /// [`shutdown`](crate::EventBus::shutdown), so that a process exiting right after loses
+    /// no hand-back and no event waits for its ack wait. The transport stays usable.
+    ///
+    /// The default resolves at once: for a transport with no such background work.
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// The deliveries of one subscription, in the order the broker hands them out. Dropping it
@@ -83,6 +99,20 @@ pub trait Delivery: Send + Sync + 'static {
     /// The event can never be handled (it does not decode, say): dead-letter it now, with
     /// `reason`, and do not deliver it to this group again.
     fn reject(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>>;
+
+    /// The event was not handled, through no fault of its listener (the bus is shutting down):
+    /// hand it back now, for the broker to deliver again, to another member of the group or to
+    /// the next subscription, without waiting for the ack wait. This is what dropping the
+    /// delivery unsettled does, in a future the caller awaits, so that a process that exits
+    /// right after does not cut the hand-back off. On the last allowed attempt a transport may
+    /// dead-letter it, as after a `nack`.
+    ///
+    /// The default drops the delivery: a transport whose `Drop` hands back in a task of its
+    /// own overrides this with that work.
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        drop(self);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// What to subscribe to, and how.
