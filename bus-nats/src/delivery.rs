@@ -114,6 +114,18 @@ impl Settle {
         })
     }
 
+    /// Hands an unsettled delivery back (`how`: why it was not settled): a nak, or on the last
+    /// allowed delivery the dead letter, as after a last nack.
+    async fn hand_back(&self, acker: &Acker, how: &str) -> Result<(), TransportError> {
+        if self.attempt >= self.origin.max_deliveries {
+            let reason = format!("{how} (after {} deliveries)", self.attempt);
+            self.dead_letter(acker, &reason, DROPPED_DELAY).await
+        } else {
+            tracing::debug!("delivery {how}: nak");
+            self.send(acker, AckKind::Nak(Some(DROPPED_DELAY))).await
+        }
+    }
+
     /// Dead-letters the event with `reason`, then terminates it; if the dead letter cannot be
     /// stored, naks it after `retry` instead, so that it is not lost.
     async fn dead_letter(
@@ -302,6 +314,14 @@ impl Delivery for NatsDelivery {
         )
     }
 
+    fn release(self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let span = self.span("released");
+        let (settle, acker) = self.take();
+        Box::pin(
+            async move { settle.hand_back(&acker, "released unsettled").await }.instrument(span),
+        )
+    }
+
     fn reject(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
         let span = self.span("reject");
         let (settle, acker) = self.take();
@@ -321,9 +341,6 @@ impl Drop for NatsDelivery {
         let Some((settle, acker)) = self.take_parts() else {
             return;
         };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let span = tracing::debug_span!(
             "bus.nats.settle",
             what = "dropped",
@@ -332,16 +349,10 @@ impl Drop for NatsDelivery {
             event_id = %settle.event.id,
             attempt = settle.attempt,
         );
-        runtime.spawn(
+        let inner = Arc::clone(&settle.inner);
+        inner.spawn_background(
             async move {
-                if settle.attempt >= settle.origin.max_deliveries {
-                    // The last allowed delivery failed: dead-lettered, as after a last nack.
-                    let reason = format!("dropped unsettled (after {} deliveries)", settle.attempt);
-                    let _ = settle.dead_letter(&acker, &reason, DROPPED_DELAY).await;
-                } else {
-                    tracing::debug!("delivery dropped unsettled: nak");
-                    let _ = settle.send(&acker, AckKind::Nak(Some(DROPPED_DELAY))).await;
-                }
+                let _ = settle.hand_back(&acker, "dropped unsettled").await;
             }
             .instrument(span),
         );

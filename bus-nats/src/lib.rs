@@ -71,11 +71,14 @@
 //!
 //! **Closing.** A delivery dropped unsettled is nak'd by a spawned task and delivered again
 //! 100 ms later (or dead-lettered, on its last allowed delivery). Dropping a subscription
-//! unsubscribes its pull requests at once and naks the messages it had received but not handed
-//! out (none with the default [`fetch_batch`](NatsTransportBuilder::fetch_batch) of 1). A
-//! message the server had already sent to a subscription as it closed is delivered again by
+//! naks the messages it had received but not handed out, and keeps its inbox for up to a
+//! second while its open pull requests are answered, nak'ing what they bring, before it
+//! unsubscribes; a message the server sends to a subscription after that is delivered again by
 //! JetStream after its ack wait. Dropping the last handle of a connection flushes it first, so
-//! the acks it sent are not lost.
+//! the acks it sent are not lost. `Delivery::release` (what the bus's shutdown does with a
+//! delivery it aborted) naks as a drop does, in a future it awaits; `Transport::flush` waits for
+//! the naks of dropped deliveries and subscriptions and flushes the connection, so a process
+//! that exits after the bus's `shutdown` leaves nothing for the ack wait.
 //!
 //! **Throughput.** A subscription asks for one message per round trip by default, so that it
 //! never holds messages it has not handed out (they would count a delivery when it closes).

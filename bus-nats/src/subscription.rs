@@ -121,6 +121,7 @@ async fn pull(inner: &Inner, consumer: &PullConsumer) -> Result<Puller, Transpor
         batch: inner.config.fetch_batch.max(1),
         owed: 0,
         reconnects,
+        background: inner.background.clone(),
     })
 }
 
@@ -145,6 +146,8 @@ struct Puller {
     owed: usize,
     /// Seen at the last pull request; a change means the connection was re-established since.
     reconnects: tokio::sync::watch::Receiver<u64>,
+    /// The transport's background work, where the naks of a closing subscription run.
+    background: tokio_util::task::TaskTracker,
 }
 
 impl Puller {
@@ -188,52 +191,87 @@ impl Puller {
             let Some(message) = message else {
                 return Err("the inbox subscription ended".to_owned());
             };
-            match message.status {
-                None | Some(StatusCode::OK) => {
-                    self.owed = self.owed.saturating_sub(1);
-                    return Ok(async_nats::jetstream::Message {
-                        message,
-                        context: self.context.clone(),
-                    });
-                }
-                Some(StatusCode::IDLE_HEARTBEAT) => {}
-                Some(StatusCode::NO_RESPONDERS) => {
-                    return Err("no responders: the consumer or JetStream is gone".to_owned());
-                }
-                Some(
-                    StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED | StatusCode::NOT_FOUND,
-                ) => {
-                    let description = message.description.as_deref().unwrap_or_default();
-                    if description == "Consumer Deleted"
-                        || description == "Consumer is push based"
-                        || description.starts_with("Exceeded MaxRequest")
-                    {
-                        return Err(format!("pull request refused: {description}"));
-                    }
-                    // A pull request ended (expired, or cut short): what it did not bring is
-                    // no longer owed. Without the count, take every request as ended.
-                    let left = message
-                        .headers
-                        .as_ref()
-                        .and_then(|headers| headers.get("Nats-Pending-Messages"))
-                        .and_then(|value| value.as_str().parse::<usize>().ok());
-                    self.owed = left.map_or(0, |left| self.owed.saturating_sub(left));
-                    tracing::debug!(
-                        status = %description,
-                        ?left,
-                        owed = self.owed,
-                        "pull request ended"
-                    );
-                }
-                Some(status) => {
-                    return Err(format!(
-                        "unexpected status {status} {}",
-                        message.description.as_deref().unwrap_or_default()
-                    ));
-                }
+            match self.read(message) {
+                Read::Message(message) => return Ok(message),
+                Read::Status => {}
+                Read::Broken(error) => return Err(error),
             }
         }
     }
+
+    /// Reads what came to the inbox: a message (no longer owed), a status that ends a pull
+    /// request (what it did not bring is no longer owed) or a heartbeat, or the end of the
+    /// pull loop.
+    fn read(&mut self, message: async_nats::Message) -> Read {
+        match message.status {
+            None | Some(StatusCode::OK) => {
+                self.owed = self.owed.saturating_sub(1);
+                Read::Message(async_nats::jetstream::Message {
+                    message,
+                    context: self.context.clone(),
+                })
+            }
+            Some(StatusCode::IDLE_HEARTBEAT) => Read::Status,
+            Some(StatusCode::NO_RESPONDERS) => {
+                Read::Broken("no responders: the consumer or JetStream is gone".to_owned())
+            }
+            Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED | StatusCode::NOT_FOUND) => {
+                let description = message.description.as_deref().unwrap_or_default();
+                if description == "Consumer Deleted"
+                    || description == "Consumer is push based"
+                    || description.starts_with("Exceeded MaxRequest")
+                {
+                    return Read::Broken(format!("pull request refused: {description}"));
+                }
+                // A pull request ended (expired, or cut short): what it did not bring is no
+                // longer owed. Without the count, take every request as ended.
+                let left = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get("Nats-Pending-Messages"))
+                    .and_then(|value| value.as_str().parse::<usize>().ok());
+                self.owed = left.map_or(0, |left| self.owed.saturating_sub(left));
+                tracing::debug!(
+                    status = %description,
+                    ?left,
+                    owed = self.owed,
+                    "pull request ended"
+                );
+                Read::Status
+            }
+            Some(status) => Read::Broken(format!(
+                "unexpected status {status} {}",
+                message.description.as_deref().unwrap_or_default()
+            )),
+        }
+    }
+
+    /// [`read`](Puller::read) for a closed subscription: the message, if it is one; a
+    /// broken loop owes nothing more.
+    fn answer(&mut self, message: async_nats::Message) -> Option<async_nats::jetstream::Message> {
+        match self.read(message) {
+            Read::Message(message) => Some(message),
+            Read::Status => None,
+            Read::Broken(_) => {
+                self.owed = 0;
+                None
+            }
+        }
+    }
+}
+
+/// What [`Puller::read`] made of what came to the inbox.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per message and matched at once, never stored: boxing would allocate per message"
+)]
+enum Read {
+    /// A message of the stream.
+    Message(async_nats::jetstream::Message),
+    /// A heartbeat, or the end of a pull request.
+    Status,
+    /// The pull loop is broken (the subscription re-opens).
+    Broken(String),
 }
 
 /// What a subscription asked for.
@@ -397,49 +435,70 @@ impl Spec {
     }
 }
 
-/// The pull loop of a subscription. Dropped, it naks the messages it had already received
-/// (a spawned task), so they are delivered again at once rather than after the ack wait.
+/// The pull loop of a subscription. Dropped, it naks the messages it had already received,
+/// and those its open pull requests still bring, in the transport's background (which
+/// `flush` waits for), so they are delivered again at once rather than after the ack wait.
 struct Messages(Option<Puller>);
+
+/// How long a closed subscription keeps its inbox for the answers to its open pull requests:
+/// a message sent to an inbox already gone would wait for the ack wait.
+const CLOSE_DRAIN: Duration = Duration::from_secs(1);
 
 impl Drop for Messages {
     fn drop(&mut self) {
         let Some(mut puller) = self.0.take() else {
             return;
         };
-        // Here and now, not in a task: what has already arrived (never waiting for more), then
-        // the unsubscribe, queued before anything this thread sends after the drop. The server
-        // reads one connection in order: once it has read the unsubscribe, its pending pull
-        // requests to this subscription have no interest left.
+        // What has already arrived, here and now (never waiting for more).
         let mut held = Vec::new();
         while let Some(Some(message)) = puller.subscriber.next().now_or_never() {
-            if matches!(message.status, None | Some(StatusCode::OK)) {
-                held.push(async_nats::jetstream::Message {
-                    message,
-                    context: puller.context.clone(),
-                });
+            if let Some(message) = puller.answer(message) {
+                held.push(message);
             }
-        }
-        drop(puller);
-        if held.is_empty() {
-            return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        // Nak'd with a short delay, so that the server redelivers after it has read the
-        // unsubscribe (an immediate nak here makes nats-server 2.9 mix up redeliveries).
-        runtime.spawn(async move {
-            for message in &held {
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(crate::delivery::DROPPED_DELAY)))
-                    .await;
-            }
-            tracing::debug!(
-                returned = held.len(),
-                "subscription closed: nak'd the messages in hand"
-            );
-        });
+        let background = puller.background.clone();
+        background.spawn_on(
+            async move {
+                let mut returned = 0_usize;
+                for message in &held {
+                    returned += usize::from(nak(message).await);
+                }
+                // The open pull requests may still bring messages (a nak'd one among them):
+                // they are nak'd too, until none is owed, the requests end, or the drain's
+                // time is up. Only then the inbox goes.
+                let deadline = tokio::time::Instant::now() + CLOSE_DRAIN;
+                while puller.owed > 0 {
+                    let Ok(Some(message)) =
+                        tokio::time::timeout_at(deadline, puller.subscriber.next()).await
+                    else {
+                        break;
+                    };
+                    if let Some(message) = puller.answer(message) {
+                        returned += usize::from(nak(&message).await);
+                    }
+                }
+                tracing::debug!(
+                    returned,
+                    owed = puller.owed,
+                    "subscription closed: nak'd the messages in hand"
+                );
+            },
+            &runtime,
+        );
     }
+}
+
+/// Naks `message` for a redelivery after a short delay, so that the server redelivers after
+/// it has read the unsubscribe (an immediate nak here makes nats-server 2.9 mix up
+/// redeliveries); whether the nak was sent.
+async fn nak(message: &async_nats::jetstream::Message) -> bool {
+    message
+        .ack_with(AckKind::Nak(Some(crate::delivery::DROPPED_DELAY)))
+        .await
+        .is_ok()
 }
 
 /// The state behind a subscription's stream.
@@ -461,12 +520,9 @@ impl Drop for Pump {
         if self.spec.durable.is_some() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let stream = self.inner.stream.clone();
         let name = self.origin.consumer.clone();
-        runtime.spawn(async move {
+        self.inner.spawn_background(async move {
             if let Err(error) = stream.delete_consumer(&name).await {
                 tracing::debug!(
                     consumer = %name,

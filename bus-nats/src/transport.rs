@@ -14,6 +14,7 @@ use bus_core::transport::{
 };
 use bytes::Bytes;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::error::{NAME, NatsError, invalid};
@@ -66,7 +67,8 @@ const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
 /// - **Settling**: `ack` acks (a plain ack, or a double ack confirmed by the server with
 ///   [`ack_sync`](NatsTransportBuilder::ack_sync)); `nack` naks with the delay, or on the last
 ///   allowed delivery dead-letters the event and terminates it; `reject` dead-letters and
-///   terminates. A delivery dropped unsettled is nak'd at once (in a spawned task). A message
+///   terminates. A delivery dropped unsettled is nak'd at once (in a spawned task, which
+///   [`flush`](Transport::flush) waits for), as `release` does (awaited). A message
 ///   that does not decode as an event is dead-lettered by the subscription itself, with the
 ///   decoding error as the reason, and never reaches the caller.
 ///
@@ -114,6 +116,19 @@ pub(crate) struct Inner {
     pub(crate) js: jetstream::Context,
     pub(crate) stream: stream::Stream,
     pub(crate) config: Config,
+    /// The hand-backs of dropped deliveries and subscriptions (naks), and the deletions of
+    /// ephemeral consumers, running in the background; [`Transport::flush`] waits for them.
+    pub(crate) background: TaskTracker,
+}
+
+impl Inner {
+    /// Runs `work` in the background, counted by [`Inner::background`]; not at all outside a
+    /// Tokio runtime.
+    pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            self.background.spawn_on(work, &runtime);
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -469,6 +484,7 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
             js,
             stream,
             config,
+            background: TaskTracker::new(),
         }),
     })
 }
@@ -646,6 +662,22 @@ impl Transport for NatsTransport {
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
         Box::pin(crate::subscription::open(Arc::clone(&self.inner), options))
+    }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let background = &self.inner.background;
+            background.close();
+            background.wait().await;
+            background.reopen();
+            // The naks are queued on the connection: through to the server before returning.
+            let timeout = self.inner.config.request_timeout;
+            match tokio::time::timeout(timeout, self.inner.client.flush()).await {
+                Ok(Ok(())) => tracing::debug!("flushed"),
+                Ok(Err(error)) => tracing::warn!(%error, "cannot flush the connection"),
+                Err(_) => tracing::warn!(?timeout, "flushing the connection timed out"),
+            }
+        })
     }
 }
 

@@ -253,6 +253,18 @@ impl Delivery for RedisDelivery {
         let settle = self.take();
         Box::pin(settle.reject(reason).instrument(span))
     }
+
+    fn release(mut self: Box<Self>) -> BoxFuture<'static, Result<(), TransportError>> {
+        let span = self.span("released");
+        let settle = self.take();
+        Box::pin(
+            async move {
+                settle.dropped().await;
+                Ok(())
+            }
+            .instrument(span),
+        )
+    }
 }
 
 impl Drop for RedisDelivery {
@@ -272,6 +284,7 @@ impl Drop for RedisDelivery {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        runtime.spawn(settle.dropped().instrument(span));
+        let inner = Arc::clone(&settle.inner);
+        inner.spawn_background(&runtime, settle.dropped().instrument(span));
     }
 }

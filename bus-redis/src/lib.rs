@@ -70,7 +70,10 @@
 //! `XACK` is idempotent). `nack(delay)` keeps the entry pending on the consumer, which claims it
 //! back (`XCLAIM`, counting a delivery) once the delay is over: no busy loop, and a delay
 //! longer than the `ack_wait` is cut short by the claims of the group. A delivery dropped
-//! unsettled is handed back to the group at once. On the last allowed delivery
+//! unsettled is handed back to the group at once (in the background), one released
+//! (`Delivery::release`, what the bus's shutdown does with a delivery it aborted) too, in a
+//! future it awaits; `Transport::flush` waits for the background hand-backs of dropped
+//! deliveries and closed subscriptions. On the last allowed delivery
 //! (`max_deliveries`), a nack, a reject or a drop dead-letters the event, then acks it; an entry
 //! whose delivery count is past `max_deliveries` (its last delivery was never settled: the
 //! consumer died, or the ack wait passed) is dead-lettered by the consumer that claims it,

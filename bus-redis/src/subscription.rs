@@ -294,7 +294,9 @@ impl Drop for Pump {
             return;
         };
         let span = self.span.clone();
-        runtime.spawn(
+        let background = Arc::clone(&inner);
+        background.spawn_background(
+            &runtime,
             async move {
                 // Twice: a read in flight as the subscription closed may still have given
                 // this consumer entries, until its block ended.

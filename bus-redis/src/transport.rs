@@ -15,6 +15,7 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script, Value};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::dedup::AckedIds;
@@ -195,6 +196,9 @@ pub(crate) struct Inner {
     slots: Mutex<HashMap<String, BTreeSet<u32>>>,
     /// The names this transport registered, and when: see [`NAME_REFRESH`].
     registered: Mutex<HashMap<String, Instant>>,
+    /// The hand-backs of dropped deliveries and subscriptions, running in the background;
+    /// [`Transport::flush`] waits for them.
+    background: TaskTracker,
 }
 
 /// The settled configuration.
@@ -618,6 +622,7 @@ async fn connect(
         next_subscription: AtomicU64::new(0),
         slots: Mutex::new(HashMap::new()),
         registered: Mutex::new(HashMap::new()),
+        background: TaskTracker::new(),
         config,
     };
     // One round trip, so that a server that accepts connections but does not answer fails here.
@@ -749,9 +754,28 @@ impl Transport for RedisTransport {
     ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
         Box::pin(crate::subscription::open(Arc::clone(&self.inner), options))
     }
+
+    fn flush(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let background = &self.inner.background;
+            background.close();
+            background.wait().await;
+            background.reopen();
+            tracing::debug!("flushed");
+        })
+    }
 }
 
 impl Inner {
+    /// Runs `work` on `runtime` in the background, counted by [`Inner::background`].
+    pub(crate) fn spawn_background(
+        &self,
+        runtime: &tokio::runtime::Handle,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.background.spawn_on(work, runtime);
+    }
+
     /// Checks and publishes an event.
     async fn publish(&self, event: WireEvent) -> Result<(), TransportError> {
         keys::check_name(&event.ty).map_err(|reason| invalid("event name", &event.ty, reason))?;
