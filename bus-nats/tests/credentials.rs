@@ -10,10 +10,12 @@ mod common;
 use std::future::Future;
 use std::time::Duration;
 
+use bus_conformance::secure::{
+    assert_error_hides, assert_hidden, assert_logs_hide, capture_logs, round_trip,
+};
 use bus_core::transport::TransportError;
 use bus_nats::{NatsError, NatsTransport};
 use common::{PATIENCE, PrivateNatsServer};
-use bus_conformance::secure::{assert_error_hides, assert_hidden, assert_logs_hide, capture_logs, round_trip};
 
 const SECRET: &str = "s3cret-Pa55word";
 

@@ -9,12 +9,12 @@ mod common;
 
 use std::future::Future;
 
-use bus_core::transport::TransportError;
-use bus_redis::{RedisError, RedisTransport, RedisTransportBuilder};
-use common::{PATIENCE, PrivateRedisServer};
 use bus_conformance::secure::{
     TestCertificates, assert_error_hides, assert_hidden, assert_logs_hide, capture_logs, round_trip,
 };
+use bus_core::transport::TransportError;
+use bus_redis::{RedisError, RedisTransport, RedisTransportBuilder};
+use common::{PATIENCE, PrivateRedisServer};
 
 /// `future` within [`PATIENCE`]: a connect that hangs fails the test.
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
