@@ -309,6 +309,15 @@ impl<'h> Case<'h> {
         }
     }
 
+    /// Releases `delivery` (hands it back unhandled), failing the case when the transport
+    /// refuses.
+    pub(crate) async fn release(&self, delivery: Box<dyn Delivery>) {
+        let what = format!("releasing `{}`", delivery.event().id);
+        if let Err(error) = self.guarded(&what, delivery.release()).await {
+            self.fail(format!("{what}: {error}"));
+        }
+    }
+
     /// Rejects `delivery`, failing the case when the transport refuses.
     pub(crate) async fn reject(&self, delivery: Box<dyn Delivery>, reason: &str) {
         let what = format!("rejecting `{}`", delivery.event().id);

@@ -237,12 +237,16 @@ enum Death {
     /// The process hangs: the delivery is never settled, the subscription stays open and is
     /// never read again; only the ack wait gives the event back.
     ProcessHung,
+    /// The process shuts down: the delivery is released (`Delivery::release`, awaited), then
+    /// the subscription and connection close at once, as a process exits after its shutdown.
+    Released,
 }
 
 /// A consumer killed before its ack (issue 5): two instances of a group (one connection each)
-/// race for an event; the one that gets it dies holding it, in three ways in turn
+/// race for an event; the one that gets it dies holding it, in four ways in turn
 /// (delivery dropped unsettled; delivery leaked and subscription closed; delivery leaked and
-/// the instance hung), and each time the other instance gets the event, as another attempt.
+/// the instance hung; delivery released and subscription closed), and each time the other
+/// instance gets the event, as another attempt.
 /// The group's ack wait is [`CRASH_ACK_WAIT`](crate::CRASH_ACK_WAIT).
 ///
 /// # Panics
@@ -265,6 +269,7 @@ pub async fn killed_consumer(harness: &dyn Harness, size: Size) {
         Death::DeliveryDropped,
         Death::ProcessDied,
         Death::ProcessHung,
+        Death::Released,
     ] {
         let connections = [case.connect().await, case.connect().await];
         let mut subscriptions = [
@@ -315,6 +320,10 @@ pub async fn killed_consumer(harness: &dyn Harness, size: Size) {
             Death::ProcessHung => {
                 std::mem::forget(delivery);
                 hung.push(victim);
+            }
+            Death::Released => {
+                case.release(delivery).await;
+                drop(victim);
             }
         }
         let again = case

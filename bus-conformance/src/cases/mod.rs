@@ -21,7 +21,7 @@
 //! | [`subscription_cancel`] | `TestSubscribeCtx` | a group's subscription dropped with unacked deliveries: they, and what was published meanwhile, reach the next instance; acked ones never come back | groups |
 //! | [`consumer_groups`] | `TestConsumerGroups` | two groups created and closed before publishing each get all 50 events | groups |
 //! | [`broker_restart`] | `TestReconnect` | the broker restarted twice during 10,000 publishes (20 publishers, retrying): nothing lost | restartable, persistent, groups |
-//! | [`killed_consumer`] | (issue 5) | an instance that dies holding a delivery (dropped unsettled; leaked and unsubscribed; leaked and hung): another instance gets the event | groups |
+//! | [`killed_consumer`] | (issue 5) | an instance that dies holding a delivery (dropped unsettled; leaked and unsubscribed; leaked and hung; released and unsubscribed): another instance gets the event | groups |
 //! | [`poison_dead_letter`] | (issue 5) | an event nacked on every attempt is dead-lettered after `max_deliveries`, one rejected at once, with reason, group and attempts; the others keep flowing (quiet period) | groups |
 //! | [`crashed_poison_dead_letter`] | (issue 5) | an event whose every delivery kills its consumer is delivered `max_deliveries` times, then dead-lettered | groups |
 //! | [`fan_out`] | (issue 5) | 2 services x 2 instances: each service handles each of 100 events once (quiet period) | groups |
