@@ -12,6 +12,19 @@
 //! reads what the workers print. Each service handles each order once (fan-out across
 //! services), and the two instances of a service share the orders (competing consumers). The
 //! listeners and the emits are the same on either broker: only `connect` looks at the URL.
+//!
+//! A worker also stops on SIGTERM (what `kill`, systemd, Docker and Kubernetes send) or
+//! Ctrl-C: it stops taking orders, gives the orders in hand up to `SHUTDOWN_DEADLINE` (5 s) to
+//! finish, prints what its shutdown did to stderr, and exits with 0. An order cut short at the
+//! deadline is not acknowledged: the broker delivers it again, to the other instance of the
+//! service or to the next one that starts. Ctrl-C in the demo's terminal reaches the four
+//! workers too. A worker runs on its own as well:
+//!
+//! ```sh
+//! cargo run --example distributed --features nats,redis -- worker redis://127.0.0.1:6379 billing 1
+//! # then Ctrl-C, or from another shell: kill -TERM <pid>
+//! # billing#1: SIGTERM: shut down with 0 deliveries in flight, 0 aborted
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -40,6 +53,12 @@ const ORDERS: u32 = 20;
 const SERVICES: [&str; 2] = ["billing", "shipping"];
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a worker that is told to stop (by the demo, by SIGTERM or by Ctrl-C) waits for the
+/// orders it is handling before it aborts them. An aborted order is left unacknowledged, so the
+/// broker delivers it again; keep this below the grace period of whatever stops the process
+/// (Kubernetes sends SIGKILL 30 s after SIGTERM by default, Docker 10 s after).
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The broker when no URL is given.
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
@@ -110,11 +129,68 @@ async fn run_worker(url: &str, service: &str, instance: &str) -> Result<(), Erro
         },
         Policy::new().group(Group::Ungrouped),
     );
+    // Before "ready": from then on, a SIGTERM no longer kills the process outright.
+    let mut signals = Signals::install()?;
     bus.ready().await?;
     println!("ready");
-    stop_rx.recv().await;
-    bus.shutdown(Duration::from_secs(5)).await;
+    tokio::select! {
+        _ = stop_rx.recv() => {
+            bus.shutdown(SHUTDOWN_DEADLINE).await;
+        }
+        signal = signals.next() => {
+            let signal = signal?;
+            // No more orders from the broker; the ones in hand finish, or are aborted at the
+            // deadline and left unacknowledged for the broker to deliver again.
+            let report = bus.shutdown(SHUTDOWN_DEADLINE).await;
+            // stderr: stdout is the demo's pipe, which is gone when Ctrl-C stopped the demo too.
+            eprintln!(
+                "{service}#{instance}: {signal}: shut down with {} deliveries in flight, {} aborted",
+                report.in_flight(),
+                report.aborted()
+            );
+        }
+    }
     Ok(())
+}
+
+/// The signals that stop a worker: SIGTERM and SIGINT (Ctrl-C) on Unix, Ctrl-C elsewhere.
+/// Their handlers are in place from [`Signals::install`] on, so that a signal that comes
+/// before the worker waits for it is not lost.
+struct Signals {
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The name of the next signal.
+    async fn next(&mut self) -> std::io::Result<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => Ok("SIGTERM"),
+                _ = self.interrupt.recv() => Ok("Ctrl-C"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            tokio::signal::ctrl_c().await.map(|()| "Ctrl-C")
+        }
+    }
 }
 
 /// Starts the four workers, publishes the orders, and shows who handled what.
