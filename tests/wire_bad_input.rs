@@ -281,8 +281,13 @@ async fn nats_bad_messages_are_dead_lettered_with_reasons() {
             letters
         }
     };
-    bad_input_is_dead_lettered("nats", Arc::new(nats), write, letters).await;
+    bad_input_is_dead_lettered("nats", Arc::new(nats.clone()), write, letters).await;
     let _ = jetstream.delete_stream(&stream_name).await;
+    assert_eq!(
+        nats.dead_lettered(),
+        5,
+        "the transport counts every dead letter it wrote"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

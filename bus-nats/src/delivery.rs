@@ -157,6 +157,9 @@ impl Settle {
             .await
         {
             Ok(()) => {
+                self.inner
+                    .dead_lettered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     dead_letter = %dead_subject,
                     reason,

@@ -736,6 +736,9 @@ impl Pump {
             .await
         {
             Ok(()) => {
+                self.inner
+                    .dead_lettered
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     message_subject = %message.subject,
                     sequence,

@@ -119,6 +119,8 @@ pub(crate) struct Inner {
     /// The hand-backs of dropped deliveries and subscriptions (naks), and the deletions of
     /// ephemeral consumers, running in the background; [`Transport::flush`] waits for them.
     pub(crate) background: TaskTracker,
+    /// The dead letters written: [`NatsTransport::dead_lettered`].
+    pub(crate) dead_lettered: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -485,6 +487,7 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
             stream,
             config,
             background: TaskTracker::new(),
+            dead_lettered: std::sync::atomic::AtomicU64::new(0),
         }),
     })
 }
@@ -609,6 +612,14 @@ impl NatsTransport {
     /// The stream's name.
     pub fn stream_name(&self) -> &str {
         &self.inner.config.stream_name
+    }
+
+    /// How many dead letters this transport's subscriptions wrote (after a last failed
+    /// delivery, a reject, or a message that is not an event of the bus).
+    pub fn dead_lettered(&self) -> u64 {
+        self.inner
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The subject an event named `event` is published on: `<prefix>.<event>`.
