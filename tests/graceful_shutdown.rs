@@ -119,6 +119,105 @@ async fn redis_sigterm_finishes_or_hands_back_in_flight_events() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_distributed_examples_worker_stops_on_sigterm() {
+    if std::env::var_os(ROLE_ENV).is_some() {
+        return;
+    }
+    for broker in [Broker::Nats, Broker::Redis] {
+        example_worker_stops_on_sigterm(broker).await;
+    }
+}
+
+/// Runs a worker of `examples/distributed.rs` (built by `cargo test` beside this test's
+/// binary) on `broker`, sends it SIGTERM once it is ready, and checks that it reports its
+/// shutdown and exits with 0.
+async fn example_worker_stops_on_sigterm(broker: Broker) {
+    let test = "the_distributed_examples_worker_stops_on_sigterm";
+    if let Err(error) = broker.connect(&unique_prefix(broker)).await {
+        if matches!(error, TransportError::Unreachable { .. }) && !ci() {
+            eprintln!("SKIPPED {test} on {}: {error}", broker.name());
+            return;
+        }
+        panic!("{test}: cannot connect to {}: {error}", broker.url());
+    }
+    // target/<profile>/deps/<this test> -> target/<profile>/examples/distributed
+    let example = std::env::current_exe()
+        .expect("the test binary's path")
+        .parent()
+        .and_then(Path::parent)
+        .expect("the target directory")
+        .join("examples")
+        .join("distributed");
+    assert!(
+        example.exists(),
+        "{test}: no {} (cargo test builds it; by hand: cargo build --example distributed \
+         --features nats,redis)",
+        example.display()
+    );
+    let mut worker = Command::new(&example)
+        .args(["worker", broker.url(), "graceful-example", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the example starts");
+    let stdout = BufReader::new(worker.stdout.take().expect("piped stdout"));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if line == "ready" {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    if ready_rx.recv_timeout(PATIENCE).is_err() {
+        let _ = worker.kill();
+        let output = worker.wait_with_output().expect("the example's output");
+        panic!(
+            "{test}: the worker on {} never printed `ready`: {}",
+            broker.name(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {}: {status}", worker.id());
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("the worker's status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = worker.kill();
+            panic!("{test}: the worker on {} ignored SIGTERM", broker.name());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    worker
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .expect("the worker's stderr");
+    assert!(
+        status.success(),
+        "{test}: the worker on {} exited with {status}: {stderr}",
+        broker.name()
+    );
+    assert!(
+        stderr.contains(
+            "graceful-example#1: SIGTERM: shut down with 0 deliveries in flight, 0 aborted"
+        ),
+        "{test}: the worker on {} did not report its shutdown: {stderr}",
+        broker.name()
+    );
+    println!("{test} {}: {}", broker.name(), stderr.trim());
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Broker {
     Nats,
