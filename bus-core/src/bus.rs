@@ -208,6 +208,10 @@ impl EventBusBuilder {
     ///
     /// A delivery that completes inline, in the emit, holds its place only while it runs.
     /// Unbounded by default.
+    ///
+    /// What it bounds is the bus's own work: deliveries and their tasks. An
+    /// [`Emission`](crate::Emission) that the caller keeps (to await its report later) holds
+    /// its event and report until dropped, whatever the limit: await or drop them as you go.
     pub fn max_in_flight(mut self, limit: usize) -> Self {
         self.max_in_flight = Some(limit);
         self
