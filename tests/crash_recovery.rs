@@ -31,13 +31,15 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bus::nats::NatsTransport;
-use bus::redis::RedisTransport;
-use bus::transport::{Transport, TransportError};
+use bus::transport::TransportError;
 use bus::{EventBus, Group, Policy};
+use common::brokers::{Broker, Cleanup, unique_prefix};
+use common::ci;
 use serde::{Deserialize, Serialize};
+
+mod common;
 
 /// How many events the stream has.
 const EVENTS: u32 = 100_000;
@@ -53,9 +55,6 @@ const DEADLINE: Duration = Duration::from_secs(300);
 const PROGRESS: Duration = Duration::from_secs(10);
 /// A bound on a consumer's start and on its graceful stop.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-const NATS_URL: &str = "nats://127.0.0.1:4222";
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Set (to the broker's name) in a consumer process.
 const ROLE_ENV: &str = "CRASH_RECOVERY_CONSUMER";
@@ -92,77 +91,13 @@ async fn redis_consumer_killed_three_times_loses_nothing() {
     .await;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Broker {
-    Nats,
-    Redis,
-}
-
-impl Broker {
-    fn name(self) -> &'static str {
-        match self {
-            Broker::Nats => "nats",
-            Broker::Redis => "redis",
-        }
-    }
-
-    fn url(self) -> &'static str {
-        match self {
-            Broker::Nats => NATS_URL,
-            Broker::Redis => REDIS_URL,
-        }
-    }
-
-    /// The transport of a run, as a user builds it. `consumer`: the one of a consumer
-    /// instance, which on Redis has a name stable across its restarts.
-    async fn connect(
-        self,
-        prefix: &str,
-        consumer: bool,
-    ) -> Result<Arc<dyn Transport>, TransportError> {
-        Ok(match self {
-            Broker::Nats => Arc::new(
-                NatsTransport::builder(self.url())
-                    .subject_prefix(prefix)
-                    .stream_name(stream_name(prefix))
-                    // The documented setting for a busy subscriber. At the default of 1 the
-                    // pull loop stalls for seconds at a time on this machine (no pull request
-                    // waiting on the server, nothing pending to ack): a run takes 2 to 4 min.
-                    .fetch_batch(64)
-                    .connect()
-                    .await?,
-            ),
-            Broker::Redis => {
-                let builder = RedisTransport::builder(self.url()).key_prefix(prefix);
-                let builder = if consumer {
-                    // Each instance is the next life of the same consumer: it first takes up
-                    // what the killed one left pending, without waiting for the ack wait.
-                    builder.instance_name(format!("{prefix}-consumer"))
-                } else {
-                    builder
-                };
-                Arc::new(builder.connect().await?)
-            }
-        })
-    }
-}
-
-/// The NATS stream of a run's prefix.
-fn stream_name(prefix: &str) -> String {
-    prefix.to_uppercase()
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
-
 async fn run(broker: Broker, test: &str) {
     if std::env::var_os(ROLE_ENV).is_some() {
         consume(broker).await;
         return;
     }
-    let prefix = unique_prefix(broker);
-    let transport = match broker.connect(&prefix, false).await {
+    let prefix = unique_prefix("crash", broker);
+    let transport = match broker.connect(&prefix, None).await {
         Ok(transport) => transport,
         Err(error @ TransportError::Unreachable { .. }) if !ci() => {
             eprintln!(
@@ -313,14 +248,6 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// A prefix (NATS subject prefix, Redis key prefix) of this run alone.
-fn unique_prefix(broker: Broker) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.subsec_nanos());
-    format!("crash_{}_{}_{nanos:x}", broker.name(), std::process::id())
-}
-
 /// One kill point in each third of the range [`KILL_RANGE`], in handled lines.
 fn kill_points(rng: &mut fastrand::Rng) -> [u64; KILLS] {
     let (low, high) = KILL_RANGE;
@@ -357,8 +284,10 @@ async fn publish_all(bus: EventBus) -> Result<Duration, String> {
 async fn consume(broker: Broker) {
     let prefix = std::env::var(PREFIX_ENV).expect("the prefix of the run");
     let path = std::env::var(FILE_ENV).expect("the file of handled events");
+    // On Redis each instance is the next life of the same consumer: it first takes up what
+    // the killed one left pending, without waiting for the ack wait.
     let transport = broker
-        .connect(&prefix, true)
+        .connect(&prefix, Some(format!("{prefix}-consumer")))
         .await
         .unwrap_or_else(|error| panic!("consumer: cannot connect to {}: {error}", broker.url()));
     let bus = EventBus::builder()
@@ -579,86 +508,5 @@ impl Ledger {
             .map(|(seq, _)| seq)
             .take(limit)
             .collect()
-    }
-}
-
-/// Deletes what the run created on the broker, even when the test fails.
-struct Cleanup {
-    broker: Broker,
-    prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (broker, prefix) = (self.broker, self.prefix.clone());
-        // A runtime of its own: this runs inside the test's runtime, or while it unwinds.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let done = tokio::time::timeout(Duration::from_secs(30), async {
-                    match broker {
-                        Broker::Nats => delete_stream(&stream_name(&prefix)).await,
-                        Broker::Redis => delete_keys(&format!("{prefix}:*")).await,
-                    }
-                })
-                .await;
-                match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => eprintln!("cleanup of `{prefix}` failed: {error}"),
-                    Err(_) => eprintln!("cleanup of `{prefix}` did not finish within 30 s"),
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-async fn delete_stream(stream: &str) -> Result<(), String> {
-    use bus::nats::async_nats;
-    let client = async_nats::connect(NATS_URL)
-        .await
-        .map_err(|error| error.to_string())?;
-    async_nats::jetstream::new(client)
-        .delete_stream(stream)
-        .await
-        .map_err(|error| error.to_string())?;
-    Ok(())
-}
-
-/// `SCAN MATCH glob` and `UNLINK` until the scan ends.
-async fn delete_keys(glob: &str) -> Result<(), String> {
-    use bus::redis::redis;
-    let client = redis::Client::open(REDIS_URL).map_err(|error| error.to_string())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|error| error.to_string())?;
-    let mut cursor = 0_u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(glob)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .map_err(|error| error.to_string())?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map_err(|error| error.to_string())?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
 }

@@ -41,13 +41,15 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::task::Poll;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use bus::nats::NatsTransport;
-use bus::redis::RedisTransport;
-use bus::transport::{Transport, TransportError};
+use bus::transport::TransportError;
 use bus::{EventBus, Group, Policy};
+use common::brokers::{Broker, Cleanup, unique_prefix};
+use common::ci;
 use serde::{Deserialize, Serialize};
+
+mod common;
 
 /// The consumer's shutdown deadline.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(2);
@@ -72,9 +74,6 @@ const PATIENCE: Duration = Duration::from_secs(60);
 const LISTENER_TIMEOUT: Duration = Duration::from_secs(1_200);
 /// A bound on the second instance finishing every event, far below the ack wait.
 const REDELIVERY_PATIENCE: Duration = Duration::from_secs(120);
-
-const NATS_URL: &str = "nats://127.0.0.1:4222";
-const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Set (to the broker's name) in a consumer process.
 const ROLE_ENV: &str = "GRACEFUL_SHUTDOWN_CONSUMER";
@@ -134,7 +133,10 @@ async fn the_distributed_examples_worker_stops_on_sigterm() {
 /// shutdown and exits with 0.
 async fn example_worker_stops_on_sigterm(broker: Broker) {
     let test = "the_distributed_examples_worker_stops_on_sigterm";
-    if let Err(error) = broker.connect(&unique_prefix(broker)).await {
+    if let Err(error) = broker
+        .connect(&unique_prefix("graceful", broker), None)
+        .await
+    {
         if matches!(error, TransportError::Unreachable { .. }) && !ci() {
             eprintln!("SKIPPED {test} on {}: {error}", broker.name());
             return;
@@ -218,66 +220,14 @@ async fn example_worker_stops_on_sigterm(broker: Broker) {
     println!("{test} {}: {}", broker.name(), stderr.trim());
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Broker {
-    Nats,
-    Redis,
-}
-
-impl Broker {
-    fn name(self) -> &'static str {
-        match self {
-            Broker::Nats => "nats",
-            Broker::Redis => "redis",
-        }
-    }
-
-    fn url(self) -> &'static str {
-        match self {
-            Broker::Nats => NATS_URL,
-            Broker::Redis => REDIS_URL,
-        }
-    }
-
-    /// The transport of a run, as a user builds it. On Redis each process is an instance with
-    /// a name of its own (the default): the second consumer is a new instance, not the next
-    /// life of the first.
-    async fn connect(self, prefix: &str) -> Result<Arc<dyn Transport>, TransportError> {
-        Ok(match self {
-            Broker::Nats => Arc::new(
-                NatsTransport::builder(self.url())
-                    .subject_prefix(prefix)
-                    .stream_name(stream_name(prefix))
-                    .connect()
-                    .await?,
-            ),
-            Broker::Redis => Arc::new(
-                RedisTransport::builder(self.url())
-                    .key_prefix(prefix)
-                    .connect()
-                    .await?,
-            ),
-        })
-    }
-}
-
-/// The NATS stream of a run's prefix.
-fn stream_name(prefix: &str) -> String {
-    prefix.to_uppercase()
-}
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
-
 async fn run(broker: Broker, test: &str) {
     if std::env::var_os(ROLE_ENV).is_some() {
         consume(broker).await;
         return;
     }
     let name = broker.name();
-    let prefix = unique_prefix(broker);
-    let transport = match broker.connect(&prefix).await {
+    let prefix = unique_prefix("graceful", broker);
+    let transport = match broker.connect(&prefix, None).await {
         Ok(transport) => transport,
         Err(error @ TransportError::Unreachable { .. }) if !ci() => {
             eprintln!(
@@ -504,18 +454,6 @@ async fn publish(publisher: &EventBus, seq: &mut u32, test: &str) {
     *seq += 1;
 }
 
-/// A prefix (NATS subject prefix, Redis key prefix) of this run alone.
-fn unique_prefix(broker: Broker) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.subsec_nanos());
-    format!(
-        "graceful_{}_{}_{nanos:x}",
-        broker.name(),
-        std::process::id()
-    )
-}
-
 /// Appends `line` with one `write(2)`: in the file whole, or not at all.
 fn append(file: &File, line: &str) -> Result<(), String> {
     match (&*file).write(line.as_bytes()) {
@@ -541,8 +479,10 @@ async fn consume(broker: Broker) {
         let _ = gone_tx.send(());
     });
 
+    // On Redis each process is an instance with a name of its own (the default): the second
+    // consumer is a new instance, not the next life of the first.
     let transport = broker
-        .connect(&prefix)
+        .connect(&prefix, None)
         .await
         .unwrap_or_else(|error| panic!("consumer: cannot connect to {}: {error}", broker.url()));
     let bus = EventBus::builder()
@@ -881,86 +821,5 @@ impl Ledger {
             .iter()
             .filter_map(|line| pick(*line))
             .collect()
-    }
-}
-
-/// Deletes what the run created on the broker, even when the test fails.
-struct Cleanup {
-    broker: Broker,
-    prefix: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let (broker, prefix) = (self.broker, self.prefix.clone());
-        // A runtime of its own: this runs inside the test's runtime, or while it unwinds.
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async {
-                let done = tokio::time::timeout(Duration::from_secs(30), async {
-                    match broker {
-                        Broker::Nats => delete_stream(&stream_name(&prefix)).await,
-                        Broker::Redis => delete_keys(&format!("{prefix}:*")).await,
-                    }
-                })
-                .await;
-                match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => eprintln!("cleanup of `{prefix}` failed: {error}"),
-                    Err(_) => eprintln!("cleanup of `{prefix}` did not finish within 30 s"),
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-async fn delete_stream(stream: &str) -> Result<(), String> {
-    use bus::nats::async_nats;
-    let client = async_nats::connect(NATS_URL)
-        .await
-        .map_err(|error| error.to_string())?;
-    async_nats::jetstream::new(client)
-        .delete_stream(stream)
-        .await
-        .map_err(|error| error.to_string())?;
-    Ok(())
-}
-
-/// `SCAN MATCH glob` and `UNLINK` until the scan ends.
-async fn delete_keys(glob: &str) -> Result<(), String> {
-    use bus::redis::redis;
-    let client = redis::Client::open(REDIS_URL).map_err(|error| error.to_string())?;
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(|error| error.to_string())?;
-    let mut cursor = 0_u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(glob)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .map_err(|error| error.to_string())?;
-        if !keys.is_empty() {
-            redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map_err(|error| error.to_string())?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
 }

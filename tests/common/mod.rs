@@ -1,6 +1,9 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+#[cfg(all(feature = "nats", feature = "redis"))]
+pub mod brokers;
+
 use std::cell::RefCell;
 use std::future::IntoFuture;
 use std::io::Write;
