@@ -1,7 +1,7 @@
 //! One distributed listener's consumer: subscribes (again, after a failure), runs the listener
 //! on each delivery, and settles it: ack after `Ok`, nack with the listener's backoff after an
 //! error, a panic or a timeout, reject when the payload does not decode. A delivery cut short
-//! by shutdown is not settled, so the broker delivers it again.
+//! by shutdown is never acked: it is released (handed back), so the broker delivers it again.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
