@@ -210,10 +210,14 @@ async fn example_worker_stops_on_sigterm(broker: Broker) {
         "{test}: the worker on {} exited with {status}: {stderr}",
         broker.name()
     );
+    // Other runs may publish orders on the default prefix meanwhile: the worker's group gets
+    // them, so some may be in flight; each takes 20 ms, far within the 5 s deadline.
+    let reported = stderr.lines().any(|line| {
+        line.starts_with("graceful-example#1: SIGTERM: shut down with ")
+            && line.ends_with(" deliveries in flight, 0 aborted")
+    });
     assert!(
-        stderr.contains(
-            "graceful-example#1: SIGTERM: shut down with 0 deliveries in flight, 0 aborted"
-        ),
+        reported,
         "{test}: the worker on {} did not report its shutdown: {stderr}",
         broker.name()
     );
