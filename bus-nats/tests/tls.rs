@@ -7,21 +7,12 @@
 
 mod common;
 
-use std::future::Future;
-
 use bus_conformance::secure::{
     TestCertificates, assert_error_hides, assert_hidden, assert_logs_hide, capture_logs, round_trip,
 };
 use bus_core::transport::TransportError;
 use bus_nats::{NatsError, NatsTransport, NatsTransportBuilder};
-use common::{PATIENCE, PrivateNatsServer};
-
-/// `future` within [`PATIENCE`]: a connect that hangs fails the test.
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))
-}
+use common::{PrivateNatsServer, within};
 
 /// The arguments of a server that speaks only TLS, with the test's certificate.
 fn tls_args(certificates: &TestCertificates) -> Vec<String> {

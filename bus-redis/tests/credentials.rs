@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::Duration;
 
 use bus_conformance::secure::{
@@ -16,7 +15,7 @@ use bus_conformance::secure::{
 };
 use bus_core::transport::TransportError;
 use bus_redis::{RedisError, RedisTransport};
-use common::{PATIENCE, PrivateRedisServer};
+use common::{PrivateRedisServer, within};
 
 const SECRET: &str = "s3cret-Pa55word";
 
@@ -47,13 +46,6 @@ async fn a_password_never_shows_in_debug_or_errors() {
             );
         }
     }
-}
-
-/// `future` within [`PATIENCE`]: a connect that hangs fails the test.
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))
 }
 
 /// Connects to `url`, which the server must refuse for its credentials: a broker error whose

@@ -7,21 +7,12 @@
 
 mod common;
 
-use std::future::Future;
-
 use bus_conformance::secure::{
     TestCertificates, assert_error_hides, assert_hidden, assert_logs_hide, capture_logs, round_trip,
 };
 use bus_core::transport::TransportError;
 use bus_redis::{RedisError, RedisTransport, RedisTransportBuilder};
-use common::{PATIENCE, PrivateRedisServer};
-
-/// `future` within [`PATIENCE`]: a connect that hangs fails the test.
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))
-}
+use common::{PrivateRedisServer, within};
 
 /// The arguments of a server that serves only TLS on `port`, with the test's certificate
 /// (clients are not asked for certificates).

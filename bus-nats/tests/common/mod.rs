@@ -18,6 +18,13 @@ pub const SHARED_URL: &str = "127.0.0.1:4222";
 /// on a hang).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Awaits `future`, failing the test when it has no answer within [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))
+}
+
 /// Whether this is CI, where a missing broker fails a test instead of skipping it.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
