@@ -133,10 +133,13 @@ async fn the_distributed_examples_worker_stops_on_sigterm() {
 /// shutdown and exits with 0.
 async fn example_worker_stops_on_sigterm(broker: Broker) {
     let test = "the_distributed_examples_worker_stops_on_sigterm";
-    if let Err(error) = broker
-        .connect(&unique_prefix("graceful", broker), None)
-        .await
-    {
+    // Only to see that the broker is up; the guard deletes the stream this connect creates.
+    let prefix = unique_prefix("graceful", broker);
+    let _cleanup = Cleanup {
+        broker,
+        prefix: prefix.clone(),
+    };
+    if let Err(error) = broker.connect(&prefix, None).await {
         if matches!(error, TransportError::Unreachable { .. }) && !ci() {
             eprintln!("SKIPPED {test} on {}: {error}", broker.name());
             return;
