@@ -49,28 +49,26 @@ async fn main() -> Result<(), Error> {
     let fixed = Arc::new(AtomicBool::new(false));
     {
         let fixed = Arc::clone(&fixed);
-        bus.add_listener_with(
-            "invoices.due",
-            move |invoice: Arc<InvoiceDue>| {
-                let fixed = Arc::clone(&fixed);
-                async move {
-                    if invoice.amount_cents < 0 && !fixed.load(Ordering::SeqCst) {
-                        return Err(format!("invoice {}: negative amount", invoice.number));
-                    }
-                    println!(
-                        "charged invoice {} ({} cents)",
-                        invoice.number, invoice.amount_cents
-                    );
-                    Ok(())
+        bus.on("invoices.due", move |invoice: Arc<InvoiceDue>| {
+            let fixed = Arc::clone(&fixed);
+            async move {
+                if invoice.amount_cents < 0 && !fixed.load(Ordering::SeqCst) {
+                    return Err(format!("invoice {}: negative amount", invoice.number));
                 }
-            },
-            Policy::new().retry(2).backoff(Duration::from_millis(10)),
-        );
+                println!(
+                    "charged invoice {} ({} cents)",
+                    invoice.number, invoice.amount_cents
+                );
+                Ok(())
+            }
+        })
+        .policy(Policy::new().retry(2).backoff(Duration::from_millis(10)))
+        .add();
     }
     bus.ready().await?;
 
     for (number, amount_cents) in [(1, 1_200), (2, -300), (3, 4_500), (4, -50)] {
-        bus.publish(InvoiceDue {
+        bus.emit_event(InvoiceDue {
             number,
             amount_cents,
         })

@@ -35,7 +35,7 @@ use std::time::Duration;
 use bus::nats::NatsTransport;
 use bus::redis::RedisTransport;
 use bus::transport::Transport;
-use bus::{EventBus, Group, Policy};
+use bus::{EventBus, Policy, policy::Group};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
@@ -119,16 +119,14 @@ async fn run_worker(url: &str, service: &str, instance: &str) -> Result<(), Erro
         }
     });
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel(1);
-    bus.add_listener_with(
-        "demo.stop",
-        move |_: Arc<Stop>| {
-            let stop_tx = stop_tx.clone();
-            async move {
-                let _ = stop_tx.send(()).await;
-            }
-        },
-        Policy::new().group(Group::Ungrouped),
-    );
+    bus.on("demo.stop", move |_: Arc<Stop>| {
+        let stop_tx = stop_tx.clone();
+        async move {
+            let _ = stop_tx.send(()).await;
+        }
+    })
+    .policy(Policy::new().group(Group::Ungrouped))
+    .add();
     // Before "ready": from then on, a SIGTERM no longer kills the process outright.
     let mut signals = Signals::install()?;
     bus.ready().await?;
@@ -240,7 +238,7 @@ async fn run_demo(url: &str) -> Result<(), Error> {
         .shared_transport(transport)
         .build();
     for id in 0..ORDERS {
-        let report = bus.publish(OrderPlaced { id }).await;
+        let report = bus.emit_event(OrderPlaced { id }).await;
         if let Some(Err(error)) = report.published() {
             return Err(error.clone().into());
         }
@@ -263,7 +261,7 @@ async fn run_demo(url: &str) -> Result<(), Error> {
             debug_assert_eq!(name, who);
         }
     }
-    bus.publish(Stop).await;
+    bus.emit_event(Stop).await;
     for (name, mut child) in workers {
         let status = child.wait()?;
         if !status.success() {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use bus::{EventBus, MetricsLayer, Policy};
+use bus::{EventBus, Policy, layer::MetricsLayer};
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 #[derive(Debug)]
@@ -74,8 +74,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     bus.add_listener("orders.placed", confirm);
     bus.add_listener("orders.placed", reserve_stock);
-    bus.add_listener_with("orders.placed", sync_crm, retry(2));
-    bus.add_listener_with("orders.refunded", refund, retry(1));
+    bus.on("orders.placed", sync_crm).policy(retry(2)).add();
+    bus.on("orders.refunded", refund).policy(retry(1)).add();
 
     println!("emitting 6 orders and a refund:");
     for id in 1..=6 {

@@ -33,12 +33,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = bus::EventBus::with_annotated_listeners();
 
     println!("a listener for the first EU order only:");
-    bus.once("orders.eu.*", |order: Arc<Order>| async move {
+    bus.on("orders.eu.*", |order: Arc<Order>| async move {
         println!("  [once]      first EU order: {}", order.id);
-    });
+    })
+    .once()
+    .add();
 
     println!("a subscription with room for 2 unread events, and a wait:");
-    let mut stream = bus.subscribe::<Order>("orders.eu.>", 2)?;
+    let mut stream = bus.stream::<Order>("orders.eu.>", 2)?;
     let big_order = bus.wait_for_matching("orders.*.created", |order: &Order| order.id >= 3);
 
     for (id, name, region) in [

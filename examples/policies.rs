@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bus::{DeliveryError, EventBus, Policy};
+use bus::{EventBus, Policy, error::DeliveryError};
 
 #[derive(Debug)]
 struct Entry(u32);
@@ -99,7 +99,7 @@ async fn main() {
     ms(); // starts the clock
 
     let bus = EventBus::builder()
-        .dead_letter(|letter: &bus::DeadLetter| {
+        .dead_letter(|letter: &bus::layer::DeadLetter| {
             println!(
                 "  [dead]     `{}` ({}) given up on by `{}` after {} attempt(s): {}",
                 letter.event().name(),
@@ -112,18 +112,18 @@ async fn main() {
         .build();
 
     println!("concurrency = 1: entries applied one at a time, in emit order");
-    bus.add_listener_with("ledger.entry", apply_entry, Policy::new().concurrency(1));
+    bus.on("ledger.entry", apply_entry)
+        .policy(Policy::new().concurrency(1))
+        .add();
     for n in 0..5 {
         drop(bus.emit("ledger.entry", Entry(n)));
     }
     bus.drain().await;
 
     println!("retry(3) with a 100 ms backoff: a flaky listener fails twice, then succeeds");
-    bus.add_listener_with(
-        "payment.received",
-        charge,
-        Policy::new().retry(3).backoff(Duration::from_millis(100)),
-    );
+    bus.on("payment.received", charge)
+        .policy(Policy::new().retry(3).backoff(Duration::from_millis(100)))
+        .add();
     let report = bus.emit("payment.received", Payment { id: 1 }).await;
     println!(
         "  report: {} delivered, {} failed",
@@ -132,11 +132,9 @@ async fn main() {
     );
 
     println!("retry(2): a listener that always fails goes to the dead-letter hook");
-    bus.add_listener_with(
-        "payment.refunded",
-        refund,
-        Policy::new().retry(2).backoff(Duration::from_millis(50)),
-    );
+    bus.on("payment.refunded", refund)
+        .policy(Policy::new().retry(2).backoff(Duration::from_millis(50)))
+        .add();
     let report = bus.emit("payment.refunded", Payment { id: 2 }).await;
     for failure in report.failures() {
         println!("  report: {failure}");
@@ -144,11 +142,9 @@ async fn main() {
 
     // A policy listener's failed last attempt goes to the dead letter too, retries or not.
     println!("timeout(200ms): a slow listener is cancelled");
-    bus.add_listener_with(
-        "report.requested",
-        build_report,
-        Policy::new().timeout(Duration::from_millis(200)),
-    );
+    bus.on("report.requested", build_report)
+        .policy(Policy::new().timeout(Duration::from_millis(200)))
+        .add();
     let report = bus.emit("report.requested", Report).await;
     match report.failures() {
         [DeliveryError::TimedOut { timeout, .. }] => {

@@ -1,5 +1,5 @@
 //! Typed events: a type bound to its name with `#[derive(bus::Event)]`, published with
-//! `bus::publish` and listened to with no name given; every event's envelope (id, emit time,
+//! `bus::emit_event` and listened to with no name given; every event's envelope (id, emit time,
 //! causation) followed through a chain; and an `AnyEvent` audit listener on a pattern.
 //!
 //! ```text
@@ -27,7 +27,7 @@ struct MailSent {
 async fn send_welcome(user: &UserCreated) {
     println!("  send_welcome: mailing {}", user.name);
     // Emitted while `user.created` is handled: the new event records it as its cause.
-    bus::publish(MailSent {
+    bus::emit_event(MailSent {
         to: user.name.clone(),
     });
 }
@@ -71,7 +71,7 @@ async fn main() {
         "publishing UserCreated (name from the type: {:?})",
         <UserCreated as bus::Event>::NAME
     );
-    let emission = bus::publish(UserCreated { name: "Ada".into() });
+    let emission = bus::emit_event(UserCreated { name: "Ada".into() });
     println!(
         "  event id: {}",
         emission.event_id().expect("a valid emit has an id")

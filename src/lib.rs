@@ -30,7 +30,7 @@
 //! # Typed events
 //!
 //! [`derive(Event)`](macro@Event) binds a type to its event name, checked at compile time.
-//! [`publish`] then emits a value under its type's name, and a `#[listener]` that names no
+//! [`emit_event`] then emits a value under its type's name, and a `#[listener]` that names no
 //! event listens to the name of its argument's type. The attribute's options set how the bus
 //! runs the listener: `once`, and a [`Policy`] (`concurrency`, `timeout`, `retry`, `backoff`).
 //!
@@ -51,7 +51,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
-//! let report = bus::publish(OrderPlaced { total: 42 }).await; // emitted as "order.placed"
+//! let report = bus::emit_event(OrderPlaced { total: 42 }).await; // emitted as "order.placed"
 //! assert_eq!(report.delivered(), 1);
 //! # }
 //! ```
@@ -69,29 +69,31 @@
 //!
 //! [`EventBus::listeners`] shows what the bus holds, with each listener's fn path and location.
 //!
+//! # Modules
+//!
+//! The root holds what a program types every day; the rest is grouped by concept:
+//! [`error`] (every error type), [`event`] (events, envelopes, the name rules), [`layer`]
+//! (middleware: tracing, metrics, your own), [`listener`](mod@listener) (what a listener is
+//! and how the bus describes it), [`policy`] (how a listener's deliveries run), [`stream`]
+//! (waiting for events outside a listener), [`report`] (what emits and shutdowns report) and
+//! [`transport`] (the broker side).
+//!
 //! # Features
 //!
 //! | feature | default | what it enables |
 //! |---|---|---|
-//! | `macros` | yes | the [`listener`] attribute and [`derive(Event)`](macro@Event) |
-//! | `metrics` | no | [`MetricsLayer`]: the bus's emits and deliveries as counters, a gauge and a histogram, through the [`metrics`](https://docs.rs/metrics) facade |
+//! | `macros` | yes | the [`listener`](macro@listener) attribute and [`derive(Event)`](macro@Event) |
+//! | `metrics` | no | [`MetricsLayer`](layer::MetricsLayer): the bus's emits and deliveries as counters, a gauge and a histogram, through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `nats` | no | [`nats`]: the NATS JetStream transport ([`nats::NatsTransport`], crate `bus-nats`) |
 //! | `redis` | no | [`redis`]: the Redis Streams transport ([`redis::RedisTransport`], crate `bus-redis`) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub use bus_core::{
-    AddListenerError, AnyEvent, AttemptResult, BoxError, CAUSATION, DEFAULT_BACKOFF, DeadLetter,
-    DeliveryError, DeliveryInfo, DeliveryOutcome, DeliveryReport, Dispatch, Emission,
-    EmissionFuture, EmitError, EmitInfo, Envelope, Event, EventBus, EventBusBuilder, EventId,
-    Group, Lagged, Layer, Listener, ListenerId, ListenerInfo, ListenerKind, ListenerOutput,
-    MAX_BACKOFF, MAX_SUBSCRIPTION_CAPACITY, NameError, Policy, PublishError, ShutdownReport,
-    SourceLocation, Subscription, TracingLayer, WaitError, WaitFor, current_event_id, emit, global,
-    install_global, publish, try_emit, validate_name, validate_pattern,
+    AnyEvent, DeliveryReport, Dispatch, Emission, Envelope, Event, EventBus, EventBusBuilder,
+    EventId, Policy, emit, emit_event, global, install_global, try_emit,
 };
-
-#[cfg(feature = "metrics")]
-pub use bus_core::MetricsLayer;
+pub use bus_core::{error, event, layer, listener, policy, report, stream};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -6,7 +6,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bus::{DeliveryError, DeliveryReport, EmitError, EventBus, Layer};
+use bus::{DeliveryReport, EventBus, error::DeliveryError, error::EmitError, layer::Layer};
 use common::{Logs, guarded};
 use tokio::sync::Semaphore;
 
@@ -93,6 +93,7 @@ async fn try_emit_is_refused_while_the_bus_is_full() {
     assert_eq!(bus.in_flight(), 2);
     let error = bus
         .try_emit("jobs.run", Job(3))
+        .map_err(EmitError::from)
         .expect_err("the bus holds two suspended deliveries");
     assert_eq!(
         error,
@@ -131,11 +132,11 @@ async fn try_emit_is_refused_while_the_bus_is_full() {
 struct Sheds(Mutex<Vec<(String, usize)>>);
 
 impl Layer for Sheds {
-    fn on_shed(&self, emit: &bus::EmitInfo<'_>) {
+    fn on_shed(&self, emit: &bus::layer::EmitInfo<'_>) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push((emit.name().to_owned(), emit.listeners()));
+            .push((emit.event().to_owned(), emit.listener_count()));
     }
 }
 
@@ -284,6 +285,7 @@ async fn deliveries_that_complete_inline_do_not_keep_their_place() {
     for n in 0..1_000 {
         let emission = bus
             .try_emit("jobs.run", Job(n))
+            .map_err(EmitError::from)
             .unwrap_or_else(|error| panic!("emit {n} refused: {error}"));
         // Not awaited: the delivery is done before `try_emit` returns.
         drop(emission);
@@ -305,6 +307,7 @@ async fn an_emit_with_more_listeners_than_the_limit_never_fits() {
     }
     assert_eq!(
         bus.try_emit("jobs.run", Job(1))
+            .map_err(EmitError::from)
             .expect_err("two places do not fit in one"),
         EmitError::Full {
             event: "jobs.run".to_owned(),

@@ -34,7 +34,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bus::transport::TransportError;
-use bus::{EventBus, Group, Policy};
+use bus::{EventBus, Policy, policy::Group};
 use common::brokers::{Broker, Cleanup, unique_prefix};
 use common::ci;
 use serde::{Deserialize, Serialize};
@@ -268,7 +268,7 @@ async fn publish_all(bus: EventBus) -> Result<Duration, String> {
     let mut seq = 0;
     while seq < EVENTS {
         let end = (seq + PUBLISH_WINDOW as u32).min(EVENTS);
-        let emissions: Vec<_> = (seq..end).map(|seq| bus.publish(Tick { seq })).collect();
+        let emissions: Vec<_> = (seq..end).map(|seq| bus.emit_event(Tick { seq })).collect();
         for (emission, seq) in emissions.into_iter().zip(seq..) {
             let report = emission.await;
             if !matches!(report.published(), Some(Ok(()))) {
@@ -300,24 +300,22 @@ async fn consume(broker: Broker) {
             .open(&path)
             .expect("the file of handled events"),
     );
-    bus.add_listener_with(
-        "crash.tick",
-        move |tick: Arc<Tick>| {
-            let file = Arc::clone(&file);
-            async move {
-                // One write(2) of the whole line: it is in the file, or not at all, whenever
-                // the process is killed.
-                let line = format!("{}\n", tick.seq);
-                let written = (&*file).write(line.as_bytes());
-                match written {
-                    Ok(n) if n == line.len() => Ok(()),
-                    Ok(n) => Err(format!("seq {}: short write of {n} bytes", tick.seq)),
-                    Err(error) => Err(format!("seq {}: {error}", tick.seq)),
-                }
+    bus.on("crash.tick", move |tick: Arc<Tick>| {
+        let file = Arc::clone(&file);
+        async move {
+            // One write(2) of the whole line: it is in the file, or not at all, whenever
+            // the process is killed.
+            let line = format!("{}\n", tick.seq);
+            let written = (&*file).write(line.as_bytes());
+            match written {
+                Ok(n) if n == line.len() => Ok(()),
+                Ok(n) => Err(format!("seq {}: short write of {n} bytes", tick.seq)),
+                Err(error) => Err(format!("seq {}: {error}", tick.seq)),
             }
-        },
-        Policy::new().group(Group::Named(GROUP)),
-    );
+        }
+    })
+    .policy(Policy::new().group(Group::Named(GROUP)))
+    .add();
     let info = bus.listeners("crash.tick").pop().expect("the listener");
     assert!(
         info.is_distributed(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus::{DeliveryError, Dispatch, EventBus};
+use bus::{Dispatch, EventBus, error::DeliveryError};
 use common::guarded;
 use tokio::sync::{Barrier, Notify};
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bus::transport::{MemoryTransport, SubscribeOptions, Transport, WireEvent};
-use bus::{EventBus, Group, Policy};
+use bus::{EventBus, Policy, policy::Group};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -65,7 +65,7 @@ async fn a_published_event_reaches_the_listener_through_the_broker() {
     let id = bus.add_listener("orders.created", move |order: Arc<OrderCreated>| {
         let sender = sender.clone();
         async move {
-            let _ = sender.send((order.id, bus::current_event_id()));
+            let _ = sender.send((order.id, bus::event::current_event_id()));
         }
     });
     let info = bus.listeners("orders.created").pop().unwrap();
@@ -77,7 +77,7 @@ async fn a_published_event_reaches_the_listener_through_the_broker() {
     );
     bus.ready().await.unwrap();
 
-    let report = bus.publish(OrderCreated { id: 7 }).await;
+    let report = bus.emit_event(OrderCreated { id: 7 }).await;
     assert!(matches!(report.published(), Some(Ok(()))), "{report:?}");
     assert_eq!(
         report.delivered(),
@@ -105,27 +105,25 @@ async fn each_service_handles_each_event_once_and_instances_compete() {
             let sender = sender.clone();
             let both_busy = Arc::clone(&both_busy);
             let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
-            bus.add_listener_with(
-                "orders.created",
-                move |order: Arc<OrderCreated>| {
-                    let (sender, both_busy, first) =
-                        (sender.clone(), Arc::clone(&both_busy), Arc::clone(&first));
-                    async move {
-                        if first.swap(false, Ordering::SeqCst) {
-                            both_busy.wait().await;
-                        }
-                        let _ = sender.send((service, instance, order.id));
+            bus.on("orders.created", move |order: Arc<OrderCreated>| {
+                let (sender, both_busy, first) =
+                    (sender.clone(), Arc::clone(&both_busy), Arc::clone(&first));
+                async move {
+                    if first.swap(false, Ordering::SeqCst) {
+                        both_busy.wait().await;
                     }
-                },
-                Policy::new().concurrency(1),
-            );
+                    let _ = sender.send((service, instance, order.id));
+                }
+            })
+            .policy(Policy::new().concurrency(1))
+            .add();
             bus.ready().await.unwrap();
             buses.push(bus);
         }
     }
     let events = 200;
     for id in 0..events {
-        let report = buses[id as usize % 4].publish(OrderCreated { id }).await;
+        let report = buses[id as usize % 4].emit_event(OrderCreated { id }).await;
         assert!(report.is_ok(), "{report:?}");
     }
     let received = receive(&mut receiver, 2 * events as usize).await;
@@ -162,22 +160,20 @@ async fn an_ungrouped_listener_gets_every_event_in_every_instance() {
     for instance in [1, 2] {
         let bus = bus_on(&transport, "cache");
         let sender = sender.clone();
-        bus.add_listener_with(
-            "orders.*",
-            move |order: Arc<OrderCreated>| {
-                let sender = sender.clone();
-                async move {
-                    let _ = sender.send((instance, order.id));
-                }
-            },
-            Policy::new().group(Group::Ungrouped),
-        );
+        bus.on("orders.*", move |order: Arc<OrderCreated>| {
+            let sender = sender.clone();
+            async move {
+                let _ = sender.send((instance, order.id));
+            }
+        })
+        .policy(Policy::new().group(Group::Ungrouped))
+        .add();
         assert_eq!(bus.listeners("orders.*")[0].group(), None);
         bus.ready().await.unwrap();
         buses.push(bus);
     }
     for id in 0..10 {
-        buses[0].publish(OrderCreated { id }).await;
+        buses[0].emit_event(OrderCreated { id }).await;
     }
     let mut received = receive(&mut receiver, 20).await;
     received.sort_unstable();
@@ -228,7 +224,7 @@ async fn the_bus_own_listeners_stay_in_process_beside_distributed_ones() {
     });
     bus.ready().await.unwrap();
     let waiting = bus.wait_for::<OrderCreated>("orders.created");
-    let report = bus.publish(OrderCreated { id: 3 }).await;
+    let report = bus.emit_event(OrderCreated { id: 3 }).await;
     assert_eq!(report.delivered(), 1, "the wait_for, in process");
     assert_eq!(waiting.await.unwrap().id, 3);
     assert_eq!(
@@ -250,26 +246,24 @@ async fn failed_deliveries_are_retried_then_dead_lettered_and_the_stream_flows()
     let (sender, mut receiver) = mpsc::unbounded_channel();
     {
         let attempts = Arc::clone(&attempts);
-        bus.add_listener_with(
-            "orders.created",
-            move |order: Arc<OrderCreated>| {
-                let attempts = Arc::clone(&attempts);
-                let sender = sender.clone();
-                async move {
-                    if order.id == 13 {
-                        attempts.fetch_add(1, Ordering::SeqCst);
-                        return Err(format!("order {} is poison", order.id));
-                    }
-                    let _ = sender.send(order.id);
-                    Ok(())
+        bus.on("orders.created", move |order: Arc<OrderCreated>| {
+            let attempts = Arc::clone(&attempts);
+            let sender = sender.clone();
+            async move {
+                if order.id == 13 {
+                    attempts.fetch_add(1, Ordering::SeqCst);
+                    return Err(format!("order {} is poison", order.id));
                 }
-            },
-            Policy::new().retry(2).backoff(Duration::from_millis(1)),
-        );
+                let _ = sender.send(order.id);
+                Ok(())
+            }
+        })
+        .policy(Policy::new().retry(2).backoff(Duration::from_millis(1)))
+        .add();
     }
     bus.ready().await.unwrap();
     for id in [12, 13, 14] {
-        bus.publish(OrderCreated { id }).await;
+        bus.emit_event(OrderCreated { id }).await;
     }
     let mut flowed = receive(&mut receiver, 2).await;
     flowed.sort_unstable();
@@ -310,7 +304,7 @@ async fn a_message_that_does_not_decode_is_dead_lettered_and_the_consumer_goes_o
     bus.ready().await.unwrap();
     let garbage = WireEvent::new("garbage-1", "someone-else", "orders.created", "{not json");
     transport.publish(garbage).await.unwrap();
-    bus.publish(OrderCreated { id: 1 }).await;
+    bus.emit_event(OrderCreated { id: 1 }).await;
     assert_eq!(receive(&mut receiver, 1).await, [1]);
     let letter = tokio::time::timeout(Duration::from_secs(10), dead.next())
         .await
@@ -331,20 +325,19 @@ async fn a_delivery_cut_short_by_shutdown_is_delivered_again_to_another_instance
     let started = Arc::new(tokio::sync::Notify::new());
     {
         let started = Arc::clone(&started);
-        stopping.add_listener_with(
-            "orders.created",
-            move |_: Arc<OrderCreated>| {
+        stopping
+            .on("orders.created", move |_: Arc<OrderCreated>| {
                 let started = Arc::clone(&started);
                 async move {
                     started.notify_one();
                     std::future::pending::<()>().await;
                 }
-            },
-            group,
-        );
+            })
+            .policy(group)
+            .add();
     }
     stopping.ready().await.unwrap();
-    let published = stopping.publish(OrderCreated { id: 5 }).await;
+    let published = stopping.emit_event(OrderCreated { id: 5 }).await;
     assert!(published.is_ok());
     started.notified().await;
     let report = stopping.shutdown(Duration::from_millis(50)).await;
@@ -352,16 +345,14 @@ async fn a_delivery_cut_short_by_shutdown_is_delivered_again_to_another_instance
 
     let next = bus_on(&transport, "billing");
     let (sender, mut receiver) = mpsc::unbounded_channel();
-    next.add_listener_with(
-        "orders.created",
-        move |order: Arc<OrderCreated>| {
-            let sender = sender.clone();
-            async move {
-                let _ = sender.send((order.id, bus::current_event_id()));
-            }
-        },
-        group,
-    );
+    next.on("orders.created", move |order: Arc<OrderCreated>| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send((order.id, bus::event::current_event_id()));
+        }
+    })
+    .policy(group)
+    .add();
     next.ready().await.unwrap();
     let [(order, id)] = receive(&mut receiver, 1).await.try_into().unwrap();
     assert_eq!(order, 5, "neither acked nor lost: delivered again");
@@ -380,10 +371,10 @@ async fn a_removed_listener_stops_consuming() {
         }
     });
     bus.ready().await.unwrap();
-    bus.publish(OrderCreated { id: 1 }).await;
+    bus.emit_event(OrderCreated { id: 1 }).await;
     assert_eq!(receive(&mut receiver, 1).await, [1]);
     assert!(bus.remove(id));
-    bus.publish(OrderCreated { id: 2 }).await;
+    bus.emit_event(OrderCreated { id: 2 }).await;
     // The removed listener's sender went with it: the channel closes, nothing more arrives.
     let next = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await;
     assert_eq!(next, Ok(None));
@@ -398,7 +389,7 @@ async fn an_event_emitted_by_a_distributed_listener_records_its_cause() {
         let emitter = emitter.clone();
         async move {
             if order.id == 1 {
-                emitter.publish(OrderCreated { id: 2 });
+                emitter.emit_event(OrderCreated { id: 2 });
             }
         }
     });
@@ -414,7 +405,7 @@ async fn an_event_emitted_by_a_distributed_listener_records_its_cause() {
         "AnyEvent stays in process"
     );
     bus.ready().await.unwrap();
-    let first = bus.publish(OrderCreated { id: 1 }).await;
+    let first = bus.emit_event(OrderCreated { id: 1 }).await;
     let [(first_id, none), (second_id, cause)] =
         receive(&mut receiver, 2).await.try_into().unwrap();
     assert_eq!(Some(first_id), first.event_id());
@@ -470,7 +461,7 @@ async fn annotated_listeners_and_derived_events_go_distributed_with_no_wiring() 
 
     // Another process's bus, without the listener: it publishes, the first one handles.
     let emitter = EventBus::builder().transport(transport).build();
-    let report = emitter.publish(OrderShipped { id: 9 }).await;
+    let report = emitter.emit_event(OrderShipped { id: 9 }).await;
     assert!(matches!(report.published(), Some(Ok(()))), "{report:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !SHIPPED.lock().unwrap().contains(&9) {

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bus::{DeliveryError, EventBus};
+use bus::{EventBus, error::DeliveryError};
 use common::{Logs, guarded};
 
 #[derive(Debug)]

@@ -107,7 +107,7 @@ async fn remove_listener_stops_delivery_and_reports_absence() {
 async fn emit_with_no_listener_is_a_no_op() {
     let bus = EventBus::new();
     let emission = bus.emit("nobody.listens", Ping);
-    assert_eq!(emission.listeners(), 0);
+    assert_eq!(emission.listener_count(), 0);
     let report = guarded("emit", emission).await;
     assert_eq!(report.event(), "nobody.listens");
     assert_eq!((report.delivered(), report.failed()), (0, 0));
@@ -222,8 +222,8 @@ fn public_types_are_send_and_sync() {
     send_sync::<bus::EventBus>();
     send_sync::<bus::Emission>();
     send_sync::<bus::DeliveryReport>();
-    send_sync::<bus::EmitError>();
-    send_sync::<bus::DeliveryError>();
-    send_sync::<bus::ListenerInfo>();
-    send::<bus::EmissionFuture>();
+    send_sync::<bus::error::EmitError>();
+    send_sync::<bus::error::DeliveryError>();
+    send_sync::<bus::listener::ListenerInfo>();
+    send::<bus::report::EmissionFuture>();
 }

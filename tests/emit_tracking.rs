@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus::{DeliveryError, EmitError, EventBus};
+use bus::{EventBus, error::DeliveryError, error::EmitError};
 use common::guarded;
 use tokio::sync::Notify;
 
@@ -98,11 +98,14 @@ async fn shutdown_aborts_what_is_still_running_at_the_deadline_and_closes_the_bu
     }
 
     // Closed: new emits are refused, with or without listeners.
-    let refused = bus.try_emit("quick", Step(2)).unwrap_err();
+    let refused = bus
+        .try_emit("quick", Step(2))
+        .map_err(EmitError::from)
+        .unwrap_err();
     assert!(matches!(refused, EmitError::Closed { ref event } if event == "quick"));
     assert!(refused.to_string().contains("shut down"), "{refused}");
     assert!(matches!(
-        bus.try_emit("nobody", Step(3)),
+        bus.try_emit("nobody", Step(3)).map_err(EmitError::from),
         Err(EmitError::Closed { .. })
     ));
     let report = guarded("emit after shutdown", bus.emit("quick", Step(4))).await;
@@ -127,7 +130,11 @@ async fn a_listener_emitting_during_shutdown_is_refused_not_lost_silently() {
             let (bus, gate, outcome) = (inner.clone(), Arc::clone(&gate), Arc::clone(&outcome));
             async move {
                 gate.notified().await;
-                *outcome.lock().await = Some(bus.try_emit("second", Step(1)).map(|_| ()));
+                *outcome.lock().await = Some(
+                    bus.try_emit("second", Step(1))
+                        .map_err(EmitError::from)
+                        .map(|_| ()),
+                );
             }
         });
     }

@@ -18,7 +18,7 @@ async fn every_emit_gets_a_unique_id_that_its_listeners_see() {
     bus.add_listener("job.done", {
         let seen = Arc::clone(&seen);
         move |_: Arc<u32>| {
-            seen.lock().unwrap().push(bus::current_event_id());
+            seen.lock().unwrap().push(bus::event::current_event_id());
             async {}
         }
     });
@@ -35,7 +35,7 @@ async fn every_emit_gets_a_unique_id_that_its_listeners_see() {
     let expected: Vec<Option<EventId>> = ids.into_iter().map(Some).collect();
     assert_eq!(seen, expected, "each listener saw its own event's id");
     assert_eq!(
-        bus::current_event_id(),
+        bus::event::current_event_id(),
         None,
         "outside a listener there is none"
     );
@@ -167,12 +167,12 @@ async fn any_event_listeners_and_typed_listeners_share_a_name() {
 #[derive(Default)]
 struct Mismatches(Mutex<Vec<(String, String)>>);
 
-impl bus::Layer for Mismatches {
-    fn on_mismatch(&self, emit: &bus::EmitInfo<'_>, listener: &bus::ListenerInfo) {
+impl bus::layer::Layer for Mismatches {
+    fn on_mismatch(&self, emit: &bus::layer::EmitInfo<'_>, listener: &bus::listener::ListenerInfo) {
         self.0
             .lock()
             .unwrap()
-            .push((emit.name().to_owned(), listener.event_type().to_owned()));
+            .push((emit.event().to_owned(), listener.event_type().to_owned()));
     }
 }
 
@@ -245,13 +245,15 @@ async fn a_retried_delivery_logs_each_attempt_in_its_span() {
     let logs = Logs::default();
     let _capture = logs.capture();
     let bus = EventBus::new();
-    bus.add_listener_with(
-        "sync.requested",
-        |_: Arc<u32>| async { Err::<(), _>("remote unreachable") },
+    bus.on("sync.requested", |_: Arc<u32>| async {
+        Err::<(), _>("remote unreachable")
+    })
+    .policy(
         bus::Policy::new()
             .retry(2)
             .backoff(std::time::Duration::from_millis(10)),
-    );
+    )
+    .add();
     bus.emit("sync.requested", 0_u32).await;
     let lines = logs.lines_with(&["remote unreachable", "listener returned an error"]);
     assert_eq!(lines.len(), 3, "{}", logs.text());

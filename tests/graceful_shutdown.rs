@@ -44,7 +44,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bus::transport::TransportError;
-use bus::{EventBus, Group, Policy};
+use bus::{EventBus, Policy, policy::Group};
 use common::brokers::{Broker, Cleanup, unique_prefix};
 use common::ci;
 use serde::{Deserialize, Serialize};
@@ -453,7 +453,7 @@ async fn publish(publisher: &EventBus, seq: &mut u32, test: &str) {
         seq: *seq,
         slow: is_slow(*seq),
     };
-    let report = publisher.publish(job).await;
+    let report = publisher.emit_event(job).await;
     assert!(
         matches!(report.published(), Some(Ok(()))),
         "{test}: publishing seq {seq}: {report:?}"
@@ -503,23 +503,23 @@ async fn consume(broker: Broker) {
             .expect("the consumer's file"),
     );
     let records = Arc::clone(&file);
-    bus.add_listener_with(
-        "graceful.job",
-        move |job: Arc<Job>| {
-            let file = Arc::clone(&records);
-            async move {
-                append(&file, &format!("started {}\n", job.seq))?;
-                let work = if job.slow && slow { SLOW } else { FAST };
-                tokio::time::sleep(work).await;
-                append(&file, &format!("finished {}\n", job.seq))
-            }
-        },
+    bus.on("graceful.job", move |job: Arc<Job>| {
+        let file = Arc::clone(&records);
+        async move {
+            append(&file, &format!("started {}\n", job.seq))?;
+            let work = if job.slow && slow { SLOW } else { FAST };
+            tokio::time::sleep(work).await;
+            append(&file, &format!("finished {}\n", job.seq))
+        }
+    })
+    .policy(
         // The timeout (longer than any event) sets the group's ack wait to twice it: an
         // aborted event comes back within `REDELIVERY_PATIENCE` only if it was handed back.
         Policy::new()
             .group(Group::Named(GROUP))
             .timeout(LISTENER_TIMEOUT),
-    );
+    )
+    .add();
     let info = bus.listeners("graceful.job").pop().expect("the listener");
     assert!(
         info.is_distributed(),

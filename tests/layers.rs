@@ -5,7 +5,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bus::{AttemptResult, DeliveryInfo, DeliveryOutcome, EmitInfo, EventBus, Layer, Policy};
+use bus::{
+    EventBus, Policy, layer::AttemptResult, layer::DeliveryInfo, layer::DeliveryOutcome,
+    layer::EmitInfo, layer::Layer,
+};
 use common::guarded;
 
 /// Writes down every hook call, in order.
@@ -36,7 +39,11 @@ impl Journal {
 
 impl Layer for Journal {
     fn on_emit(&self, emit: &EmitInfo<'_>) {
-        self.write(format!("emit {} to {}", emit.name(), emit.listeners()));
+        self.write(format!(
+            "emit {} to {}",
+            emit.event(),
+            emit.listener_count()
+        ));
     }
 
     fn before(&self, delivery: &DeliveryInfo<'_>) {
@@ -115,19 +122,17 @@ async fn retried_attempts_each_pass_through_the_hooks() {
     let journal = Arc::new(Journal::timed());
     let bus = EventBus::builder().layer(Arc::clone(&journal)).build();
     let calls = Arc::new(Mutex::new(0_u32));
-    bus.add_listener_with(
-        "a.flaky",
-        {
-            let calls = Arc::clone(&calls);
-            move |_: Arc<u8>| {
-                let mut calls = calls.lock().unwrap();
-                *calls += 1;
-                let result = if *calls < 3 { Err("not yet") } else { Ok(()) };
-                async move { result }
-            }
-        },
-        Policy::new().retry(5).backoff(Duration::from_millis(10)),
-    );
+    bus.on("a.flaky", {
+        let calls = Arc::clone(&calls);
+        move |_: Arc<u8>| {
+            let mut calls = calls.lock().unwrap();
+            *calls += 1;
+            let result = if *calls < 3 { Err("not yet") } else { Ok(()) };
+            async move { result }
+        }
+    })
+    .policy(Policy::new().retry(5).backoff(Duration::from_millis(10)))
+    .add();
     let report = guarded("the retries", bus.emit("a.flaky", 0_u8)).await;
     assert_eq!(report.delivered(), 1);
     assert_eq!(

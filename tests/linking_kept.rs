@@ -22,7 +22,7 @@ fn listeners_of_a_linked_crate_are_registered_with_their_paths() {
         "sorted by fn path"
     );
     for listener in &listeners {
-        assert_eq!(listener.kind(), bus::ListenerKind::Annotated);
+        assert_eq!(listener.kind(), bus::listener::ListenerKind::Annotated);
         assert_eq!(listener.event_type(), "linked_listeners::OrderShipped");
         assert!(
             listener

@@ -23,7 +23,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use bus::{DeliveryError, DeliveryReport, Emission, EmissionFuture, EmitError, EventBus, Layer};
+use bus::{
+    DeliveryReport, Emission, EventBus, error::DeliveryError, error::EmitError, layer::Layer,
+    report::EmissionFuture,
+};
 use common::guarded;
 
 const EMITS: u64 = 1_000_000;
@@ -80,17 +83,17 @@ struct Counted {
 }
 
 impl Layer for Counted {
-    fn on_emit(&self, _: &bus::EmitInfo<'_>) {
+    fn on_emit(&self, _: &bus::layer::EmitInfo<'_>) {
         self.emitted.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn on_shed(&self, emit: &bus::EmitInfo<'_>) {
+    fn on_shed(&self, emit: &bus::layer::EmitInfo<'_>) {
         self.shed_emits.fetch_add(1, Ordering::Relaxed);
         self.shed_deliveries
-            .fetch_add(emit.listeners() as u64, Ordering::Relaxed);
+            .fetch_add(emit.listener_count() as u64, Ordering::Relaxed);
     }
 
-    fn after(&self, _: &bus::DeliveryInfo<'_>, outcome: &bus::DeliveryOutcome<'_>) {
+    fn after(&self, _: &bus::layer::DeliveryInfo<'_>, outcome: &bus::layer::DeliveryOutcome<'_>) {
         if outcome.is_delivered() {
             self.delivered.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -200,7 +203,7 @@ impl Wake for ReportWaker {
 
 impl Reports {
     async fn add(&mut self, emission: Emission) {
-        let listeners = emission.listeners();
+        let listeners = emission.listener_count();
         let id = self.next;
         self.next += 1;
         self.poll(id, listeners, emission.into_future());

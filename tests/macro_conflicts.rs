@@ -37,8 +37,10 @@ async fn conflicting_types_are_reported_when_the_global_bus_is_built() {
     assert_eq!(lines.len(), 1, "{}", logs.text());
 
     assert!(matches!(
-        global.try_emit("created", UserCreated),
-        Err(bus::EmitError::TypeMismatch { .. })
+        global
+            .try_emit("created", UserCreated)
+            .map_err(bus::error::EmitError::from),
+        Err(bus::error::EmitError::TypeMismatch { .. })
     ));
     let report = guarded("emit", global.emit("created", AccountCreated)).await;
     assert_eq!((report.delivered(), report.failed()), (1, 1));

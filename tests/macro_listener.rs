@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bus::{EventBus, ListenerKind};
+use bus::{EventBus, listener::ListenerKind};
 use common::guarded;
 
 #[derive(Debug, Clone, PartialEq)]

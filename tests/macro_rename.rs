@@ -79,13 +79,13 @@ async fn derives_events_and_infers_names_when_bus_is_shadowed_or_renamed() {
         listener_names("rename.typed"),
         ["macro_rename::on_typed_shadowed"]
     );
-    let report = renamed::publish(TypedShadowed).await;
+    let report = renamed::emit_event(TypedShadowed).await;
     assert_eq!((report.delivered(), report.failed()), (1, 0));
 
     assert_eq!(TypedRenamed::NAME, "rename.typed-renamed");
     let listeners = renamed::global().listeners(TypedRenamed::NAME);
     assert_eq!(listeners.len(), 1, "{listeners:?}");
     assert_eq!(listeners[0].policy(), renamed::Policy::new().retry(1));
-    let report = renamed::publish(TypedRenamed).await;
+    let report = renamed::emit_event(TypedRenamed).await;
     assert_eq!((report.delivered(), report.failed()), (1, 0));
 }

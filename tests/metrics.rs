@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus::{Dispatch, EventBus, Lagged, ListenerId, MetricsLayer, Policy};
+use bus::{Dispatch, EventBus, Policy, error::Lagged, layer::MetricsLayer, listener::ListenerId};
 use common::guarded;
 use metrics::Unit;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -336,7 +336,7 @@ fn retries_and_dead_letters_are_counted() {
             })
             .build();
         let policy = Policy::new().retry(2).backoff(Duration::from_millis(1));
-        let id = bus.add_listener_with("billing.charge", fails, policy);
+        let id = bus.on("billing.charge", fails).policy(policy).add();
         let name = name_of(&bus, "billing.charge", id);
 
         bus.emit("billing.charge", 7_u32);
@@ -371,7 +371,7 @@ fn a_timed_out_attempt_counts_as_timed_out() {
         let name = name_of(
             &bus,
             "jobs.stuck",
-            bus.add_listener_with("jobs.stuck", never, policy),
+            bus.on("jobs.stuck", never).policy(policy).add(),
         );
 
         bus.emit("jobs.stuck", 1_u32);
@@ -472,9 +472,7 @@ fn a_pattern_listener_of_another_type_counts_as_a_mismatch() {
 fn a_lagging_subscriber_counts_its_missed_events_by_pattern() {
     run(|recorded| async move {
         let bus = metered();
-        let mut stream = bus
-            .subscribe::<u32>("p.>", 1)
-            .expect("a valid subscription");
+        let mut stream = bus.stream::<u32>("p.>", 1).expect("a valid subscription");
         for n in 1..=3_u32 {
             guarded("the emit", bus.emit("p.a", n)).await;
         }

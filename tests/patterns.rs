@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bus::{EmitError, EventBus};
+use bus::{EventBus, error::EmitError};
 use common::guarded;
 
 #[derive(Debug)]
@@ -16,12 +16,13 @@ struct Order(u32);
 fn counter(bus: &EventBus, pattern: &str) -> Arc<AtomicUsize> {
     let count = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&count);
-    bus.try_add_listener(pattern, move |_: Arc<Order>| {
+    bus.on(pattern, move |_: Arc<Order>| {
         let seen = Arc::clone(&seen);
         async move {
             seen.fetch_add(1, Ordering::SeqCst);
         }
     })
+    .try_add()
     .expect("a valid pattern");
     count
 }
@@ -117,7 +118,7 @@ async fn an_emitted_name_is_never_a_pattern() {
     let bus = EventBus::new();
     let count = counter(&bus, "orders.*");
     for name in ["orders.*", "orders.>", "orders..eu"] {
-        match bus.try_emit(name, Order(1)) {
+        match bus.try_emit(name, Order(1)).map_err(EmitError::from) {
             Err(EmitError::InvalidName(error)) => assert_eq!(error.name(), name),
             other => panic!("{name}: {other:?}"),
         }
@@ -131,7 +132,8 @@ async fn an_emitted_name_is_never_a_pattern() {
 fn invalid_patterns_are_rejected_with_what_to_write() {
     let bus = EventBus::new();
     let error = bus
-        .try_add_listener("orders.>.created", |_: Arc<Order>| async {})
+        .on("orders.>.created", |_: Arc<Order>| async {})
+        .try_add()
         .unwrap_err();
     let message = error.to_string();
     assert!(
@@ -140,7 +142,8 @@ fn invalid_patterns_are_rejected_with_what_to_write() {
         "{message}"
     );
     let error = bus
-        .try_add_listener("ord*", |_: Arc<Order>| async {})
+        .on("ord*", |_: Arc<Order>| async {})
+        .try_add()
         .unwrap_err();
     assert!(error.to_string().contains("whole token"), "{error}");
     assert!(bus.event_names().is_empty());

@@ -15,7 +15,7 @@ use bus::transport::{
     DEAD_LETTER_REASON, DeadLetterQueue, MemoryTransport, SubscribeOptions, Transport,
     dead_letter_name,
 };
-use bus::{EventBus, Group, Policy};
+use bus::{EventBus, Policy, policy::Group};
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
@@ -114,42 +114,40 @@ async fn poison_is_dead_lettered_then_replayed(transport: Arc<dyn Transport>, la
     let audited = Arc::new(Handled::default());
     {
         let (broken, billed) = (Arc::clone(&broken), Arc::clone(&billed));
-        bus.add_listener_with(
-            "poison.tick",
-            move |tick: Arc<Tick>| {
-                let (broken, billed) = (Arc::clone(&broken), Arc::clone(&billed));
-                async move {
-                    if broken.load(Ordering::SeqCst) && is_poison(tick.seq) {
-                        if tick.seq.is_multiple_of(2 * POISON_EVERY) {
-                            panic!("tick {} makes billing panic", tick.seq);
-                        }
-                        return Err(format!("tick {} is poison for billing", tick.seq));
+        bus.on("poison.tick", move |tick: Arc<Tick>| {
+            let (broken, billed) = (Arc::clone(&broken), Arc::clone(&billed));
+            async move {
+                if broken.load(Ordering::SeqCst) && is_poison(tick.seq) {
+                    if tick.seq.is_multiple_of(2 * POISON_EVERY) {
+                        panic!("tick {} makes billing panic", tick.seq);
                     }
-                    billed.record(tick.seq);
-                    Ok(())
+                    return Err(format!("tick {} is poison for billing", tick.seq));
                 }
-            },
+                billed.record(tick.seq);
+                Ok(())
+            }
+        })
+        .policy(
             Policy::new()
                 .group(Group::Named("billing"))
                 .retry(1)
                 .backoff(Duration::from_millis(1)),
-        );
+        )
+        .add();
     }
     {
         let audited = Arc::clone(&audited);
-        bus.add_listener_with(
-            "poison.tick",
-            move |tick: Arc<Tick>| {
-                let audited = Arc::clone(&audited);
-                async move { audited.record(tick.seq) }
-            },
-            Policy::new().group(Group::Named("audit")),
-        );
+        bus.on("poison.tick", move |tick: Arc<Tick>| {
+            let audited = Arc::clone(&audited);
+            async move { audited.record(tick.seq) }
+        })
+        .policy(Policy::new().group(Group::Named("audit")))
+        .add();
     }
     bus.ready().await.unwrap();
 
     for seq in 0..EVENTS {
-        let report = bus.publish(Tick { seq }).await;
+        let report = bus.emit_event(Tick { seq }).await;
         assert!(report.is_ok(), "{label}: publish {seq}: {report:?}");
     }
     let poison: BTreeSet<u64> = (0..EVENTS).filter(|&seq| is_poison(seq)).collect();

@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bus::{AttemptResult, DeadLetter, DeliveryError, EmitError, EventBus, Layer, Policy};
+use bus::{
+    EventBus, Policy, error::DeliveryError, error::EmitError, layer::AttemptResult,
+    layer::DeadLetter, layer::Layer,
+};
 use common::guarded;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -74,34 +77,32 @@ async fn concurrency_one_runs_deliveries_one_at_a_time_in_emit_order() {
     let bus = EventBus::new();
     let gauge = Arc::new(Gauge::default());
     let (started, finished) = (Record::new(), Record::new());
-    bus.add_listener_with(
-        "jobs.run",
-        {
+    bus.on("jobs.run", {
+        let (gauge, started, finished) = (
+            Arc::clone(&gauge),
+            Arc::clone(&started),
+            Arc::clone(&finished),
+        );
+        move |job: Arc<Job>| {
             let (gauge, started, finished) = (
                 Arc::clone(&gauge),
                 Arc::clone(&started),
                 Arc::clone(&finished),
             );
-            move |job: Arc<Job>| {
-                let (gauge, started, finished) = (
-                    Arc::clone(&gauge),
-                    Arc::clone(&started),
-                    Arc::clone(&finished),
-                );
-                async move {
-                    let _running = gauge.enter();
-                    started.push(job.0);
-                    for _ in 0..job.0 % 3 {
-                        tokio::task::yield_now().await;
-                    }
-                    // Later events take less time: without the limit they would finish first.
-                    tokio::time::sleep(Duration::from_millis(u64::from(50 - job.0))).await;
-                    finished.push(job.0);
+            async move {
+                let _running = gauge.enter();
+                started.push(job.0);
+                for _ in 0..job.0 % 3 {
+                    tokio::task::yield_now().await;
                 }
+                // Later events take less time: without the limit they would finish first.
+                tokio::time::sleep(Duration::from_millis(u64::from(50 - job.0))).await;
+                finished.push(job.0);
             }
-        },
-        Policy::new().concurrency(1),
-    );
+        }
+    })
+    .policy(Policy::new().concurrency(1))
+    .add();
     for n in 0..50 {
         drop(bus.emit("jobs.run", Job(n)));
     }
@@ -120,23 +121,21 @@ async fn concurrency_one_holds_when_emits_race_from_several_threads() {
     let bus = EventBus::new();
     let gauge = Arc::new(Gauge::default());
     let handled = Record::new();
-    bus.add_listener_with(
-        "jobs.run",
-        {
+    bus.on("jobs.run", {
+        let (gauge, handled) = (Arc::clone(&gauge), Arc::clone(&handled));
+        move |job: Arc<Job>| {
             let (gauge, handled) = (Arc::clone(&gauge), Arc::clone(&handled));
-            move |job: Arc<Job>| {
-                let (gauge, handled) = (Arc::clone(&gauge), Arc::clone(&handled));
-                async move {
-                    let _running = gauge.enter();
-                    for _ in 0..1 + job.0 % 4 {
-                        tokio::task::yield_now().await;
-                    }
-                    handled.push(job.0);
+            async move {
+                let _running = gauge.enter();
+                for _ in 0..1 + job.0 % 4 {
+                    tokio::task::yield_now().await;
                 }
+                handled.push(job.0);
             }
-        },
-        Policy::new().concurrency(1),
-    );
+        }
+    })
+    .policy(Policy::new().concurrency(1))
+    .add();
     let emitters: Vec<_> = (0..EMITTERS)
         .map(|emitter| {
             let bus = bus.clone();
@@ -184,21 +183,19 @@ async fn concurrency_three_runs_three_at_a_time() {
     let bus = EventBus::new();
     let gauge = Arc::new(Gauge::default());
     let handled = Arc::new(AtomicUsize::new(0));
-    bus.add_listener_with(
-        "jobs.run",
-        {
+    bus.on("jobs.run", {
+        let (gauge, handled) = (Arc::clone(&gauge), Arc::clone(&handled));
+        move |_: Arc<Job>| {
             let (gauge, handled) = (Arc::clone(&gauge), Arc::clone(&handled));
-            move |_: Arc<Job>| {
-                let (gauge, handled) = (Arc::clone(&gauge), Arc::clone(&handled));
-                async move {
-                    let _running = gauge.enter();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    handled.fetch_add(1, Ordering::SeqCst);
-                }
+            async move {
+                let _running = gauge.enter();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                handled.fetch_add(1, Ordering::SeqCst);
             }
-        },
-        Policy::new().concurrency(3),
-    );
+        }
+    })
+    .policy(Policy::new().concurrency(3))
+    .add();
     let start = Instant::now();
     let emissions: Vec<_> = (0..20).map(|n| bus.emit("jobs.run", Job(n))).collect();
     for emission in emissions {
@@ -215,27 +212,25 @@ async fn queued_deliveries_count_towards_max_in_flight_and_are_never_dropped() {
     let bus = EventBus::builder().max_in_flight(5).build();
     let gate = Arc::new(Semaphore::new(0));
     let handled = Record::new();
-    bus.add_listener_with(
-        "jobs.run",
-        {
+    bus.on("jobs.run", {
+        let (gate, handled) = (Arc::clone(&gate), Arc::clone(&handled));
+        move |job: Arc<Job>| {
             let (gate, handled) = (Arc::clone(&gate), Arc::clone(&handled));
-            move |job: Arc<Job>| {
-                let (gate, handled) = (Arc::clone(&gate), Arc::clone(&handled));
-                async move {
-                    // One permit, handed on by each delivery as it ends: the gate stays open.
-                    let _pass = gate.acquire().await.expect("the gate is never closed");
-                    handled.push(job.0);
-                }
+            async move {
+                // One permit, handed on by each delivery as it ends: the gate stays open.
+                let _pass = gate.acquire().await.expect("the gate is never closed");
+                handled.push(job.0);
             }
-        },
-        Policy::new().concurrency(1),
-    );
+        }
+    })
+    .policy(Policy::new().concurrency(1))
+    .add();
     let emissions: Vec<_> = (0..5)
         .map(|n| bus.try_emit("jobs.run", Job(n)).expect("room for five"))
         .collect();
     // One delivery waits at the gate, four wait for their turn: all five hold a place.
     assert_eq!(bus.in_flight(), 5);
-    match bus.try_emit("jobs.run", Job(5)) {
+    match bus.try_emit("jobs.run", Job(5)).map_err(EmitError::from) {
         Err(EmitError::Full {
             event,
             limit,
@@ -263,9 +258,8 @@ async fn a_delivery_past_its_timeout_is_cancelled_and_reported() {
     let bus = EventBus::new();
     let policy = Policy::new().timeout(Duration::from_millis(50));
     let slow_finished = Arc::new(AtomicBool::new(false));
-    let slow = bus.add_listener_with(
-        "reports.build",
-        {
+    let slow = bus
+        .on("reports.build", {
             let finished = Arc::clone(&slow_finished);
             move |_: Arc<Job>| {
                 let finished = Arc::clone(&finished);
@@ -274,9 +268,9 @@ async fn a_delivery_past_its_timeout_is_cancelled_and_reported() {
                     finished.store(true, Ordering::SeqCst);
                 }
             }
-        },
-        policy,
-    );
+        })
+        .policy(policy)
+        .add();
     let start = Instant::now();
     let report = guarded("slow emission", bus.emit("reports.build", Job(1))).await;
     assert_eq!(
@@ -306,11 +300,11 @@ async fn a_delivery_past_its_timeout_is_cancelled_and_reported() {
         "a cancelled delivery never resumes"
     );
 
-    bus.add_listener_with(
-        "reports.quick",
-        |_: Arc<Job>| async { tokio::time::sleep(Duration::from_millis(10)).await },
-        policy,
-    );
+    bus.on("reports.quick", |_: Arc<Job>| async {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    })
+    .policy(policy)
+    .add();
     let report = guarded("quick emission", bus.emit("reports.quick", Job(2))).await;
     assert_eq!((report.delivered(), report.failed()), (1, 0));
 }
@@ -320,24 +314,22 @@ async fn a_failed_delivery_is_retried_with_growing_backoff() {
     let backoff = Duration::from_millis(1000);
     let bus = EventBus::new();
     let calls = Record::new();
-    bus.add_listener_with(
-        "payments.charge",
-        {
+    bus.on("payments.charge", {
+        let calls = Arc::clone(&calls);
+        move |_: Arc<Job>| {
             let calls = Arc::clone(&calls);
-            move |_: Arc<Job>| {
-                let calls = Arc::clone(&calls);
-                async move {
-                    calls.push(Instant::now());
-                    let attempt = calls.items().len();
-                    if attempt <= 2 {
-                        return Err(format!("attempt {attempt}: gateway down"));
-                    }
-                    Ok(())
+            async move {
+                calls.push(Instant::now());
+                let attempt = calls.items().len();
+                if attempt <= 2 {
+                    return Err(format!("attempt {attempt}: gateway down"));
                 }
+                Ok(())
             }
-        },
-        Policy::new().retry(3).backoff(backoff),
-    );
+        }
+    })
+    .policy(Policy::new().retry(3).backoff(backoff))
+    .add();
     let report = guarded("emission", bus.emit("payments.charge", Job(1))).await;
     assert_eq!((report.delivered(), report.failed()), (1, 0));
     let calls = calls.items();
@@ -369,7 +361,7 @@ struct Letter {
     event_id: bus::EventId,
     payload: Option<Job>,
     listener_name: String,
-    listener_id: bus::ListenerId,
+    listener_id: bus::listener::ListenerId,
     attempts: u32,
     error: String,
     panicked: bool,
@@ -427,14 +419,18 @@ impl Attempts {
 }
 
 impl Layer for Attempts {
-    fn before(&self, delivery: &bus::DeliveryInfo<'_>) {
+    fn before(&self, delivery: &bus::layer::DeliveryInfo<'_>) {
         self.before
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(delivery.attempt());
     }
 
-    fn after(&self, delivery: &bus::DeliveryInfo<'_>, outcome: &bus::DeliveryOutcome<'_>) {
+    fn after(
+        &self,
+        delivery: &bus::layer::DeliveryInfo<'_>,
+        outcome: &bus::layer::DeliveryOutcome<'_>,
+    ) {
         let result = match outcome.result() {
             AttemptResult::Delivered => "delivered".to_owned(),
             AttemptResult::Failed(error) => format!("failed: {error}"),
@@ -459,17 +455,16 @@ async fn a_delivery_out_of_retries_goes_to_the_dead_letter() {
     let attempts = Arc::new(Attempts::default());
     let (bus, letters) = dead_letters(EventBus::builder().layer(Arc::clone(&attempts)));
     let calls = Arc::new(AtomicUsize::new(0));
-    let id = bus.add_listener_with(
-        "orders.placed",
-        {
+    let id = bus
+        .on("orders.placed", {
             let calls = Arc::clone(&calls);
             move |order: Arc<Job>| {
                 let attempt = calls.fetch_add(1, Ordering::SeqCst) + 1;
                 async move { Err::<(), _>(format!("attempt {attempt}: no stock for {}", order.0)) }
             }
-        },
-        Policy::new().retry(2).backoff(Duration::from_millis(10)),
-    );
+        })
+        .policy(Policy::new().retry(2).backoff(Duration::from_millis(10)))
+        .add();
     let emission = bus.emit("orders.placed", Job(7));
     let event_id = emission.event_id().expect("an emitted event has an id");
     let report = guarded("emission", emission).await;
@@ -526,20 +521,18 @@ fn curse(order: &Job) {
 async fn a_panicking_listener_is_retried_then_dead_lettered() {
     let (bus, letters) = dead_letters(EventBus::builder());
     let calls = Arc::new(AtomicUsize::new(0));
-    bus.add_listener_with(
-        "orders.placed",
-        {
-            let calls = Arc::clone(&calls);
-            move |order: Arc<Job>| {
-                calls.fetch_add(1, Ordering::SeqCst);
-                async move {
-                    tokio::task::yield_now().await;
-                    curse(&order);
-                }
+    bus.on("orders.placed", {
+        let calls = Arc::clone(&calls);
+        move |order: Arc<Job>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::task::yield_now().await;
+                curse(&order);
             }
-        },
-        Policy::new().retry(1).backoff(Duration::from_millis(10)),
-    );
+        }
+    })
+    .policy(Policy::new().retry(1).backoff(Duration::from_millis(10)))
+    .add();
     let healthy = Arc::new(AtomicUsize::new(0));
     bus.add_listener("orders.placed", {
         let healthy = Arc::clone(&healthy);
@@ -578,20 +571,18 @@ async fn shutdown_aborts_a_delivery_that_has_a_timeout() {
     let attempts = Arc::new(Attempts::default());
     let bus = EventBus::builder().layer(Arc::clone(&attempts)).build();
     let finished = Arc::new(AtomicBool::new(false));
-    bus.add_listener_with(
-        "reports.build",
-        {
+    bus.on("reports.build", {
+        let finished = Arc::clone(&finished);
+        move |_: Arc<Job>| {
             let finished = Arc::clone(&finished);
-            move |_: Arc<Job>| {
-                let finished = Arc::clone(&finished);
-                async move {
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                    finished.store(true, Ordering::SeqCst);
-                }
+            async move {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                finished.store(true, Ordering::SeqCst);
             }
-        },
-        Policy::new().timeout(Duration::from_secs(5)).retry(2),
-    );
+        }
+    })
+    .policy(Policy::new().timeout(Duration::from_secs(5)).retry(2))
+    .add();
     let emission = bus.emit("reports.build", Job(1));
     let start = Instant::now();
     let shutdown = guarded("shutdown", bus.shutdown(Duration::from_millis(50))).await;
@@ -616,14 +607,16 @@ async fn shutdown_aborts_a_delivery_that_has_a_timeout() {
 async fn timed_out_attempts_are_retried_then_dead_lettered() {
     let attempts = Arc::new(Attempts::default());
     let (bus, letters) = dead_letters(EventBus::builder().layer(Arc::clone(&attempts)));
-    bus.add_listener_with(
-        "reports.build",
-        |_: Arc<Job>| async { tokio::time::sleep(Duration::from_secs(60)).await },
+    bus.on("reports.build", |_: Arc<Job>| async {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .policy(
         Policy::new()
             .timeout(Duration::from_millis(50))
             .retry(1)
             .backoff(Duration::from_millis(10)),
-    );
+    )
+    .add();
     let report = guarded("emission", bus.emit("reports.build", Job(3))).await;
     match report.failures() {
         [DeliveryError::TimedOut { timeout, .. }] => {
@@ -682,11 +675,9 @@ async fn a_retried_listener_error_keeps_its_type() {
         })
         .build();
     bus.add_listener("orders.plain", out_of_stock);
-    bus.add_listener_with(
-        "orders.retried",
-        out_of_stock,
-        Policy::new().retry(1).backoff(Duration::from_millis(10)),
-    );
+    bus.on("orders.retried", out_of_stock)
+        .policy(Policy::new().retry(1).backoff(Duration::from_millis(10)))
+        .add();
     for name in ["orders.plain", "orders.retried"] {
         let report = guarded("emission", bus.emit(name, Job(4))).await;
         match report.failures() {

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bus::{
-    AttemptResult, DeliveryError, DeliveryReport, Emission, EmitError, EventBus, Layer, ListenerId,
+    DeliveryReport, Emission, EventBus, error::DeliveryError, error::EmitError,
+    layer::AttemptResult, layer::Layer, listener::ListenerId,
 };
 use common::guarded;
 
@@ -135,17 +136,17 @@ struct Counted {
 }
 
 impl Layer for Counted {
-    fn on_emit(&self, _: &bus::EmitInfo<'_>) {
+    fn on_emit(&self, _: &bus::layer::EmitInfo<'_>) {
         self.emitted.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn on_shed(&self, emit: &bus::EmitInfo<'_>) {
+    fn on_shed(&self, emit: &bus::layer::EmitInfo<'_>) {
         self.shed_emits.fetch_add(1, Ordering::Relaxed);
         self.shed_deliveries
-            .fetch_add(emit.listeners() as u64, Ordering::Relaxed);
+            .fetch_add(emit.listener_count() as u64, Ordering::Relaxed);
     }
 
-    fn after(&self, _: &bus::DeliveryInfo<'_>, outcome: &bus::DeliveryOutcome<'_>) {
+    fn after(&self, _: &bus::layer::DeliveryInfo<'_>, outcome: &bus::layer::DeliveryOutcome<'_>) {
         let counter = match outcome.result() {
             AttemptResult::Delivered => &self.delivered,
             AttemptResult::Failed(_) => &self.failed,
@@ -319,7 +320,7 @@ async fn soak() {
                     let emission = match seq % 3 {
                         0 => bus.emit(name, job),
                         1 => bus.emit_async(name, job).await,
-                        _ => match bus.try_emit(name, job) {
+                        _ => match bus.try_emit(name, job).map_err(EmitError::from) {
                             Ok(emission) => emission,
                             Err(EmitError::Full { .. }) => {
                                 tally.refused += 1;
@@ -331,7 +332,7 @@ async fn soak() {
                             Err(other) => panic!("try_emit to {name} failed: {other}"),
                         },
                     };
-                    batch.push((emission.listeners(), emission));
+                    batch.push((emission.listener_count(), emission));
                     if batch.len() == BATCH {
                         for (listeners, emission) in batch.drain(..) {
                             tally.add(listeners, &guarded("a report", emission).await);

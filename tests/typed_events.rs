@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bus::{Event, EventBus, ListenerKind};
+use bus::{Event, EventBus, listener::ListenerKind};
 use common::guarded;
 
 #[derive(Debug, Clone, PartialEq, bus::Event)]
@@ -99,7 +99,7 @@ fn the_name_is_the_attributes() {
 #[tokio::test]
 async fn publish_reaches_the_listeners_of_the_type_in_every_form() {
     let bus = EventBus::with_annotated_listeners();
-    let report = guarded("publish", bus.publish(user("publish"))).await;
+    let report = guarded("publish", bus.emit_event(user("publish"))).await;
     assert_eq!((report.delivered(), report.failed()), (3, 0));
     assert_eq!(report.event(), "typed.user.created");
     assert_eq!(called_with("publish"), ["by_arc", "by_ref"]);
@@ -125,14 +125,14 @@ async fn a_listener_with_a_name_of_its_own_keeps_it() {
 #[tokio::test]
 async fn enums_and_generic_types_are_events() {
     let bus = EventBus::with_annotated_listeners();
-    let report = guarded("publish", bus.publish(OrderChanged::Added(4_711))).await;
+    let report = guarded("publish", bus.emit_event(OrderChanged::Added(4_711))).await;
     assert_eq!(report.delivered(), 1);
     assert_eq!(called_with("4711"), ["on_order_changed"]);
 
     let filled = Filled {
         value: "filled".to_owned(),
     };
-    let report = guarded("publish", bus.publish(filled)).await;
+    let report = guarded("publish", bus.emit_event(filled)).await;
     assert_eq!(report.delivered(), 1);
     assert_eq!(called_with("filled"), ["on_filled"]);
 }
@@ -169,7 +169,7 @@ fn listings_show_the_listeners_under_the_types_name() {
 /// The only test of the global bus in this binary.
 #[tokio::test]
 async fn bus_publish_reaches_them_through_the_global_bus() {
-    let report = guarded("publish", bus::publish(user("global"))).await;
+    let report = guarded("publish", bus::emit_event(user("global"))).await;
     assert_eq!((report.delivered(), report.failed()), (3, 0));
     assert_eq!(called_with("global"), ["by_arc", "by_ref"]);
     assert_eq!(bus::global().listeners(UserCreated::NAME).len(), 3);

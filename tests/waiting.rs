@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus::{AddListenerError, EventBus, Lagged, WaitError};
+use bus::{EventBus, error::AddListenerError, error::Lagged, error::WaitError};
 use common::guarded;
 use tokio_stream::StreamExt;
 
@@ -19,12 +19,15 @@ async fn once_calls_exactly_once_however_many_emits_race() {
     let bus = EventBus::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
-    let id = bus.once("orders.paid", move |_: Arc<Paid>| {
-        let seen = Arc::clone(&seen);
-        async move {
-            seen.fetch_add(1, Ordering::SeqCst);
-        }
-    });
+    let id = bus
+        .on("orders.paid", move |_: Arc<Paid>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .once()
+        .add();
     let emitters: Vec<_> = (0..8)
         .map(|task| {
             let bus = bus.clone();
@@ -55,16 +58,24 @@ async fn once_can_be_removed_before_it_fires() {
     let bus = EventBus::new();
     let calls = Arc::new(AtomicUsize::new(0));
     let seen = Arc::clone(&calls);
-    let id = bus.once("orders.*", move |_: Arc<Paid>| {
-        seen.fetch_add(1, Ordering::SeqCst);
-        async {}
-    });
+    let id = bus
+        .on("orders.*", move |_: Arc<Paid>| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async {}
+        })
+        .once()
+        .add();
     assert_eq!(bus.listeners("orders.*").len(), 1);
     assert!(bus.remove(id));
     let report = guarded("emit", bus.emit("orders.paid", Paid(1))).await;
     assert_eq!(report.delivered(), 0);
     assert_eq!(calls.load(Ordering::SeqCst), 0);
-    assert!(bus.try_once("bad name", |_: Arc<Paid>| async {}).is_err());
+    assert!(
+        bus.on("bad name", |_: Arc<Paid>| async {})
+            .once()
+            .try_add()
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -122,7 +133,7 @@ async fn wait_for_reports_a_bad_pattern_and_a_dropped_bus() {
 #[tokio::test]
 async fn subscribe_streams_matching_events_in_order() {
     let bus = EventBus::new();
-    let mut orders = bus.subscribe::<Paid>("orders.>", 16).unwrap();
+    let mut orders = bus.stream::<Paid>("orders.>", 16).unwrap();
     assert_eq!(orders.pattern(), "orders.>");
     for amount in 1..=3 {
         drop(bus.emit("orders.eu.paid", Paid(amount)));
@@ -140,7 +151,7 @@ async fn subscribe_streams_matching_events_in_order() {
 #[tokio::test]
 async fn a_slow_subscriber_is_told_what_it_lost_and_never_blocks_emitters() {
     let bus = EventBus::new();
-    let mut slow = bus.subscribe::<Paid>("orders.paid", 2).unwrap();
+    let mut slow = bus.stream::<Paid>("orders.paid", 2).unwrap();
     // Five emits into a buffer of two, with nobody reading: every emit returns.
     for amount in 0..5 {
         let report = guarded("emit", bus.emit("orders.paid", Paid(amount))).await;
@@ -161,8 +172,8 @@ async fn a_slow_subscriber_is_told_what_it_lost_and_never_blocks_emitters() {
 #[tokio::test]
 async fn subscriptions_check_their_capacity_and_leave_when_dropped() {
     let bus = EventBus::new();
-    for capacity in [0, bus::MAX_SUBSCRIPTION_CAPACITY + 1] {
-        match bus.subscribe::<Paid>("orders.paid", capacity) {
+    for capacity in [0, bus::stream::MAX_CAPACITY + 1] {
+        match bus.stream::<Paid>("orders.paid", capacity) {
             Err(error @ AddListenerError::InvalidCapacity { .. }) => {
                 assert!(
                     error.to_string().contains("must be between 1 and"),
@@ -173,10 +184,10 @@ async fn subscriptions_check_their_capacity_and_leave_when_dropped() {
         }
     }
     assert!(matches!(
-        bus.subscribe::<Paid>("orders paid", 4),
+        bus.stream::<Paid>("orders paid", 4),
         Err(AddListenerError::InvalidName { .. })
     ));
-    let subscription = bus.subscribe::<Paid>("orders.paid", 4).unwrap();
+    let subscription = bus.stream::<Paid>("orders.paid", 4).unwrap();
     let id = subscription.listener_id();
     assert_eq!(bus.listeners("orders.paid")[0].id(), id);
     drop(subscription);

@@ -19,7 +19,7 @@ use bus::transport::{
     DEAD_LETTER_REASON, MAX_ATTRIBUTES, SubscribeOptions, Transport, TransportSubscription,
     dead_letter_name,
 };
-use bus::{EventBus, Group, Policy};
+use bus::{EventBus, Policy, policy::Group};
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
@@ -108,14 +108,12 @@ async fn billing(transport: Arc<dyn Transport>) -> (EventBus, Handled) {
     let handled = Handled::default();
     {
         let handled = Arc::clone(&handled);
-        bus.add_listener_with(
-            "wire.orders",
-            move |order: Arc<Order>| {
-                let handled = Arc::clone(&handled);
-                async move { handled.lock().unwrap().push(order.id) }
-            },
-            Policy::new().group(Group::Named("billing")),
-        );
+        bus.on("wire.orders", move |order: Arc<Order>| {
+            let handled = Arc::clone(&handled);
+            async move { handled.lock().unwrap().push(order.id) }
+        })
+        .policy(Policy::new().group(Group::Named("billing")))
+        .add();
     }
     bus.ready().await.unwrap();
     (bus, handled)
@@ -154,12 +152,12 @@ async fn bad_input_is_dead_lettered<W, WriteFut, L, LettersFut>(
     LettersFut: Future<Output = BTreeMap<String, String>>,
 {
     let (bus, handled) = billing(Arc::clone(&transport)).await;
-    assert!(bus.publish(Order { id: 1 }).await.is_ok());
+    assert!(bus.emit_event(Order { id: 1 }).await.is_ok());
     let bad = bad_messages();
     for message in &bad {
         write(message.id, message.headers.clone(), message.payload.clone()).await;
     }
-    assert!(bus.publish(Order { id: 2 }).await.is_ok());
+    assert!(bus.emit_event(Order { id: 2 }).await.is_ok());
 
     let letters = letters(bad.len()).await;
     for (id, reason) in &letters {

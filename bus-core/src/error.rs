@@ -1,14 +1,31 @@
 //! Typed errors. Each names the event and, where one is involved, the listener, and says what
 //! to do about it.
+//!
+//! A leaf beside the ids: every module may name an error, and this one names only ids and the
+//! name rules.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::name_rules::{NameProblem, PatternProblem};
-use crate::registry::ListenerId;
+use bus_names::{NameProblem, PatternProblem};
+
+use crate::id::{EventId, ListenerId};
 
 /// The error type a listener may return, once converted: anything that is
 /// `Into<Box<dyn std::error::Error + Send + Sync>>` (which includes `String` and `&str`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The text of a panic, when its payload is a string (as `panic!` with a message makes it): what
+/// [`DeliveryError::Panicked`] and the logs say of a caught panic.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        (*message).to_owned()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "<panic payload is not a string>".to_owned()
+    }
+}
 
 /// A string is not a valid event name, or not a valid listener pattern.
 ///
@@ -16,7 +33,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// (`orders.eu.created`), at most 256 bytes long. A listener may also be added under a pattern,
 /// where a whole token may be `*` (exactly one token: `orders.*.created`) and the last token may
 /// be `>` (one or more tokens: `orders.>`); an emitted name never has wildcards.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid {} {:?}: {}",
+    if *pattern { "listener pattern" } else { "event name" },
+    name,
+    problem.message()
+)]
 pub struct NameError {
     name: String,
     problem: PatternProblem,
@@ -53,28 +76,11 @@ impl NameError {
     }
 }
 
-impl std::fmt::Display for NameError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let what = if self.pattern {
-            "listener pattern"
-        } else {
-            "event name"
-        };
-        write!(
-            f,
-            "invalid {what} {:?}: {}",
-            self.name,
-            self.problem.message()
-        )
-    }
-}
-
-impl std::error::Error for NameError {}
-
 /// Why an event could not be emitted.
 ///
-/// [`EventBus::try_emit`](crate::EventBus::try_emit) returns these before anything is delivered:
-/// when it returns `Err`, no listener saw the event. [`EventBus::emit`](crate::EventBus::emit)
+/// [`EventBus::try_emit`](crate::EventBus::try_emit) returns these before anything is delivered,
+/// in a [`TryEmitError`] that gives the event back: when it returns `Err`, no listener saw the
+/// event. [`EventBus::emit`](crate::EventBus::emit)
 /// never fails; it logs the same errors and counts the listeners that could not take the event as
 /// failed in the [`DeliveryReport`](crate::DeliveryReport).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,9 +168,19 @@ pub enum PublishError {
         event: String,
         /// The event's id (emitting it again with the same id is deduplicated by brokers
         /// that deduplicate).
-        event_id: crate::event::EventId,
+        event_id: EventId,
         /// What the transport said.
-        source: Arc<crate::transport::TransportError>,
+        source: Arc<TransportError>,
+    },
+    /// The event was not handed to the broker at all, for `reason`: the bus was closed, no
+    /// runtime was running, or a listener of this process that receives the name from the
+    /// broker takes another type (the broker would hand it the event as that type).
+    #[error("event `{event}` was not published: {reason}")]
+    Refused {
+        /// The event name.
+        event: String,
+        /// Why.
+        reason: EmitError,
     },
     /// The publish task was dropped before the broker answered: its runtime shut down.
     #[error(
@@ -189,19 +205,19 @@ pub enum AddListenerError {
         /// What is wrong with the name.
         source: NameError,
     },
-    /// A subscription's buffer capacity is 0 or larger than
-    /// [`MAX_SUBSCRIPTION_CAPACITY`](crate::MAX_SUBSCRIPTION_CAPACITY).
+    /// An event stream's capacity is 0 or larger than
+    /// [`MAX_CAPACITY`](crate::stream::MAX_CAPACITY).
     #[error(
-        "cannot subscribe to `{pattern}` with capacity {capacity}: the capacity must be between \
-         1 and {max}; it is how many unread events the subscription holds before it drops the \
-         oldest",
-        max = crate::subscription::MAX_CAPACITY
+        "cannot stream `{pattern}` with capacity {capacity}: the capacity must be between 1 and \
+         {max}; it is how many unread events the stream holds before it drops the oldest"
     )]
     InvalidCapacity {
-        /// The pattern of the subscription.
+        /// The pattern of the stream.
         pattern: String,
         /// The capacity asked for.
         capacity: usize,
+        /// The largest capacity allowed.
+        max: usize,
     },
 }
 
@@ -249,7 +265,7 @@ pub enum DeliveryError {
         /// The listener's id.
         listener_id: ListenerId,
         /// The timeout it ran past.
-        timeout: std::time::Duration,
+        timeout: Duration,
     },
     /// [`EventBus::shutdown`](crate::EventBus::shutdown) aborted the listener after its deadline.
     #[error("listener `{listener}` was aborted by shutdown before it finished handling `{event}`")]
@@ -307,5 +323,147 @@ impl DeliveryError {
             | DeliveryError::Aborted { listener_id, .. }
             | DeliveryError::NotDelivered { listener_id, .. } => *listener_id,
         }
+    }
+}
+
+/// Why [`try_emit`](crate::EventBus::try_emit) delivered nothing, with the event given back
+/// (as Tokio's `TrySendError<T>` gives back its value): emit it again later, or elsewhere.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let bus = bus::EventBus::new();
+/// let refused = bus.try_emit("orders..created", 7_u32).unwrap_err();
+/// assert!(matches!(refused.error(), bus::error::EmitError::InvalidName(_)));
+/// assert_eq!(refused.into_event(), 7);
+/// # }
+/// ```
+#[derive(thiserror::Error)]
+#[error("{error}")]
+pub struct TryEmitError<E> {
+    error: EmitError,
+    event: E,
+}
+
+impl<E> TryEmitError<E> {
+    pub(crate) fn new(error: EmitError, event: E) -> Self {
+        TryEmitError { error, event }
+    }
+
+    /// Why the event was refused.
+    pub fn error(&self) -> &EmitError {
+        &self.error
+    }
+
+    /// The event, given back.
+    pub fn into_event(self) -> E {
+        self.event
+    }
+
+    /// The reason and the event.
+    pub fn into_parts(self) -> (EmitError, E) {
+        (self.error, self.event)
+    }
+}
+
+impl<E> std::fmt::Debug for TryEmitError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TryEmitError")
+            .field("error", &self.error)
+            .field("event", &std::any::type_name::<E>())
+            .finish()
+    }
+}
+
+impl<E> From<TryEmitError<E>> for EmitError {
+    fn from(refused: TryEmitError<E>) -> Self {
+        refused.error
+    }
+}
+
+/// Why a [`WaitFor`](crate::stream::WaitFor) ended without an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WaitError {
+    /// The pattern breaks the naming rules, so nothing could ever match it.
+    #[error("cannot wait: {0}")]
+    InvalidPattern(#[from] NameError),
+    /// The bus was dropped (or the waiting listener removed) before a matching event came.
+    #[error("stopped waiting for `{pattern}`: the bus was dropped before a matching event came")]
+    Closed {
+        /// The pattern that was waited for.
+        pattern: String,
+    },
+}
+
+/// The reader of an [`EventStream`](crate::stream::EventStream) fell behind: its buffer was
+/// full, and the `n` oldest events it had not read yet were dropped to make room. The stream
+/// goes on with the oldest event it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "event stream fell behind: {0} events were dropped; read faster or open the stream with a \
+     larger capacity"
+)]
+pub struct Lagged(pub u64);
+
+/// Why a transport operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// The broker could not be reached, or the connection broke.
+    #[error("{transport}: broker unreachable: {source}")]
+    Unreachable {
+        /// The transport's name.
+        transport: String,
+        /// What the client said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The broker did not confirm a publish before the deadline.
+    #[error("{transport}: publish of `{event}` not confirmed within {deadline:?}")]
+    PublishTimedOut {
+        /// The transport's name.
+        transport: String,
+        /// The event name.
+        event: String,
+        /// The deadline that passed.
+        deadline: Duration,
+    },
+    /// The pattern, the group or an event name is not valid for this transport.
+    #[error("{transport}: invalid {what} `{value}`: {reason}")]
+    Invalid {
+        /// The transport's name.
+        transport: String,
+        /// What was invalid (`pattern`, `group`, `event name`).
+        what: &'static str,
+        /// The value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// The transport is closed.
+    #[error("{transport}: closed")]
+    Closed {
+        /// The transport's name.
+        transport: String,
+    },
+    /// Anything else the broker or its client reported.
+    #[error("{transport}: {source}")]
+    Broker {
+        /// The transport's name.
+        transport: String,
+        /// What the client said.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages_are_extracted() {
+        assert_eq!(panic_message(&"static"), "static");
+        assert_eq!(panic_message(&String::from("owned")), "owned");
+        assert_eq!(panic_message(&42_u8), "<panic payload is not a string>");
     }
 }

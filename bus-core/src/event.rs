@@ -1,23 +1,25 @@
-//! What every emitted event carries besides its payload: an envelope with a unique id, the emit
-//! time and the event that caused it; and [`AnyEvent`], for listeners that take events of any
-//! type.
+//! Events: the [`Event`] trait that binds a type to its name, what every emitted event carries
+//! besides its payload (an [`Envelope`] with a unique id, the emit time and the event that
+//! caused it), [`AnyEvent`] for listeners that take events of any type, and the name rules
+//! ([`validate_name`], [`validate_pattern`]).
 
 use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
-use std::num::NonZeroU128;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use once_cell::sync::Lazy;
+pub use crate::id::EventId;
+pub use crate::name::{validate_name, validate_pattern};
 
-use crate::listener::ErasedEvent;
+/// An event as the bus passes it around: shared, with its type erased. Each listener gets its
+/// typed `Arc<E>` back by a checked downcast, never by a cast.
+pub(crate) type ErasedEvent = Arc<dyn Any + Send + Sync>;
 
 /// A type bound to one event name, so that the name cannot be wrong where the type is known.
 ///
 /// Derive it with `#[derive(bus::Event)]` and `#[event(name = "user.created")]`; the derive
-/// checks the name at compile time. Then [`publish`](crate::publish) takes the name from the
+/// checks the name at compile time. Then [`emit_event`](crate::emit_event) takes the name from the
 /// type, and `#[bus::listener] async fn f(e: &UserCreated)` listens to it with no name given.
 ///
 /// ```
@@ -38,87 +40,6 @@ use crate::listener::ErasedEvent;
 pub trait Event: Send + Sync + 'static {
     /// The event name this type is emitted under.
     const NAME: &'static str;
-}
-
-/// The unique id of one emitted event.
-///
-/// 128 bits: a random prefix drawn once per process, then a counter, so ids never repeat
-/// within a process and collide across processes only by chance of 2^-64. Displayed as 32
-/// hex digits in the 8-4-4-4-12 groups of a UUID.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EventId(NonZeroU128);
-
-impl EventId {
-    /// The id as a number.
-    pub fn as_u128(self) -> u128 {
-        self.0.get()
-    }
-
-    /// A fresh id. Each thread takes a block of counter values at a time, so making an id is
-    /// a thread-local increment, not a shared atomic per emit.
-    pub(crate) fn next() -> EventId {
-        const BLOCK: u64 = 1024;
-        static PREFIX: Lazy<u64> = Lazy::new(|| fastrand::u64(1..));
-        static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
-        thread_local! {
-            static RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
-        }
-        let counter = RANGE.with(|range| {
-            let (mut next, mut end) = range.get();
-            if next == end {
-                next = NEXT_BLOCK.fetch_add(BLOCK, Ordering::Relaxed);
-                end = next + BLOCK;
-            }
-            range.set((next + 1, end));
-            next
-        });
-        let raw = (u128::from(*PREFIX) << 64) | u128::from(counter);
-        // The prefix is never 0, so neither is the id.
-        EventId(NonZeroU128::new(raw).unwrap_or(NonZeroU128::MAX))
-    }
-}
-
-impl EventId {
-    /// The id exactly as [`Display`](fmt::Display) writes it (lowercase hex digits in groups
-    /// of 8-4-4-4-12), or `None`. Only that one spelling is read, so two different wire ids
-    /// never map to the same local id.
-    pub(crate) fn parse(text: &str) -> Option<EventId> {
-        let bytes = text.as_bytes();
-        let canonical = bytes.len() == 36
-            && bytes.iter().enumerate().all(|(at, &byte)| match at {
-                8 | 13 | 18 | 23 => byte == b'-',
-                _ => matches!(byte, b'0'..=b'9' | b'a'..=b'f'),
-            });
-        if !canonical {
-            return None;
-        }
-        let hex: String = text.chars().filter(|c| *c != '-').collect();
-        u128::from_str_radix(&hex, 16)
-            .ok()
-            .and_then(NonZeroU128::new)
-            .map(EventId)
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = format!("{:032x}", self.0.get());
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        )
-    }
-}
-
-impl fmt::Debug for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "EventId({self})")
-    }
 }
 
 /// What the bus knows about one emitted event besides its payload.
@@ -327,47 +248,6 @@ impl fmt::Debug for AnyEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_unique_across_threads() {
-        let ids: Vec<EventId> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..4)
-                .map(|_| scope.spawn(|| (0..5_000).map(|_| EventId::next()).collect::<Vec<_>>()))
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|worker| worker.join().unwrap())
-                .collect()
-        });
-        let unique: std::collections::HashSet<_> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len());
-    }
-
-    #[test]
-    fn ids_display_as_uuids() {
-        let id = EventId(NonZeroU128::new(0x0123_4567_89ab_cdef_0011_2233_4455_6677).unwrap());
-        assert_eq!(id.to_string(), "01234567-89ab-cdef-0011-223344556677");
-    }
-
-    #[test]
-    fn ids_parse_only_as_they_display() {
-        let id = EventId::next();
-        assert_eq!(EventId::parse(&id.to_string()), Some(id));
-        let text = "01234567-89ab-cdef-0011-223344556677";
-        assert!(EventId::parse(text).is_some());
-        for other in [
-            // What `u128::from_str_radix` alone would take: a sign, upper case, other dashes.
-            "+1234567-89ab-cdef-0011-223344556677",
-            "01234567-89AB-cdef-0011-223344556677",
-            "0123456789abcdef0011223344556677----",
-            "0123456789abcdef0011223344556677",
-            "01234567-89ab-cdef-0011-22334455667",
-            "00000000-0000-0000-0000-000000000000",
-            "01234567-89ab-cdef-0011-2233445566é",
-        ] {
-            assert_eq!(EventId::parse(other), None, "{other}");
-        }
-    }
 
     #[test]
     fn handling_nests_and_restores() {

@@ -8,7 +8,8 @@ use std::time::Duration;
 ///
 /// The default policy is no limit, no timeout and no retry: exactly how a plain
 /// [`add_listener`](crate::EventBus::add_listener) listener runs. Set it with
-/// [`EventBus::add_listener_with`](crate::EventBus::add_listener_with) or the options of
+/// [`EventBus::on`](crate::EventBus::on) and
+/// [`policy`](crate::listener::ListenerBuilder::policy), or the options of
 /// `#[bus::listener(.., concurrency = 1, timeout = "5s", retry = 3, backoff = "100ms")]`.
 ///
 /// A listener with a policy other than the default is always run as a task of its own (it may
@@ -25,7 +26,7 @@ use std::time::Duration;
 /// assert_eq!(policy.max_attempts(), 4);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[must_use = "a policy does nothing until it is given to `add_listener_with`"]
+#[must_use = "a policy does nothing until a listener is added with it (`on(..).policy(..)`)"]
 pub struct Policy {
     concurrency: Option<NonZeroUsize>,
     timeout: Option<Duration>,
@@ -79,7 +80,7 @@ impl Policy {
     }
 
     /// A delivery (one attempt) that runs longer than `timeout` is cancelled at its next
-    /// `.await` and counts as failed ([`DeliveryError::TimedOut`](crate::DeliveryError::TimedOut)),
+    /// `.await` and counts as failed ([`DeliveryError::TimedOut`](crate::error::DeliveryError::TimedOut)),
     /// so it is retried if retries are left.
     pub const fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);

@@ -6,10 +6,10 @@ pub use ::std::sync::Arc;
 pub use ::std::time::Duration;
 
 pub use crate::__codec_of as codec_of;
+pub use crate::bus::{Registration, StaticListener, registration};
+pub use crate::delivery::ListenerOutput;
 pub use crate::error::BoxError;
 pub use crate::event::Event;
-pub use crate::global::{Registration, StaticListener, registration};
-pub use crate::listener::ListenerOutput;
 pub use crate::policy::{Group, Policy};
 pub use crate::remote::codec::{Codec, CodecEntry, CodecProbe, NoCodec, SerdeCodec};
 

@@ -15,7 +15,6 @@ use syn::{
 };
 
 use crate::diagnostics::Errors;
-use crate::name_rules;
 use crate::parse::{self, Arg, crate_path};
 
 /// What `#[event(..)]` says about the type.
@@ -193,7 +192,7 @@ fn event_name(value: &Expr) -> syn::Result<LitStr> {
     parse::checked_name(
         value,
         "`name` must be a string literal such as `name = \"user.created\"`",
-        |name| name_rules::check_event_name(name).map_err(|problem| problem.message()),
+        |name| bus_names::check_event_name(name).map_err(|problem| problem.message()),
     )
 }
 
@@ -294,10 +293,10 @@ mod tests {
     /// pattern is not a name.
     #[test]
     fn checks_names_with_the_runtime_table() {
-        let all = name_rules::CASES.iter().chain(name_rules::PATTERN_CASES);
+        let all = bus_names::CASES.iter().chain(bus_names::PATTERN_CASES);
         for &(name, _) in all {
             let messages = messages(quote! { #[event(name = #name)] struct E; });
-            match name_rules::check_event_name(name) {
+            match bus_names::check_event_name(name) {
                 Ok(()) => assert_eq!(messages, Vec::<String>::new(), "{name:?}"),
                 Err(problem) => assert_eq!(messages, [problem.message()], "{name:?}"),
             }

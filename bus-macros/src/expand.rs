@@ -115,10 +115,8 @@ fn registration(listener: &Listener) -> TokenStream {
                     ::core::line!(),
                     ::core::column!(),
                     || #register,
+                    || #bus::__private::codec_of!(#event),
                 )
-            }
-            #bus::__private::inventory::submit! {
-                #bus::__private::CodecEntry::new(|| #bus::__private::codec_of!(#event))
             }
         };
     }
@@ -326,11 +324,22 @@ mod tests {
         let text = generated.to_string();
         assert_eq!(
             text.matches(":: my_app :: bus :: __private ::").count(),
-            10,
+            8,
             "{text}"
         );
-        assert_eq!(text.matches(":: bus ::").count(), 10, "{text}");
+        assert_eq!(text.matches(":: bus ::").count(), 8, "{text}");
         assert_paths_are_absolute(generated);
+    }
+
+    #[test]
+    fn one_inventory_node_per_listener_carries_its_codec() {
+        let text = expand(quote!("a.b"), quote! { async fn f(event: &E) {} }).to_string();
+        assert_eq!(text.matches("inventory :: submit !").count(), 1, "{text}");
+        assert!(
+            text.contains("|| :: bus :: __private :: codec_of ! (E) ,)"),
+            "the codec rides with the registration: {text}"
+        );
+        assert!(!text.contains("CodecEntry"), "{text}");
     }
 
     #[test]

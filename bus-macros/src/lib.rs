@@ -15,10 +15,6 @@
 mod diagnostics;
 mod event;
 mod expand;
-// The event-name and listener-pattern rules, shared word for word with the runtime so that the
-// compile-time and the run-time checks cannot drift apart.
-#[path = "../../bus-core/src/name_rules.rs"]
-mod name_rules;
 mod parse;
 #[cfg(test)]
 mod snapshot;
@@ -83,7 +79,7 @@ mod snapshot;
 ///     one; only with `retry`.
 ///   - **`group = false`** or **`group = "name"`**: on a bus with a transport, every instance
 ///     gets every event (`false`), or the listener joins the consumer group `name`; by default
-///     the instances of one service share the events (`bus::Group`).
+///     the instances of one service share the events (`bus::policy::Group`).
 ///
 ///   Durations are a number and a unit (`"250ms"`, `"5s"`, `"1m 30s"`, `"2h"`), read with
 ///   [`humantime`](https://docs.rs/humantime) at compile time, so a typo is a compile error.
@@ -245,7 +241,7 @@ pub fn listener(
 /// assert_eq!(<UserCreated as bus::Event>::NAME, "user.created");
 /// ```
 ///
-/// [`bus::publish`] then emits a value under its type's name, and a
+/// [`bus::emit_event`] then emits a value under its type's name, and a
 /// [`#[bus::listener]`](macro@listener) that names no event listens to the name of its
 /// argument's type:
 ///
@@ -260,7 +256,7 @@ pub fn listener(
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let report = bus::publish(UserCreated { name: "Ada".into() }).await;
+/// let report = bus::emit_event(UserCreated { name: "Ada".into() }).await;
 /// assert_eq!(report.delivered(), 1);
 /// # }
 /// ```
@@ -287,7 +283,7 @@ pub fn listener(
 ///
 // As on `listener`: these docs are read on the `bus` page, so link to its pages.
 /// [`bus::Event`]: ../bus/trait.Event.html
-/// [`bus::publish`]: ../bus/fn.publish.html
+/// [`bus::emit_event`]: ../bus/fn.publish.html
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     event::derive(input.into()).into()

@@ -17,7 +17,6 @@ use syn::{
 };
 
 use crate::diagnostics::{Errors, both};
-use crate::name_rules;
 
 /// Everything the expansion needs to know about one `#[bus::listener]` fn.
 pub(crate) struct Listener {
@@ -453,7 +452,7 @@ fn event_name(expr: &Expr) -> syn::Result<LitStr> {
     checked_name(
         expr,
         "event name must be a string literal such as `\"user.created\"`",
-        |name| name_rules::check_pattern(name).map_err(|problem| problem.message()),
+        |name| bus_names::check_pattern(name).map_err(|problem| problem.message()),
     )
 }
 
@@ -897,13 +896,13 @@ mod tests {
     /// message, and agrees with the runtime on every pattern.
     #[test]
     fn checks_names_as_patterns_with_the_runtime_tables() {
-        for &(name, valid) in name_rules::CASES {
+        for &(name, valid) in bus_names::CASES {
             let result = listener(quote!(#name), quote! { async fn f(event: &E) {} });
-            match (result, name_rules::check_event_name(name)) {
+            match (result, bus_names::check_event_name(name)) {
                 (Ok(listener), Ok(())) if valid => assert_eq!(name_of(&listener), name),
                 // Not an event name, but maybe a pattern: the runtime's pattern check decides.
                 (result, Err(_)) if !valid && name.contains(['*', '>']) => {
-                    let pattern = name_rules::check_pattern(name);
+                    let pattern = bus_names::check_pattern(name);
                     assert_eq!(result.is_ok(), pattern.is_ok(), "{name:?}");
                 }
                 (Err(error), Err(problem)) if !valid => {
@@ -916,9 +915,9 @@ mod tests {
                 ),
             }
         }
-        for &(pattern, valid) in name_rules::PATTERN_CASES {
+        for &(pattern, valid) in bus_names::PATTERN_CASES {
             let result = listener(quote!(#pattern), quote! { async fn f(event: &E) {} });
-            match (result, name_rules::check_pattern(pattern)) {
+            match (result, bus_names::check_pattern(pattern)) {
                 (Ok(listener), Ok(())) if valid => assert_eq!(name_of(&listener), pattern),
                 (Err(error), Err(problem)) if !valid => {
                     assert_eq!(error.to_string(), problem.message(), "{pattern:?}");
@@ -934,10 +933,10 @@ mod tests {
 
     #[test]
     fn rejects_too_long_a_name() {
-        let name = "a".repeat(name_rules::MAX_NAME_LEN + 1);
+        let name = "a".repeat(bus_names::MAX_NAME_LEN + 1);
         let message = error(quote!(#name), quote! { async fn f(event: &E) {} });
         assert!(message.contains("bytes long"), "{message}");
-        let name = "a".repeat(name_rules::MAX_NAME_LEN);
+        let name = "a".repeat(bus_names::MAX_NAME_LEN);
         parses(quote!(#name), quote! { async fn f(event: &E) {} });
     }
 

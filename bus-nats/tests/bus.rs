@@ -56,20 +56,18 @@ async fn services_fan_out_and_instances_compete_through_jetstream() {
             let sender = sender.clone();
             let both_busy = Arc::clone(&both_busy);
             let first = Arc::new(AtomicBool::new(true));
-            bus.add_listener_with(
-                "orders.created",
-                move |order: Arc<OrderCreated>| {
-                    let (sender, both_busy, first) =
-                        (sender.clone(), Arc::clone(&both_busy), Arc::clone(&first));
-                    async move {
-                        if first.swap(false, Ordering::SeqCst) {
-                            both_busy.wait().await;
-                        }
-                        let _ = sender.send((service, instance, order.id));
+            bus.on("orders.created", move |order: Arc<OrderCreated>| {
+                let (sender, both_busy, first) =
+                    (sender.clone(), Arc::clone(&both_busy), Arc::clone(&first));
+                async move {
+                    if first.swap(false, Ordering::SeqCst) {
+                        both_busy.wait().await;
                     }
-                },
-                Policy::new().concurrency(1),
-            );
+                    let _ = sender.send((service, instance, order.id));
+                }
+            })
+            .policy(Policy::new().concurrency(1))
+            .add();
             let info = &bus.listeners("orders.created")[0];
             assert!(info.is_distributed());
             assert!(info.group().unwrap().starts_with(&format!("{service}.")));
@@ -122,20 +120,18 @@ async fn a_poison_event_is_dead_lettered_after_the_retries_and_the_others_flow()
         .unwrap();
     let bus = bus_on(&nats, "billing");
     let (sender, mut receiver) = mpsc::unbounded_channel();
-    bus.add_listener_with(
-        "orders.created",
-        move |order: Arc<OrderCreated>| {
-            let sender = sender.clone();
-            async move {
-                if order.id == 13 {
-                    return Err(format!("order {} is poison", order.id));
-                }
-                let _ = sender.send(order.id);
-                Ok(())
+    bus.on("orders.created", move |order: Arc<OrderCreated>| {
+        let sender = sender.clone();
+        async move {
+            if order.id == 13 {
+                return Err(format!("order {} is poison", order.id));
             }
-        },
-        Policy::new().retry(2).backoff(Duration::from_millis(10)),
-    );
+            let _ = sender.send(order.id);
+            Ok(())
+        }
+    })
+    .policy(Policy::new().retry(2).backoff(Duration::from_millis(10)))
+    .add();
     bus.ready().await.unwrap();
     for id in [12, 13, 14] {
         assert!(

@@ -11,12 +11,12 @@ pub(crate) const DATA_FIELD: &str = "data";
 
 /// Checks `name` against the event-name rules of `bus-core`, the ones `emit` applies.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    bus_core::validate_name(name).map_err(|error| error.to_string())
+    bus_core::event::validate_name(name).map_err(|error| error.to_string())
 }
 
 /// Checks a subscription pattern against the listener-pattern rules of `bus-core`.
 pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
-    bus_core::validate_pattern(pattern).map_err(|error| error.to_string())
+    bus_core::event::validate_pattern(pattern).map_err(|error| error.to_string())
 }
 
 /// Checks a key prefix: 1 to 100 ASCII letters, digits, `_`, `-`, `.` and `:`, so that it is

@@ -5,7 +5,7 @@
 //! - `validate_pattern` and `validate_name` agree with plain reference rules (the ones the
 //!   proptests of `pattern.rs` and `name.rs` use), and an error names the rejected text;
 //! - every valid name is a valid pattern;
-//! - `try_add_listener` accepts the line exactly when it is a valid pattern.
+//! - `on(line, ..).try_add()` accepts the line exactly when it is a valid pattern.
 //!
 //! Then every line that is a valid pattern gets a listener on one bus (so the index holds
 //! several patterns at once, duplicates included), every line that is a valid name is emitted,
@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use bus_core::{EmitError, EventBus, validate_name, validate_pattern};
+use bus_core::{EventBus, error::EmitError, event::validate_name, event::validate_pattern};
 use libfuzzer_sys::fuzz_target;
 
 /// Lines of one input looked at; the rest is ignored, to keep each run short.
@@ -49,13 +49,15 @@ fuzz_target!(|data: &[u8]| {
 
         let received = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&received);
-        let added = bus.try_add_listener(line, move |_: Arc<()>| {
-            let counter = Arc::clone(&counter);
-            async move {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        assert_eq!(added.is_ok(), valid_pattern, "try_add_listener({line:?})");
+        let added = bus
+            .on(line, move |_: Arc<()>| {
+                let counter = Arc::clone(&counter);
+                async move {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .try_add();
+        assert_eq!(added.is_ok(), valid_pattern, "on({line:?}).try_add()");
         if added.is_ok() {
             listeners.push((line, received));
         }
@@ -65,7 +67,10 @@ fuzz_target!(|data: &[u8]| {
     for &name in &lines {
         if !reference_valid_name(name) {
             assert!(
-                matches!(bus.try_emit(name, ()), Err(EmitError::InvalidName(_))),
+                matches!(
+                    bus.try_emit(name, ()).map_err(EmitError::from),
+                    Err(EmitError::InvalidName(_))
+                ),
                 "try_emit({name:?}) of an invalid name"
             );
             continue;
@@ -83,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
             .try_emit(name, ())
             .unwrap_or_else(|error| panic!("try_emit({name:?}): {error}"));
         assert_eq!(
-            emission.listeners(),
+            emission.listener_count(),
             matching,
             "listeners reached by {name:?}, patterns {:?}",
             listeners.iter().map(|(p, _)| p).collect::<Vec<_>>()

@@ -6,5 +6,5 @@ struct UserCreated;
 async fn on_user_created(_event: &UserCreated) {}
 
 fn main() {
-    drop(bus::publish(UserCreated));
+    drop(bus::emit_event(UserCreated));
 }

@@ -353,7 +353,7 @@ async fn in_process_matches(patterns: &[String], names: &[String]) -> Vec<BTreeS
         patterns.iter().map(|_| Arc::default()).collect();
     for (pattern, matched) in patterns.iter().zip(&matches) {
         let matched = Arc::clone(matched);
-        bus.try_add_listener(pattern, move |event: Arc<Named>| {
+        bus.on(pattern, move |event: Arc<Named>| {
             let matched = Arc::clone(&matched);
             async move {
                 matched
@@ -362,6 +362,7 @@ async fn in_process_matches(patterns: &[String], names: &[String]) -> Vec<BTreeS
                     .insert(event.0.clone());
             }
         })
+        .try_add()
         .unwrap_or_else(|error| panic!("the in-process bus refused pattern `{pattern}`: {error}"));
     }
     for name in names {

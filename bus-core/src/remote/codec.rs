@@ -1,21 +1,21 @@
 //! How an event's payload crosses the wire: JSON through serde, for the types that implement
 //! `Serialize` and `Deserialize`. Types that do not stay in their process.
 //!
-//! The bus finds a type's codec by its `TypeId` in a table built once from the codecs that
-//! `#[derive(bus::Event)]` and `#[bus::listener]` submit through `inventory` (they learn at
-//! compile time whether the type is serde: [`CodecProbe`]), and from those given to
+//! The bus finds a type's codec by its `TypeId` in a table built from the codecs that
+//! `#[derive(bus::Event)]` submits through `inventory` and those that ride with each
+//! `#[bus::listener]` registration (both learn at compile time whether the type is serde:
+//! [`CodecProbe`]), and from those given to
 //! [`EventBusBuilder::codec`](crate::EventBusBuilder::codec).
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use once_cell::sync::Lazy;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::listener::ErasedEvent;
+use crate::event::ErasedEvent;
 
 /// The media type of every payload a codec writes.
 pub const JSON: &str = "application/json";
@@ -91,7 +91,8 @@ fn decode_json<E: DeserializeOwned + Send + Sync + 'static>(
     Ok(Arc::new(event))
 }
 
-/// A codec submitted at link time by generated code: `None` when the type is not serde.
+/// A codec submitted at link time by `#[derive(bus::Event)]`: `None` when the type is not
+/// serde.
 #[doc(hidden)]
 #[derive(Debug)]
 pub struct CodecEntry(fn() -> Option<Codec>);
@@ -167,9 +168,9 @@ impl<T> NoCodec for &CodecProbe<T> {}
 pub(crate) struct Codecs(Arc<HashMap<TypeId, Codec>>);
 
 impl Codecs {
-    /// The codecs submitted at link time, and `extra`.
+    /// The codecs that `#[derive(bus::Event)]` submitted at link time, and `extra`.
     pub(crate) fn linked_and(extra: &[Codec]) -> Codecs {
-        static LINKED: Lazy<Vec<Codec>> = Lazy::new(|| {
+        static LINKED: LazyLock<Vec<Codec>> = LazyLock::new(|| {
             inventory::iter::<CodecEntry>()
                 .filter_map(|entry| (entry.0)())
                 .collect()

@@ -1,25 +1,25 @@
 //! One distributed listener's consumer: subscribes (again, after a failure), runs the listener
-//! on each delivery, and settles it: ack after `Ok`, nack with the listener's backoff after an
-//! error, a panic or a timeout, reject when the payload does not decode. A delivery cut short
-//! by shutdown is never acked: it is released (handed back), so the broker delivers it again.
+//! on each delivery through the engine's attempt ([`attempt::run`]: the same layers, panic
+//! isolation, timeout and dead-letter hook as an in-process delivery), and settles it: ack
+//! after `Ok`, nack with the listener's backoff after an error, a panic or a timeout (the
+//! broker dead-letters the last), reject when the payload does not decode. A delivery cut
+//! short by shutdown is never acked: it is released (handed back), so the broker delivers it
+//! again.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Plan, RESUBSCRIBE_DELAY, Readiness, meta_of};
-use crate::dispatch::{Tasks, panic_message};
-use crate::event::{EventId, Handling};
-use crate::listener::BoxedDelivery;
-use crate::registry::Entry;
-use crate::transport::{Delivery, Transport, TransportError, TransportSubscription};
+use crate::delivery::attempt::{self, Attempt, Handled, Outcome, Scope};
+use crate::delivery::{Engine, Entry};
+use crate::event::ErasedEvent;
+use crate::transport::{Delivery, Transport, TransportError, TransportSubscription, WireEvent};
 
 /// How many deliveries of one listener run at once when its policy sets no concurrency.
 pub(crate) const DEFAULT_CONCURRENCY: usize = 64;
@@ -28,7 +28,7 @@ pub(super) struct Consumer {
     pub(super) transport: Arc<dyn Transport>,
     pub(super) entry: Arc<Entry>,
     pub(super) plan: Plan,
-    pub(super) tasks: Arc<Tasks>,
+    pub(super) engine: Arc<Engine>,
     pub(super) stop: CancellationToken,
     pub(super) ready: watch::Sender<Readiness>,
 }
@@ -95,13 +95,14 @@ impl Consumer {
     }
 
     async fn handle(&self, delivery: Box<dyn Delivery>) {
+        let tasks = &self.engine.tasks;
         // Counted in flight, so shutdown waits for it; once the bus is closed it is left
         // unsettled, for the broker to deliver again.
-        let Some(_tracked) = self.tasks.track() else {
+        let Some(_tracked) = tasks.track() else {
             return;
         };
         let wire = delivery.event();
-        let attempt = delivery.attempt();
+        let number = delivery.attempt();
         let meta = meta_of(wire);
         let span = tracing::info_span!(
             "bus.deliver",
@@ -109,81 +110,68 @@ impl Consumer {
             event_id = %meta.id,
             listener = %self.entry.info.name(),
             listener_id = self.entry.info.id().get(),
-            attempt,
+            attempt = number,
             source = %wire.source,
         );
-        let started = match self.codec_and_call(wire) {
-            Ok(future) => future,
+        let event = match self.decode(wire) {
+            Ok(event) => event,
             Err(reason) => {
                 tracing::warn!(parent: &span, %reason, "event rejected: dead-lettered");
                 settle(delivery.reject(reason), &span).await;
                 return;
             }
         };
-        let running = AssertUnwindSafe(Handled {
-            id: meta.id,
-            future: started,
-        })
-        .catch_unwind();
+        let name: Arc<str> = Arc::from(wire.ty.as_str());
+        // The layers of now: a layer added after the listener sees its later deliveries.
+        let snapshot = self.engine.snapshot.load_full();
+        let scope = Scope {
+            event: &name,
+            entry: &self.entry,
+            meta: &meta,
+            layers: &snapshot.layers,
+        };
         let policy = self.entry.info.policy();
-        // `None` when the listener returned `Ok`, else what went wrong.
-        let failure = async {
-            let finished = match policy.timeout_after() {
-                Some(timeout) => tokio::time::timeout(timeout, running)
-                    .await
-                    .map_err(|_| timeout),
-                None => Ok(running.await),
-            };
-            match finished {
-                Ok(Ok(Ok(()))) => None,
-                Ok(Ok(Err(error))) => Some(format!("failed: {error}")),
-                Ok(Err(panic)) => Some(format!("panicked: {}", panic_message(panic.as_ref()))),
-                Err(timeout) => Some(format!("failed: timed out after {timeout:?}")),
-            }
+        let attempt = Attempt {
+            number,
+            last: number >= self.plan.options.max_deliveries,
+            timeout: policy.timeout_after(),
+            dead_letter: self.engine.dead_letter.as_ref(),
         };
-        let failure = tokio::select! {
+        let running = Handled::new(meta.id, attempt::run(&scope, &event, attempt));
+        let outcome = tokio::select! {
             biased;
-            () = self.tasks.cancelled() => {
-                self.tasks.count_aborted();
-                tracing::info!(parent: &span, "aborted by shutdown: handed back unsettled, the broker delivers it again");
-                // Still tracked: shutdown waits for the hand-back, so an exit right after it
-                // does not leave the event waiting for the ack wait.
-                settle(delivery.release(), &span).await;
-                return;
-            }
-            failure = failure.instrument(span.clone()) => failure,
+            () = tasks.cancelled() => None,
+            outcome = running.instrument(span.clone()) => Some(outcome),
         };
-        match failure {
-            None => settle(delivery.ack(), &span).await,
-            Some(failure) => {
-                let reason = format!("listener `{}` {failure}", self.entry.info.name());
-                let last = attempt >= self.plan.options.max_deliveries;
-                if last {
-                    tracing::error!(parent: &span, %reason, attempts = attempt, "delivery failed for the last time: dead-lettered");
-                } else {
-                    tracing::warn!(parent: &span, %reason, "delivery failed: the broker delivers it again");
-                }
-                settle(delivery.nack(policy.delay_after(attempt), reason), &span).await;
+        let Some(outcome) = outcome else {
+            tasks.count_aborted();
+            tracing::info!(parent: &span, "aborted by shutdown: handed back unsettled, the broker delivers it again");
+            // Still tracked: shutdown waits for the hand-back, so an exit right after it does
+            // not leave the event waiting for the ack wait.
+            settle(delivery.release(), &span).await;
+            return;
+        };
+        match outcome {
+            Outcome::Delivered => settle(delivery.ack(), &span).await,
+            failure => {
+                // The layers have logged the failure, and the dead letter if it was the last.
+                let reason = failure.reason(self.entry.info.name());
+                tracing::debug!(parent: &span, %reason, "nacked: the broker delivers it again or dead-letters it");
+                settle(delivery.nack(policy.delay_after(number), reason), &span).await;
             }
         }
     }
 
-    /// Decodes the payload and calls the listener; the reason when the event cannot be
-    /// handled at all.
-    fn codec_and_call(&self, wire: &crate::transport::WireEvent) -> Result<BoxedDelivery, String> {
+    /// The event of `wire`, decoded as the listener's type; the reason when it cannot be.
+    fn decode(&self, wire: &WireEvent) -> Result<ErasedEvent, String> {
         let codec = &self.plan.codec;
-        let event = codec.decode(&wire.data).map_err(|error| {
+        codec.decode(&wire.data).map_err(|error| {
             format!(
                 "the payload of `{}` does not decode as `{}`: {error}",
                 wire.ty,
                 codec.type_name()
             )
-        })?;
-        self.entry
-            .erased
-            .listener
-            .call_boxed(&event)
-            .ok_or_else(|| format!("listener `{}` takes another type", self.entry.info.name()))
+        })
     }
 }
 
@@ -195,25 +183,5 @@ async fn settle(
 ) {
     if let Err(error) = settlement.await {
         tracing::warn!(parent: span, %error, "settling the delivery failed: it may be delivered again");
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A listener's future, polled with its event marked as the one being handled, so events
-    /// it emits record it as their causation.
-    struct Handled<F> {
-        id: EventId,
-        #[pin]
-        future: F,
-    }
-}
-
-impl<F: Future> Future for Handled<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.project();
-        let _handling = Handling::enter(*this.id);
-        this.future.poll(cx)
     }
 }

@@ -18,18 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::codec::{Codec, Codecs};
-use crate::dispatch::Tasks;
+use crate::delivery::{Engine, Entry};
 use crate::error::PublishError;
-use crate::event::{EventId, Meta};
+use crate::event::Meta;
+use crate::id::{EventId, ListenerId};
 use crate::policy::{Group, Policy};
-use crate::registry::{Entry, ListenerId};
+use crate::tasks::Tasks;
 use crate::transport::{
-    DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVERIES, SubscribeOptions, Transport, TransportError,
-    WireEvent,
+    CAUSATION, DEFAULT_ACK_WAIT, DEFAULT_MAX_DELIVERIES, SubscribeOptions, Transport,
+    TransportError, WireEvent,
 };
-
-/// The extension attribute that carries an event's [causation](crate::Envelope::causation).
-pub const CAUSATION: &str = "causationid";
 
 /// Whether a listener may receive its events from the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +35,7 @@ pub(crate) enum Reach {
     /// A listener added by the user (`add_listener`, `#[bus::listener]`): distributed when
     /// its event type has a codec.
     Distributable,
-    /// A listener of the bus's own making (`once`, `wait_for`, `subscribe`), which stays in
+    /// A listener of the bus's own making (`once`, `wait_for`, `stream`), which stays in
     /// process.
     Local,
 }
@@ -162,7 +160,7 @@ impl Remote {
     }
 
     /// Starts the consumer of `entry` on this thread's runtime.
-    pub(crate) fn start(&self, entry: Arc<Entry>, plan: Plan, tasks: &Arc<Tasks>) {
+    pub(crate) fn start(&self, entry: Arc<Entry>, plan: Plan, engine: &Arc<Engine>) {
         let (ready_tx, ready) = watch::channel(Readiness::Starting);
         let stop = self.closed.child_token();
         let listener = entry.info.name().to_owned();
@@ -173,7 +171,7 @@ impl Remote {
                     transport: Arc::clone(&self.transport),
                     entry,
                     plan: plan.clone(),
-                    tasks: Arc::clone(tasks),
+                    engine: Arc::clone(engine),
                     stop: stop.clone(),
                     ready: ready_tx,
                 };

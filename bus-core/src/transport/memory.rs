@@ -14,7 +14,7 @@ use super::{
     BoxFuture, Capabilities, Delivery, SubscribeOptions, Transport, TransportError,
     TransportSubscription, WireEvent,
 };
-use crate::pattern::Pattern;
+use crate::name::pattern::Pattern;
 
 /// A broker in process memory: published events are kept for the transport's life; groups are
 /// durable for as long as the transport lives; nothing survives the process.

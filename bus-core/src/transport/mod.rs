@@ -25,6 +25,7 @@ pub use self::memory::MemoryTransport;
 pub use self::replay::{DeadLetterQueue, REPLAY_OF, ReplayReport};
 pub use self::server_url::ServerUrl;
 pub use self::wire::{DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent};
+pub use crate::error::TransportError;
 
 /// How long [`EventBus::shutdown`](crate::EventBus::shutdown) waits, past its own deadline,
 /// for the consumers to close their subscriptions and the transport to hand back what they
@@ -184,6 +185,10 @@ pub fn dead_letter_name(event: &str) -> String {
     format!("{DEAD_LETTER_PREFIX}.{event}")
 }
 
+/// The extension attribute that carries an event's
+/// [causation](crate::Envelope::causation): the id of the event whose listener emitted it.
+pub const CAUSATION: &str = "causationid";
+
 /// The first token of every dead-letter name.
 pub const DEAD_LETTER_PREFIX: &str = "dead-letter";
 /// Extension attribute of a dead-lettered event: the id of the event it is the dead letter of.
@@ -213,54 +218,4 @@ pub struct Capabilities {
     pub deduplicates: bool,
     /// The test can restart the broker (a private server it starts itself).
     pub restartable: bool,
-}
-
-/// Why a transport operation failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TransportError {
-    /// The broker could not be reached, or the connection broke.
-    #[error("{transport}: broker unreachable: {source}")]
-    Unreachable {
-        /// The transport's name.
-        transport: String,
-        /// What the client said.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The broker did not confirm a publish before the deadline.
-    #[error("{transport}: publish of `{event}` not confirmed within {deadline:?}")]
-    PublishTimedOut {
-        /// The transport's name.
-        transport: String,
-        /// The event name.
-        event: String,
-        /// The deadline that passed.
-        deadline: Duration,
-    },
-    /// The pattern, the group or an event name is not valid for this transport.
-    #[error("{transport}: invalid {what} `{value}`: {reason}")]
-    Invalid {
-        /// The transport's name.
-        transport: String,
-        /// What was invalid (`pattern`, `group`, `event name`).
-        what: &'static str,
-        /// The value.
-        value: String,
-        /// Why.
-        reason: String,
-    },
-    /// The transport is closed.
-    #[error("{transport}: closed")]
-    Closed {
-        /// The transport's name.
-        transport: String,
-    },
-    /// Anything else the broker or its client reported.
-    #[error("{transport}: {source}")]
-    Broker {
-        /// The transport's name.
-        transport: String,
-        /// What the client said.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
 }

@@ -26,9 +26,7 @@ const _: () = {
                             .backoff(::bus::__private::Duration::from_millis(100)),
                     )
             },
+            || ::bus::__private::codec_of!(OrderPlaced),
         )
-    }
-    ::bus::__private::inventory::submit! {
-        ::bus::__private::CodecEntry::new(|| ::bus::__private::codec_of!(OrderPlaced))
     }
 };

@@ -16,9 +16,7 @@ const _: () = {
             ::core::line!(),
             ::core::column!(),
             || ::bus::__private::registration::<UserCreated, _, _>(__listener, on_user_created),
+            || ::bus::__private::codec_of!(UserCreated),
         )
-    }
-    ::bus::__private::inventory::submit! {
-        ::bus::__private::CodecEntry::new(|| ::bus::__private::codec_of!(UserCreated))
     }
 };

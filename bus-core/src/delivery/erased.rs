@@ -1,18 +1,20 @@
 //! What a listener is: an async fn or closure taking `Arc<E>`, and how the bus stores listeners
 //! of different event types side by side.
+//!
+//! [`ErasedListener::deliver`] is a double dispatch: the registry holds listeners with their
+//! types erased, and `deliver` hands the listener's *concrete* future type back to the engine
+//! ([`Dispatcher::run`]), so that a delivery completed inline is never boxed. That is the one
+//! deliberate import cycle of the crate (`erased` ↔ `run`), and why both live in this folder.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::dispatch::{Dispatcher, FutureSlots};
+use super::run::{Dispatcher, FutureSlots};
 use crate::error::BoxError;
-
-/// An event as the registry passes it around: shared, with its type erased. Each listener gets
-/// its typed `Arc<E>` back by a checked downcast, never by a cast.
-pub(crate) type ErasedEvent = Arc<dyn Any + Send + Sync>;
+use crate::event::{AnyEvent, ErasedEvent};
 
 mod sealed {
     pub trait Sealed {}
@@ -177,10 +179,9 @@ impl Erased {
 }
 
 impl Erased {
-    /// `true` for a listener of [`AnyEvent`](crate::AnyEvent), which takes events of every
-    /// type.
+    /// `true` for a listener of [`AnyEvent`], which takes events of every type.
     pub(crate) fn takes_any(&self) -> bool {
-        self.event_type == TypeId::of::<crate::AnyEvent>()
+        self.event_type == TypeId::of::<AnyEvent>()
     }
 }
 

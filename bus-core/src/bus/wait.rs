@@ -7,26 +7,16 @@ use std::task::{Context, Poll, ready};
 
 use tokio::sync::oneshot;
 
-use crate::bus::{RemoveOnDrop, WeakBus};
-use crate::error::NameError;
-use crate::registry::ListenerId;
+use super::register::NewListener;
+use super::{EventBus, RemoveOnDrop};
+use crate::delivery::Erased;
+use crate::error::{AddListenerError, WaitError};
+use crate::id::SourceLocation;
+use crate::info::ListenerKind;
+use crate::policy::Policy;
+use crate::remote::Reach;
 
-/// Why a [`WaitFor`] ended without an event.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum WaitError {
-    /// The pattern breaks the naming rules, so nothing could ever match it.
-    #[error("cannot wait: {0}")]
-    InvalidPattern(#[from] NameError),
-    /// The bus was dropped (or the waiting listener removed) before a matching event came.
-    #[error("stopped waiting for `{pattern}`: the bus was dropped before a matching event came")]
-    Closed {
-        /// The pattern that was waited for.
-        pattern: String,
-    },
-}
-
-/// The future [`EventBus::wait_for`](crate::EventBus::wait_for) returns: resolves with the next
+/// The future [`EventBus::wait_for`] returns: resolves with the next
 /// event of type `E` whose name matches the pattern (and the predicate, if any).
 ///
 /// The wait starts when `wait_for` is called, not when the future is first polled, so an event
@@ -67,16 +57,10 @@ impl<E> std::fmt::Debug for WaitFor<E> {
 }
 
 /// The listener half of a wait: hands the first matching event to the future.
-pub(crate) type Slot<E> = Arc<Mutex<Option<oneshot::Sender<Arc<E>>>>>;
-
-/// A new pair: the slot the listener fills, and the receiver the future waits on.
-pub(crate) fn channel<E>() -> (Slot<E>, oneshot::Receiver<Arc<E>>) {
-    let (sender, receiver) = oneshot::channel();
-    (Arc::new(Mutex::new(Some(sender))), receiver)
-}
+type Slot<E> = Arc<Mutex<Option<oneshot::Sender<Arc<E>>>>>;
 
 /// Hands `event` to the waiting future, if nothing was handed yet.
-pub(crate) fn fill<E>(slot: &Slot<E>, event: Arc<E>) {
+fn fill<E>(slot: &Slot<E>, event: Arc<E>) {
     let sender = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
     if let Some(sender) = sender {
         // The future may be gone already: then there is nobody to tell.
@@ -84,26 +68,48 @@ pub(crate) fn fill<E>(slot: &Slot<E>, event: Arc<E>) {
     }
 }
 
-impl<E> WaitFor<E> {
-    pub(crate) fn waiting(
-        receiver: oneshot::Receiver<Arc<E>>,
-        bus: WeakBus,
-        id: ListenerId,
-        pattern: &str,
-    ) -> Self {
-        WaitFor {
-            state: State::Waiting {
+impl<E: Send + Sync + 'static> WaitFor<E> {
+    /// Registers the listener of a wait on `bus`: see
+    /// [`EventBus::wait_for_matching`].
+    #[track_caller]
+    pub(super) fn register<P>(bus: &EventBus, pattern: &str, predicate: P) -> Self
+    where
+        P: Fn(&E) -> bool + Send + Sync + 'static,
+    {
+        let location = SourceLocation::from(std::panic::Location::caller());
+        let (sender, receiver) = oneshot::channel();
+        let slot: Slot<E> = Arc::new(Mutex::new(Some(sender)));
+        let listener = move |event: Arc<E>| {
+            if predicate(&event) {
+                fill(&slot, event);
+            }
+            std::future::ready(())
+        };
+        let listener_name = format!("wait_for::<{}>", std::any::type_name::<E>());
+        let registered = bus.register(NewListener {
+            event_name: pattern,
+            listener_name: &listener_name,
+            location,
+            kind: ListenerKind::Added,
+            erased: Erased::new::<E, _>(listener),
+            policy: Policy::new(),
+            reach: Reach::Local,
+        });
+        let state = match registered {
+            Ok(id) => State::Waiting {
                 receiver,
-                _registration: RemoveOnDrop::new(bus, id),
+                _registration: RemoveOnDrop {
+                    bus: bus.downgrade(),
+                    id,
+                },
                 pattern: pattern.to_owned(),
             },
-        }
-    }
-
-    pub(crate) fn failed(error: WaitError) -> Self {
-        WaitFor {
-            state: State::Failed(error),
-        }
+            Err(AddListenerError::InvalidName { source, .. }) => {
+                State::Failed(WaitError::InvalidPattern(source))
+            }
+            Err(other) => unreachable!("registering a listener fails only on its name: {other}"),
+        };
+        WaitFor { state }
     }
 }
 

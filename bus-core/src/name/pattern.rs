@@ -4,15 +4,16 @@
 //! The syntax is the NATS one so a pattern maps 1:1 to a broker subscription later: `*` as a
 //! whole token matches exactly one token, `>` as the last token matches one or more tokens.
 //! Everything else follows the event-name rules. The syntax check itself (`check_pattern`,
-//! `PatternProblem`) lives in `name_rules.rs`, so that `#[bus::listener]` checks its pattern
+//! `PatternProblem`) lives in the `bus-names` crate, so that `#[bus::listener]` checks its pattern
 //! at compile time with the very same code.
 
 use std::fmt;
 use std::str::Split;
 use std::sync::Arc;
 
+use bus_names::check_pattern;
+
 use crate::error::NameError;
-use crate::name_rules::check_pattern;
 use crate::shared_map::SharedMap;
 
 /// One token of a parsed pattern.
@@ -296,7 +297,7 @@ fn remove_from<T: Clone>(values: &mut Arc<[T]>, pred: &mut impl FnMut(&T) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name_rules::{
+    use bus_names::{
         CASES, MAX_NAME_LEN, NameProblem, PATTERN_CASES, PatternProblem, check_event_name,
     };
     use proptest::prelude::*;

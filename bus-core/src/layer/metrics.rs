@@ -6,8 +6,8 @@ use std::sync::{Arc, Once, PoisonError, RwLock};
 
 use metrics::{Key, Label, Level, Metadata, SharedString, Unit};
 
-use crate::layer::{AttemptResult, DeadLetter, DeliveryInfo, DeliveryOutcome, EmitInfo, Layer};
-use crate::registry::ListenerInfo;
+use super::{AttemptResult, DeadLetter, DeliveryInfo, DeliveryOutcome, EmitInfo, Layer};
+use crate::info::ListenerInfo;
 
 const EMITTED: &str = "bus_events_emitted_total";
 const DELIVERIES: &str = "bus_deliveries_total";
@@ -35,7 +35,7 @@ type Hasher = foldhash::fast::RandomState;
 /// nothing, at the cost of a few lookups per delivery.
 ///
 /// ```
-/// use bus::{EventBus, MetricsLayer};
+/// use bus::{EventBus, layer::MetricsLayer};
 ///
 /// // First install a recorder: metrics_exporter_prometheus::PrometheusBuilder, ...
 /// let bus = EventBus::builder().layer(MetricsLayer::new()).build();
@@ -286,7 +286,7 @@ fn describe() {
 
 impl Layer for MetricsLayer {
     fn on_emit(&self, emit: &EmitInfo<'_>) {
-        self.with_event(emit.name(), |keys| increment(&keys.emitted, 1));
+        self.with_event(emit.event(), |keys| increment(&keys.emitted, 1));
     }
 
     fn before(&self, delivery: &DeliveryInfo<'_>) {
@@ -324,11 +324,13 @@ impl Layer for MetricsLayer {
     }
 
     fn on_shed(&self, emit: &EmitInfo<'_>) {
-        self.with_event(emit.name(), |keys| increment(&keys.shed, 1));
+        self.with_event(emit.event(), |keys| increment(&keys.shed, 1));
     }
 
     fn on_mismatch(&self, emit: &EmitInfo<'_>, listener: &ListenerInfo) {
-        self.with_listener(emit.name(), listener, |keys| increment(&keys.mismatches, 1));
+        self.with_listener(emit.event(), listener, |keys| {
+            increment(&keys.mismatches, 1);
+        });
     }
 
     fn on_dead_letter(&self, letter: &DeadLetter) {

@@ -3,10 +3,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::bus::WeakBus;
+use super::WeakBus;
+use crate::delivery::{Listener, ListenerOutput};
 use crate::error::BoxError;
-use crate::listener::{Listener, ListenerOutput};
-use crate::registry::ListenerId;
+use crate::id::ListenerId;
 
 /// What a `once` listener shares with its registration: whether it has fired, and the id to
 /// remove it by once it has.

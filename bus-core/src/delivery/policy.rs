@@ -1,5 +1,6 @@
-//! The policy side of a registered listener: its policy, and the line its deliveries wait in
-//! when it has a concurrency limit.
+//! Running one delivery under its listener's [`Policy`]: waiting for its turn in the
+//! listener's lane (its concurrency limit), then making attempts ([`attempt::run`]) until one
+//! succeeds or the policy has none left, with backoff between them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,13 +8,71 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 
+use super::attempt::{self, Attempt, Outcome, Scope};
+use super::entry::Entry;
+use crate::event::{ErasedEvent, Meta};
+use crate::layer::{DeadLetterHook, Layers};
 use crate::policy::Policy;
 
-/// One listener's policy and, with a concurrency limit, the permits its deliveries take.
+/// One delivery of a listener that has a policy, ready to run as a task.
+pub(crate) struct PolicyDelivery {
+    pub(crate) turn: Turn,
+    pub(crate) entry: Arc<Entry>,
+    pub(crate) event: ErasedEvent,
+    pub(crate) name: Arc<str>,
+    pub(crate) meta: Meta,
+    pub(crate) layers: Layers,
+    pub(crate) dead_letter: Option<DeadLetterHook>,
+}
+
+impl PolicyDelivery {
+    /// Waits for the delivery's turn, then makes attempts until one succeeds or the policy
+    /// has none left; each attempt in a `bus.attempt` span. Returns the last attempt's outcome.
+    pub(crate) async fn run(self) -> Outcome {
+        let PolicyDelivery {
+            turn,
+            entry,
+            event,
+            name,
+            meta,
+            layers,
+            dead_letter,
+        } = self;
+        let scope = Scope {
+            event: &name,
+            entry: &entry,
+            meta: &meta,
+            layers: &layers,
+        };
+        let policy = entry.info.policy();
+        // Held until the last attempt ends: the next delivery in line starts then.
+        let _permit = turn.wait().await;
+        let mut number = 1;
+        loop {
+            let attempt = Attempt {
+                number,
+                last: number >= policy.max_attempts(),
+                timeout: policy.timeout_after(),
+                dead_letter: dead_letter.as_ref(),
+            };
+            let last = attempt.last;
+            let span = tracing::debug_span!("bus.attempt", attempt = number);
+            let outcome = attempt::run(&scope, &event, attempt).instrument(span).await;
+            if outcome.is_delivered() || last {
+                return outcome;
+            }
+            tokio::time::sleep(policy.delay_after(number)).await;
+            number += 1;
+        }
+    }
+}
+
+/// The line the deliveries of a listener with a policy wait in: with a concurrency limit, the
+/// permits they take.
 #[derive(Debug)]
 pub(crate) struct Lane {
-    pub(crate) policy: Policy,
     permits: Option<Arc<Semaphore>>,
 }
 
@@ -28,7 +87,6 @@ pub(crate) enum Turn {
 impl Lane {
     pub(crate) fn new(policy: &Policy) -> Self {
         Lane {
-            policy: *policy,
             permits: policy
                 .concurrency_limit()
                 .map(|limit| Arc::new(Semaphore::new(limit.get()))),

@@ -8,9 +8,9 @@ use std::task::{Context, Poll};
 
 use tokio::task::JoinHandle;
 
+use super::entry::Entry;
 use crate::error::{DeliveryError, PublishError};
-use crate::event::EventId;
-use crate::registry::Entry;
+use crate::id::EventId;
 
 /// The outcome of every delivery of one emitted event.
 #[derive(Debug)]
@@ -88,7 +88,16 @@ pub(crate) struct Outcomes {
     failures: Vec<DeliveryError>,
     tasks: Vec<(JoinHandle<Conclusion>, Arc<Entry>)>,
     /// The publish to the broker, on a bus with a transport.
-    publish: Option<JoinHandle<Result<(), PublishError>>>,
+    publish: Option<Publish>,
+}
+
+/// What became of an emit's publish to the broker.
+#[derive(Debug)]
+enum Publish {
+    /// On its way: the task resolves once the broker has it, or with why not.
+    Sent(JoinHandle<Result<(), PublishError>>),
+    /// Never sent.
+    Refused(PublishError),
 }
 
 impl Outcomes {
@@ -127,12 +136,13 @@ impl Outcomes {
     /// Waits for the deliveries still running in tasks and adds their conclusions.
     async fn finish(mut self) -> DeliveryReport {
         let published = match self.publish.take() {
-            Some(publish) => Some(match publish.await {
+            Some(Publish::Sent(publish)) => Some(match publish.await {
                 Ok(outcome) => outcome,
                 Err(_) => Err(PublishError::Aborted {
                     event: self.event.to_string(),
                 }),
             }),
+            Some(Publish::Refused(error)) => Some(Err(error)),
             None => None,
         };
         for (task, entry) in std::mem::take(&mut self.tasks) {
@@ -152,13 +162,18 @@ impl Outcomes {
         report
     }
 
-    fn report(self) -> DeliveryReport {
+    fn report(mut self) -> DeliveryReport {
+        let published = match self.publish.take() {
+            Some(Publish::Refused(error)) => Some(Err(error)),
+            // Awaited by `finish`.
+            Some(Publish::Sent(_)) | None => None,
+        };
         DeliveryReport {
             event: self.event,
             event_id: self.event_id,
             delivered: self.delivered,
             failures: self.failures,
-            published: None,
+            published,
         }
     }
 }
@@ -177,7 +192,12 @@ pub struct Emission {
 impl Emission {
     /// Makes awaiting this emission wait for `publish` too.
     pub(crate) fn published_by(&mut self, publish: JoinHandle<Result<(), PublishError>>) {
-        self.outcomes.publish = Some(publish);
+        self.outcomes.publish = Some(Publish::Sent(publish));
+    }
+
+    /// Reports that the event was not published, and why.
+    pub(crate) fn not_published(&mut self, error: PublishError) {
+        self.outcomes.publish = Some(Publish::Refused(error));
     }
 
     /// The event name.
@@ -186,14 +206,16 @@ impl Emission {
     }
 
     /// The emitted event's unique id, as its listeners see it in
-    /// [`current_event_id`](crate::current_event_id) and the layers in their hooks; `None`
+    /// [`current_event_id`](crate::event::current_event_id) and the layers in their hooks; `None`
     /// when the emit was refused before it got one (an invalid name).
     pub fn event_id(&self) -> Option<EventId> {
         self.outcomes.event_id
     }
 
-    /// How many listeners the event was addressed to, including those that could not take it.
-    pub fn listeners(&self) -> usize {
+    /// How many listeners of this process the event was addressed to, including those that
+    /// could not take it (on a bus with a transport, the ones that receive it from the broker
+    /// are not counted: their deliveries are the broker's).
+    pub fn listener_count(&self) -> usize {
         self.outcomes.listeners
     }
 }
@@ -242,7 +264,9 @@ impl IntoFuture for Emission {
     /// Dropping the future does not cancel the deliveries; they run to completion either way.
     fn into_future(self) -> EmissionFuture {
         let outcomes = self.outcomes;
-        let inner = if outcomes.tasks.is_empty() && outcomes.publish.is_none() {
+        let waits =
+            !outcomes.tasks.is_empty() || matches!(outcomes.publish, Some(Publish::Sent(_)));
+        let inner = if !waits {
             EmissionFutureInner::Ready(Some(outcomes.report()))
         } else {
             EmissionFutureInner::Waiting(Box::pin(outcomes.finish()))
@@ -254,7 +278,7 @@ impl IntoFuture for Emission {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::ListenerId;
+    use crate::id::ListenerId;
 
     fn aborted() -> DeliveryError {
         DeliveryError::Aborted {

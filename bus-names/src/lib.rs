@@ -1,8 +1,13 @@
-//! The rules for event names and listener patterns, shared word for word by the runtime
-//! (`bus-core`) and the `#[bus::listener]` macro (`bus-macros`, which includes this file with
-//! `#[path]`), so the compile-time check and the run-time check can never drift apart.
+//! The rules for event names and listener patterns, shared by the runtime (`bus-core`) and the
+//! `#[bus::listener]` macro (`bus-macros`), so the compile-time check and the run-time check can
+//! never drift apart.
 //!
-//! This file must stay free of dependencies: it is compiled into the proc-macro crate too.
+//! Depend on `bus`, which applies these rules where names are given (`emit`, `add_listener`,
+//! the macro's arguments) and exposes them as `bus::event::validate_name` and
+//! `bus::event::validate_pattern`. This crate has no dependency: the proc-macro crate compiles
+//! it too.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 /// The longest event name accepted, in bytes.
 ///
@@ -179,9 +184,9 @@ fn misplaced_wildcard(text: &str, at: usize) -> PatternProblem {
     }
 }
 
-/// Cases both crates test against, so the two uses of this file are checked by one table:
-/// `(name, is_valid)`.
-#[cfg(test)]
+/// Cases both crates test against, so the two uses of these rules are checked by one table:
+/// `(name, is_valid)`. Not public API: shared by the tests of `bus-core` and `bus-macros`.
+#[doc(hidden)]
 pub const CASES: &[(&str, bool)] = &[
     ("user.created", true),
     ("orders.eu.created", true),
@@ -203,8 +208,8 @@ pub const CASES: &[(&str, bool)] = &[
 ];
 
 /// Listener patterns both crates test against, as [`CASES`] is for event names:
-/// `(pattern, is_valid)`.
-#[cfg(test)]
+/// `(pattern, is_valid)`. Not public API.
+#[doc(hidden)]
 pub const PATTERN_CASES: &[(&str, bool)] = &[
     ("orders.eu.created", true),
     ("orders.*", true),

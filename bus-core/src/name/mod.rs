@@ -1,7 +1,12 @@
-//! Event names at run time: the shared rules of `name_rules.rs`, turned into typed errors.
+//! Event names and listener patterns at run time: the rules of the `bus-names` crate (which the
+//! macro checks at compile time too) turned into typed errors, and the patterns that listeners
+//! are registered under, with their index.
+
+pub(crate) mod pattern;
+
+use bus_names::check_event_name;
 
 use crate::error::NameError;
-use crate::name_rules::check_event_name;
 
 /// Checks an event name, for `emit` and `add_listener`.
 pub(crate) fn validate(name: &str) -> Result<(), NameError> {
@@ -13,8 +18,8 @@ pub(crate) fn validate(name: &str) -> Result<(), NameError> {
 /// names from outside (the wire) and must refuse what `emit` would.
 ///
 /// ```
-/// assert!(bus::validate_name("orders.eu.created").is_ok());
-/// assert!(bus::validate_name("orders.*").is_err());
+/// assert!(bus::event::validate_name("orders.eu.created").is_ok());
+/// assert!(bus::event::validate_name("orders.*").is_err());
 /// ```
 ///
 /// # Errors
@@ -28,21 +33,21 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
 /// tokens where a whole `*` matches one token and a last `>` one or more.
 ///
 /// ```
-/// assert!(bus::validate_pattern("orders.*.created").is_ok());
-/// assert!(bus::validate_pattern("orders.>.created").is_err());
+/// assert!(bus::event::validate_pattern("orders.*.created").is_ok());
+/// assert!(bus::event::validate_pattern("orders.>.created").is_err());
 /// ```
 ///
 /// # Errors
 ///
 /// A [`NameError`] saying what is wrong.
 pub fn validate_pattern(pattern: &str) -> Result<(), NameError> {
-    crate::pattern::Pattern::parse(pattern).map(drop)
+    pattern::Pattern::parse(pattern).map(drop)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name_rules::{CASES, MAX_NAME_LEN, NameProblem};
+    use bus_names::{CASES, MAX_NAME_LEN, NameProblem};
     use proptest::prelude::*;
 
     #[test]

@@ -1,17 +1,29 @@
-//! Middleware: hooks the bus calls around every emit and every delivery. The bus's own logging
-//! ([`TracingLayer`]) and the metrics layer are layers, like the ones users add.
+//! Middleware: hooks the bus calls around every emit and every delivery, in process or from a
+//! broker. The bus's own logging ([`TracingLayer`]) and the metrics layer are layers, like the
+//! ones users add.
 
+#[cfg(feature = "metrics")]
+mod metrics;
+mod tracing;
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::error::{BoxError, DeliveryError};
-use crate::event::{AnyEvent, EventId, Meta};
-use crate::registry::ListenerInfo;
+#[cfg(feature = "metrics")]
+pub use self::metrics::MetricsLayer;
+pub use self::tracing::TracingLayer;
+use crate::error::{BoxError, DeliveryError, panic_message};
+use crate::event::{AnyEvent, Meta};
+use crate::id::EventId;
+use crate::info::ListenerInfo;
 
 /// Hooks around the emits and deliveries of a bus. Every method has an empty default: implement
 /// the ones you need.
 ///
 /// Hooks run on the thread that emits or delivers, inside the `bus.emit` / `bus.deliver` span,
-/// so they must be quick and must not block. A panic in a hook is not caught.
+/// so they must be quick and must not block. A hook that panics is caught and logged, as a
+/// listener's panic is: the other layers still run, and the emit or delivery goes on.
 ///
 /// Add one with [`EventBusBuilder::layer`](crate::EventBusBuilder::layer) or
 /// [`EventBus::layer`](crate::EventBus::layer).
@@ -23,8 +35,8 @@ use crate::registry::ListenerInfo;
 /// #[derive(Default)]
 /// struct CountFailures(AtomicUsize);
 ///
-/// impl bus::Layer for CountFailures {
-///     fn after(&self, _: &bus::DeliveryInfo<'_>, outcome: &bus::DeliveryOutcome<'_>) {
+/// impl bus::layer::Layer for CountFailures {
+///     fn after(&self, _: &bus::layer::DeliveryInfo<'_>, outcome: &bus::layer::DeliveryOutcome<'_>) {
 ///         if !outcome.is_delivered() {
 ///             self.0.fetch_add(1, Ordering::Relaxed);
 ///         }
@@ -59,7 +71,7 @@ pub trait Layer: Send + Sync + 'static {
 
     /// An emit found the bus full (see
     /// [`max_in_flight`](crate::EventBusBuilder::max_in_flight)) and its event was shed:
-    /// `emit.listeners()` deliveries were not made.
+    /// `emit.listener_count()` deliveries were not made.
     fn on_shed(&self, emit: &EmitInfo<'_>) {
         let _ = emit;
     }
@@ -86,7 +98,7 @@ pub trait Layer: Send + Sync + 'static {
     }
 }
 
-impl<L: Layer + ?Sized> Layer for std::sync::Arc<L> {
+impl<L: Layer + ?Sized> Layer for Arc<L> {
     fn on_emit(&self, emit: &EmitInfo<'_>) {
         (**self).on_emit(emit);
     }
@@ -123,12 +135,12 @@ pub struct EmitInfo<'a> {
 
 impl EmitInfo<'_> {
     /// The event name.
-    pub fn name(&self) -> &str {
+    pub fn event(&self) -> &str {
         self.name
     }
 
     /// The event's unique id.
-    pub fn id(&self) -> EventId {
+    pub fn event_id(&self) -> EventId {
         self.meta.id
     }
 
@@ -142,8 +154,8 @@ impl EmitInfo<'_> {
         self.meta.emitted_at()
     }
 
-    /// How many listeners the event is for.
-    pub fn listeners(&self) -> usize {
+    /// How many listeners of this process the event is for.
+    pub fn listener_count(&self) -> usize {
         self.listeners
     }
 }
@@ -266,83 +278,13 @@ impl DeadLetter {
 }
 
 /// What [`EventBusBuilder::dead_letter`](crate::EventBusBuilder::dead_letter) takes.
-pub(crate) type DeadLetterHook = std::sync::Arc<dyn Fn(&DeadLetter) + Send + Sync>;
-
-/// The bus's logging, as a layer: every bus has it. Failed, panicked, timed-out and aborted
-/// deliveries are logged as `tracing` events inside their `bus.deliver` span, along with sheds,
-/// type mismatches, dead letters and lag.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TracingLayer;
-
-impl Layer for TracingLayer {
-    fn after(&self, delivery: &DeliveryInfo<'_>, outcome: &DeliveryOutcome<'_>) {
-        let (event, listener, attempt) = (
-            delivery.event(),
-            delivery.listener().name(),
-            delivery.attempt(),
-        );
-        match outcome.result {
-            AttemptResult::Delivered => {}
-            AttemptResult::Failed(error) => {
-                tracing::error!(
-                    event, listener, attempt, error = %error, "listener returned an error"
-                );
-            }
-            AttemptResult::Panicked(message) => {
-                tracing::error!(event, listener, attempt, panic = %message, "listener panicked");
-            }
-            AttemptResult::TimedOut(timeout) => {
-                tracing::error!(event, listener, attempt, ?timeout, "listener timed out");
-            }
-            AttemptResult::Aborted => {
-                tracing::warn!(event, listener, "listener aborted before it finished");
-            }
-        }
-    }
-
-    fn on_shed(&self, emit: &EmitInfo<'_>) {
-        tracing::warn!(
-            event = emit.name(),
-            event_id = %emit.id(),
-            listeners = emit.listeners(),
-            "bus full (max_in_flight): event shed, no listener got it"
-        );
-    }
-
-    fn on_mismatch(&self, emit: &EmitInfo<'_>, listener: &ListenerInfo) {
-        tracing::debug!(
-            event = emit.name(),
-            listener = listener.name(),
-            expected = listener.event_type(),
-            "pattern listener passed by: it takes another type"
-        );
-    }
-
-    fn on_dead_letter(&self, letter: &DeadLetter) {
-        tracing::error!(
-            event = letter.event().name(),
-            event_id = %letter.event().id(),
-            listener = letter.listener().name(),
-            attempts = letter.attempts(),
-            error = %letter.error(),
-            "delivery dead-lettered after its last attempt"
-        );
-    }
-
-    fn on_lagged(&self, pattern: &str, missed: u64) {
-        tracing::warn!(
-            pattern,
-            missed,
-            "subscriber lagged: events dropped from its buffer"
-        );
-    }
-}
+pub(crate) type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 
 /// The layers of a bus, in the order they were added, [`TracingLayer`] first. Kept in the
 /// registry snapshot, so an emit finds them with the listeners, at no extra cost.
 #[derive(Clone)]
 pub(crate) struct Layers {
-    list: std::sync::Arc<[std::sync::Arc<dyn Layer>]>,
+    list: Arc<[Arc<dyn Layer>]>,
     /// Whether any layer is [`timed`](Layer::timed).
     timed: bool,
 }
@@ -350,7 +292,7 @@ pub(crate) struct Layers {
 impl Default for Layers {
     fn default() -> Self {
         Layers {
-            list: std::sync::Arc::new([std::sync::Arc::new(TracingLayer) as _]),
+            list: Arc::new([Arc::new(TracingLayer) as _]),
             timed: false,
         }
     }
@@ -358,14 +300,40 @@ impl Default for Layers {
 
 impl Layers {
     /// These layers and `layer` after them.
-    pub(crate) fn with(&self, layer: std::sync::Arc<dyn Layer>) -> Layers {
+    pub(crate) fn with(&self, layer: Arc<dyn Layer>) -> Layers {
         let timed = self.timed || layer.timed();
         let list = self.list.iter().cloned().chain([layer]).collect();
         Layers { list, timed }
     }
 
-    pub(crate) fn iter(&self) -> impl Iterator<Item = &dyn Layer> {
-        self.list.iter().map(|layer| &**layer)
+    /// Calls `hook` on every layer, in order. A hook that panics is caught and logged: the
+    /// next layers still run, and the emit or delivery around it goes on (a delivery is
+    /// finished exactly once, whatever a hook does).
+    pub(crate) fn each(&self, hook: &'static str, mut call: impl FnMut(&dyn Layer)) {
+        for layer in self.list.iter() {
+            let called = std::panic::catch_unwind(AssertUnwindSafe(|| call(&**layer)));
+            if let Err(payload) = called {
+                ::tracing::error!(
+                    hook,
+                    panic = %panic_message(payload.as_ref()),
+                    "a layer panicked in a hook; it was caught, the bus goes on"
+                );
+            }
+        }
+    }
+
+    /// Calls `hook`, the bus's dead-letter hook, with its panic caught and logged as a layer's.
+    pub(crate) fn dead_letter(&self, letter: &DeadLetter, hook: Option<&DeadLetterHook>) {
+        self.each("on_dead_letter", |layer| layer.on_dead_letter(letter));
+        if let Some(hook) = hook {
+            let called = std::panic::catch_unwind(AssertUnwindSafe(|| hook(letter)));
+            if let Err(payload) = called {
+                ::tracing::error!(
+                    panic = %panic_message(payload.as_ref()),
+                    "the dead-letter hook panicked; it was caught, the bus goes on"
+                );
+            }
+        }
     }
 
     /// `true` when the bus has only its [`TracingLayer`], whose `on_emit` and `before` do

@@ -1,0 +1,470 @@
+//! What one emit does, in named steps:
+//!
+//! 1. **resolve**: one load of the snapshot gives the listeners of the name (exact, and the
+//!    patterns that match it, split by whether they take the event's type) and the layers;
+//! 2. **check**, once for the local and the published path alike: the name, the bus (closed?),
+//!    the runtime, the payload's encoding when it crosses the wire, and the listeners' types,
+//!    reported as errors (`try_emit`), or logged and counted as failed deliveries (`emit`);
+//! 3. **reserve** places under `max_in_flight`, or shed the event;
+//! 4. **deliver** to the listeners of this process, and publish to the broker.
+
+use std::any::TypeId;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use tokio::runtime::Handle;
+
+use super::EventBus;
+use crate::delivery::run::{EmitContext, deliver_all, in_runtime};
+use crate::delivery::{Emission, Entry, Outcomes};
+use crate::error::{DeliveryError, EmitError, NameError, PublishError};
+use crate::event::{AnyEvent, Meta};
+use crate::layer::{EmitInfo, Layers};
+use crate::name;
+use crate::registry::{Registered, Registry};
+use crate::remote::Remote;
+use crate::remote::codec::Codec;
+
+/// Whether an emit reports problems as errors (`try_emit`) or as failed deliveries (`emit`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Strictness {
+    Strict,
+    Lenient,
+    /// Lenient, except that a full bus hands the event back to wait for room (`emit_async`).
+    WaitForRoom,
+}
+
+/// An emit that delivered nothing, with its event handed back.
+pub(super) struct Refusal<E> {
+    pub(super) error: EmitError,
+    pub(super) event: E,
+    /// How many places under `max_in_flight` the emit needs.
+    pub(super) needed: usize,
+}
+
+/// Step 1: the listeners an emit of `E` under one name is for.
+struct Targets<'r> {
+    /// The name, shared with its slot when it has listeners.
+    name: Arc<str>,
+    /// The listeners of exactly this name, of any type.
+    exact: Cow<'r, [Arc<Entry>]>,
+    /// The listeners of matching patterns that take `E` (or `AnyEvent`).
+    matched: Vec<Arc<Entry>>,
+    /// The listeners of matching patterns that take another type: they pass it by.
+    passed_by: Vec<Arc<Entry>>,
+}
+
+impl<'r> Targets<'r> {
+    fn resolve<E: 'static>(
+        registry: &'r Registry<Entry>,
+        event_name: &str,
+    ) -> Result<Self, NameError> {
+        let exact = registry.exact(event_name);
+        // Registered names are valid, so only a name without an exact slot needs checking,
+        // before it can match any pattern.
+        if exact.is_none() {
+            name::validate(event_name)?;
+        }
+        let mut matched = Vec::new();
+        let mut passed_by = Vec::new();
+        // Collected only when the bus has patterns at all: a bus without them pays one branch.
+        if registry.has_patterns() {
+            registry.for_each_pattern_match(event_name, |entry| {
+                // Pattern listeners of another type are passed by, not an error: a pattern may
+                // cover names that carry different types.
+                if takes::<E>(entry) {
+                    matched.push(Arc::clone(entry));
+                } else {
+                    passed_by.push(Arc::clone(entry));
+                }
+            });
+        }
+        Ok(Targets {
+            name: exact.map_or_else(|| Arc::from(event_name), |slot| Arc::clone(&slot.name)),
+            exact: Cow::Borrowed(exact.map_or(&[], |slot| &slot.entries)),
+            matched,
+            passed_by,
+        })
+    }
+
+    /// Leaves out the listeners that receive the event from the broker: an emit that
+    /// publishes does not also deliver to them here.
+    fn keep_local(&mut self) {
+        if self.exact.iter().any(|entry| entry.remote) {
+            self.exact = Cow::Owned(self.exact.iter().filter(|e| !e.remote).cloned().collect());
+        }
+        self.matched.retain(|entry| !entry.remote);
+    }
+
+    /// The listeners that get the event here.
+    fn count(&self) -> usize {
+        self.exact.len() + self.matched.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.exact.iter().chain(&self.matched)
+    }
+
+    /// The type mismatch of the first listener of the exact name (of those `which` selects)
+    /// that takes another type than `E`.
+    fn mismatch<E: 'static>(
+        &self,
+        event_name: &str,
+        which: impl Fn(&Entry) -> bool,
+    ) -> Option<EmitError> {
+        let entry = self
+            .exact
+            .iter()
+            .find(|entry| which(entry) && !takes::<E>(entry))?;
+        Some(mismatch::<E>(event_name, entry))
+    }
+
+    /// Tells the layers about the pattern listeners that passed the event by.
+    fn tell_passed_by(&self, layers: &Layers, info: &EmitInfo<'_>) {
+        for entry in &self.passed_by {
+            layers.each("on_mismatch", |layer| layer.on_mismatch(info, &entry.info));
+        }
+    }
+}
+
+/// Whether `entry` takes events of type `E`: its own type, or `AnyEvent`, which takes all.
+fn takes<E: 'static>(entry: &Entry) -> bool {
+    let expected = entry.event_type();
+    expected == TypeId::of::<E>() || expected == TypeId::of::<AnyEvent>()
+}
+
+fn mismatch<E>(event_name: &str, entry: &Entry) -> EmitError {
+    EmitError::TypeMismatch {
+        event: event_name.to_owned(),
+        listener: entry.info.name().to_owned(),
+        expected: entry.info.event_type(),
+        actual: std::any::type_name::<E>(),
+    }
+}
+
+impl Strictness {
+    /// An emit that stops before any delivery: the error for `try_emit`, or a logged error
+    /// and an emission with no listener (and `published`, if the event was to be published).
+    fn stop<E>(
+        self,
+        error: EmitError,
+        event: E,
+        name: Arc<str>,
+        published: bool,
+    ) -> Result<Emission, Refusal<E>> {
+        if self == Strictness::Strict {
+            return Err(Refusal {
+                error,
+                event,
+                needed: 0,
+            });
+        }
+        tracing::error!(event = %name, %error, "event not emitted");
+        let mut emission = Outcomes::new(Arc::clone(&name), 0).into_emission();
+        if published {
+            emission.not_published(PublishError::Refused {
+                event: name.to_string(),
+                reason: error,
+            });
+        }
+        Ok(emission)
+    }
+}
+
+impl EventBus {
+    /// Emits `event` under `event_name`: see the module docs for the steps.
+    pub(super) fn emit_with<E>(
+        &self,
+        event_name: &str,
+        event: E,
+        strictness: Strictness,
+    ) -> Result<Emission, Refusal<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        let shared = &*self.shared;
+        let engine = &*shared.engine;
+        // 1. Resolve.
+        let snapshot = engine.snapshot.load();
+        let layers = &snapshot.layers;
+        let mut targets = match Targets::resolve::<E>(&snapshot.listeners, event_name) {
+            Ok(targets) => targets,
+            Err(error) => {
+                let name = Arc::from(event_name);
+                return strictness.stop(EmitError::InvalidName(error), event, name, false);
+            }
+        };
+        let wire: Option<(&Remote, Codec)> = shared
+            .remote
+            .as_ref()
+            .and_then(|remote| Some((remote, *remote.codec(TypeId::of::<E>())?)));
+
+        // 2. Check, for the local and the published path alike. Types are checked against
+        // every listener of the exact name, the ones that receive it from the broker included:
+        // the same with and without a transport.
+        let wrong_type = match strictness {
+            Strictness::Strict => targets.mismatch::<E>(event_name, |_| true),
+            Strictness::Lenient | Strictness::WaitForRoom => None,
+        };
+        // The broker hands a published event to every listener of its name in this process
+        // too, as that listener's type: one that takes another type must not get it.
+        let wrong_type_for_the_broker = match wire {
+            Some(_) => targets.mismatch::<E>(event_name, |entry| entry.remote),
+            None => None,
+        };
+        if wire.is_some() {
+            targets.keep_local();
+        }
+        let listeners = targets.count();
+        // A shutdown that begins after this check still stops every delivery task of this
+        // emit from starting (`Tasks::try_start`); deliveries that complete inline finish.
+        let closed = engine.tasks.is_closed();
+        let unreachable = if closed {
+            Some(EmitError::Closed {
+                event: event_name.to_owned(),
+            })
+        } else if (listeners > 0 || wire.is_some()) && !in_runtime() {
+            Some(EmitError::NoRuntime {
+                event: event_name.to_owned(),
+            })
+        } else {
+            None
+        };
+        if strictness == Strictness::Strict
+            && let Some(error) = unreachable.clone().or(wrong_type)
+        {
+            return Err(Refusal {
+                error,
+                event,
+                needed: 0,
+            });
+        }
+        let data = match wire {
+            Some((_, codec)) if unreachable.is_none() => match codec.encode(&event) {
+                Ok(data) => Some(data),
+                Err(reason) => {
+                    let error = EmitError::Unencodable {
+                        event: event_name.to_owned(),
+                        type_name: std::any::type_name::<E>(),
+                        reason,
+                    };
+                    return strictness.stop(error, event, targets.name, true);
+                }
+            },
+            _ => None,
+        };
+        if listeners == 0 && closed {
+            let error = unreachable.unwrap_or(EmitError::Closed {
+                event: event_name.to_owned(),
+            });
+            return strictness.stop(error, event, targets.name, wire.is_some());
+        }
+        // The clock is read only when something can see the time.
+        let clocked = wire.is_some()
+            || !layers.only_tracing()
+            || targets.iter().any(|entry| entry.observes_envelope());
+        let meta = if clocked {
+            Meta::now()
+        } else {
+            Meta::unclocked()
+        };
+        let info = |listeners| EmitInfo {
+            name: event_name,
+            meta: &meta,
+            listeners,
+        };
+        let mut outcomes = Outcomes::new(Arc::clone(&targets.name), listeners);
+        outcomes.set_event_id(meta.id);
+
+        if let Some(reason) = unreachable {
+            // Lenient: every listener counts the event as not delivered, and it is not
+            // published.
+            for entry in targets.iter() {
+                not_delivered(&mut outcomes, &targets.name, entry, reason.clone());
+            }
+            let mut emission = outcomes.into_emission();
+            if wire.is_some() {
+                tracing::error!(event = event_name, error = %reason, "event not published");
+                emission.not_published(PublishError::Refused {
+                    event: event_name.to_owned(),
+                    reason,
+                });
+            }
+            return Ok(emission);
+        }
+
+        // 3. Reserve.
+        let mut reserved = None;
+        if listeners > 0
+            && let Some(limit) = engine.tasks.limit()
+        {
+            reserved = engine.tasks.try_reserve(listeners);
+            if reserved.is_none() {
+                let full = EmitError::Full {
+                    event: event_name.to_owned(),
+                    limit,
+                    listeners,
+                };
+                match strictness {
+                    Strictness::Strict => {
+                        return Err(Refusal {
+                            error: full,
+                            event,
+                            needed: listeners,
+                        });
+                    }
+                    Strictness::WaitForRoom if listeners <= limit => {
+                        return Err(Refusal {
+                            error: full,
+                            event,
+                            needed: listeners,
+                        });
+                    }
+                    Strictness::WaitForRoom | Strictness::Lenient => {
+                        // Shed: counted and logged by the layers, failed in the report. The
+                        // broker, if any, still gets it: the limit bounds this process's work.
+                        targets.tell_passed_by(layers, &info(listeners));
+                        layers.each("on_shed", |layer| layer.on_shed(&info(listeners)));
+                        for entry in targets.iter() {
+                            record_not_delivered(&mut outcomes, &targets.name, entry, full.clone());
+                        }
+                        let mut emission = outcomes.into_emission();
+                        self.publish(
+                            &mut emission,
+                            wire,
+                            data,
+                            wrong_type_for_the_broker,
+                            event_name,
+                            &meta,
+                        );
+                        return Ok(emission);
+                    }
+                }
+            }
+        }
+
+        // 4. Deliver.
+        targets.tell_passed_by(layers, &info(listeners));
+        if listeners == 0 {
+            if !layers.only_tracing() {
+                layers.each("on_emit", |layer| layer.on_emit(&info(0)));
+            }
+            tracing::debug!(
+                event = event_name,
+                "no listener for this event in this process"
+            );
+            let mut emission = outcomes.into_emission();
+            self.publish(
+                &mut emission,
+                wire,
+                data,
+                wrong_type_for_the_broker,
+                event_name,
+                &meta,
+            );
+            return Ok(emission);
+        }
+        let emit_span = tracing::debug_span!(
+            "bus.emit",
+            event = event_name,
+            event_id = %meta.id,
+            causation = tracing::field::Empty,
+            listeners = listeners,
+        );
+        if let Some(causation) = meta.causation {
+            emit_span.record("causation", tracing::field::display(causation));
+        }
+        if !layers.only_tracing() {
+            let _entered = emit_span.enter();
+            layers.each("on_emit", |layer| layer.on_emit(&info(listeners)));
+        }
+        let context = EmitContext {
+            mode: engine.mode,
+            tasks: &engine.tasks,
+            event_name: &targets.name,
+            emit_span: &emit_span,
+            meta: &meta,
+            layers,
+            dead_letter: engine.dead_letter.as_ref(),
+        };
+        let mismatched = deliver_all(&context, targets.iter(), event, reserved, &mut outcomes);
+        for entry in mismatched {
+            not_delivered(
+                &mut outcomes,
+                &targets.name,
+                &entry,
+                mismatch::<E>(event_name, &entry),
+            );
+        }
+        let mut emission = outcomes.into_emission();
+        self.publish(
+            &mut emission,
+            wire,
+            data,
+            wrong_type_for_the_broker,
+            event_name,
+            &meta,
+        );
+        Ok(emission)
+    }
+
+    /// Step 4, for an event that crosses the wire: publishes it, unless a listener of this
+    /// process would get it from the broker as another type.
+    fn publish(
+        &self,
+        emission: &mut Emission,
+        wire: Option<(&Remote, Codec)>,
+        data: Option<Vec<u8>>,
+        wrong_type: Option<EmitError>,
+        event_name: &str,
+        meta: &Meta,
+    ) {
+        let (Some((remote, _)), Some(data)) = (wire, data) else {
+            return;
+        };
+        if let Some(reason) = wrong_type {
+            tracing::error!(event = event_name, error = %reason, "event not published");
+            emission.not_published(PublishError::Refused {
+                event: event_name.to_owned(),
+                reason,
+            });
+            return;
+        }
+        let Ok(runtime) = Handle::try_current() else {
+            emission.not_published(PublishError::Refused {
+                event: event_name.to_owned(),
+                reason: EmitError::NoRuntime {
+                    event: event_name.to_owned(),
+                },
+            });
+            return;
+        };
+        let wire = remote.wire(event_name, meta, data);
+        let tasks = &self.shared.engine.tasks;
+        emission.published_by(remote.publish(&runtime, tasks, wire, meta.id));
+    }
+}
+
+/// Records and logs that `entry` could not take the event.
+fn not_delivered(outcomes: &mut Outcomes, event: &Arc<str>, entry: &Entry, reason: EmitError) {
+    tracing::error!(
+        event = %event, listener = %entry.info.name(), error = %reason,
+        "event not delivered"
+    );
+    record_not_delivered(outcomes, event, entry, reason);
+}
+
+/// Records that `entry` could not take the event, for a reason logged elsewhere.
+fn record_not_delivered(
+    outcomes: &mut Outcomes,
+    event: &Arc<str>,
+    entry: &Entry,
+    reason: EmitError,
+) {
+    outcomes.record(Err(DeliveryError::NotDelivered {
+        event: Arc::clone(event),
+        listener: Arc::clone(&entry.info.name),
+        listener_id: entry.info.id(),
+        reason,
+    }));
+}

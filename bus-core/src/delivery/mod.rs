@@ -1,0 +1,83 @@
+//! The delivery engine: how an event reaches a listener and how its outcome is concluded.
+//!
+//! Every delivery, whether an emit in this process started it or a broker handed it over,
+//! goes through the same code from the call of the listener to its outcome:
+//!
+//! - [`attempt::call`] calls the listener with a panic in the call caught, and [`Caught`]
+//!   polls and drops its future with panics caught, turning how it ended into an
+//!   [`Outcome`](attempt::Outcome);
+//! - [`attempt::Scope`] calls the layers' `before` and `after` around each attempt (a hook's
+//!   panic caught there too), and the dead letter (layers, then the bus's hook) follows a last
+//!   failed attempt;
+//! - [`attempt::conclude`] turns the outcome into the report's entry.
+//!
+//! What differs is only how the attempt is driven. An emit hands each listener to
+//! [`run::Dispatcher`] (`erased` → `run`, a double dispatch so that the listener's concrete
+//! future is polled inline, unboxed, on the emitter's thread, and moved to a task only if it
+//! has to wait). A listener with a [`Policy`](crate::Policy) runs [`attempt::run`] once per
+//! attempt in a task ([`policy`]), and so does a broker delivery, once per delivery the broker
+//! makes (`remote::consumer`). The same timeout, the same hooks, the same metrics.
+//!
+//! `erased` and `run` import each other (the double dispatch above); that is the only cycle
+//! between modules of the crate, and it stays inside this folder.
+
+pub(crate) mod attempt;
+mod emission;
+mod entry;
+mod erased;
+pub(crate) mod policy;
+pub(crate) mod run;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+pub(crate) use self::emission::Outcomes;
+pub use self::emission::{DeliveryReport, Emission, EmissionFuture};
+pub(crate) use self::entry::Entry;
+pub(crate) use self::erased::{Erased, identity_of};
+pub use self::erased::{Listener, ListenerOutput};
+use crate::layer::{DeadLetterHook, Layers};
+use crate::registry::Registry;
+use crate::tasks::Tasks;
+
+#[cfg(doc)]
+use self::attempt::Caught;
+
+/// How a bus runs its listeners. Every mode keeps the same guarantees: `emit` never waits for a
+/// listener's `.await`, panics and errors are isolated and reported, and every delivery is
+/// tracked by `drain`, `shutdown` and the [`DeliveryReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Dispatch {
+    /// Poll each delivery once on the emitter's thread, before `emit` returns. If it completes,
+    /// that is all: no task, no allocation per listener. If it awaits something not ready, it
+    /// continues as its own Tokio task, and later deliveries to that listener are spawned
+    /// directly.
+    ///
+    /// So the code of a listener before its first `.await` runs on the emitter's thread (keep
+    /// blocking work out of listeners, as in any async code); a listener that emits in turn is
+    /// polled inline only up to a small depth, then spawned, so the stack stays bounded.
+    #[default]
+    InlineFirst,
+    /// Spawn every delivery as its own Tokio task: a listener never runs on the emitter's
+    /// thread, at the cost of a task per delivery.
+    Spawn,
+}
+
+/// What an emit reads in one atomic load: the listeners, and the layers around them.
+#[derive(Clone, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) listeners: Registry<Entry>,
+    pub(crate) layers: Layers,
+}
+
+/// What every delivery of a bus needs from it, shared by the bus handle and the consumers of
+/// its distributed listeners.
+pub(crate) struct Engine {
+    /// The current snapshot. Readers never block; writers replace it whole.
+    pub(crate) snapshot: ArcSwap<Snapshot>,
+    pub(crate) tasks: Arc<Tasks>,
+    pub(crate) mode: Dispatch,
+    pub(crate) dead_letter: Option<DeadLetterHook>,
+}
