@@ -6,7 +6,11 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use bus::{DeliveryReport, EventBus, error::DeliveryError, error::EmitError, layer::Layer};
+use bus::{
+    DeliveryReport, EventBus,
+    error::{DeliveryError, EmitError},
+    layer::Layer,
+};
 use common::{Logs, guarded};
 use tokio::sync::Semaphore;
 

@@ -6,7 +6,10 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bus::{EventBus, error::AddListenerError, error::DeliveryError, error::EmitError};
+use bus::{
+    EventBus,
+    error::{AddListenerError, DeliveryError, EmitError},
+};
 use common::{Logs, guarded};
 
 #[derive(Debug)]
@@ -210,4 +213,48 @@ async fn invalid_names_are_refused_when_adding_too() {
     let id = bus.add_listener("user created", on_user);
     assert!(!bus.remove(id));
     assert!(bus.event_names().is_empty());
+}
+
+/// An event that is not `Clone`: what `try_emit` gives back is the value itself.
+#[derive(Debug, PartialEq)]
+struct Signup(String);
+
+#[tokio::test]
+async fn try_emit_gives_the_event_back_with_the_reason() {
+    let bus = EventBus::builder().max_in_flight(1).build();
+    bus.add_listener("user.signup", |_: Arc<Signup>| async {
+        tokio::task::yield_now().await;
+    });
+    bus.add_listener("user.created", on_user);
+    let refusals = [
+        bus.try_emit("user..signup", Signup("invalid name".into())),
+        bus.try_emit("user.created", Signup("wrong type".into())),
+    ];
+    // One delivery waits, so the next finds the bus full.
+    let running = bus.try_emit("user.signup", Signup("first".into())).unwrap();
+    let full = bus.try_emit("user.signup", Signup("full".into()));
+    for (refused, says) in
+        refusals
+            .into_iter()
+            .chain([full])
+            .zip(["invalid name", "wrong type", "full"])
+    {
+        let refused = refused.expect_err(says);
+        let message = refused.to_string();
+        assert_eq!(message, refused.error().to_string());
+        let (error, event) = refused.into_parts();
+        assert_eq!(event, Signup(says.to_owned()));
+        match says {
+            "invalid name" => assert!(matches!(error, EmitError::InvalidName(_)), "{error}"),
+            "wrong type" => assert!(matches!(error, EmitError::TypeMismatch { .. }), "{error}"),
+            _ => assert!(matches!(error, EmitError::Full { .. }), "{error}"),
+        }
+    }
+    guarded("emission", running).await;
+    bus.shutdown(std::time::Duration::from_secs(1)).await;
+    let closed = bus
+        .try_emit("user.signup", Signup("closed".into()))
+        .unwrap_err();
+    assert!(matches!(closed.error(), EmitError::Closed { .. }));
+    assert_eq!(closed.into_event(), Signup("closed".into()));
 }

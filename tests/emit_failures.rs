@@ -142,3 +142,57 @@ async fn a_panicking_listener_does_not_cancel_its_siblings_under_load() {
     assert_eq!(failed, 100);
     assert_eq!(ok.load(Ordering::SeqCst), 200);
 }
+
+/// A future that is done at once, or after one wait, and panics when it is dropped.
+struct PanicsOnDrop {
+    waits: bool,
+}
+
+impl std::future::Future for PanicsOnDrop {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.waits {
+            self.waits = false;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(())
+    }
+}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("dropped in a bad state");
+    }
+}
+
+#[tokio::test]
+async fn a_future_that_panics_as_it_is_dropped_fails_its_delivery_not_the_emit() {
+    for waits in [false, true] {
+        let bus = EventBus::new();
+        bus.add_listener("orders.placed", move |_: Arc<Order>| PanicsOnDrop { waits });
+        bus.add_listener("orders.placed", |_: Arc<Order>| async {});
+        // Inline (done at once) or in a task (after a wait): `emit` returns, no panic.
+        let emission = bus.emit("orders.placed", Order(1));
+        let report = guarded("emit", emission).await;
+        assert_eq!(
+            (report.delivered(), report.failed()),
+            (1, 1),
+            "waits: {waits}"
+        );
+        assert!(
+            matches!(
+                &report.failures()[0],
+                DeliveryError::Panicked { message, .. } if message == "dropped in a bad state"
+            ),
+            "waits: {waits}: {:?}",
+            report.failures()
+        );
+        guarded("drain", bus.drain()).await;
+        assert_eq!(bus.in_flight(), 0);
+    }
+}

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus::{EventBus, error::DeliveryError, error::EmitError};
+use bus::{
+    EventBus,
+    error::{DeliveryError, EmitError},
+};
 use common::guarded;
 use tokio::sync::Notify;
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bus::{
-    EventBus, Policy, layer::AttemptResult, layer::DeliveryInfo, layer::DeliveryOutcome,
-    layer::EmitInfo, layer::Layer,
+    EventBus, Policy,
+    layer::{AttemptResult, DeliveryInfo, DeliveryOutcome, EmitInfo, Layer},
 };
 use common::guarded;
 
@@ -208,5 +208,68 @@ async fn an_aborted_delivery_still_ends_its_hooks() {
             "before a.stuck #1",
             "after a.stuck #1: aborted"
         ]
+    );
+}
+
+/// A layer whose hooks all panic.
+struct Panicking;
+
+impl Layer for Panicking {
+    fn on_emit(&self, _: &EmitInfo<'_>) {
+        panic!("on_emit");
+    }
+    fn before(&self, _: &DeliveryInfo<'_>) {
+        panic!("before");
+    }
+    fn after(&self, _: &DeliveryInfo<'_>, _: &DeliveryOutcome<'_>) {
+        panic!("after");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_hook_is_caught_and_every_delivery_still_finishes_once() {
+    let journal = Arc::new(Journal::default());
+    let bus = EventBus::builder()
+        .layer(Panicking)
+        .layer(Arc::clone(&journal))
+        .max_in_flight(3)
+        .build();
+    // A listener that waits, so each delivery ends in a task of its own.
+    bus.add_listener("jobs.run", |_: Arc<u32>| async {
+        tokio::task::yield_now().await;
+    });
+    for round in 0..10_u32 {
+        let emission = bus
+            .try_emit("jobs.run", round)
+            .map_err(|refused| format!("round {round}: {refused}: a delivery was never finished"));
+        let report = guarded("emission", emission.unwrap()).await;
+        assert_eq!(report.delivered(), 1, "round {round}");
+    }
+    guarded("drain", bus.drain()).await;
+    assert_eq!(bus.in_flight(), 0);
+    let report = guarded("shutdown", bus.shutdown(Duration::from_secs(1))).await;
+    assert_eq!((report.in_flight(), report.aborted()), (0, 0));
+    // The layer after the panicking one still saw every hook.
+    let lines = journal.lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.starts_with("emit "))
+            .count(),
+        10
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.starts_with("before "))
+            .count(),
+        10
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|line| line.starts_with("after "))
+            .count(),
+        10
     );
 }

@@ -24,7 +24,9 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bus::{
-    DeliveryReport, Emission, EventBus, error::DeliveryError, error::EmitError, layer::Layer,
+    DeliveryReport, Emission, EventBus,
+    error::{DeliveryError, EmitError},
+    layer::Layer,
     report::EmissionFuture,
 };
 use common::guarded;

@@ -29,7 +29,7 @@ const RETRIED: &str = "bus_deliveries_retried_total";
 const DEAD_LETTERS: &str = "bus_dead_letters_total";
 const SHED: &str = "bus_events_shed_total";
 const MISMATCHES: &str = "bus_listener_mismatches_total";
-const LAGGED: &str = "bus_subscription_lagged_total";
+const LAGGED: &str = "bus_stream_lagged_total";
 const IN_FLIGHT: &str = "bus_deliveries_in_flight";
 const DURATION: &str = "bus_delivery_duration_seconds";
 
@@ -469,7 +469,7 @@ fn a_pattern_listener_of_another_type_counts_as_a_mismatch() {
 }
 
 #[test]
-fn a_lagging_subscriber_counts_its_missed_events_by_pattern() {
+fn a_lagging_stream_counts_its_missed_events_by_pattern() {
     run(|recorded| async move {
         let bus = metered();
         let mut stream = bus.stream::<u32>("p.>", 1).expect("a valid subscription");
@@ -575,4 +575,71 @@ async fn deliveries_on_worker_threads_reach_the_global_recorder() {
     ];
     assert_eq!(recorded.counter(DELIVERIES, &delivered), 40, "{recorded:?}");
     assert_eq!(recorded.gauge(IN_FLIGHT, &[("listener", &name)]), Some(0.0));
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Invoice {
+    id: u64,
+}
+
+#[test]
+fn deliveries_from_a_broker_are_counted_as_in_process_ones() {
+    run(|recorded| async move {
+        // The hook runs after the layers have seen the dead letter.
+        let (dead, mut letters) = mpsc::unbounded_channel();
+        let bus = EventBus::builder()
+            .layer(MetricsLayer::new())
+            .transport(bus::transport::MemoryTransport::new())
+            .codec::<Invoice>()
+            .dead_letter(move |letter| {
+                let _ = dead.send(letter.attempts());
+            })
+            .build();
+        let (handled, mut handled_ids) = mpsc::unbounded_channel();
+        let id = bus
+            .on("invoices.due", move |invoice: Arc<Invoice>| {
+                let handled = handled.clone();
+                async move {
+                    if invoice.id == 1 {
+                        // Fails both of its attempts: the second is its last.
+                        return Err("unpaid");
+                    }
+                    let _ = handled.send(invoice.id);
+                    Ok(())
+                }
+            })
+            .policy(Policy::new().retry(1).backoff(Duration::from_millis(1)))
+            .add();
+        assert!(bus.listeners("invoices.due")[0].is_distributed());
+        let name = name_of(&bus, "invoices.due", id);
+        guarded("ready", bus.ready()).await.unwrap();
+        for id in [1, 2] {
+            let report = guarded("publish", bus.emit("invoices.due", Invoice { id })).await;
+            assert!(report.is_ok(), "{report:?}");
+        }
+        assert_eq!(
+            guarded("the healthy one", handled_ids.recv()).await,
+            Some(2)
+        );
+        assert_eq!(guarded("the dead letter", letters.recv()).await, Some(2));
+        let listener = [("event", "invoices.due"), ("listener", name.as_str())];
+        let outcome = |outcome| {
+            recorded.counter(
+                DELIVERIES,
+                &[listener[0], listener[1], ("outcome", outcome)],
+            )
+        };
+        guarded("drain", bus.drain()).await;
+        assert_eq!(outcome("delivered"), 1, "{recorded:?}");
+        assert_eq!(outcome("failed"), 2, "both attempts: {recorded:?}");
+        assert_eq!(recorded.counter(RETRIED, &listener), 1, "{recorded:?}");
+        assert_eq!(recorded.counter(DEAD_LETTERS, &listener), 1, "{recorded:?}");
+        let (samples, ..) = recorded.histogram(DURATION, &listener);
+        assert_eq!(samples.len(), 3, "one sample per attempt: {recorded:?}");
+        assert_eq!(
+            recorded.gauge(IN_FLIGHT, &[listener[1]]),
+            Some(0.0),
+            "{recorded:?}"
+        );
+    });
 }

@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bus::{
-    EventBus, Policy, error::DeliveryError, error::EmitError, layer::AttemptResult,
-    layer::DeadLetter, layer::Layer,
+    EventBus, Policy,
+    error::{DeliveryError, EmitError},
+    layer::{AttemptResult, DeadLetter, Layer},
 };
 use common::guarded;
 use tokio::sync::Semaphore;

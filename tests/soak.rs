@@ -18,8 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bus::{
-    DeliveryReport, Emission, EventBus, error::DeliveryError, error::EmitError,
-    layer::AttemptResult, layer::Layer, listener::ListenerId,
+    DeliveryReport, Emission, EventBus,
+    error::{DeliveryError, EmitError},
+    layer::{AttemptResult, Layer},
+    listener::ListenerId,
 };
 use common::guarded;
 

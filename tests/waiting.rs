@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bus::{EventBus, error::AddListenerError, error::Lagged, error::WaitError};
+use bus::{
+    EventBus,
+    error::{AddListenerError, Lagged, WaitError},
+};
 use common::guarded;
 use tokio_stream::StreamExt;
 
@@ -131,7 +134,7 @@ async fn wait_for_reports_a_bad_pattern_and_a_dropped_bus() {
 }
 
 #[tokio::test]
-async fn subscribe_streams_matching_events_in_order() {
+async fn a_stream_yields_matching_events_in_order() {
     let bus = EventBus::new();
     let mut orders = bus.stream::<Paid>("orders.>", 16).unwrap();
     assert_eq!(orders.pattern(), "orders.>");
@@ -149,7 +152,7 @@ async fn subscribe_streams_matching_events_in_order() {
 }
 
 #[tokio::test]
-async fn a_slow_subscriber_is_told_what_it_lost_and_never_blocks_emitters() {
+async fn a_slow_reader_is_told_what_it_lost_and_never_blocks_emitters() {
     let bus = EventBus::new();
     let mut slow = bus.stream::<Paid>("orders.paid", 2).unwrap();
     // Five emits into a buffer of two, with nobody reading: every emit returns.
@@ -170,7 +173,7 @@ async fn a_slow_subscriber_is_told_what_it_lost_and_never_blocks_emitters() {
 }
 
 #[tokio::test]
-async fn subscriptions_check_their_capacity_and_leave_when_dropped() {
+async fn streams_check_their_capacity_and_leave_when_dropped() {
     let bus = EventBus::new();
     for capacity in [0, bus::stream::MAX_CAPACITY + 1] {
         match bus.stream::<Paid>("orders.paid", capacity) {
@@ -187,9 +190,107 @@ async fn subscriptions_check_their_capacity_and_leave_when_dropped() {
         bus.stream::<Paid>("orders paid", 4),
         Err(AddListenerError::InvalidName { .. })
     ));
-    let subscription = bus.stream::<Paid>("orders.paid", 4).unwrap();
-    let id = subscription.listener_id();
+    let stream = bus.stream::<Paid>("orders.paid", 4).unwrap();
+    let id = stream.listener_id();
     assert_eq!(bus.listeners("orders.paid")[0].id(), id);
-    drop(subscription);
+    drop(stream);
     assert!(bus.listeners("orders.paid").is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_holds_exactly_its_capacity_and_counts_exactly_what_it_drops() {
+    for capacity in [1, 3, 5, 16] {
+        let bus = EventBus::new();
+        let mut stream = bus.stream::<Paid>("orders.paid", capacity).unwrap();
+        let emitted = 40_u32;
+        for amount in 0..emitted {
+            drop(bus.emit("orders.paid", Paid(amount)));
+        }
+        let dropped = u64::from(emitted) - capacity as u64;
+        assert_eq!(
+            guarded("next", stream.next()).await,
+            Some(Err(Lagged(dropped))),
+            "capacity {capacity}: exactly the events past the capacity are dropped"
+        );
+        let mut kept = Vec::new();
+        for _ in 0..capacity {
+            kept.push(guarded("next", stream.next()).await.unwrap().unwrap().0);
+        }
+        let first_kept = emitted - capacity as u32;
+        assert_eq!(kept, (first_kept..emitted).collect::<Vec<_>>());
+        assert_eq!(stream.lagged(), dropped);
+        drop(bus);
+        assert!(
+            guarded("end", stream.next()).await.is_none(),
+            "capacity {capacity}: nothing more was held"
+        );
+    }
+}
+
+/// Runs `remove` on a thread of its own: a removal that deadlocks fails the test instead of
+/// hanging it.
+fn returns(what: &str, remove: impl FnOnce() -> bool + Send + 'static) -> bool {
+    let (done, returned) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(remove());
+    });
+    match returned.recv_timeout(common::GUARD) {
+        Ok(removed) => removed,
+        Err(_) => panic!("{what} did not return within {:?}", common::GUARD),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_listener_that_owns_a_stream_or_a_wait_returns_and_the_bus_goes_on() {
+    let bus = EventBus::new();
+    // A listener whose closure owns a stream of the same bus: dropping the closure drops the
+    // stream, which removes its own listener.
+    let stream = bus.stream::<Paid>("orders.audited", 4).unwrap();
+    let owner = bus.add_listener("orders.paid", move |_: Arc<Paid>| {
+        let _owned = &stream;
+        async {}
+    });
+    // One that owns a wait, and a `once` listener that owns one and has not fired.
+    let wait = bus.wait_for::<Paid>("orders.refunded");
+    let waiting = bus.add_listener("orders.paid", move |_: Arc<Paid>| {
+        let _owned = &wait;
+        async {}
+    });
+    let once_wait = bus.wait_for::<Paid>("orders.voided");
+    let once = bus
+        .on("orders.paid", move |_: Arc<Paid>| {
+            let _owned = &once_wait;
+            async {}
+        })
+        .once()
+        .add();
+    for (what, id) in [("stream", owner), ("wait", waiting), ("once", once)] {
+        let handle = bus.clone();
+        assert!(returns(what, move || handle.remove(id)), "{what}");
+    }
+    assert!(
+        bus.listeners("orders.audited").is_empty()
+            && bus.listeners("orders.refunded").is_empty()
+            && bus.listeners("orders.voided").is_empty(),
+        "the owned stream and waits removed their own listeners"
+    );
+    // Later adds and removes work.
+    let handle = bus.clone();
+    assert!(returns("a later add and remove", move || {
+        let id = handle.add_listener("orders.paid", |_: Arc<Paid>| async {});
+        handle.remove(id)
+    }));
+
+    // A `once` listener that owns a stream fires, removes itself, and drops the stream.
+    let stream = bus.stream::<Paid>("orders.shipped", 4).unwrap();
+    bus.on("orders.packed", move |_: Arc<Paid>| {
+        let _owned = &stream;
+        async {}
+    })
+    .once()
+    .add();
+    let report = guarded("emit", bus.emit("orders.packed", Paid(1))).await;
+    assert_eq!(report.delivered(), 1);
+    assert!(bus.listeners("orders.packed").is_empty());
+    assert!(bus.listeners("orders.shipped").is_empty());
 }

@@ -24,7 +24,10 @@ use bus_core::transport::{
     BoxFuture, Capabilities, Delivery, MAX_ATTRIBUTES, SubscribeOptions, Transport, TransportError,
     TransportSubscription, WireError, WireEvent,
 };
-use bus_core::{EventBus, EventId, event::current_event_id, event::validate_name};
+use bus_core::{
+    EventBus, EventId,
+    event::{current_event_id, validate_name},
+};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};

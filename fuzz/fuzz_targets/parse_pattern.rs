@@ -17,7 +17,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
-use bus_core::{EventBus, error::EmitError, event::validate_name, event::validate_pattern};
+use bus_core::{
+    EventBus,
+    error::EmitError,
+    event::{validate_name, validate_pattern},
+};
 use libfuzzer_sys::fuzz_target;
 
 /// Lines of one input looked at; the rest is ignored, to keep each run short.

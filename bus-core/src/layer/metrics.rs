@@ -15,7 +15,7 @@ const RETRIED: &str = "bus_deliveries_retried_total";
 const DEAD_LETTERS: &str = "bus_dead_letters_total";
 const SHED: &str = "bus_events_shed_total";
 const MISMATCHES: &str = "bus_listener_mismatches_total";
-const LAGGED: &str = "bus_subscription_lagged_total";
+const LAGGED: &str = "bus_stream_lagged_total";
 const IN_FLIGHT: &str = "bus_deliveries_in_flight";
 const DURATION: &str = "bus_delivery_duration_seconds";
 
@@ -52,7 +52,7 @@ type Hasher = foldhash::fast::RandomState;
 /// | `bus_dead_letters_total` | counter | `event`, `listener` | deliveries that failed their last attempt |
 /// | `bus_events_shed_total` | counter | `event` | emits refused whole because the bus was full ([`max_in_flight`](crate::EventBusBuilder::max_in_flight)) |
 /// | `bus_listener_mismatches_total` | counter | `event`, `listener` | pattern listeners passed by because they take another type |
-/// | `bus_subscription_lagged_total` | counter | `pattern` | events a slow subscriber missed |
+/// | `bus_stream_lagged_total` | counter | `pattern` | events a slow stream reader missed |
 /// | `bus_deliveries_in_flight` | gauge | `listener` | delivery attempts running now |
 /// | `bus_delivery_duration_seconds` | histogram | `event`, `listener` | how long each attempt took, whatever its outcome |
 ///
@@ -77,7 +77,7 @@ type Hasher = foldhash::fast::RandomState;
 /// monitoring system behind it. The layer itself keeps the labels of every (event, listener)
 /// pair it has seen, for its whole life. When event names are many or open-ended, drop the
 /// label with [`without_event_label`](MetricsLayer::without_event_label): the metrics are then
-/// per listener (and, for emits and sheds, one series each for the whole bus). Subscription
+/// per listener (and, for emits and sheds, one series each for the whole bus). Event-stream
 /// patterns are few, and are kept.
 ///
 /// # Descriptions
@@ -265,7 +265,7 @@ fn describe() {
             ),
             (
                 LAGGED,
-                "Events dropped from a slow subscriber's buffer, by pattern.",
+                "Events dropped from the buffer of a slow event stream, by pattern.",
             ),
         ];
         for (name, help) in counters {

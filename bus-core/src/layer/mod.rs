@@ -86,7 +86,8 @@ pub trait Layer: Send + Sync + 'static {
         let _ = letter;
     }
 
-    /// A subscription's reader fell behind and `missed` events were dropped from its buffer.
+    /// The reader of an [`EventStream`](crate::stream::EventStream) fell behind and `missed`
+    /// events were dropped from its buffer.
     fn on_lagged(&self, pattern: &str, missed: u64) {
         let _ = (pattern, missed);
     }

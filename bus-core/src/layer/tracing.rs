@@ -68,7 +68,7 @@ impl Layer for TracingLayer {
         tracing::warn!(
             pattern,
             missed,
-            "subscriber lagged: events dropped from its buffer"
+            "event stream lagged: events dropped from its buffer"
         );
     }
 }
