@@ -22,8 +22,8 @@ use crate::event::{AnyEvent, Meta};
 use crate::layer::{EmitInfo, Layers};
 use crate::name;
 use crate::registry::{Registered, Registry};
-use crate::remote::Remote;
 use crate::remote::codec::Codec;
+use crate::tasks::Reserved;
 
 /// Whether an emit reports problems as errors (`try_emit`) or as failed deliveries (`emit`).
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -171,6 +171,34 @@ impl Strictness {
     }
 }
 
+/// Step 2's verdict on an emit that goes ahead.
+struct Checked {
+    /// How many listeners of this process get the event.
+    listeners: usize,
+    /// Why no listener can be reached (the bus is closed, or no runtime runs here): a lenient
+    /// emit then counts each as not delivered.
+    unreachable: Option<EmitError>,
+    /// What becomes of the event on the wire.
+    publish: Publish,
+}
+
+/// Whether an emit publishes its event.
+enum Publish {
+    /// Its type stays in process.
+    No,
+    /// To the broker, encoded.
+    Yes(Vec<u8>),
+    /// Not, for this reason.
+    Refused(EmitError),
+}
+
+/// An emit stopped before any delivery, for `error`.
+struct Stop {
+    error: EmitError,
+    /// The event was to be published.
+    published: bool,
+}
+
 impl EventBus {
     /// Emits `event` under `event_name`: see the module docs for the steps.
     pub(super) fn emit_with<E>(
@@ -182,10 +210,7 @@ impl EventBus {
     where
         E: Send + Sync + 'static,
     {
-        let shared = &*self.shared;
-        let engine = &*shared.engine;
-        // 1. Resolve.
-        let snapshot = engine.snapshot.load();
+        let snapshot = self.shared.engine.snapshot.load();
         let layers = &snapshot.layers;
         let mut targets = match Targets::resolve::<E>(&snapshot.listeners, event_name) {
             Ok(targets) => targets,
@@ -194,73 +219,14 @@ impl EventBus {
                 return strictness.stop(EmitError::InvalidName(error), event, name, false);
             }
         };
-        let wire: Option<(&Remote, Codec)> = shared
-            .remote
-            .as_ref()
-            .and_then(|remote| Some((remote, *remote.codec(TypeId::of::<E>())?)));
-
-        // 2. Check, for the local and the published path alike. Types are checked against
-        // every listener of the exact name, the ones that receive it from the broker included:
-        // the same with and without a transport.
-        let wrong_type = match strictness {
-            Strictness::Strict => targets.mismatch::<E>(event_name, |_| true),
-            Strictness::Lenient | Strictness::WaitForRoom => None,
+        let checked = match self.check(event_name, &mut targets, &event, strictness) {
+            Ok(checked) => checked,
+            Err(Stop { error, published }) => {
+                return strictness.stop(error, event, targets.name, published);
+            }
         };
-        // The broker hands a published event to every listener of its name in this process
-        // too, as that listener's type: one that takes another type must not get it.
-        let wrong_type_for_the_broker = match wire {
-            Some(_) => targets.mismatch::<E>(event_name, |entry| entry.remote),
-            None => None,
-        };
-        if wire.is_some() {
-            targets.keep_local();
-        }
-        let listeners = targets.count();
-        // A shutdown that begins after this check still stops every delivery task of this
-        // emit from starting (`Tasks::try_start`); deliveries that complete inline finish.
-        let closed = engine.tasks.is_closed();
-        let unreachable = if closed {
-            Some(EmitError::Closed {
-                event: event_name.to_owned(),
-            })
-        } else if (listeners > 0 || wire.is_some()) && !in_runtime() {
-            Some(EmitError::NoRuntime {
-                event: event_name.to_owned(),
-            })
-        } else {
-            None
-        };
-        if strictness == Strictness::Strict
-            && let Some(error) = unreachable.clone().or(wrong_type)
-        {
-            return Err(Refusal {
-                error,
-                event,
-                needed: 0,
-            });
-        }
-        let data = match wire {
-            Some((_, codec)) if unreachable.is_none() => match codec.encode(&event) {
-                Ok(data) => Some(data),
-                Err(reason) => {
-                    let error = EmitError::Unencodable {
-                        event: event_name.to_owned(),
-                        type_name: std::any::type_name::<E>(),
-                        reason,
-                    };
-                    return strictness.stop(error, event, targets.name, true);
-                }
-            },
-            _ => None,
-        };
-        if listeners == 0 && closed {
-            let error = unreachable.unwrap_or(EmitError::Closed {
-                event: event_name.to_owned(),
-            });
-            return strictness.stop(error, event, targets.name, wire.is_some());
-        }
         // The clock is read only when something can see the time.
-        let clocked = wire.is_some()
+        let clocked = !matches!(checked.publish, Publish::No)
             || !layers.only_tracing()
             || targets.iter().any(|entry| entry.observes_envelope());
         let meta = if clocked {
@@ -268,181 +234,270 @@ impl EventBus {
         } else {
             Meta::unclocked()
         };
-        let info = |listeners| EmitInfo {
+        let mut outcomes = Outcomes::new(Arc::clone(&targets.name), checked.listeners);
+        outcomes.set_event_id(meta.id);
+        if let Some(reason) = checked.unreachable {
+            return Ok(unreachable(
+                event_name,
+                &targets,
+                outcomes,
+                reason,
+                checked.publish,
+            ));
+        }
+        let listeners = checked.listeners;
+        let info = EmitInfo {
             name: event_name,
             meta: &meta,
             listeners,
         };
-        let mut outcomes = Outcomes::new(Arc::clone(&targets.name), listeners);
-        outcomes.set_event_id(meta.id);
-
-        if let Some(reason) = unreachable {
-            // Lenient: every listener counts the event as not delivered, and it is not
-            // published.
-            for entry in targets.iter() {
-                not_delivered(&mut outcomes, &targets.name, entry, reason.clone());
-            }
-            let mut emission = outcomes.into_emission();
-            if wire.is_some() {
-                tracing::error!(event = event_name, error = %reason, "event not published");
-                emission.not_published(PublishError::Refused {
-                    event: event_name.to_owned(),
-                    reason,
+        let reserved = match self.reserve(event_name, listeners, strictness) {
+            Ok(reserved) => reserved,
+            Err(Reserve::Wait(error)) => {
+                return Err(Refusal {
+                    error,
+                    event,
+                    needed: listeners,
                 });
             }
-            return Ok(emission);
-        }
-
-        // 3. Reserve.
-        let mut reserved = None;
-        if listeners > 0
-            && let Some(limit) = engine.tasks.limit()
-        {
-            reserved = engine.tasks.try_reserve(listeners);
-            if reserved.is_none() {
-                let full = EmitError::Full {
-                    event: event_name.to_owned(),
-                    limit,
-                    listeners,
-                };
-                match strictness {
-                    Strictness::Strict => {
-                        return Err(Refusal {
-                            error: full,
-                            event,
-                            needed: listeners,
-                        });
-                    }
-                    Strictness::WaitForRoom if listeners <= limit => {
-                        return Err(Refusal {
-                            error: full,
-                            event,
-                            needed: listeners,
-                        });
-                    }
-                    Strictness::WaitForRoom | Strictness::Lenient => {
-                        // Shed: counted and logged by the layers, failed in the report. The
-                        // broker, if any, still gets it: the limit bounds this process's work.
-                        targets.tell_passed_by(layers, &info(listeners));
-                        layers.each("on_shed", |layer| layer.on_shed(&info(listeners)));
-                        for entry in targets.iter() {
-                            record_not_delivered(&mut outcomes, &targets.name, entry, full.clone());
-                        }
-                        let mut emission = outcomes.into_emission();
-                        self.publish(
-                            &mut emission,
-                            wire,
-                            data,
-                            wrong_type_for_the_broker,
-                            event_name,
-                            &meta,
-                        );
-                        return Ok(emission);
-                    }
+            Err(Reserve::Shed(full)) => {
+                // Counted and logged by the layers, failed in the report. The broker, if any,
+                // still gets it: the limit bounds this process's work.
+                targets.tell_passed_by(layers, &info);
+                layers.each("on_shed", |layer| layer.on_shed(&info));
+                for entry in targets.iter() {
+                    record_not_delivered(&mut outcomes, &targets.name, entry, full.clone());
                 }
+                let mut emission = outcomes.into_emission();
+                self.publish(&mut emission, checked.publish, event_name, &meta);
+                return Ok(emission);
             }
-        }
+        };
+        targets.tell_passed_by(layers, &info);
+        self.deliver(&targets, event, &info, layers, reserved, &mut outcomes);
+        let mut emission = outcomes.into_emission();
+        self.publish(&mut emission, checked.publish, event_name, &meta);
+        Ok(emission)
+    }
 
-        // 4. Deliver.
-        targets.tell_passed_by(layers, &info(listeners));
-        if listeners == 0 {
+    /// Step 2: the name was checked by `resolve`; this checks the bus (closed?), the runtime,
+    /// the types and, for an event that crosses the wire, its encoding, for the local and the
+    /// published path alike. Types are checked against every listener of the exact name, the
+    /// ones that receive it from the broker included: the same with and without a transport.
+    fn check<E: Send + Sync + 'static>(
+        &self,
+        event_name: &str,
+        targets: &mut Targets<'_>,
+        event: &E,
+        strictness: Strictness,
+    ) -> Result<Checked, Stop> {
+        let codec: Option<Codec> = self
+            .shared
+            .remote
+            .as_ref()
+            .and_then(|remote| remote.codec(TypeId::of::<E>()).copied());
+        let wrong_type = match strictness {
+            Strictness::Strict => targets.mismatch::<E>(event_name, |_| true),
+            Strictness::Lenient | Strictness::WaitForRoom => None,
+        };
+        // The broker hands a published event to every listener of its name in this process
+        // too, as that listener's type: one that takes another type must not get it.
+        let wrong_type_for_the_broker = match codec {
+            Some(_) => targets.mismatch::<E>(event_name, |entry| entry.remote),
+            None => None,
+        };
+        if codec.is_some() {
+            targets.keep_local();
+        }
+        let listeners = targets.count();
+        // A shutdown that begins after this check still stops every delivery task of this
+        // emit from starting (`Tasks::try_start`); deliveries that complete inline finish.
+        let closed = self.shared.engine.tasks.is_closed();
+        let unreachable = if closed {
+            Some(EmitError::Closed {
+                event: event_name.to_owned(),
+            })
+        } else if (listeners > 0 || codec.is_some()) && !in_runtime() {
+            Some(EmitError::NoRuntime {
+                event: event_name.to_owned(),
+            })
+        } else {
+            None
+        };
+        let published = codec.is_some();
+        if strictness == Strictness::Strict
+            && let Some(error) = unreachable.clone().or(wrong_type)
+        {
+            return Err(Stop { error, published });
+        }
+        if listeners == 0 && closed {
+            return Err(Stop {
+                error: EmitError::Closed {
+                    event: event_name.to_owned(),
+                },
+                published,
+            });
+        }
+        let publish = match (codec, &unreachable, wrong_type_for_the_broker) {
+            (None, ..) => Publish::No,
+            (Some(_), Some(reason), _) => Publish::Refused(reason.clone()),
+            (Some(codec), None, wrong_type) => match codec.encode(event) {
+                Err(reason) => {
+                    let error = EmitError::Unencodable {
+                        event: event_name.to_owned(),
+                        type_name: std::any::type_name::<E>(),
+                        reason,
+                    };
+                    return Err(Stop { error, published });
+                }
+                Ok(_) if let Some(reason) = wrong_type => Publish::Refused(reason),
+                Ok(data) => Publish::Yes(data),
+            },
+        };
+        Ok(Checked {
+            listeners,
+            unreachable,
+            publish,
+        })
+    }
+
+    /// Step 3: places under `max_in_flight` for the emit's deliveries, all or none.
+    fn reserve(
+        &self,
+        event_name: &str,
+        listeners: usize,
+        strictness: Strictness,
+    ) -> Result<Option<Reserved<'_>>, Reserve> {
+        let tasks = &self.shared.engine.tasks;
+        let Some(limit) = tasks.limit().filter(|_| listeners > 0) else {
+            return Ok(None);
+        };
+        if let Some(reserved) = tasks.try_reserve(listeners) {
+            return Ok(Some(reserved));
+        }
+        let full = EmitError::Full {
+            event: event_name.to_owned(),
+            limit,
+            listeners,
+        };
+        match strictness {
+            Strictness::Strict => Err(Reserve::Wait(full)),
+            Strictness::WaitForRoom if listeners <= limit => Err(Reserve::Wait(full)),
+            // An emit that could never fit is shed even by `emit_async`.
+            Strictness::WaitForRoom | Strictness::Lenient => Err(Reserve::Shed(full)),
+        }
+    }
+
+    /// Step 4, in process: the `bus.emit` span, the layers' `on_emit`, and a delivery to each
+    /// listener.
+    fn deliver<E>(
+        &self,
+        targets: &Targets<'_>,
+        event: E,
+        info: &EmitInfo<'_>,
+        layers: &Layers,
+        reserved: Option<Reserved<'_>>,
+        outcomes: &mut Outcomes,
+    ) where
+        E: Send + Sync + 'static,
+    {
+        let (event_name, meta) = (info.name, info.meta);
+        if info.listeners == 0 {
             if !layers.only_tracing() {
-                layers.each("on_emit", |layer| layer.on_emit(&info(0)));
+                layers.each("on_emit", |layer| layer.on_emit(info));
             }
             tracing::debug!(
                 event = event_name,
                 "no listener for this event in this process"
             );
-            let mut emission = outcomes.into_emission();
-            self.publish(
-                &mut emission,
-                wire,
-                data,
-                wrong_type_for_the_broker,
-                event_name,
-                &meta,
-            );
-            return Ok(emission);
+            return;
         }
         let emit_span = tracing::debug_span!(
             "bus.emit",
             event = event_name,
             event_id = %meta.id,
             causation = tracing::field::Empty,
-            listeners = listeners,
+            listeners = info.listeners,
         );
         if let Some(causation) = meta.causation {
             emit_span.record("causation", tracing::field::display(causation));
         }
         if !layers.only_tracing() {
             let _entered = emit_span.enter();
-            layers.each("on_emit", |layer| layer.on_emit(&info(listeners)));
+            layers.each("on_emit", |layer| layer.on_emit(info));
         }
+        let engine = &*self.shared.engine;
         let context = EmitContext {
             mode: engine.mode,
             tasks: &engine.tasks,
             event_name: &targets.name,
             emit_span: &emit_span,
-            meta: &meta,
+            meta,
             layers,
             dead_letter: engine.dead_letter.as_ref(),
         };
-        let mismatched = deliver_all(&context, targets.iter(), event, reserved, &mut outcomes);
+        let mismatched = deliver_all(&context, targets.iter(), event, reserved, outcomes);
         for entry in mismatched {
-            not_delivered(
-                &mut outcomes,
-                &targets.name,
-                &entry,
-                mismatch::<E>(event_name, &entry),
-            );
+            let reason = mismatch::<E>(event_name, &entry);
+            not_delivered(outcomes, &targets.name, &entry, reason);
         }
-        let mut emission = outcomes.into_emission();
-        self.publish(
-            &mut emission,
-            wire,
-            data,
-            wrong_type_for_the_broker,
-            event_name,
-            &meta,
-        );
-        Ok(emission)
     }
 
-    /// Step 4, for an event that crosses the wire: publishes it, unless a listener of this
-    /// process would get it from the broker as another type.
-    fn publish(
-        &self,
-        emission: &mut Emission,
-        wire: Option<(&Remote, Codec)>,
-        data: Option<Vec<u8>>,
-        wrong_type: Option<EmitError>,
-        event_name: &str,
-        meta: &Meta,
-    ) {
-        let (Some((remote, _)), Some(data)) = (wire, data) else {
-            return;
+    /// Step 4, on the wire: publishes the event, or says in the report why it was not.
+    fn publish(&self, emission: &mut Emission, publish: Publish, event_name: &str, meta: &Meta) {
+        let refused = |reason| PublishError::Refused {
+            event: event_name.to_owned(),
+            reason,
         };
-        if let Some(reason) = wrong_type {
-            tracing::error!(event = event_name, error = %reason, "event not published");
-            emission.not_published(PublishError::Refused {
+        let data = match publish {
+            Publish::No => return,
+            Publish::Yes(data) => data,
+            Publish::Refused(reason) => {
+                tracing::error!(event = event_name, error = %reason, "event not published");
+                return emission.not_published(refused(reason));
+            }
+        };
+        let (Some(remote), Ok(runtime)) = (&self.shared.remote, Handle::try_current()) else {
+            let reason = EmitError::NoRuntime {
                 event: event_name.to_owned(),
-                reason,
-            });
-            return;
-        }
-        let Ok(runtime) = Handle::try_current() else {
-            emission.not_published(PublishError::Refused {
-                event: event_name.to_owned(),
-                reason: EmitError::NoRuntime {
-                    event: event_name.to_owned(),
-                },
-            });
-            return;
+            };
+            return emission.not_published(refused(reason));
         };
         let wire = remote.wire(event_name, meta, data);
         let tasks = &self.shared.engine.tasks;
         emission.published_by(remote.publish(&runtime, tasks, wire, meta.id));
     }
+}
+
+/// Why step 3 found no room.
+enum Reserve {
+    /// Hand the event back: `try_emit` refuses it, `emit_async` waits for room.
+    Wait(EmitError),
+    /// Shed the event.
+    Shed(EmitError),
+}
+
+/// A lenient emit that can reach no listener (the bus is closed, or no runtime runs here):
+/// each listener counts it as not delivered, and it is not published.
+fn unreachable(
+    event_name: &str,
+    targets: &Targets<'_>,
+    mut outcomes: Outcomes,
+    reason: EmitError,
+    publish: Publish,
+) -> Emission {
+    for entry in targets.iter() {
+        not_delivered(&mut outcomes, &targets.name, entry, reason.clone());
+    }
+    let mut emission = outcomes.into_emission();
+    if let Publish::Refused(reason) = publish {
+        tracing::error!(event = event_name, error = %reason, "event not published");
+        emission.not_published(PublishError::Refused {
+            event: event_name.to_owned(),
+            reason,
+        });
+    }
+    emission
 }
 
 /// Records and logs that `entry` could not take the event.
