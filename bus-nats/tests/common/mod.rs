@@ -2,6 +2,7 @@
 //! per test, deleted at the end), a private `nats-server` a test can restart, and bounded waits.
 #![allow(dead_code, reason = "each test file uses a part of these helpers")]
 
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -28,6 +29,13 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 /// Whether this is CI, where a missing broker fails a test instead of skipping it.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Says that `test` is skipped, and why, on the process's standard error: past libtest's
+/// output capture, which takes `eprintln!` and shows it only for a failed test. A skipped test
+/// passes, so its skip must show in a plain `cargo test` run.
+pub fn skip(test: &str, why: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// A random lower-case suffix, for unique prefixes, stream names, groups and ids.
@@ -77,7 +85,10 @@ impl TestNats {
                 url: url.to_owned(),
             }),
             Err(error @ TransportError::Unreachable { .. }) if !ci() => {
-                eprintln!("SKIPPED {test}: NATS with JetStream is not reachable at {url}: {error}");
+                skip(
+                    test,
+                    format_args!("NATS with JetStream is not reachable at {url}: {error}"),
+                );
                 None
             }
             Err(error) => panic!("{test}: cannot connect to NATS at {url}: {error}"),
@@ -166,7 +177,7 @@ impl PrivateNatsServer {
             if ci() {
                 panic!("{test}: {message}");
             }
-            eprintln!("SKIPPED {test}: {message}");
+            skip(test, message);
             return None;
         };
         let port = TcpListener::bind("127.0.0.1:0")

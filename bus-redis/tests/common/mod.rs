@@ -4,6 +4,7 @@
 #![allow(dead_code, reason = "each test file uses a part of these helpers")]
 
 use std::future::Future;
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,6 +32,13 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 /// Whether this is CI, where a missing broker fails a test instead of skipping it.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Says that `test` is skipped, and why, on the process's standard error: past libtest's
+/// output capture, which takes `eprintln!` and shows it only for a failed test. A skipped test
+/// passes, so its skip must show in a plain `cargo test` run.
+pub fn skip(test: &str, why: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// A random lower-case suffix, for unique prefixes, groups and ids.
@@ -78,7 +86,10 @@ impl TestRedis {
                 url: url.to_owned(),
             }),
             Err(error @ TransportError::Unreachable { .. }) if !ci() => {
-                eprintln!("SKIPPED {test}: Redis is not reachable at {url}: {error}");
+                skip(
+                    test,
+                    format_args!("Redis is not reachable at {url}: {error}"),
+                );
                 None
             }
             Err(error) => panic!("{test}: cannot connect to Redis at {url}: {error}"),
@@ -239,7 +250,7 @@ impl PrivateRedisServer {
             if ci() {
                 panic!("{test}: {message}");
             }
-            eprintln!("SKIPPED {test}: {message}");
+            skip(test, message);
             return None;
         };
         let port = TcpListener::bind("127.0.0.1:0")
