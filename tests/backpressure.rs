@@ -5,6 +5,7 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 
 use bus::{
     DeliveryReport, EventBus,
@@ -186,20 +187,17 @@ async fn emit_async_waits_for_room() {
     bus.add_listener("jobs.run", gated(&gate, &calls));
 
     let held = bus.emit("jobs.run", Job(1));
-    let waiting = tokio::spawn({
-        let bus = bus.clone();
-        async move { bus.emit_async("jobs.run", Job(2)).await.await }
-    });
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!waiting.is_finished(), "emit_async returned on a full bus");
+    assert_eq!(bus.in_flight(), 1, "the bus is full");
+    let mut waiting = std::pin::pin!(bus.emit_async("jobs.run", Job(2)));
+    // Its first poll is where it dispatches when the bus has room; on a full bus it must wait.
+    let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "emit_async returned on a full bus");
+    assert_eq!(bus.in_flight(), 1, "emit_async took a place on a full bus");
     assert!(seen(&calls).is_empty());
 
     gate.open();
-    let report = guarded("emit_async", waiting)
-        .await
-        .expect("the emitter did not panic");
+    let emission = guarded("emit_async", waiting).await;
+    let report = guarded("the emission", emission).await;
     assert_eq!((report.delivered(), report.failed()), (1, 0));
     assert_eq!(guarded("held", held).await.delivered(), 1);
     assert_eq!(seen(&calls), [1, 2]);

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use bus::transport::TransportError;
 use bus::{EventBus, Policy, policy::Group};
 use common::brokers::{Broker, Cleanup, unique_prefix};
-use common::ci;
+use common::{ci, skip};
 use serde::{Deserialize, Serialize};
 
 mod common;
@@ -100,10 +100,10 @@ async fn run(broker: Broker, test: &str) {
     let transport = match broker.connect(&prefix, None).await {
         Ok(transport) => transport,
         Err(error @ TransportError::Unreachable { .. }) if !ci() => {
-            eprintln!(
-                "SKIPPED {test}: {} is not reachable at {}: {error}",
-                broker.name(),
-                broker.url()
+            let (name, url) = (broker.name(), broker.url());
+            skip(
+                test,
+                format_args!("{name} is not reachable at {url}: {error}"),
             );
             return;
         }

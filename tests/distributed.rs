@@ -44,17 +44,37 @@ async fn receive<T>(receiver: &mut mpsc::UnboundedReceiver<T>, count: usize) -> 
     received
 }
 
-/// Nothing more arrives while every instance settles what it has.
+/// The order id of a probe: published after everything a test checks.
+const PROBE: u64 = u64::MAX;
+
+/// Nothing more arrives: once every instance settled what it has, a probe published after
+/// everything else is handled `probes` times (once per service), with nothing before it; and
+/// nothing after it once the instances settled again. The probe shows that the consumers are
+/// alive (a dead one fails here, where it would pass a wait for quiet), and the memory broker
+/// hands a group its events in order, redeliveries first: an extra delivery queued before the
+/// probe comes before it. Returns what the probe's handlers sent.
 async fn assert_nothing_more<T: std::fmt::Debug>(
     receiver: &mut mpsc::UnboundedReceiver<T>,
     buses: &[&EventBus],
-) {
+    probes: usize,
+    is_probe: impl Fn(&T) -> bool,
+) -> Vec<T> {
+    for bus in buses {
+        bus.drain().await;
+    }
+    let report = buses[0].emit_event(OrderCreated { id: PROBE }).await;
+    assert!(report.is_ok(), "publishing the probe: {report:?}");
+    let received = receive(receiver, probes).await;
+    for value in &received {
+        assert!(is_probe(value), "unexpected extra delivery: {value:?}");
+    }
     for bus in buses {
         bus.drain().await;
     }
     if let Ok(more) = receiver.try_recv() {
-        panic!("unexpected extra delivery: {more:?}");
+        panic!("unexpected extra delivery after the probe: {more:?}");
     }
+    received
 }
 
 #[tokio::test]
@@ -87,7 +107,7 @@ async fn a_published_event_reaches_the_listener_through_the_broker() {
     let [(order, handled)] = receive(&mut receiver, 1).await.try_into().unwrap();
     assert_eq!(order, 7);
     assert_eq!(handled, report.event_id(), "the envelope crosses the wire");
-    assert_nothing_more(&mut receiver, &[&bus]).await;
+    assert_nothing_more(&mut receiver, &[&bus], 1, |(id, _)| *id == PROBE).await;
     assert!(bus.remove(id));
 }
 
@@ -149,7 +169,14 @@ async fn each_service_handles_each_event_once_and_instances_compete() {
         }
     }
     let buses: Vec<&EventBus> = buses.iter().collect();
-    assert_nothing_more(&mut receiver, &buses).await;
+    let probes = assert_nothing_more(&mut receiver, &buses, 2, |(_, _, id)| *id == PROBE).await;
+    let mut services: Vec<&str> = probes.iter().map(|(service, _, _)| *service).collect();
+    services.sort_unstable();
+    assert_eq!(
+        services,
+        ["billing", "shipping"],
+        "the probe, once per service"
+    );
 }
 
 #[tokio::test]

@@ -147,9 +147,12 @@ async fn a_listener_emitting_during_shutdown_is_refused_not_lost_silently() {
         let bus = bus.clone();
         async move { bus.shutdown(Duration::from_secs(5)).await }
     });
-    while !bus.is_closed() {
-        tokio::task::yield_now().await;
-    }
+    guarded("the bus closing", async {
+        while !bus.is_closed() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
     gate.notify_one();
     let report = guarded("shutdown", shutdown).await.unwrap();
     assert_eq!(report.aborted(), 0);

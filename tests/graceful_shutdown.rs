@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use bus::transport::TransportError;
 use bus::{EventBus, Policy, policy::Group};
 use common::brokers::{Broker, Cleanup, unique_prefix};
-use common::ci;
+use common::{ci, skip};
 use serde::{Deserialize, Serialize};
 
 mod common;
@@ -141,7 +141,10 @@ async fn example_worker_stops_on_sigterm(broker: Broker) {
     };
     if let Err(error) = broker.connect(&prefix, None).await {
         if matches!(error, TransportError::Unreachable { .. }) && !ci() {
-            eprintln!("SKIPPED {test} on {}: {error}", broker.name());
+            skip(
+                test,
+                format_args!("{} is not reachable: {error}", broker.name()),
+            );
             return;
         }
         panic!("{test}: cannot connect to {}: {error}", broker.url());
@@ -237,9 +240,10 @@ async fn run(broker: Broker, test: &str) {
     let transport = match broker.connect(&prefix, None).await {
         Ok(transport) => transport,
         Err(error @ TransportError::Unreachable { .. }) if !ci() => {
-            eprintln!(
-                "SKIPPED {test}: {name} is not reachable at {}: {error}",
-                broker.url()
+            let url = broker.url();
+            skip(
+                test,
+                format_args!("{name} is not reachable at {url}: {error}"),
             );
             return;
         }

@@ -329,11 +329,17 @@ impl<'h> Case<'h> {
         }
     }
 
-    /// Checks that `subscription` yields nothing for [`QUIET_PERIOD`].
+    /// Checks that `subscription` yields nothing for [`QUIET_PERIOD`]: no delivery, no error,
+    /// and no end (a subscription that ended would yield nothing either).
     pub(crate) async fn assert_quiet(&self, subscription: &mut TransportSubscription, what: &str) {
-        if let Ok(Some(item)) = tokio::time::timeout(QUIET_PERIOD, subscription.next()).await {
-            let item = item.map(|delivery| describe(delivery.event(), delivery.attempt()));
-            self.fail(format!("{what}: expected nothing more, got {item:?}"));
+        match tokio::time::timeout(QUIET_PERIOD, subscription.next()).await {
+            Err(_) => {}
+            Ok(Some(Ok(delivery))) => self.fail(format!(
+                "{what}: expected nothing more, got {}",
+                describe(delivery.event(), delivery.attempt())
+            )),
+            Ok(Some(Err(error))) => self.fail(format!("{what}: the subscription failed: {error}")),
+            Ok(None) => self.fail(format!("{what}: the subscription ended")),
         }
     }
 }

@@ -1,24 +1,30 @@
 //! The suite catches broken transports: each test runs a case against the memory transport
-//! wrapped in a deliberate bug, and expects the case to fail naming the problem. One test runs
-//! the broker-restart case, which the memory transport skips, on a memory broker that claims
-//! to be restartable.
+//! wrapped in a deliberate bug, and expects the case to fail naming the problem. The control,
+//! the whole suite through the same wrapping with no bug, passes. The broker-restart case,
+//! which the memory transport skips, runs on a memory broker that claims to be restartable:
+//! its restarts either keep everything (it passes) or lose everything (it fails).
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bus_conformance::{Harness, Size, cases};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_PREFIX,
-    DEAD_LETTER_REASON, Delivery, MemoryTransport, SubscribeOptions, Transport, TransportError,
-    TransportSubscription, WireEvent, dead_letter_name,
+    BoxFuture, Capabilities, Delivery, MemoryTransport, SubscribeOptions, Transport,
+    TransportError, TransportSubscription, WireEvent,
 };
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
 
 /// The bug a [`Mutant`] has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Bug {
+    /// No bug: the control. Every case passes through the mutant's wrapping (see
+    /// [`control`]), so a case that fails on a mutant fails because of its bug.
+    None,
     /// Every 7th publish resolves `Ok` and is never stored.
     LosesPublishes,
     /// Groups are ignored: every subscription gets every event.
@@ -27,26 +33,97 @@ enum Bug {
     WidensPatterns,
     /// A nack acknowledges.
     NackAcks,
+    /// A reject nacks: the event is delivered again instead of dead-lettered.
+    RejectNacks,
+    /// `max_deliveries` is ignored: an event that keeps failing is delivered again and again,
+    /// never dead-lettered.
+    IgnoresMaxDeliveries,
     /// Extension attributes are lost on the way.
     DropsExtensions,
     /// The first delivery of a subscription is held back behind the next 20.
     Reorders,
     /// A delivery dropped unsettled is acknowledged, not returned.
     DropAcks,
+    /// A subscription reads one delivery ahead of its instance and, closed, acknowledges the
+    /// one it read ahead instead of returning it: that event reaches no instance.
+    CloseAcksReadAhead,
+    /// A closed subscription goes on consuming: its consumer keeps taking the group's events
+    /// (and never settles them).
+    CloseLeaks,
     /// A second publish of an id is stored under another id, and delivered under the first:
     /// no deduplication.
     NoDedup,
-    /// No bug, but declares `persistent` and `restartable`; restarts do nothing.
+    /// No bug, but declares `persistent` and `restartable`; restarts lose nothing (see
+    /// [`World`]).
     FakeRestarts,
-    /// Fixes what the memory transport gets wrong (see the report of issue 5's conformance
-    /// suite): dead letters name the group as given, and an event delivered `max_deliveries`
-    /// times without being settled is dead-lettered instead of delivered again.
-    Fixed,
+    /// Declares `persistent` and `restartable`, but a restart loses everything the broker
+    /// stored: it comes back empty, and the subscriptions opened before end (see [`World`]).
+    RestartLoses,
+}
+
+/// The memory broker the connections of a harness reach, which a lossy restart replaces with
+/// an empty one.
+///
+/// On a restartable mutant ([`Bug::FakeRestarts`], [`Bug::RestartLoses`]) a subscription
+/// opened before the broker's first restart delivers nothing until it, as a consumer lagging
+/// behind its publishers would: the first restart then finds events not delivered yet. (The
+/// memory broker hands out an event the moment it is stored, so otherwise the reader could
+/// have everything before a lossy restart, which would then have nothing to lose.)
+struct World {
+    /// The broker now, and its generation (how many lossy restarts came before it).
+    current: Mutex<(MemoryTransport, u64)>,
+    /// How many restarts, lossy or not, there were.
+    restarts: watch::Sender<usize>,
+    /// The generation whose restart ended the subscriptions opened before it.
+    ended: watch::Sender<u64>,
+}
+
+impl World {
+    fn new() -> Self {
+        World {
+            current: Mutex::new((MemoryTransport::new(), 0)),
+            restarts: watch::Sender::new(0),
+            ended: watch::Sender::new(0),
+        }
+    }
+
+    fn current(&self) -> (MemoryTransport, u64) {
+        self.current.lock().unwrap().clone()
+    }
+
+    /// A restart. Lossy (`keep` false), it loses everything: an empty broker from now on, and
+    /// the subscriptions to the old one end.
+    fn restart(&self, keep: bool) {
+        if !keep {
+            let generation = {
+                let mut current = self.current.lock().unwrap();
+                *current = (MemoryTransport::new(), current.1 + 1);
+                current.1
+            };
+            self.ended.send_replace(generation);
+        }
+        self.restarts.send_modify(|restarts| *restarts += 1);
+    }
+
+    /// `inner`, a subscription to the broker of `generation`, delivering nothing before the
+    /// broker's first restart, and ending when a lossy restart ends it.
+    fn restartable(&self, inner: TransportSubscription, generation: u64) -> TransportSubscription {
+        let mut restarts = self.restarts.subscribe();
+        let mut ended = self.ended.subscribe();
+        let after_first_restart = futures_util::stream::once(async move {
+            let _ = restarts.wait_for(|&restarts| restarts > 0).await;
+            inner
+        })
+        .flatten();
+        Box::pin(after_first_restart.take_until(async move {
+            let _ = ended.wait_for(|&ended| ended > generation).await;
+        }))
+    }
 }
 
 /// A connection to a shared memory broker, with a bug.
 struct Mutant {
-    broker: MemoryTransport,
+    world: Arc<World>,
     bug: Bug,
     publishes: Arc<AtomicUsize>,
     published_ids: Arc<Mutex<HashSet<String>>>,
@@ -58,8 +135,8 @@ impl Transport for Mutant {
     }
 
     fn capabilities(&self) -> Capabilities {
-        let mut capabilities = self.broker.capabilities();
-        if self.bug == Bug::FakeRestarts {
+        let mut capabilities = self.world.current().0.capabilities();
+        if matches!(self.bug, Bug::FakeRestarts | Bug::RestartLoses) {
             capabilities.persistent = true;
             capabilities.restartable = true;
         }
@@ -80,7 +157,7 @@ impl Transport for Mutant {
             }
             _ => {}
         }
-        self.broker.publish(event)
+        Box::pin(async move { self.world.current().0.publish(event).await })
     }
 
     fn subscribe(
@@ -96,13 +173,17 @@ impl Transport for Mutant {
                     options.pattern = format!("{head}.>");
                 }
             }
+            Bug::IgnoresMaxDeliveries => options.max_deliveries = u32::MAX,
             _ => {}
         }
         let bug = self.bug;
         Box::pin(async move {
-            let inner = self.broker.subscribe(options.clone()).await?;
-            let inner = match bug {
-                Bug::Fixed => dead_letter_unsettled(self.broker.clone(), options, inner),
+            let (broker, generation) = self.world.current();
+            let inner = broker.subscribe(options).await?;
+            let inner: TransportSubscription = match bug {
+                Bug::FakeRestarts | Bug::RestartLoses => self.world.restartable(inner, generation),
+                Bug::CloseLeaks => Box::pin(Leaky(Some(inner))),
+                Bug::CloseAcksReadAhead => Box::pin(ReadAhead { inner, ahead: None }),
                 _ => inner,
             };
             let wrapped = inner.map(move |item| {
@@ -116,36 +197,73 @@ impl Transport for Mutant {
     }
 }
 
-/// Dead-letters, instead of delivering, an event delivered `max_deliveries` times already.
-fn dead_letter_unsettled(
-    broker: MemoryTransport,
-    options: SubscribeOptions,
+/// A subscription one delivery ahead of its instance ([`Bug::CloseAcksReadAhead`]): it takes
+/// the next delivery from the broker, when there is one, before it hands out the current one,
+/// and acknowledges the one it holds when it is closed.
+struct ReadAhead {
     inner: TransportSubscription,
-) -> TransportSubscription {
-    Box::pin(inner.filter_map(move |item| {
-        let (broker, options) = (broker.clone(), options.clone());
-        async move {
-            let delivery = match item {
-                Ok(delivery) if delivery.attempt() > options.max_deliveries => delivery,
-                item => return Some(item),
-            };
-            let mut letter = delivery.event().clone();
-            letter.ty = dead_letter_name(&letter.ty);
-            letter.id = format!("{}.dead", letter.id);
-            let extensions = [
-                (DEAD_LETTER_REASON, "never settled".to_owned()),
-                (DEAD_LETTER_GROUP, options.group.clone().unwrap_or_default()),
-                (DEAD_LETTER_ATTEMPTS, options.max_deliveries.to_string()),
-            ];
-            for (name, value) in extensions {
-                letter.extensions.insert(name.to_owned(), value);
-            }
-            if let Err(error) = broker.publish(letter).await {
-                return Some(Err(error));
-            }
-            delivery.ack().await.err().map(Err)
+    ahead: Option<Box<dyn Delivery>>,
+}
+
+impl Stream for ReadAhead {
+    type Item = Result<Box<dyn Delivery>, TransportError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let current = match this.ahead.take() {
+            Some(delivery) => delivery,
+            None => match this.inner.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(delivery))) => delivery,
+                other => return other,
+            },
+        };
+        // Otherwise the broker has nothing more now (the memory broker never ends nor fails a
+        // subscription the cases keep open).
+        if let Poll::Ready(Some(Ok(next))) = this.inner.as_mut().poll_next(cx) {
+            this.ahead = Some(next);
         }
-    }))
+        Poll::Ready(Some(Ok(current)))
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Acknowledged before `inner` closes (the memory delivery's ack takes effect at once):
+        // the broker never hands it out again.
+        if let Some(ahead) = self.ahead.take() {
+            drop(ahead.ack());
+        }
+    }
+}
+
+/// A subscription that, once dropped, goes on consuming in a task of its own, holding every
+/// delivery it takes ([`Bug::CloseLeaks`]).
+struct Leaky(Option<TransportSubscription>);
+
+impl Stream for Leaky {
+    type Item = Result<Box<dyn Delivery>, TransportError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.0 {
+            Some(inner) => inner.as_mut().poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Leaky {
+    fn drop(&mut self) {
+        if let Some(mut inner) = self.0.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let mut held = Vec::new();
+                while let Some(item) = inner.next().await {
+                    held.push(item);
+                }
+            });
+        }
+    }
 }
 
 /// Holds a subscription's first delivery back until 20 more have passed.
@@ -187,13 +305,6 @@ impl Wrapped {
         let mut event = delivery.event().clone();
         match bug {
             Bug::DropsExtensions => event.extensions.clear(),
-            Bug::Fixed if event.ty.starts_with(DEAD_LETTER_PREFIX) => {
-                if let Some(group) = event.extensions.get_mut(DEAD_LETTER_GROUP)
-                    && let Some(name) = group.strip_prefix("group:")
-                {
-                    *group = name.to_owned();
-                }
-            }
             Bug::NoDedup => {
                 if let Some((id, _)) = event.id.split_once('~') {
                     event.id = id.to_owned();
@@ -243,7 +354,11 @@ impl Delivery for Wrapped {
         mut self: Box<Self>,
         reason: String,
     ) -> BoxFuture<'static, Result<(), TransportError>> {
-        self.take().reject(reason)
+        let delivery = self.take();
+        match self.bug {
+            Bug::RejectNacks => delivery.nack(Duration::ZERO, reason),
+            _ => delivery.reject(reason),
+        }
     }
 }
 
@@ -260,7 +375,7 @@ impl Drop for Wrapped {
 /// waiting for an event that never comes fails quickly.
 struct MutantHarness {
     name: String,
-    broker: MemoryTransport,
+    world: Arc<World>,
     bug: Bug,
     publishes: Arc<AtomicUsize>,
     published_ids: Arc<Mutex<HashSet<String>>>,
@@ -271,7 +386,7 @@ impl MutantHarness {
     fn new(bug: Bug) -> Self {
         MutantHarness {
             name: format!("memory with {bug:?}"),
-            broker: MemoryTransport::new(),
+            world: Arc::new(World::new()),
             bug,
             publishes: Arc::default(),
             published_ids: Arc::default(),
@@ -287,7 +402,7 @@ impl Harness for MutantHarness {
 
     fn connect(&self) -> BoxFuture<'_, Arc<dyn Transport>> {
         let connection: Arc<dyn Transport> = Arc::new(Mutant {
-            broker: self.broker.clone(),
+            world: Arc::clone(&self.world),
             bug: self.bug,
             publishes: Arc::clone(&self.publishes),
             published_ids: Arc::clone(&self.published_ids),
@@ -297,6 +412,7 @@ impl Harness for MutantHarness {
 
     fn restart_broker(&self) -> BoxFuture<'_, ()> {
         self.restarts.fetch_add(1, Ordering::SeqCst);
+        self.world.restart(self.bug != Bug::RestartLoses);
         Box::pin(std::future::ready(()))
     }
 
@@ -420,6 +536,52 @@ fn no_dedup_fails_dedup() {
 }
 
 #[test]
+#[should_panic(expected = "delivered again after it was rejected")]
+fn a_reject_that_nacks_fails_poison_dead_letter() {
+    run(Bug::RejectNacks, |h| {
+        cases::poison_dead_letter(h, Size::Short)
+    });
+}
+
+#[test]
+#[should_panic(expected = "delivered 4 times with max_deliveries 3")]
+fn ignored_max_deliveries_fail_poison_dead_letter() {
+    run(Bug::IgnoresMaxDeliveries, |h| {
+        cases::poison_dead_letter(h, Size::Short)
+    });
+}
+
+#[test]
+#[should_panic(expected = "never settled must still be dead-lettered")]
+fn ignored_max_deliveries_fail_crashed_poison_dead_letter() {
+    run(Bug::IgnoresMaxDeliveries, |h| {
+        cases::crashed_poison_dead_letter(h, Size::Short)
+    });
+}
+
+#[test]
+#[should_panic(expected = "the rest of the events; missing")]
+fn a_close_that_acks_what_it_read_ahead_fails_continue_after_subscribe_close() {
+    run(Bug::CloseAcksReadAhead, |h| {
+        cases::continue_after_subscribe_close(h, Size::Short)
+    });
+}
+
+#[test]
+#[should_panic(expected = "of 50 events received; missing")]
+fn a_close_that_leaks_fails_concurrent_close() {
+    run(Bug::CloseLeaks, |h| cases::concurrent_close(h, Size::Short));
+}
+
+#[test]
+#[should_panic(expected = "reading through the restarts: missing")]
+fn a_restart_that_loses_data_fails_broker_restart() {
+    run(Bug::RestartLoses, |h| cases::broker_restart(h, Size::Short));
+}
+
+/// The control of `broker_restart`: a broker whose restarts lose nothing passes, and the case
+/// did restart it twice.
+#[test]
 fn broker_restart_runs_where_restarts_are_possible() {
     run(Bug::FakeRestarts, |h| async move {
         cases::broker_restart(h, Size::Short).await;
@@ -427,25 +589,13 @@ fn broker_restart_runs_where_restarts_are_possible() {
     });
 }
 
-#[test]
-fn poison_dead_letter_passes_once_dead_letters_name_the_group() {
-    run(Bug::Fixed, |h| cases::poison_dead_letter(h, Size::Short));
-}
-
-#[test]
-fn crashed_poison_dead_letter_passes_once_unsettled_events_are_dead_lettered() {
-    run(Bug::Fixed, |h| {
-        cases::crashed_poison_dead_letter(h, Size::Short)
-    });
-}
-
-/// The whole suite, stamped by the macro (on a harness behind an `Arc`, built by an `.await`),
-/// passes on the memory transport once its two dead-letter bugs are worked around.
-mod fixed_memory {
+/// The control of every mutant: the whole suite, stamped by the macro (on a harness behind an
+/// `Arc`, built by an `.await`), passes through the mutants' wrapping with no bug in it.
+mod control {
     use super::*;
 
     async fn start() -> Arc<MutantHarness> {
-        Arc::new(MutantHarness::new(Bug::Fixed))
+        Arc::new(MutantHarness::new(Bug::None))
     }
 
     bus_conformance::conformance_tests!(start().await);

@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use async_nats::HeaderMap;
 use bus_core::transport::{
     DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON, SubscribeOptions, Transport, WireEvent,
 };
 use bus_nats::NatsTransport;
-use common::{TestNats, arrives_within, next, unique};
+use common::{TestNats, assert_next_is, assert_quiet, next, publish_probe, unique};
 
 /// Publishes a raw message through JetStream (stored, acknowledged), outside the transport.
 async fn publish_raw(nats: &NatsTransport, name: &str, headers: HeaderMap, payload: Vec<u8>) {
@@ -142,12 +140,16 @@ async fn garbage_is_dead_lettered_and_the_stream_flows() {
     );
 
     // Nothing else arrives, and the group has nothing left.
-    assert!(!arrives_within(&mut orders, Duration::from_millis(300)).await);
+    let what = "the group after the garbage";
+    assert_quiet(&mut orders, what).await;
     let info = stream
         .consumer_info(NatsTransport::consumer_name("billing"))
         .await
         .unwrap();
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
+    // The subscription was alive all along: a probe is its next delivery.
+    let probe = publish_probe(&nats.transport, "orders.probe").await;
+    assert_next_is(&mut orders, &probe, what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use bus_core::transport::{SubscribeOptions, Transport, TransportError, WireEvent};
-use common::{TestNats, arrives_within, next, unique};
+use common::{TestNats, assert_next_is, assert_quiet, next, publish_probe, unique};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trip_keeps_attributes_and_payload() {
@@ -89,9 +89,14 @@ async fn patterns_select_by_subject() {
         got.ack().await.unwrap();
     }
     assert_eq!(names, ["orders.created", "orders.eu.created"]);
-    // Nothing else matched.
-    assert!(!arrives_within(&mut one_token, Duration::from_millis(300)).await);
-    assert!(!arrives_within(&mut all, Duration::from_millis(300)).await);
+    // Nothing else matched, and both subscriptions are alive: a probe both match comes next.
+    tokio::join!(
+        assert_quiet(&mut one_token, "orders.*"),
+        assert_quiet(&mut all, "orders.>"),
+    );
+    let probe = publish_probe(&nats.transport, "orders.probe").await;
+    assert_next_is(&mut one_token, &probe, "orders.*").await;
+    assert_next_is(&mut all, &probe, "orders.>").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use bus_core::transport::{
     Transport, WireEvent, dead_letter_name,
 };
 use bus_nats::NatsTransport;
-use common::{TestNats, arrives_within, next, unique};
+use common::{TestNats, assert_nothing_more, next, unique};
 use futures_util::StreamExt;
 
 async fn assert_settled(nats: &NatsTransport, group: &str) {
@@ -53,7 +53,8 @@ async fn a_nack_redelivers_with_the_next_attempt() {
     assert_eq!((second.event(), second.attempt()), (&event, 2));
     second.ack().await.unwrap();
     assert_settled(&nats, "payments").await;
-    assert!(!arrives_within(&mut subscription, Duration::from_millis(300)).await);
+    let what = "the group after the redelivery was acked";
+    assert_nothing_more(&mut subscription, &nats.transport, "pay.probe", what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +117,8 @@ async fn the_last_nack_dead_letters_with_the_extensions() {
     );
     letter.ack().await.unwrap();
     assert_settled(&nats, "mailer").await;
-    assert!(!arrives_within(&mut subscription, Duration::from_millis(300)).await);
+    let what = "the group after the dead letter";
+    assert_nothing_more(&mut subscription, &nats.transport, "mail.probe", what).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

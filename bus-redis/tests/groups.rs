@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bus_core::transport::{SubscribeOptions, Transport, WireEvent};
 use bus_redis::redis::{self, Value};
-use common::{PATIENCE, TestRedis, arrives_within, next, unique};
+use common::{PATIENCE, TestRedis, assert_next_is, assert_quiet, next, publish_probe, unique};
 use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
@@ -148,7 +148,12 @@ async fn without_a_group_every_subscription_gets_every_event() {
             delivery.ack().await.expect("acked");
         }
         assert_eq!(got, expected);
-        assert!(!arrives_within(subscription, Duration::from_millis(300)).await);
+        assert_quiet(subscription, &format!("subscription {index}")).await;
+    }
+    // Each was alive all along: a probe published now is the next delivery of each.
+    let probe = publish_probe(&redis.transport, "news.eu").await;
+    for (index, subscription) in subscriptions.iter_mut().enumerate() {
+        assert_next_is(subscription, &probe, &format!("subscription {index}")).await;
     }
 }
 

@@ -112,6 +112,13 @@ pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
 }
 
+/// Says that `test` is skipped, and why, on the process's standard error: past libtest's
+/// output capture, which takes `eprintln!` and shows it only for a failed test. A skipped test
+/// passes, so its skip must show in a plain `cargo test` run.
+pub fn skip(test: &str, why: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
 /// A fresh lower-case prefix, so that runs never share streams or keys.
 pub fn unique() -> String {
     (0..10).map(|_| fastrand::lowercase()).collect()
@@ -123,7 +130,7 @@ pub fn reachable<T>(test: &str, connected: Result<T, bus::transport::TransportEr
     match connected {
         Ok(transport) => Some(transport),
         Err(error @ bus::transport::TransportError::Unreachable { .. }) if !ci() => {
-            eprintln!("SKIPPED {test}: the broker is not reachable: {error}");
+            skip(test, format_args!("the broker is not reachable: {error}"));
             None
         }
         Err(error) => panic!("{test}: cannot connect: {error}"),

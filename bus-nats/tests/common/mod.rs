@@ -2,12 +2,13 @@
 //! per test, deleted at the end), a private `nats-server` a test can restart, and bounded waits.
 #![allow(dead_code, reason = "each test file uses a part of these helpers")]
 
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use bus_core::transport::{Delivery, TransportError, TransportSubscription};
+use bus_core::transport::{Delivery, Transport, TransportError, TransportSubscription, WireEvent};
 use bus_nats::{NatsTransport, NatsTransportBuilder};
 use futures_util::StreamExt;
 
@@ -28,6 +29,13 @@ pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>)
 /// Whether this is CI, where a missing broker fails a test instead of skipping it.
 pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
+}
+
+/// Says that `test` is skipped, and why, on the process's standard error: past libtest's
+/// output capture, which takes `eprintln!` and shows it only for a failed test. A skipped test
+/// passes, so its skip must show in a plain `cargo test` run.
+pub fn skip(test: &str, why: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
 /// A random lower-case suffix, for unique prefixes, stream names, groups and ids.
@@ -77,7 +85,10 @@ impl TestNats {
                 url: url.to_owned(),
             }),
             Err(error @ TransportError::Unreachable { .. }) if !ci() => {
-                eprintln!("SKIPPED {test}: NATS with JetStream is not reachable at {url}: {error}");
+                skip(
+                    test,
+                    format_args!("NATS with JetStream is not reachable at {url}: {error}"),
+                );
                 None
             }
             Err(error) => panic!("{test}: cannot connect to NATS at {url}: {error}"),
@@ -122,12 +133,69 @@ pub async fn next(subscription: &mut TransportSubscription, what: &str) -> Box<d
     }
 }
 
-/// Whether a delivery arrives within `wait` (a short look for something that must not come).
-pub async fn arrives_within(subscription: &mut TransportSubscription, wait: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(wait, subscription.next()).await,
-        Ok(Some(_))
-    )
+/// How long a check that nothing more arrives waits: such a check can only pass by waiting,
+/// and something that arrives later than this passes it.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Checks that `subscription` yields nothing for [`QUIET`]: no delivery, no error, and no end
+/// (a subscription that ended would yield nothing either). Follow it with [`assert_next_is`]
+/// on a probe, or [`assert_nothing_more`], to show that the subscription was alive.
+pub async fn assert_quiet(subscription: &mut TransportSubscription, what: &str) {
+    match tokio::time::timeout(QUIET, subscription.next()).await {
+        Err(_) => {}
+        Ok(Some(Ok(delivery))) => panic!(
+            "{what}: expected nothing more, got `{}` id {} (attempt {})",
+            delivery.event().ty,
+            delivery.event().id,
+            delivery.attempt()
+        ),
+        Ok(Some(Err(error))) => panic!("{what}: the subscription yielded an error: {error}"),
+        Ok(None) => panic!("{what}: the subscription ended"),
+    }
+}
+
+/// Publishes a probe: a new event named `name`.
+pub async fn publish_probe(publisher: &dyn Transport, name: &str) -> WireEvent {
+    let probe = WireEvent::new(format!("probe-{}", unique()), "probe", name, "{}");
+    publisher
+        .publish(probe.clone())
+        .await
+        .unwrap_or_else(|error| panic!("publishing the probe `{name}`: {error}"));
+    probe
+}
+
+/// Checks that the next delivery of `subscription` is `probe`, and acks it: the subscription
+/// is alive, and nothing came before the probe.
+pub async fn assert_next_is(
+    subscription: &mut TransportSubscription,
+    probe: &WireEvent,
+    what: &str,
+) {
+    let delivery = next(subscription, &format!("{what}: the probe")).await;
+    assert_eq!(
+        (&delivery.event().id, delivery.attempt()),
+        (&probe.id, 1),
+        "{what}: the next delivery is not the probe, but `{}`",
+        delivery.event().ty
+    );
+    delivery
+        .ack()
+        .await
+        .unwrap_or_else(|error| panic!("{what}: acking the probe: {error}"));
+}
+
+/// Checks that nothing more arrives on `subscription` ([`assert_quiet`]), and that it is alive:
+/// a probe named `probe`, published by `publisher` after the quiet period, is its next
+/// delivery. A subscription that died fails this instead of passing a bare wait.
+pub async fn assert_nothing_more(
+    subscription: &mut TransportSubscription,
+    publisher: &dyn Transport,
+    probe: &str,
+    what: &str,
+) {
+    assert_quiet(subscription, what).await;
+    let probe = publish_probe(publisher, probe).await;
+    assert_next_is(subscription, &probe, what).await;
 }
 
 /// A `nats-server -js` of the test's own, on a free loopback port with its own store; killed
@@ -166,7 +234,7 @@ impl PrivateNatsServer {
             if ci() {
                 panic!("{test}: {message}");
             }
-            eprintln!("SKIPPED {test}: {message}");
+            skip(test, message);
             return None;
         };
         let port = TcpListener::bind("127.0.0.1:0")
