@@ -9,7 +9,6 @@
 //! 4. **deliver** to the listeners of this process, and publish to the broker.
 
 use std::any::TypeId;
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
@@ -47,66 +46,94 @@ struct Targets<'r> {
     /// The name, shared with its slot when it has listeners.
     name: Arc<str>,
     /// The listeners of exactly this name, of any type.
-    exact: Cow<'r, [Arc<Entry>]>,
-    /// The listeners of matching patterns that take `E` (or `AnyEvent`).
+    exact: &'r [Arc<Entry>],
+    /// `true` once the listeners that receive the event from the broker are left out: an emit
+    /// that publishes does not also deliver to them here.
+    local_only: bool,
+    /// How many listeners get the event here.
+    count: usize,
+    /// The listeners of matching patterns, on a bus that has patterns at all: a bus without
+    /// them pays one branch (and nothing to drop).
+    patterns: Option<Box<Patterns>>,
+}
+
+/// The listeners of the patterns that match an emitted name.
+#[derive(Default)]
+struct Patterns {
+    /// Those that take `E` (or `AnyEvent`).
     matched: Vec<Arc<Entry>>,
-    /// The listeners of matching patterns that take another type: they pass it by.
+    /// Those that take another type: they pass it by.
     passed_by: Vec<Arc<Entry>>,
 }
 
 impl<'r> Targets<'r> {
+    #[inline]
     fn resolve<E: 'static>(
         registry: &'r Registry<Entry>,
         event_name: &str,
     ) -> Result<Self, NameError> {
-        let exact = registry.exact(event_name);
+        let slot = registry.exact(event_name);
         // Registered names are valid, so only a name without an exact slot needs checking,
         // before it can match any pattern.
-        if exact.is_none() {
+        if slot.is_none() {
             name::validate(event_name)?;
         }
-        let mut matched = Vec::new();
-        let mut passed_by = Vec::new();
-        // Collected only when the bus has patterns at all: a bus without them pays one branch.
-        if registry.has_patterns() {
+        let patterns = registry.has_patterns().then(|| {
+            let mut patterns = Box::<Patterns>::default();
             registry.for_each_pattern_match(event_name, |entry| {
                 // Pattern listeners of another type are passed by, not an error: a pattern may
                 // cover names that carry different types.
                 if takes::<E>(entry) {
-                    matched.push(Arc::clone(entry));
+                    patterns.matched.push(Arc::clone(entry));
                 } else {
-                    passed_by.push(Arc::clone(entry));
+                    patterns.passed_by.push(Arc::clone(entry));
                 }
             });
-        }
+            patterns
+        });
+        let exact = slot.map_or(&[][..], |slot| &slot.entries);
         Ok(Targets {
-            name: exact.map_or_else(|| Arc::from(event_name), |slot| Arc::clone(&slot.name)),
-            exact: Cow::Borrowed(exact.map_or(&[], |slot| &slot.entries)),
-            matched,
-            passed_by,
+            name: slot.map_or_else(|| Arc::from(event_name), |slot| Arc::clone(&slot.name)),
+            exact,
+            local_only: false,
+            count: exact.len()
+                + patterns
+                    .as_ref()
+                    .map_or(0, |patterns| patterns.matched.len()),
+            patterns,
         })
     }
 
     /// Leaves out the listeners that receive the event from the broker: an emit that
     /// publishes does not also deliver to them here.
+    #[inline]
     fn keep_local(&mut self) {
-        if self.exact.iter().any(|entry| entry.remote) {
-            self.exact = Cow::Owned(self.exact.iter().filter(|e| !e.remote).cloned().collect());
+        self.local_only = true;
+        if let Some(patterns) = &mut self.patterns {
+            patterns.matched.retain(|entry| !entry.remote);
         }
-        self.matched.retain(|entry| !entry.remote);
+        self.count = self.iter().count();
     }
 
     /// The listeners that get the event here.
+    #[inline]
     fn count(&self) -> usize {
-        self.exact.len() + self.matched.len()
+        self.count
     }
 
+    #[inline]
     fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
-        self.exact.iter().chain(&self.matched)
+        let local_only = self.local_only;
+        let matched = self.patterns.as_ref().map_or(&[][..], |p| &p.matched);
+        self.exact
+            .iter()
+            .filter(move |entry| !(local_only && entry.remote))
+            .chain(matched)
     }
 
     /// The type mismatch of the first listener of the exact name (of those `which` selects)
     /// that takes another type than `E`.
+    #[inline]
     fn mismatch<E: 'static>(
         &self,
         event_name: &str,
@@ -120,19 +147,25 @@ impl<'r> Targets<'r> {
     }
 
     /// Tells the layers about the pattern listeners that passed the event by.
+    #[inline]
     fn tell_passed_by(&self, layers: &Layers, info: &EmitInfo<'_>) {
-        for entry in &self.passed_by {
+        let Some(patterns) = &self.patterns else {
+            return;
+        };
+        for entry in &patterns.passed_by {
             layers.each("on_mismatch", |layer| layer.on_mismatch(info, &entry.info));
         }
     }
 }
 
 /// Whether `entry` takes events of type `E`: its own type, or `AnyEvent`, which takes all.
+#[inline]
 fn takes<E: 'static>(entry: &Entry) -> bool {
     let expected = entry.event_type();
     expected == TypeId::of::<E>() || expected == TypeId::of::<AnyEvent>()
 }
 
+#[cold]
 fn mismatch<E>(event_name: &str, entry: &Entry) -> EmitError {
     EmitError::TypeMismatch {
         event: event_name.to_owned(),
@@ -145,6 +178,7 @@ fn mismatch<E>(event_name: &str, entry: &Entry) -> EmitError {
 impl Strictness {
     /// An emit that stops before any delivery: the error for `try_emit`, or a logged error
     /// and an emission with no listener (and `published`, if the event was to be published).
+    #[cold]
     fn stop<E>(
         self,
         error: EmitError,
@@ -160,14 +194,14 @@ impl Strictness {
             });
         }
         tracing::error!(event = %name, %error, "event not emitted");
-        let mut emission = Outcomes::new(Arc::clone(&name), 0).into_emission();
+        let mut outcomes = Outcomes::new(Arc::clone(&name), 0);
         if published {
-            emission.not_published(PublishError::Refused {
+            outcomes.not_published(PublishError::Refused {
                 event: name.to_string(),
                 reason: error,
             });
         }
-        Ok(emission)
+        Ok(outcomes.into_emission())
     }
 }
 
@@ -175,26 +209,47 @@ impl Strictness {
 struct Checked {
     /// How many listeners of this process get the event.
     listeners: usize,
-    /// Why no listener can be reached (the bus is closed, or no runtime runs here): a lenient
-    /// emit then counts each as not delivered.
-    unreachable: Option<EmitError>,
+    /// Why no listener can be reached: a lenient emit then counts each as not delivered.
+    unreachable: Option<Unreachable>,
     /// What becomes of the event on the wire.
     publish: Publish,
 }
 
+/// Why an emit can reach no listener.
+#[derive(Clone, Copy)]
+enum Unreachable {
+    /// The bus is shut down.
+    Closed,
+    /// No Tokio runtime runs on this thread.
+    NoRuntime,
+}
+
+impl Unreachable {
+    #[cold]
+    fn error(self, event_name: &str) -> EmitError {
+        let event = event_name.to_owned();
+        match self {
+            Unreachable::Closed => EmitError::Closed { event },
+            Unreachable::NoRuntime => EmitError::NoRuntime { event },
+        }
+    }
+}
+
 /// Whether an emit publishes its event.
+///
+/// The errors of this step are boxed: what it returns is moved on every emit, and small.
 enum Publish {
     /// Its type stays in process.
     No,
     /// To the broker, encoded.
     Yes(Vec<u8>),
     /// Not, for this reason.
-    Refused(EmitError),
+    Refused(Box<EmitError>),
 }
 
 /// An emit stopped before any delivery, for `error`.
 struct Stop {
-    error: EmitError,
+    error: Box<EmitError>,
     /// The event was to be published.
     published: bool,
 }
@@ -222,7 +277,7 @@ impl EventBus {
         let checked = match self.check(event_name, &mut targets, &event, strictness) {
             Ok(checked) => checked,
             Err(Stop { error, published }) => {
-                return strictness.stop(error, event, targets.name, published);
+                return strictness.stop(*error, event, targets.name, published);
             }
         };
         // The clock is read only when something can see the time.
@@ -237,6 +292,7 @@ impl EventBus {
         let mut outcomes = Outcomes::new(Arc::clone(&targets.name), checked.listeners);
         outcomes.set_event_id(meta.id);
         if let Some(reason) = checked.unreachable {
+            let reason = reason.error(event_name);
             return Ok(unreachable(
                 event_name,
                 &targets,
@@ -268,22 +324,21 @@ impl EventBus {
                 for entry in targets.iter() {
                     record_not_delivered(&mut outcomes, &targets.name, entry, full.clone());
                 }
-                let mut emission = outcomes.into_emission();
-                self.publish(&mut emission, checked.publish, event_name, &meta);
-                return Ok(emission);
+                self.publish(&mut outcomes, checked.publish, event_name, &meta);
+                return Ok(outcomes.into_emission());
             }
         };
         targets.tell_passed_by(layers, &info);
         self.deliver(&targets, event, &info, layers, reserved, &mut outcomes);
-        let mut emission = outcomes.into_emission();
-        self.publish(&mut emission, checked.publish, event_name, &meta);
-        Ok(emission)
+        self.publish(&mut outcomes, checked.publish, event_name, &meta);
+        Ok(outcomes.into_emission())
     }
 
     /// Step 2: the name was checked by `resolve`; this checks the bus (closed?), the runtime,
     /// the types and, for an event that crosses the wire, its encoding, for the local and the
     /// published path alike. Types are checked against every listener of the exact name, the
     /// ones that receive it from the broker included: the same with and without a transport.
+    #[inline]
     fn check<E: Send + Sync + 'static>(
         &self,
         event_name: &str,
@@ -303,7 +358,9 @@ impl EventBus {
         // The broker hands a published event to every listener of its name in this process
         // too, as that listener's type: one that takes another type must not get it.
         let wrong_type_for_the_broker = match codec {
-            Some(_) => targets.mismatch::<E>(event_name, |entry| entry.remote),
+            Some(_) => targets
+                .mismatch::<E>(event_name, |entry| entry.remote)
+                .map(Box::new),
             None => None,
         };
         if codec.is_some() {
@@ -314,44 +371,45 @@ impl EventBus {
         // emit from starting (`Tasks::try_start`); deliveries that complete inline finish.
         let closed = self.shared.engine.tasks.is_closed();
         let unreachable = if closed {
-            Some(EmitError::Closed {
-                event: event_name.to_owned(),
-            })
+            Some(Unreachable::Closed)
         } else if (listeners > 0 || codec.is_some()) && !in_runtime() {
-            Some(EmitError::NoRuntime {
-                event: event_name.to_owned(),
-            })
+            Some(Unreachable::NoRuntime)
         } else {
             None
         };
         let published = codec.is_some();
-        if strictness == Strictness::Strict
-            && let Some(error) = unreachable.clone().or(wrong_type)
-        {
-            return Err(Stop { error, published });
+        let stop = |error| {
+            Err(Stop {
+                error: Box::new(error),
+                published,
+            })
+        };
+        if strictness == Strictness::Strict {
+            if let Some(reason) = unreachable {
+                return stop(reason.error(event_name));
+            }
+            if let Some(error) = wrong_type {
+                return stop(error);
+            }
         }
         if listeners == 0 && closed {
-            return Err(Stop {
-                error: EmitError::Closed {
-                    event: event_name.to_owned(),
-                },
-                published,
-            });
+            return stop(Unreachable::Closed.error(event_name));
         }
-        let publish = match (codec, &unreachable, wrong_type_for_the_broker) {
-            (None, ..) => Publish::No,
-            (Some(_), Some(reason), _) => Publish::Refused(reason.clone()),
-            (Some(codec), None, wrong_type) => match codec.encode(event) {
+        let publish = match (codec, unreachable) {
+            (None, _) => Publish::No,
+            (Some(_), Some(reason)) => Publish::Refused(Box::new(reason.error(event_name))),
+            (Some(codec), None) => match codec.encode(event) {
                 Err(reason) => {
-                    let error = EmitError::Unencodable {
+                    return stop(EmitError::Unencodable {
                         event: event_name.to_owned(),
                         type_name: std::any::type_name::<E>(),
                         reason,
-                    };
-                    return Err(Stop { error, published });
+                    });
                 }
-                Ok(_) if let Some(reason) = wrong_type => Publish::Refused(reason),
-                Ok(data) => Publish::Yes(data),
+                Ok(data) => match wrong_type_for_the_broker {
+                    Some(wrong_type) => Publish::Refused(wrong_type),
+                    None => Publish::Yes(data),
+                },
             },
         };
         Ok(Checked {
@@ -362,6 +420,7 @@ impl EventBus {
     }
 
     /// Step 3: places under `max_in_flight` for the emit's deliveries, all or none.
+    #[inline]
     fn reserve(
         &self,
         event_name: &str,
@@ -390,6 +449,7 @@ impl EventBus {
 
     /// Step 4, in process: the `bus.emit` span, the layers' `on_emit`, and a delivery to each
     /// listener.
+    #[inline]
     fn deliver<E>(
         &self,
         targets: &Targets<'_>,
@@ -437,14 +497,17 @@ impl EventBus {
             dead_letter: engine.dead_letter.as_ref(),
         };
         let mismatched = deliver_all(&context, targets.iter(), event, reserved, outcomes);
-        for entry in mismatched {
-            let reason = mismatch::<E>(event_name, &entry);
-            not_delivered(outcomes, &targets.name, &entry, reason);
+        if !mismatched.is_empty() {
+            for entry in mismatched {
+                let reason = mismatch::<E>(event_name, &entry);
+                not_delivered(outcomes, &targets.name, &entry, reason);
+            }
         }
     }
 
     /// Step 4, on the wire: publishes the event, or says in the report why it was not.
-    fn publish(&self, emission: &mut Emission, publish: Publish, event_name: &str, meta: &Meta) {
+    #[inline(always)]
+    fn publish(&self, outcomes: &mut Outcomes, publish: Publish, event_name: &str, meta: &Meta) {
         let refused = |reason| PublishError::Refused {
             event: event_name.to_owned(),
             reason,
@@ -454,18 +517,18 @@ impl EventBus {
             Publish::Yes(data) => data,
             Publish::Refused(reason) => {
                 tracing::error!(event = event_name, error = %reason, "event not published");
-                return emission.not_published(refused(reason));
+                return outcomes.not_published(refused(*reason));
             }
         };
         let (Some(remote), Ok(runtime)) = (&self.shared.remote, Handle::try_current()) else {
             let reason = EmitError::NoRuntime {
                 event: event_name.to_owned(),
             };
-            return emission.not_published(refused(reason));
+            return outcomes.not_published(refused(reason));
         };
         let wire = remote.wire(event_name, meta, data);
         let tasks = &self.shared.engine.tasks;
-        emission.published_by(remote.publish(&runtime, tasks, wire, meta.id));
+        outcomes.published_by(remote.publish(&runtime, tasks, wire, meta.id));
     }
 }
 
@@ -479,6 +542,7 @@ enum Reserve {
 
 /// A lenient emit that can reach no listener (the bus is closed, or no runtime runs here):
 /// each listener counts it as not delivered, and it is not published.
+#[cold]
 fn unreachable(
     event_name: &str,
     targets: &Targets<'_>,
@@ -489,18 +553,18 @@ fn unreachable(
     for entry in targets.iter() {
         not_delivered(&mut outcomes, &targets.name, entry, reason.clone());
     }
-    let mut emission = outcomes.into_emission();
     if let Publish::Refused(reason) = publish {
         tracing::error!(event = event_name, error = %reason, "event not published");
-        emission.not_published(PublishError::Refused {
+        outcomes.not_published(PublishError::Refused {
             event: event_name.to_owned(),
-            reason,
+            reason: *reason,
         });
     }
-    emission
+    outcomes.into_emission()
 }
 
 /// Records and logs that `entry` could not take the event.
+#[cold]
 fn not_delivered(outcomes: &mut Outcomes, event: &Arc<str>, entry: &Entry, reason: EmitError) {
     tracing::error!(
         event = %event, listener = %entry.info.name(), error = %reason,

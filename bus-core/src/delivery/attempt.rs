@@ -166,10 +166,63 @@ impl<F> Caught<F> {
     pub(crate) fn empty() -> Self {
         Caught { future: None }
     }
+}
 
-    /// Puts `future` into this empty slot, in place.
-    pub(crate) fn start(self: Pin<&mut Self>, future: F) {
-        self.project().future.set(Some(future));
+impl<F> Caught<F>
+where
+    F: Future,
+    F::Output: ListenerOutput,
+{
+    /// Calls the listener (`call`), writes its future into this empty slot (in place, not
+    /// moved), and polls it once: the start of an inline attempt, with one panic guard around
+    /// the three.
+    #[inline(always)]
+    pub(crate) fn start(
+        self: Pin<&mut Self>,
+        call: impl FnOnce() -> F,
+        cx: &mut Context<'_>,
+    ) -> Poll<Outcome> {
+        self.run(|mut future| future.set(Some(call())), cx)
+    }
+
+    /// Runs `start`, then polls the future with its panics caught, and drops it (here, with
+    /// its panic caught as the poll's) once it is done.
+    #[inline(always)]
+    fn run(
+        self: Pin<&mut Self>,
+        start: impl FnOnce(Pin<&mut Option<F>>),
+        cx: &mut Context<'_>,
+    ) -> Poll<Outcome> {
+        let mut future = self.project().future;
+        let caught = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            start(future.as_mut());
+            let Some(running) = future.as_mut().as_pin_mut() else {
+                // Only polled after its end by a bug: it has nothing left to give.
+                return Poll::Pending;
+            };
+            let result = std::task::ready!(running.poll(cx)).into_result();
+            future.set(None);
+            Poll::Ready(result)
+        }));
+        match caught {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(result)) => Poll::Ready(Outcome::of(result)),
+            Err(payload) => {
+                // The call, a poll or the drop panicked. A future that panicked in a poll is
+                // dropped now, its own panic caught.
+                let message = panic_message(payload.as_ref());
+                if future.is_some() {
+                    let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| future.set(None)));
+                    if let Err(payload) = dropped {
+                        tracing::error!(
+                            panic = %panic_message(payload.as_ref()),
+                            "a listener's future panicked as it was dropped after a panic"
+                        );
+                    }
+                }
+                Poll::Ready(Outcome::Panicked(message))
+            }
+        }
     }
 }
 
@@ -180,34 +233,9 @@ where
 {
     type Output = Outcome;
 
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let mut future = self.project().future;
-        let Some(running) = future.as_mut().as_pin_mut() else {
-            // Only polled after its end by a bug: it has nothing left to give.
-            return Poll::Pending;
-        };
-        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            running.poll(cx).map(ListenerOutput::into_result)
-        }));
-        let outcome = match polled {
-            Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(result)) => Outcome::of(result),
-            Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
-        };
-        let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| future.set(None)));
-        Poll::Ready(match dropped {
-            Ok(()) => outcome,
-            Err(payload) => {
-                let message = panic_message(payload.as_ref());
-                if outcome.is_delivered() {
-                    Outcome::Panicked(message)
-                } else {
-                    // The attempt had failed already: that is its outcome; this is logged.
-                    tracing::error!(panic = %message, "a listener's future panicked as it was dropped");
-                    outcome
-                }
-            }
-        })
+        self.run(|_| {}, cx)
     }
 }
 
@@ -459,15 +487,23 @@ mod tests {
     #[test]
     fn an_emptied_slot_takes_the_next_future() {
         let mut slot = Box::pin(Caught::empty());
-        slot.as_mut().start(std::future::ready(()));
-        assert!(matches!(
-            poll_once(slot.as_mut()),
-            Poll::Ready(Outcome::Delivered)
-        ));
-        slot.as_mut().start(std::future::ready(()));
-        assert!(matches!(
-            poll_once(slot.as_mut()),
-            Poll::Ready(Outcome::Delivered)
-        ));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for _ in 0..2 {
+            let started = slot.as_mut().start(|| std::future::ready(()), &mut cx);
+            assert!(matches!(started, Poll::Ready(Outcome::Delivered)));
+        }
+        let panicked = slot.as_mut().start(
+            || -> std::future::Ready<()> { panic!("in the call") },
+            &mut cx,
+        );
+        assert!(
+            matches!(&panicked, Poll::Ready(Outcome::Panicked(message)) if message == "in the call"),
+            "{panicked:?}"
+        );
+        let started = slot.as_mut().start(|| std::future::ready(()), &mut cx);
+        assert!(
+            matches!(started, Poll::Ready(Outcome::Delivered)),
+            "the slot serves on"
+        );
     }
 }

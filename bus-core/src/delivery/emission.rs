@@ -19,7 +19,8 @@ pub struct DeliveryReport {
     event_id: Option<EventId>,
     delivered: usize,
     failures: Vec<DeliveryError>,
-    published: Option<Result<(), PublishError>>,
+    /// Boxed: a report is moved from the emit to its awaiter, and a publish error is rare.
+    published: Option<Result<(), Box<PublishError>>>,
 }
 
 impl DeliveryReport {
@@ -62,7 +63,7 @@ impl DeliveryReport {
     pub fn published(&self) -> Option<Result<(), &PublishError>> {
         self.published
             .as_ref()
-            .map(|published| published.as_ref().map(|&()| ()))
+            .map(|published| published.as_ref().map(|&()| ()).map_err(|error| &**error))
     }
 
     /// What went wrong, one entry per failed delivery.
@@ -96,8 +97,8 @@ pub(crate) struct Outcomes {
 enum Publish {
     /// On its way: the task resolves once the broker has it, or with why not.
     Sent(JoinHandle<Result<(), PublishError>>),
-    /// Never sent.
-    Refused(PublishError),
+    /// Never sent. Boxed: an emission is moved around on every emit, and this is rare.
+    Refused(Box<PublishError>),
 }
 
 impl Outcomes {
@@ -129,6 +130,16 @@ impl Outcomes {
         self.tasks.push((task, Arc::clone(entry)));
     }
 
+    /// Makes awaiting the emission wait for `publish` too.
+    pub(crate) fn published_by(&mut self, publish: JoinHandle<Result<(), PublishError>>) {
+        self.publish = Some(Publish::Sent(publish));
+    }
+
+    /// Reports that the event was not published, and why.
+    pub(crate) fn not_published(&mut self, error: PublishError) {
+        self.publish = Some(Publish::Refused(Box::new(error)));
+    }
+
     pub(crate) fn into_emission(self) -> Emission {
         Emission { outcomes: self }
     }
@@ -137,10 +148,10 @@ impl Outcomes {
     async fn finish(mut self) -> DeliveryReport {
         let published = match self.publish.take() {
             Some(Publish::Sent(publish)) => Some(match publish.await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(PublishError::Aborted {
+                Ok(outcome) => outcome.map_err(Box::new),
+                Err(_) => Err(Box::new(PublishError::Aborted {
                     event: self.event.to_string(),
-                }),
+                })),
             }),
             Some(Publish::Refused(error)) => Some(Err(error)),
             None => None,
@@ -190,16 +201,6 @@ pub struct Emission {
 }
 
 impl Emission {
-    /// Makes awaiting this emission wait for `publish` too.
-    pub(crate) fn published_by(&mut self, publish: JoinHandle<Result<(), PublishError>>) {
-        self.outcomes.publish = Some(Publish::Sent(publish));
-    }
-
-    /// Reports that the event was not published, and why.
-    pub(crate) fn not_published(&mut self, error: PublishError) {
-        self.outcomes.publish = Some(Publish::Refused(error));
-    }
-
     /// The event name.
     pub fn event(&self) -> &str {
         &self.outcomes.event

@@ -205,33 +205,29 @@ impl<'a> Dispatcher<'a> {
             return self.defer(event, span, started);
         };
         // The call itself may run user code (a closure's body before its `async` block), so
-        // it counts towards the depth.
-        let called = {
-            let _entered = span.enter();
-            attempt::call(|| call(event))
-        };
-        let future = match called {
-            Ok(future) => future,
-            Err(panicked) => {
-                drop(inline_depth);
-                return self.conclude_here(&span, started, panicked);
-            }
-        };
+        // it is caught and counts towards the depth.
         if self.entry.suspends() {
+            let called = {
+                let _entered = span.enter();
+                attempt::call(|| call(event))
+            };
             drop(inline_depth);
-            return self.spawn(Caught::new(future), span, started);
+            return match called {
+                Ok(future) => self.spawn(Caught::new(future), span, started),
+                Err(panicked) => self.conclude_here(&span, started, panicked),
+            };
         }
-
         let mut slot = slots.take();
-        slot.as_mut().start(future);
         let polled = {
             let _entered = span.enter();
             // A waker that does nothing: if the listener is not done, it is polled again as a
             // task, and futures register the waker of their latest poll.
-            slot.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            let mut cx = Context::from_waker(Waker::noop());
+            slot.as_mut().start(|| call(event), &mut cx)
         };
         drop(inline_depth);
         let outcome = match polled {
+            Poll::Ready(outcome) => outcome,
             Poll::Pending => {
                 // The future stays where it is, in `slot`, and the task polls it from there.
                 self.entry.mark_suspends();
@@ -239,17 +235,17 @@ impl<'a> Dispatcher<'a> {
                 let rest = std::future::poll_fn(move |cx| slot.as_mut().poll(cx));
                 return self.spawn(rest, span, started);
             }
-            Poll::Ready(outcome) => outcome,
         };
         // The finished future was dropped in place; the memory serves the next delivery.
         slots.put(slot);
-        if self.emit.layers.only_tracing() && outcome.is_delivered() {
-            // Only the tracing layer, which has nothing to say about a success: the report
-            // counts it, as `conclude` would.
-            self.outcomes.record(Ok(()));
-            return;
+        match outcome {
+            Outcome::Delivered if self.emit.layers.only_tracing() => {
+                // Only the tracing layer, which has nothing to say about a success: the report
+                // counts it, as `conclude` would.
+                self.outcomes.record(Ok(()));
+            }
+            outcome => self.conclude_here(&span, started, outcome),
         }
-        self.conclude_here(&span, started, outcome);
     }
 
     /// Concludes a delivery that ended on the emitter's thread (completed inline, or refused
