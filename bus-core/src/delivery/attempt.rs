@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 
 use super::emission::Conclusion;
 use super::entry::Entry;
-use super::erased::ListenerOutput;
+use super::erased::{ErasedListener, ListenerOutput};
 use crate::error::{BoxError, DeliveryError, panic_message};
 use crate::event::{AnyEvent, Envelope, ErasedEvent, Handling, Meta};
 use crate::id::EventId;
@@ -368,6 +368,18 @@ pub(crate) fn conclude(
     outcome.into_conclusion(scope.event, scope.entry)
 }
 
+/// An attempt of a listener called with a type-erased event, in a task: the call, the polls
+/// and the drop of its future go through [`Caught`], as an inline delivery's do.
+pub(crate) async fn erased(listener: &dyn ErasedListener, event: &ErasedEvent) -> Outcome {
+    let mut caught = std::pin::pin!(Caught::empty());
+    let mut call = Some(|| listener.call_boxed(event));
+    std::future::poll_fn(|cx| match call.take() {
+        Some(call) => caught.as_mut().start(call, cx),
+        None => caught.as_mut().poll(cx),
+    })
+    .await
+}
+
 /// What [`run`] needs to know of an attempt besides its delivery.
 pub(crate) struct Attempt<'a> {
     /// 1 for the first attempt, then one more per retry (or per redelivery by the broker).
@@ -393,19 +405,12 @@ pub(crate) async fn run(scope: &Scope<'_>, event: &ErasedEvent, attempt: Attempt
         started,
         done: false,
     };
-    let outcome = match call(|| scope.entry.erased.listener.call_boxed(event)) {
-        Ok(Some(future)) => {
-            let caught = Caught::new(future);
-            match attempt.timeout {
-                Some(timeout) => tokio::time::timeout(timeout, caught)
-                    .await
-                    .unwrap_or(Outcome::TimedOut(timeout)),
-                None => caught.await,
-            }
-        }
-        // The bus checked the event's type before it came here.
-        Ok(None) => Outcome::Failed("the event is not of the listener's type".into()),
-        Err(panicked) => panicked,
+    let called = erased(&*scope.entry.erased.listener, event);
+    let outcome = match attempt.timeout {
+        Some(timeout) => tokio::time::timeout(timeout, called)
+            .await
+            .unwrap_or(Outcome::TimedOut(timeout)),
+        None => called.await,
     };
     pending.done = true;
     let failed = !outcome.is_delivered();

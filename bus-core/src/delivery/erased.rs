@@ -101,9 +101,10 @@ pub(crate) trait ErasedListener: Send + Sync + 'static {
     /// event is not of the listener's type.
     fn deliver(&self, event: ErasedEvent, dispatcher: Dispatcher<'_>) -> bool;
 
-    /// Calls the listener and boxes its future, for a delivery deferred to a task. `None` when
-    /// the event is not of the listener's type.
-    fn call_boxed(&self, event: &ErasedEvent) -> Option<BoxedDelivery>;
+    /// Calls the listener and boxes its future, for a delivery made in a task. A future that
+    /// fails at once when the event is not of the listener's type (the bus checks types
+    /// before a delivery, so only a bug gets there).
+    fn call_boxed(&self, event: &ErasedEvent) -> BoxedDelivery;
 }
 
 /// A typed listener behind [`ErasedListener`].
@@ -128,9 +129,16 @@ where
         }
     }
 
-    fn call_boxed(&self, event: &ErasedEvent) -> Option<BoxedDelivery> {
-        let future = self.listener.call(Arc::clone(event).downcast::<E>().ok()?);
-        Some(Box::pin(async move { future.await.into_result() }))
+    fn call_boxed(&self, event: &ErasedEvent) -> BoxedDelivery {
+        match Arc::clone(event).downcast::<E>() {
+            Ok(event) => {
+                let future = self.listener.call(event);
+                Box::pin(async move { future.await.into_result() })
+            }
+            Err(_) => Box::pin(std::future::ready(Err(
+                "the event is not of the listener's type".into(),
+            ))),
+        }
     }
 }
 

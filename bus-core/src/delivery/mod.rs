@@ -3,20 +3,24 @@
 //! Every delivery, whether an emit in this process started it or a broker handed it over,
 //! goes through the same code from the call of the listener to its outcome:
 //!
-//! - [`attempt::call`] calls the listener with a panic in the call caught, and [`Caught`]
-//!   polls and drops its future with panics caught, turning how it ended into an
-//!   [`Outcome`](attempt::Outcome);
+//! - [`Caught`](attempt::Caught) calls the listener, polls its future and drops it, with a
+//!   panic in any of the three caught, and turns how it ended into an
+//!   [`Outcome`](attempt::Outcome). An inline delivery does so in place, on the emitter's
+//!   thread, through the listener's concrete future (`Caught::start`); a delivery in a task
+//!   through its boxed future ([`attempt::erased`]). A listener known to suspend is called on
+//!   the emitter's thread ([`attempt::call`], the same guard) and its future polled in a task's
+//!   `Caught`.
 //! - [`attempt::Scope`] calls the layers' `before` and `after` around each attempt (a hook's
-//!   panic caught there too), and the dead letter (layers, then the bus's hook) follows a last
-//!   failed attempt;
+//!   panic caught there too), and hands a delivery whose last attempt failed to the dead
+//!   letter (the layers, then the bus's hook).
 //! - [`attempt::conclude`] turns the outcome into the report's entry.
 //!
-//! What differs is only how the attempt is driven. An emit hands each listener to
+//! What differs is only how attempts are driven. An emit hands each listener to
 //! [`run::Dispatcher`] (`erased` → `run`, a double dispatch so that the listener's concrete
-//! future is polled inline, unboxed, on the emitter's thread, and moved to a task only if it
-//! has to wait). A listener with a [`Policy`](crate::Policy) runs [`attempt::run`] once per
-//! attempt in a task ([`policy`]), and so does a broker delivery, once per delivery the broker
-//! makes (`remote::consumer`). The same timeout, the same hooks, the same metrics.
+//! future is polled inline, unboxed, and moved to a task only if it has to wait). A listener
+//! with a [`Policy`](crate::Policy) runs [`attempt::run`] once per attempt, in a task
+//! ([`policy`]), and so does a delivery from a broker, once per delivery the broker makes
+//! (`remote::consumer`): the same timeout, the same hooks, the same metrics.
 //!
 //! `erased` and `run` import each other (the double dispatch above); that is the only cycle
 //! between modules of the crate, and it stays inside this folder.
@@ -40,9 +44,6 @@ pub use self::erased::{Listener, ListenerOutput};
 use crate::layer::{DeadLetterHook, Layers};
 use crate::registry::Registry;
 use crate::tasks::Tasks;
-
-#[cfg(doc)]
-use self::attempt::Caught;
 
 /// How a bus runs its listeners. Every mode keeps the same guarantees: `emit` never waits for a
 /// listener's `.await`, panics and errors are isolated and reported, and every delivery is

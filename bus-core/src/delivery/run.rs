@@ -259,14 +259,7 @@ impl<'a> Dispatcher<'a> {
     /// Runs the whole delivery, the call to the listener included, in a task of its own.
     fn defer(self, event: ErasedEvent, span: tracing::Span, started: Option<Instant>) {
         let entry = Arc::clone(self.entry);
-        let delivery = async move {
-            match attempt::call(|| entry.erased.listener.call_boxed(&event)) {
-                Ok(Some(future)) => Caught::new(future).await,
-                // The bus checked the event's type before dispatching it here.
-                Ok(None) => Outcome::Failed("the event is not of the listener's type".into()),
-                Err(panicked) => panicked,
-            }
-        };
+        let delivery = async move { attempt::erased(&*entry.erased.listener, &event).await };
         self.spawn(delivery, span, started);
     }
 
