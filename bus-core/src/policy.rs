@@ -52,6 +52,39 @@ pub enum Group {
     Named(&'static str),
 }
 
+/// An exponential backoff: `first` after the first failure, twice as long after each further
+/// one, never more than `max`. A [`Policy`]'s retries wait this way (with jitter), and so do
+/// transports between reconnections
+/// ([`transport::support`](crate::transport::support)).
+///
+/// ```
+/// use std::time::Duration;
+/// use bus::policy::Backoff;
+///
+/// let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+/// assert_eq!(backoff.after(1), Duration::from_millis(100));
+/// assert_eq!(backoff.after(3), Duration::from_millis(400));
+/// assert_eq!(backoff.after(1_000), Duration::from_secs(2));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    first: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    /// A backoff starting at `first` and capped at `max`.
+    pub const fn new(first: Duration, max: Duration) -> Self {
+        Backoff { first, max }
+    }
+
+    /// The delay after `failures` failures in a row (1 for the first; 0 counts as 1).
+    pub fn after(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.first.saturating_mul(1_u32 << doublings).min(self.max)
+    }
+}
+
 /// The first retry's delay when a policy retries without naming a backoff.
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -157,10 +190,7 @@ impl Policy {
 
     /// The delay after `attempt` before jitter.
     fn full_delay_after(&self, attempt: u32) -> Duration {
-        let doublings = attempt.saturating_sub(1).min(32);
-        self.backoff
-            .saturating_mul(1_u32 << doublings.min(31))
-            .min(MAX_BACKOFF)
+        Backoff::new(self.backoff, MAX_BACKOFF).after(attempt)
     }
 }
 
@@ -177,6 +207,14 @@ mod tests {
         assert!(!Policy::new().concurrency(1).is_default());
         assert!(!Policy::new().retry(1).is_default());
         assert!(!Policy::new().timeout(Duration::from_secs(1)).is_default());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let delays: Vec<u128> = (0..9).map(|n| backoff.after(n).as_millis()).collect();
+        assert_eq!(delays, [50, 50, 100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(backoff.after(u32::MAX), Duration::from_secs(2));
     }
 
     #[test]

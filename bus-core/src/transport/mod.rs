@@ -14,6 +14,7 @@
 mod memory;
 mod replay;
 mod server_url;
+pub mod support;
 mod wire;
 
 use std::pin::Pin;

@@ -1,0 +1,189 @@
+//! What every broker transport needs and would otherwise write again: backoff between
+//! reconnections, errors in this crate's terms, TLS root certificates, and the dead letter of a
+//! message that does not decode. For the authors of transports; the bus does not use it.
+
+use bytes::Bytes;
+use std::path::PathBuf;
+
+use super::{TransportError, WireEvent};
+pub use crate::policy::Backoff;
+
+impl TransportError {
+    /// A [`TransportError::Broker`] of the transport named `transport`.
+    pub fn broker(
+        transport: &str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        TransportError::Broker {
+            transport: transport.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// A [`TransportError::Unreachable`] of the transport named `transport`.
+    pub fn unreachable(
+        transport: &str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        TransportError::Unreachable {
+            transport: transport.to_owned(),
+            source: source.into(),
+        }
+    }
+
+    /// A [`TransportError::Invalid`] of the transport named `transport`: `value`, a `what`
+    /// (`"pattern"`, `"group"`, …), is not valid, for `reason`.
+    pub fn invalid(
+        transport: &str,
+        what: &'static str,
+        value: &str,
+        reason: impl Into<String>,
+    ) -> Self {
+        TransportError::Invalid {
+            transport: transport.to_owned(),
+            what,
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// CA certificates for a transport to trust over TLS, as its builder was given them: a PEM
+/// file, read when the transport connects, or the PEM text itself.
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum RootCertificates {
+    /// A PEM file.
+    File(PathBuf),
+    /// PEM text.
+    Pem(Vec<u8>),
+}
+
+impl std::fmt::Debug for RootCertificates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RootCertificates::File(path) => f.debug_tuple("File").field(path).finish(),
+            RootCertificates::Pem(pem) => write!(f, "Pem({} bytes)", pem.len()),
+        }
+    }
+}
+
+impl RootCertificates {
+    /// The PEM text, checked to hold certificates, at least one.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Invalid`] of `transport` naming the file (or the size of the text)
+    /// and saying what is wrong: it cannot be read, it is not PEM certificates, or it holds
+    /// none.
+    #[cfg(feature = "tls")]
+    pub fn load(&self, transport: &str) -> Result<Vec<u8>, TransportError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+
+        const WHAT: &str = "TLS root certificates";
+        let (pem, shown) = match self {
+            RootCertificates::File(path) => {
+                let shown = path.display().to_string();
+                let pem = std::fs::read(path).map_err(|error| {
+                    let reason = format!("cannot read the file: {error}");
+                    TransportError::invalid(transport, WHAT, &shown, reason)
+                })?;
+                (pem, shown)
+            }
+            RootCertificates::Pem(pem) => (pem.clone(), format!("<{} bytes of PEM>", pem.len())),
+        };
+        let mut count = 0_usize;
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            certificate.map_err(|error| {
+                let reason = format!("not PEM certificates: {error}");
+                TransportError::invalid(transport, WHAT, &shown, reason)
+            })?;
+            count += 1;
+        }
+        if count == 0 {
+            let reason =
+                "no certificate in it (PEM text with `-----BEGIN CERTIFICATE-----` blocks)";
+            return Err(TransportError::invalid(transport, WHAT, &shown, reason));
+        }
+        Ok(pem)
+    }
+}
+
+/// Installs rustls' ring provider as the process default, unless one is installed already:
+/// with both of rustls' providers compiled in (another crate may enable the other), rustls
+/// cannot choose by itself, and clients that build their TLS configuration with the process
+/// default fail.
+#[cfg(feature = "tls")]
+pub fn ensure_crypto_provider() {
+    use rustls::crypto::{CryptoProvider, ring};
+    if CryptoProvider::get_default().is_none() {
+        // Lost a race with another thread installing one: that one is used, as wanted.
+        let _ = ring::default_provider().install_default();
+    }
+}
+
+/// The event a message that does not decode stood for, as far as it can be read: a valid event
+/// named `name` with the message's payload, its id and source when they are readable among its
+/// `attributes` (header or field names, matched case-insensitively: `ce-id`, `ce-source`), else
+/// `fallback_id` and the transport's name. Its [`dead_letter`](WireEvent::dead_letter) is
+/// what a transport stores when such a message is rejected.
+pub fn readable_event<'a>(
+    transport: &str,
+    name: &str,
+    attributes: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
+    data: Bytes,
+    fallback_id: impl FnOnce() -> String,
+) -> WireEvent {
+    let find = |wanted: &str| {
+        attributes
+            .clone()
+            .into_iter()
+            .find(|(attribute, value)| attribute.eq_ignore_ascii_case(wanted) && !value.is_empty())
+            .map(|(_, value)| value.to_owned())
+    };
+    let id = find("ce-id").unwrap_or_else(fallback_id);
+    let source = find("ce-source").unwrap_or_else(|| transport.to_owned());
+    WireEvent::new(id, source, name, data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readable_event_of_a_raw_message_keeps_what_it_can_read() {
+        let attributes = [("CE-ID", "order-7"), ("ce-source", ""), ("x", "y")];
+        let event = readable_event(
+            "memory",
+            "orders.placed",
+            attributes,
+            Bytes::from_static(b"{not json"),
+            || "entry-1".to_owned(),
+        );
+        assert_eq!(event.id, "order-7");
+        assert_eq!(event.source, "memory", "an empty source is not a source");
+        assert_eq!(event.ty, "orders.placed");
+        assert_eq!(&event.data[..], b"{not json");
+        let letter = event.dead_letter("billing", 3, "does not decode");
+        assert_eq!(letter.id, "order-7.dead.billing");
+        assert_eq!(letter.ty, "dead-letter.orders.placed");
+        let unnamed = readable_event("memory", "a.b", [], Bytes::new(), || "seq-9".into());
+        assert_eq!(unnamed.id, "seq-9");
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn root_certificates_say_what_is_wrong() {
+        let empty = RootCertificates::Pem(Vec::new()).load("nats").unwrap_err();
+        assert!(empty.to_string().contains("no certificate"), "{empty}");
+        let missing = RootCertificates::File("/nonexistent/ca.pem".into())
+            .load("redis")
+            .unwrap_err();
+        assert!(
+            missing.to_string().contains("cannot read the file"),
+            "{missing}"
+        );
+        assert!(missing.to_string().starts_with("redis:"), "{missing}");
+    }
+}
