@@ -1,5 +1,5 @@
 //! Patterns, waiting and streaming: pattern listeners (`orders.*`, `orders.>`), a `once`
-//! listener, `wait_for` with a timeout, and a `subscribe` stream that reports when it lags.
+//! listener, `wait_for` with a timeout, and a `stream` that reports when it lags.
 //!
 //! ```text
 //! cargo run --example patterns
@@ -39,7 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .once()
     .add();
 
-    println!("a subscription with room for 2 unread events, and a wait:");
+    println!("a stream with room for 2 unread events, and a wait:");
     let mut stream = bus.stream::<Order>("orders.eu.>", 2)?;
     let big_order = bus.wait_for_matching("orders.*.created", |order: &Order| order.id >= 3);
 

@@ -472,7 +472,7 @@ fn a_pattern_listener_of_another_type_counts_as_a_mismatch() {
 fn a_lagging_stream_counts_its_missed_events_by_pattern() {
     run(|recorded| async move {
         let bus = metered();
-        let mut stream = bus.stream::<u32>("p.>", 1).expect("a valid subscription");
+        let mut stream = bus.stream::<u32>("p.>", 1).expect("a valid stream");
         for n in 1..=3_u32 {
             guarded("the emit", bus.emit("p.a", n)).await;
         }

@@ -1,4 +1,4 @@
-//! Waiting and streaming: `once`, `wait_for` and `subscribe`, each removing its listener when
+//! Waiting and streaming: `once`, `wait_for` and `stream`, each removing its listener when
 //! it is done or dropped.
 
 mod common;

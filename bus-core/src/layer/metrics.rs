@@ -90,7 +90,7 @@ pub struct MetricsLayer {
     no_event_label: bool,
     /// The keys of each event name seen; under the one name `""` without the event label.
     events: RwLock<HashMap<Arc<str>, EventKeys, Hasher>>,
-    /// The lag counter of each subscription pattern seen.
+    /// The lag counter of each event-stream pattern seen.
     patterns: RwLock<HashMap<Arc<str>, Key, Hasher>>,
     described: Once,
 }
