@@ -9,10 +9,10 @@ use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::connection::Inner;
 use crate::error::RedisError;
 use crate::keys;
 use crate::subscription::{Redeliver, Retry, Shared};
-use crate::transport::Inner;
 
 /// How long after a failed dead letter of a subscription outside any group the event is
 /// tried again.

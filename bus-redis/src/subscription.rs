@@ -16,10 +16,10 @@ use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::connection::Inner;
 use crate::delivery::{RedisDelivery, store_dead_letter};
 use crate::error::{RedisError, invalid, is_no_group, is_transient};
 use crate::keys::{self, Entry, Matcher};
-use crate::transport::Inner;
 
 /// How many entries a subscription outside any group reads at once.
 const PLAIN_READ_BATCH: usize = 256;
