@@ -13,9 +13,9 @@ use bus_core::transport::{
 use bytes::Bytes;
 use tracing::Instrument;
 
+use crate::connection::Inner;
 use crate::error::NatsError;
 use crate::names::{self, MSG_ID};
-use crate::transport::Inner;
 
 /// How long after a delivery was dropped unsettled it is delivered again. Not zero: a delivery
 /// is often dropped together with its subscription, and this lets the server see that

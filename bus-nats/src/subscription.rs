@@ -19,10 +19,14 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::connection::Inner;
 use crate::delivery::{NatsDelivery, Origin, dead_letter_raw};
 use crate::error::{NatsError, invalid};
 use crate::names;
-use crate::transport::{EPHEMERAL_INACTIVE_THRESHOLD, Inner};
+
+/// How long the broker keeps the consumer of a subscription outside any group once nobody pulls
+/// from it (its process died without closing it): 5 min.
+pub const EPHEMERAL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(300);
 
 /// Idle heartbeat asked of the server for each pull request: a silent server is noticed
 /// after twice this.
