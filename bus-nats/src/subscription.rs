@@ -265,7 +265,7 @@ impl Puller {
 }
 
 /// What [`Puller::read`] made of what came to the inbox.
-#[allow(
+#[expect(
     clippy::large_enum_variant,
     reason = "returned once per message and matched at once, never stored: boxing would allocate per message"
 )]
