@@ -83,6 +83,13 @@ pub(crate) struct Config {
     pub(crate) require_tls: bool,
 }
 
+impl Config {
+    /// The subject of event `name` (or of pattern `name`): `<prefix>.<name>`.
+    pub(crate) fn subject(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
+    }
+}
+
 impl Inner {
     /// Checks and publishes an event.
     pub(crate) async fn publish(&self, event: WireEvent) -> Result<(), TransportError> {
@@ -115,7 +122,7 @@ impl Inner {
                 format!("subscribers could not decode it: {error}"),
             )
         })?;
-        let subject = format!("{}.{}", self.config.prefix, event.ty);
+        let subject = self.config.subject(&event.ty);
         let mut first = Some(headers);
         let headers = || {
             // Built once above without error; the same event gives the same headers again.

@@ -277,7 +277,7 @@ impl NatsTransportBuilder {
             "bus.nats.connect",
             url = %config.url,
             stream = %config.stream_name,
-            subjects = %format!("{}.>", config.prefix),
+            subjects = %config.subject(">"),
         );
         connect(config).instrument(span).await
     }
@@ -455,7 +455,7 @@ async fn ensure_stream(
     js: &jetstream::Context,
     config: &Config,
 ) -> Result<stream::Stream, TransportError> {
-    let subjects = vec![format!("{}.>", config.prefix)];
+    let subjects = vec![config.subject(">")];
     let wanted = stream::Config {
         name: config.stream_name.clone(),
         subjects: subjects.clone(),
@@ -556,7 +556,7 @@ impl NatsTransport {
 
     /// The subject an event named `event` is published on: `<prefix>.<event>`.
     pub fn subject(&self, event: &str) -> String {
-        format!("{}.{event}", self.inner.config.prefix)
+        self.inner.config.subject(event)
     }
 
     /// The durable consumer that the subscriptions of group `group` share (the group's name
