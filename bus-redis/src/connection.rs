@@ -70,6 +70,10 @@ end
 return id
 ";
 
+/// The idle time given to the entries handed back to a group: far past any ack wait, so that
+/// the next claim of any consumer of the group takes them (30 days).
+const HANDED_BACK_IDLE_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// How long a name this transport registered (through the publish script) is taken as known,
 /// so that its publishes are a plain `XADD`. After this, the next publish registers it again:
 /// a name registry lost to a flush is rebuilt within this time.
@@ -362,6 +366,31 @@ impl Inner {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(MAX_RETRY_DELAY);
         }
+    }
+
+    /// Makes `entries` (pending on `consumer`) claimable at once by any consumer of the
+    /// group: `XCLAIM ... IDLE <30 days> JUSTID`, which does not count a delivery.
+    pub(crate) async fn hand_back(
+        &self,
+        key: &str,
+        group: &str,
+        consumer: &str,
+        entries: &[String],
+    ) -> Result<(), TransportError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("XCLAIM")
+            .arg(key)
+            .arg(group)
+            .arg(consumer)
+            .arg(0)
+            .arg(entries)
+            .arg("IDLE")
+            .arg(HANDED_BACK_IDLE_MS)
+            .arg("JUSTID")
+            .query_async::<Value>(&mut conn)
+            .await
+            .map(drop)
+            .map_err(|error| RedisError::command("XCLAIM", key, error))
     }
 
     /// The group's record (pattern, start in ms), created with `pattern` and the server's
