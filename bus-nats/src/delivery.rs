@@ -360,6 +360,7 @@ impl Delivery for NatsDelivery {
 impl Drop for NatsDelivery {
     fn drop(&mut self) {
         if self.acker.is_none() {
+            // Settled already: nothing to hand back.
             return;
         }
         let span = self.span("dropped");

@@ -18,9 +18,9 @@ use redis::aio::ConnectionManager;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Failure, Intake, Ready, Received, ms};
+use super::{Failure, Intake, Ready, Received, ms, not_settled};
 use crate::connection::Inner;
-use crate::delivery::{GroupShared, RedisDelivery, Retry, Settlement, dead_letter};
+use crate::delivery::{GroupShared, Retry, Settlement, dead_letter};
 use crate::error::RedisError;
 use crate::keys::{self, Entry};
 
@@ -131,16 +131,8 @@ impl GroupReader {
         }
         // At least 1 ms: `BLOCK 0` blocks for ever.
         let block = ms(until.saturating_duration_since(Instant::now())).max(1);
-        let mut command = redis::cmd("XREADGROUP");
-        command
-            .arg("GROUP")
-            .arg(self.group())
-            .arg(&intake.origin.consumer)
-            .arg("COUNT")
-            .arg(intake.inner.config.read_batch)
-            .arg("BLOCK")
-            .arg(block)
-            .arg("STREAMS");
+        let mut command = self.read_command(intake, intake.inner.config.read_batch);
+        command.arg("BLOCK").arg(block).arg("STREAMS");
         for stream in intake.streams.iter() {
             command.arg(&stream.key);
         }
@@ -156,6 +148,18 @@ impl GroupReader {
         Ok(())
     }
 
+    /// `XREADGROUP GROUP <group> <consumer> COUNT <count>`, to go on with.
+    fn read_command(&self, intake: &Intake, count: usize) -> redis::Cmd {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(self.group())
+            .arg(&intake.origin.consumer)
+            .arg("COUNT")
+            .arg(count);
+        command
+    }
+
     /// Re-reads the entries pending on this consumer (left by a previous life of it, or by a
     /// broken connection): `XREADGROUP ... 0`, page by page.
     async fn reread_own(&self, intake: &mut Intake) -> Result<(), Failure> {
@@ -165,16 +169,8 @@ impl GroupReader {
         for key in intake.streams.keys() {
             let mut cursor = "0".to_owned();
             loop {
-                let mut command = redis::cmd("XREADGROUP");
-                command
-                    .arg("GROUP")
-                    .arg(self.group())
-                    .arg(&intake.origin.consumer)
-                    .arg("COUNT")
-                    .arg(CLAIM_BATCH)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&cursor);
+                let mut command = self.read_command(intake, CLAIM_BATCH);
+                command.arg("STREAMS").arg(&key).arg(&cursor);
                 let reply = intake.read(&command, "XREADGROUP").await?;
                 let entries: Vec<Entry> = reply.into_iter().flat_map(|(_, e)| e).collect();
                 let Some(last) = entries.last() else { break };
@@ -241,12 +237,12 @@ impl GroupReader {
     /// (Redis drops them from the pending list as it returns their ids).
     async fn claim_round(&self, intake: &mut Intake) -> Result<(), Failure> {
         let min_idle = ms(self.ack_wait);
-        for (key, start) in intake
+        let cursors: Vec<(String, String)> = intake
             .streams
             .iter()
             .map(|stream| (stream.key.clone(), stream.claim_cursor.clone()))
-            .collect::<Vec<_>>()
-        {
+            .collect();
+        for (key, start) in cursors {
             let mut conn = intake.inner.conn.clone();
             let reply: Value = redis::cmd("XAUTOCLAIM")
                 .arg(&key)
@@ -337,7 +333,7 @@ impl GroupReader {
             Received::Ready(ready) if ready.attempt > max => {
                 // Its last allowed delivery was never settled (the consumer died, or the ack
                 // wait passed): dead-lettered here rather than delivered once more.
-                let reason = format!("not settled within the ack wait (after {max} deliveries)");
+                let reason = not_settled(max);
                 match dead_letter(&intake.inner, &intake.origin, &ready.event, max, &reason).await {
                     Ok(()) => self.ack(intake, key, &ready.at.entry).await?,
                     Err(error) => {
@@ -363,17 +359,11 @@ impl GroupReader {
 
     /// A delivery of `ready`, settled in the group.
     pub(super) fn hand_out(&self, intake: &Intake, ready: Ready) -> Box<dyn Delivery> {
-        Box::new(RedisDelivery::new(
-            Arc::clone(&intake.inner),
-            Arc::clone(&intake.origin),
-            ready.at,
-            ready.event,
-            ready.attempt,
-            Settlement::Group {
-                shared: Arc::clone(&self.shared),
-                received: ready.received,
-            },
-        ))
+        let settlement = Settlement::Group {
+            shared: Arc::clone(&self.shared),
+            received: ready.received,
+        };
+        intake.deliver(ready, settlement)
     }
 
     /// Creates the group on the streams that do not have it yet, from the group's start: a

@@ -30,7 +30,7 @@ use self::group::GroupReader;
 use self::plain::PlainReader;
 use self::streams::Streams;
 use crate::connection::Inner;
-use crate::delivery::{EntryRef, Origin, store_dead_letter};
+use crate::delivery::{EntryRef, Origin, RedisDelivery, Settlement, store_dead_letter};
 use crate::error::{RedisError, invalid, is_no_group, is_transient};
 use crate::keys::{self, Entry};
 
@@ -184,6 +184,12 @@ fn ms(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The dead-letter reason of an event whose last allowed delivery, the `deliveries`-th, was
+/// never settled.
+fn not_settled(deliveries: u32) -> String {
+    format!("not settled within the ack wait (after {deliveries} deliveries)")
+}
+
 impl Pump {
     /// The longest single block of this subscription's reads: its connection's response
     /// timeout must outlast it.
@@ -333,6 +339,18 @@ enum Received {
 }
 
 impl Intake {
+    /// The delivery of `ready`, settled as `settlement` says.
+    fn deliver(&self, ready: Ready, settlement: Settlement) -> Box<dyn Delivery> {
+        Box::new(RedisDelivery::new(
+            Arc::clone(&self.inner),
+            Arc::clone(&self.origin),
+            ready.at,
+            ready.event,
+            ready.attempt,
+            settlement,
+        ))
+    }
+
     /// A blocking read (`what`: `XREAD` or `XREADGROUP`) on the subscription's own connection.
     async fn read(
         &mut self,

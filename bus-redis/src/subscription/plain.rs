@@ -13,8 +13,8 @@ use std::time::Duration;
 use bus_core::transport::Delivery;
 use tokio::time::Instant;
 
-use super::{Failure, Intake, Ready, Received, ms};
-use crate::delivery::{Flight, PlainShared, Redeliver, RedisDelivery, Settlement, dead_letter};
+use super::{Failure, Intake, Ready, Received, ms, not_settled};
+use crate::delivery::{Flight, PlainShared, Redeliver, Settlement, dead_letter};
 
 /// How many entries one `XREAD` asks for: there is no pending list to fill, so reading ahead
 /// costs nothing but memory.
@@ -51,10 +51,7 @@ impl PlainReader {
         let expired = self.shared.lock().expired(now);
         for flight in expired {
             if flight.attempt >= intake.origin.max_deliveries {
-                let reason = format!(
-                    "not settled within the ack wait (after {} deliveries)",
-                    flight.attempt
-                );
+                let reason = not_settled(flight.attempt);
                 let stored = dead_letter(
                     &intake.inner,
                     &intake.origin,
@@ -136,16 +133,10 @@ impl PlainReader {
             attempt: ready.attempt,
             deadline: Instant::now() + self.ack_wait,
         });
-        Box::new(RedisDelivery::new(
-            Arc::clone(&intake.inner),
-            Arc::clone(&intake.origin),
-            ready.at,
-            ready.event,
-            ready.attempt,
-            Settlement::Plain {
-                shared: Arc::clone(&self.shared),
-                flight,
-            },
-        ))
+        let settlement = Settlement::Plain {
+            shared: Arc::clone(&self.shared),
+            flight,
+        };
+        intake.deliver(ready, settlement)
     }
 }
