@@ -13,9 +13,9 @@ use bus_core::transport::{
 use bytes::Bytes;
 use tracing::Instrument;
 
+use crate::connection::Inner;
 use crate::error::NatsError;
 use crate::names::{self, MSG_ID};
-use crate::transport::Inner;
 
 /// How long after a delivery was dropped unsettled it is delivered again. Not zero: a delivery
 /// is often dropped together with its subscription, and this lets the server see that
@@ -33,6 +33,17 @@ pub(crate) struct Origin {
     pub(crate) consumer: String,
     /// The subscription's `max_deliveries`.
     pub(crate) max_deliveries: u32,
+}
+
+impl Origin {
+    /// The origin of the deliveries of `consumer`, in `group` if any.
+    pub(crate) fn new(group: Option<&str>, consumer: String, max_deliveries: u32) -> Origin {
+        Origin {
+            group: group.map_or_else(|| format!("subscription-{consumer}"), str::to_owned),
+            consumer,
+            max_deliveries,
+        }
+    }
 }
 
 /// One delivery of one event. Settled by `ack`, `nack` or `reject`; dropped unsettled, it is
@@ -145,21 +156,10 @@ impl Settle {
                     .await;
             }
         };
-        let dead_subject = format!("{}.{}", self.inner.config.prefix, letter.ty);
-        match self
-            .inner
-            .publish_raw(
-                &dead_subject,
-                &letter.ty,
-                || headers.clone(),
-                letter.data.clone(),
-            )
-            .await
-        {
+        let dead_subject = self.inner.config.subject(&letter.ty);
+        let data = letter.data.clone();
+        match store_dead_letter(&self.inner, &dead_subject, &letter.ty, headers, data).await {
             Ok(()) => {
-                self.inner
-                    .dead_lettered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     dead_letter = %dead_subject,
                     reason,
@@ -191,6 +191,24 @@ impl Settle {
         }
         .broker())
     }
+}
+
+/// Publishes a dead letter (its `Nats-Msg-Id` makes a second one of the same event and group a
+/// duplicate), counting it in [`Inner::dead_lettered`].
+pub(crate) async fn store_dead_letter(
+    inner: &Inner,
+    subject: &str,
+    name: &str,
+    headers: HeaderMap,
+    data: Bytes,
+) -> Result<(), TransportError> {
+    inner
+        .publish_raw(subject, name, || headers.clone(), data)
+        .await?;
+    inner
+        .dead_lettered
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 /// The dead letter of a decoded event ([`WireEvent::dead_letter`]), with the reason and the
@@ -341,17 +359,14 @@ impl Delivery for NatsDelivery {
 
 impl Drop for NatsDelivery {
     fn drop(&mut self) {
+        if self.acker.is_none() {
+            // Settled already: nothing to hand back.
+            return;
+        }
+        let span = self.span("dropped");
         let Some((settle, acker)) = self.take_parts() else {
             return;
         };
-        let span = tracing::debug_span!(
-            "bus.nats.settle",
-            what = "dropped",
-            subject = %settle.subject,
-            consumer = %settle.origin.consumer,
-            event_id = %settle.event.id,
-            attempt = settle.attempt,
-        );
         let inner = Arc::clone(&settle.inner);
         inner.spawn_background(
             async move {

@@ -122,6 +122,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod connection;
 mod delivery;
 mod error;
 mod names;
@@ -130,10 +131,11 @@ mod subscription;
 mod transport;
 
 pub use crate::error::NatsError;
+pub use crate::subscription::EPHEMERAL_INACTIVE_THRESHOLD;
 pub use crate::transport::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_FETCH_BATCH,
-    DEFAULT_PUBLISH_DEADLINE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SUBJECT_PREFIX,
-    EPHEMERAL_INACTIVE_THRESHOLD, NatsTransport, NatsTransportBuilder,
+    DEFAULT_PUBLISH_DEADLINE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SUBJECT_PREFIX, NatsTransport,
+    NatsTransportBuilder,
 };
 
 /// The client library, re-exported for the escape hatches [`NatsTransport::client`] and

@@ -19,10 +19,14 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::delivery::{NatsDelivery, Origin, dead_letter_raw};
+use crate::connection::Inner;
+use crate::delivery::{NatsDelivery, Origin, dead_letter_raw, store_dead_letter};
 use crate::error::{NatsError, invalid};
 use crate::names;
-use crate::transport::{EPHEMERAL_INACTIVE_THRESHOLD, Inner};
+
+/// How long the broker keeps the consumer of a subscription outside any group once nobody pulls
+/// from it (its process died without closing it): 5 min.
+pub const EPHEMERAL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(300);
 
 /// Idle heartbeat asked of the server for each pull request: a silent server is noticed
 /// after twice this.
@@ -43,7 +47,7 @@ pub(crate) async fn open(
     names::check_pattern(&options.pattern)
         .map_err(|reason| invalid("pattern", &options.pattern, reason))?;
     let spec = Spec {
-        filter: format!("{}.{}", inner.config.prefix, options.pattern),
+        filter: inner.config.subject(&options.pattern),
         durable: options.group.as_deref().map(names::consumer_name),
         group: options.group.clone(),
         pattern: options.pattern.clone(),
@@ -66,14 +70,11 @@ pub(crate) async fn open(
     span.record("consumer", consumer_name.as_str());
     let messages = pull(&inner, &consumer).instrument(span.clone()).await?;
     tracing::debug!(parent: &span, "subscribed");
-    let origin = Arc::new(Origin {
-        group: options
-            .group
-            .clone()
-            .unwrap_or_else(|| format!("subscription-{consumer_name}")),
-        consumer: consumer_name,
-        max_deliveries: spec.max_deliveries,
-    });
+    let origin = Arc::new(Origin::new(
+        options.group.as_deref(),
+        consumer_name,
+        spec.max_deliveries,
+    ));
     let pump = Pump {
         inner,
         spec,
@@ -261,7 +262,7 @@ impl Puller {
 }
 
 /// What [`Puller::read`] made of what came to the inbox.
-#[allow(
+#[expect(
     clippy::large_enum_variant,
     reason = "returned once per message and matched at once, never stored: boxing would allocate per message"
 )]
@@ -608,11 +609,7 @@ impl Pump {
                             from_sequence = self.last_sequence + 1,
                             "the ephemeral consumer was gone: created a new one"
                         );
-                        self.origin = Arc::new(Origin {
-                            group: format!("subscription-{name}"),
-                            consumer: name,
-                            max_deliveries: self.origin.max_deliveries,
-                        });
+                        self.origin = Arc::new(Origin::new(None, name, self.origin.max_deliveries));
                         consumer
                     }
                     Err(error) => {
@@ -651,7 +648,7 @@ impl Pump {
         )
         .map_err(|error| error.to_string())
         .and_then(|event| {
-            let expected = format!("{}.{}", self.inner.config.prefix, event.ty);
+            let expected = self.inner.config.subject(&event.ty);
             if message.subject.as_str() == expected {
                 Ok(event)
             } else {
@@ -730,15 +727,8 @@ impl Pump {
             (subject, name, headers) = letter(&shorter);
             data = bytes::Bytes::new();
         }
-        match self
-            .inner
-            .publish_raw(&subject, &name, || headers.clone(), data)
-            .await
-        {
+        match store_dead_letter(&self.inner, &subject, &name, headers, data).await {
             Ok(()) => {
-                self.inner
-                    .dead_lettered
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     message_subject = %message.subject,
                     sequence,

@@ -1,22 +1,20 @@
-//! [`NatsTransport`] and its builder: the connection, the stream, and publishing.
+//! [`NatsTransport`] and its builder: the settings, TLS, connecting, and the stream. What the
+//! transport shares with its subscriptions and deliveries is in
+//! [`connection`](crate::connection).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, stream};
 use bus_core::transport::{
     BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
     TransportError, TransportSubscription, WireEvent,
 };
-use bytes::Bytes;
-use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::connection::{Config, Inner};
 use crate::error::{NAME, NatsError, invalid};
 use crate::names;
 use crate::servers::{self, Credentials};
@@ -34,14 +32,9 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default [`fetch_batch`](NatsTransportBuilder::fetch_batch): 1 message per pull request.
 pub const DEFAULT_FETCH_BATCH: usize = 1;
-/// How long the broker keeps the consumer of a subscription outside any group once nobody pulls
-/// from it (its process died without closing it): 5 min.
-pub const EPHEMERAL_INACTIVE_THRESHOLD: Duration = Duration::from_secs(300);
 
 /// The longest pause between two reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
-/// The longest pause between two attempts of one publish.
-const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// A [`Transport`] over NATS JetStream.
 ///
@@ -105,67 +98,6 @@ impl std::fmt::Debug for NatsTransport {
             .field("state", &self.inner.client.connection_state())
             .finish()
     }
-}
-
-/// What a connected transport shares with its subscriptions and deliveries.
-pub(crate) struct Inner {
-    pub(crate) client: async_nats::Client,
-    /// How many times the connection was re-established since the first: the server forgets
-    /// the pull requests of a connection it lost, so each subscription asks again.
-    pub(crate) reconnects: tokio::sync::watch::Receiver<u64>,
-    pub(crate) js: jetstream::Context,
-    pub(crate) stream: stream::Stream,
-    pub(crate) config: Config,
-    /// The hand-backs of dropped deliveries and subscriptions (naks), and the deletions of
-    /// ephemeral consumers, running in the background; [`Transport::flush`] waits for them.
-    pub(crate) background: TaskTracker,
-    /// The dead letters written: [`NatsTransport::dead_lettered`].
-    pub(crate) dead_lettered: std::sync::atomic::AtomicU64,
-}
-
-impl Inner {
-    /// Runs `work` in the background, counted by [`Inner::background`]; not at all outside a
-    /// Tokio runtime.
-    pub(crate) fn spawn_background(&self, work: impl Future<Output = ()> + Send + 'static) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            self.background.spawn_on(work, &runtime);
-        }
-    }
-}
-
-impl Drop for Inner {
-    /// The last handle of a connection is gone: what it queued (acks, naks) must still reach
-    /// the server, so a task flushes the connection before it closes.
-    fn drop(&mut self) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let client = self.client.clone();
-        let timeout = self.config.request_timeout;
-        runtime.spawn(async move {
-            if let Ok(Err(error)) = tokio::time::timeout(timeout, client.flush()).await {
-                tracing::debug!(%error, "final flush of the connection failed");
-            }
-        });
-    }
-}
-
-/// The settled configuration.
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) url: ServerUrl,
-    pub(crate) prefix: String,
-    pub(crate) stream_name: String,
-    pub(crate) publish_deadline: Duration,
-    pub(crate) max_payload: usize,
-    pub(crate) duplicate_window: Duration,
-    pub(crate) request_timeout: Duration,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) fetch_batch: usize,
-    pub(crate) ack_sync: bool,
-    pub(crate) restartable: bool,
-    pub(crate) tls_root_certificates: Vec<PathBuf>,
-    pub(crate) require_tls: bool,
 }
 
 /// Builds a [`NatsTransport`]; every setting has a documented default.
@@ -345,7 +277,7 @@ impl NatsTransportBuilder {
             "bus.nats.connect",
             url = %config.url,
             stream = %config.stream_name,
-            subjects = %format!("{}.>", config.prefix),
+            subjects = %config.subject(">"),
         );
         connect(config).instrument(span).await
     }
@@ -523,7 +455,7 @@ async fn ensure_stream(
     js: &jetstream::Context,
     config: &Config,
 ) -> Result<stream::Stream, TransportError> {
-    let subjects = vec![format!("{}.>", config.prefix)];
+    let subjects = vec![config.subject(">")];
     let wanted = stream::Config {
         name: config.stream_name.clone(),
         subjects: subjects.clone(),
@@ -624,7 +556,7 @@ impl NatsTransport {
 
     /// The subject an event named `event` is published on: `<prefix>.<event>`.
     pub fn subject(&self, event: &str) -> String {
-        format!("{}.{event}", self.inner.config.prefix)
+        self.inner.config.subject(event)
     }
 
     /// The durable consumer that the subscriptions of group `group` share (the group's name
@@ -689,126 +621,5 @@ impl Transport for NatsTransport {
                 Err(_) => tracing::warn!(?timeout, "flushing the connection timed out"),
             }
         })
-    }
-}
-
-impl Inner {
-    /// Checks and publishes an event.
-    async fn publish(&self, event: WireEvent) -> Result<(), TransportError> {
-        names::check_name(&event.ty).map_err(|reason| invalid("event name", &event.ty, reason))?;
-        if event.data.len() > self.config.max_payload {
-            return Err(invalid(
-                "payload",
-                &event.ty,
-                format!(
-                    "{} bytes is over the {}-byte max_payload of this transport; send a \
-                     reference to the data instead, or raise max_payload (and the server's)",
-                    event.data.len(),
-                    self.config.max_payload
-                ),
-            ));
-        }
-        let headers = names::event_headers(&event).map_err(|bad| {
-            invalid(
-                "attribute",
-                &bad.name,
-                format!("cannot travel as a NATS header: {}", bad.reason),
-            )
-        })?;
-        // What a subscriber would refuse (an empty id, an extension name in capitals, too
-        // many attributes) is refused here, before it reaches the stream.
-        event.validate(self.config.max_payload).map_err(|error| {
-            invalid(
-                "event",
-                &event.ty,
-                format!("subscribers could not decode it: {error}"),
-            )
-        })?;
-        let subject = format!("{}.{}", self.config.prefix, event.ty);
-        let mut first = Some(headers);
-        let headers = || {
-            // Built once above without error; the same event gives the same headers again.
-            first
-                .take()
-                .unwrap_or_else(|| names::event_headers(&event).unwrap_or_default())
-        };
-        self.publish_raw(&subject, &event.ty, headers, event.data.clone())
-            .await
-    }
-
-    /// Publishes until the PubAck, retrying what a reconnect may cure until the publish
-    /// deadline. `headers` gives each attempt its headers (moved into the first, built again
-    /// for a retry, so the common path copies nothing); they must carry `Nats-Msg-Id`, so that
-    /// retries are stored once.
-    pub(crate) async fn publish_raw(
-        &self,
-        subject: &str,
-        event: &str,
-        mut headers: impl FnMut() -> HeaderMap,
-        data: Bytes,
-    ) -> Result<(), TransportError> {
-        let deadline = Instant::now() + self.config.publish_deadline;
-        let timed_out = || TransportError::PublishTimedOut {
-            transport: NAME.to_owned(),
-            event: event.to_owned(),
-            deadline: self.config.publish_deadline,
-        };
-        // async-nats bounds an attempt by the request timeout twice (sending, then the
-        // PubAck): while that fits before the deadline, a timer of our own adds nothing.
-        let bounded_by_client = self.config.request_timeout.saturating_mul(2);
-        let mut pause = Duration::from_millis(10);
-        for attempt in 1_u32.. {
-            let message = PublishMessage::build()
-                .payload(data.clone())
-                .headers(headers());
-            let publish = async {
-                let ack = self.js.send_publish(subject.to_owned(), message).await?;
-                ack.await
-            };
-            let outcome = if deadline.saturating_duration_since(Instant::now()) >= bounded_by_client
-            {
-                Ok(publish.await)
-            } else {
-                tokio::time::timeout_at(deadline, publish).await
-            };
-            let error = match outcome {
-                Err(_elapsed) => {
-                    tracing::warn!(attempt, "publish not confirmed before the deadline");
-                    return Err(timed_out());
-                }
-                Ok(Ok(ack)) => {
-                    tracing::trace!(
-                        attempt,
-                        sequence = ack.sequence,
-                        duplicate = ack.duplicate,
-                        "stored"
-                    );
-                    return Ok(());
-                }
-                Ok(Err(error)) => error,
-            };
-            match error.kind() {
-                PublishErrorKind::MaxPayloadExceeded
-                | PublishErrorKind::WrongLastMessageId
-                | PublishErrorKind::WrongLastSequence => {
-                    return Err(NatsError::Publish {
-                        subject: subject.to_owned(),
-                        detail: error.to_string(),
-                    }
-                    .broker());
-                }
-                _ => {
-                    tracing::debug!(attempt, %error, "publish not confirmed; retrying");
-                }
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::warn!(attempt, %error, "publish not confirmed before the deadline");
-                return Err(timed_out());
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(MAX_RETRY_DELAY);
-        }
-        Err(timed_out())
     }
 }

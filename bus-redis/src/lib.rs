@@ -154,6 +154,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod connection;
 mod dedup;
 mod delivery;
 mod error;
@@ -161,12 +162,13 @@ mod keys;
 mod subscription;
 mod transport;
 
+pub use crate::connection::Retention;
 pub use crate::error::RedisError;
 pub use crate::transport::{
     DEFAULT_ACKED_CAPACITY, DEFAULT_ACKED_WINDOW, DEFAULT_CLAIM_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_DISCOVERY_INTERVAL, DEFAULT_DUPLICATE_WINDOW, DEFAULT_KEY_PREFIX,
     DEFAULT_PUBLISH_DEADLINE, DEFAULT_READ_BATCH, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETENTION,
-    RedisTransport, RedisTransportBuilder, Retention,
+    RedisTransport, RedisTransportBuilder,
 };
 
 /// The client library, re-exported for the escape hatches [`RedisTransport::connection`] and
