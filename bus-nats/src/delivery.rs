@@ -6,6 +6,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
+use bus_core::transport::support::readable_event;
 use bus_core::transport::{
     BoxFuture, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON,
     Delivery, TransportError, WireEvent, dead_letter_name,
@@ -242,16 +243,21 @@ pub(crate) fn dead_letter_raw(
         .unwrap_or(subject);
     let name = dead_letter_name(rest);
     let pairs = names::header_pairs(message.headers.as_ref());
-    let find = |wanted: &str| {
-        pairs
+    // Without a `ce-id`, the id JetStream deduplicated it on, else its stream sequence.
+    let fallback_id = || {
+        let message_id = pairs
             .iter()
-            .find(|(header, value)| header.eq_ignore_ascii_case(wanted) && !value.is_empty())
-            .map(|(_, value)| (*value).to_owned())
+            .find(|(header, value)| header.eq_ignore_ascii_case(MSG_ID) && !value.is_empty());
+        message_id.map_or_else(|| format!("seq-{sequence}"), |(_, id)| (*id).to_owned())
     };
-    let original_id = find("ce-id")
-        .or_else(|| find(MSG_ID))
-        .unwrap_or_else(|| format!("seq-{sequence}"));
-    let source = find("ce-source").unwrap_or_else(|| "bus-nats".to_owned());
+    let readable = readable_event(
+        "bus-nats",
+        rest,
+        pairs.iter().copied(),
+        Bytes::new(),
+        fallback_id,
+    );
+    let (original_id, source) = (readable.id, readable.source);
     let id = names::one_line(&format!("{original_id}.dead.{group}"));
     let replaced = [
         "ce-specversion".to_owned(),

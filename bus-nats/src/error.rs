@@ -136,18 +136,12 @@ pub enum NatsError {
 impl NatsError {
     /// As a broker error.
     pub(crate) fn broker(self) -> TransportError {
-        TransportError::Broker {
-            transport: NAME.to_owned(),
-            source: Box::new(self),
-        }
+        TransportError::broker(NAME, self)
     }
 
     /// As an unreachable-broker error.
     pub(crate) fn unreachable(self) -> TransportError {
-        TransportError::Unreachable {
-            transport: NAME.to_owned(),
-            source: Box::new(self),
-        }
+        TransportError::unreachable(NAME, self)
     }
 }
 
@@ -157,10 +151,5 @@ pub(crate) fn invalid(
     value: &str,
     reason: impl Into<String>,
 ) -> TransportError {
-    TransportError::Invalid {
-        transport: NAME.to_owned(),
-        what,
-        value: value.to_owned(),
-        reason: reason.into(),
-    }
+    TransportError::invalid(NAME, what, value, reason)
 }

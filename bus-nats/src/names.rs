@@ -6,20 +6,10 @@ use std::str::FromStr;
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use bus_core::transport::WireEvent;
+pub(crate) use bus_core::transport::support::{check_name, check_pattern};
 
 /// The NATS header that JetStream deduplicates on.
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
-
-/// Checks `name` against the event-name rules of `bus-core`, the ones `emit` applies.
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    bus_core::event::validate_name(name).map_err(|error| error.to_string())
-}
-
-/// Checks a subscription pattern against the listener-pattern rules of `bus-core`: tokens
-/// that are names, `*` (one token), or a last `>` (one or more).
-pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
-    bus_core::event::validate_pattern(pattern).map_err(|error| error.to_string())
-}
 
 /// Checks a subject prefix: one or more name tokens, no wildcard.
 pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {

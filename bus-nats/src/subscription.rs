@@ -12,6 +12,7 @@ use async_nats::jetstream::consumer::{
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::stream::ConsumerErrorKind;
 use async_nats::{StatusCode, Subject};
+use bus_core::transport::support::Backoff;
 use bus_core::transport::{
     Delivery, SubscribeOptions, TransportError, TransportSubscription, WireEvent,
 };
@@ -757,6 +758,5 @@ impl Pump {
 
 /// 100 ms, doubling up to [`MAX_REOPEN_DELAY`].
 fn reopen_delay(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (Duration::from_millis(100) * 2_u32.pow(doublings)).min(MAX_REOPEN_DELAY)
+    Backoff::new(Duration::from_millis(100), MAX_REOPEN_DELAY).after(failures)
 }

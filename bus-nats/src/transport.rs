@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+use bus_core::transport::support::{self, Backoff, RootCertificates};
 use bus_core::transport::{
     BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
     TransportError, TransportSubscription, WireEvent,
@@ -250,7 +251,7 @@ impl NatsTransportBuilder {
         names::check_prefix(&self.prefix)
             .map_err(|reason| invalid("subject prefix", &self.prefix, reason))?;
         for path in &self.tls_root_certificates {
-            check_root_certificates(path)?;
+            RootCertificates::File(path.clone()).load(NAME)?;
         }
         let stream_name = self
             .stream_name
@@ -280,51 +281,6 @@ impl NatsTransportBuilder {
             subjects = %config.subject(">"),
         );
         connect(config).instrument(span).await
-    }
-}
-
-/// Checks that `path` is a PEM file with at least one certificate.
-fn check_root_certificates(path: &std::path::Path) -> Result<(), TransportError> {
-    use async_nats::rustls::pki_types::CertificateDer;
-    use async_nats::rustls::pki_types::pem::PemObject;
-
-    let shown = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|error| {
-        invalid(
-            "TLS root certificates",
-            &shown,
-            format!("cannot read the file: {error}"),
-        )
-    })?;
-    let mut count = 0_usize;
-    for certificate in CertificateDer::pem_slice_iter(&pem) {
-        certificate.map_err(|error| {
-            invalid(
-                "TLS root certificates",
-                &shown,
-                format!("not a PEM file of certificates: {error}"),
-            )
-        })?;
-        count += 1;
-    }
-    if count == 0 {
-        return Err(invalid(
-            "TLS root certificates",
-            &shown,
-            "no certificate in it (a PEM file with `-----BEGIN CERTIFICATE-----` blocks)",
-        ));
-    }
-    Ok(())
-}
-
-/// Installs rustls' ring provider as the process default, unless one is installed already:
-/// with both of rustls' providers compiled in (another crate may enable the other), rustls
-/// cannot choose by itself.
-fn ensure_crypto_provider() {
-    use async_nats::rustls::crypto::{CryptoProvider, ring};
-    if CryptoProvider::get_default().is_none() {
-        // Lost a race with another thread installing one: that one is used, as wanted.
-        let _ = ring::default_provider().install_default();
     }
 }
 
@@ -364,7 +320,7 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
         None => {}
     }
     if !config.tls_root_certificates.is_empty() || config.require_tls || servers.tls_scheme {
-        ensure_crypto_provider();
+        support::ensure_crypto_provider();
     }
     for path in &config.tls_root_certificates {
         options = options.add_root_certificates(path.clone());
@@ -426,11 +382,11 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
 
 /// Reconnect at once, then after 50 ms, doubling up to [`MAX_RECONNECT_DELAY`].
 fn reconnect_delay(attempts: usize) -> Duration {
-    if attempts <= 1 {
-        return Duration::ZERO;
+    const BACKOFF: Backoff = Backoff::new(Duration::from_millis(50), MAX_RECONNECT_DELAY);
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        _ => BACKOFF.after(u32::try_from(attempts - 1).unwrap_or(u32::MAX)),
     }
-    let doublings = u32::try_from(attempts - 2).unwrap_or(u32::MAX).min(16);
-    (Duration::from_millis(50) * 2_u32.pow(doublings)).min(MAX_RECONNECT_DELAY)
 }
 
 fn log_event(url: &str, event: async_nats::Event) {

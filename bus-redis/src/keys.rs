@@ -2,22 +2,14 @@
 //! fields, and the parsing of stream replies. Nothing here panics on odd input.
 
 use bus_core::transport::WireEvent;
+use bus_core::transport::support::readable_event;
+pub(crate) use bus_core::transport::support::{check_name, check_pattern};
 use bytes::Bytes;
 use redis::Value;
 
 /// The stream field that holds the payload; every other field is a binary-mode header
 /// (`ce-id`, `ce-type`, `content-type`, ...).
 pub(crate) const DATA_FIELD: &str = "data";
-
-/// Checks `name` against the event-name rules of `bus-core`, the ones `emit` applies.
-pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    bus_core::event::validate_name(name).map_err(|error| error.to_string())
-}
-
-/// Checks a subscription pattern against the listener-pattern rules of `bus-core`.
-pub(crate) fn check_pattern(pattern: &str) -> Result<(), String> {
-    bus_core::event::validate_pattern(pattern).map_err(|error| error.to_string())
-}
 
 /// Checks a key prefix: 1 to 100 ASCII letters, digits, `_`, `-`, `.` and `:`, so that it is
 /// never a glob pattern in `SCAN MATCH`.
@@ -175,21 +167,20 @@ pub(crate) fn dead_letter_raw(
     attempts: u32,
     reason: &str,
 ) -> (WireEvent, Vec<(String, Bytes)>) {
-    let text = |wanted: &str| {
-        fields.iter().find_map(|(field, value)| {
-            let field = std::str::from_utf8(field).ok()?;
-            let value = std::str::from_utf8(value).ok()?;
-            (field.eq_ignore_ascii_case(wanted) && !value.is_empty()).then(|| value.to_owned())
-        })
-    };
+    let texts = fields.iter().filter_map(|(field, value)| {
+        Some((
+            std::str::from_utf8(field).ok()?,
+            std::str::from_utf8(value).ok()?,
+        ))
+    });
     let data = fields
         .iter()
         .find(|(field, _)| field.as_slice() == DATA_FIELD.as_bytes())
         .map(|(_, value)| Bytes::copy_from_slice(value))
         .unwrap_or_default();
-    let id = text("ce-id").unwrap_or_else(|| format!("entry-{entry}"));
-    let source = text("ce-source").unwrap_or_else(|| "bus-redis".to_owned());
-    let letter = WireEvent::new(id, source, name, data).dead_letter(group, attempts, reason);
+    let fallback_id = || format!("entry-{entry}");
+    let letter = readable_event("bus-redis", name, texts, data, fallback_id)
+        .dead_letter(group, attempts, reason);
     let mut stored = event_fields(&letter);
     for (field, value) in fields {
         let Ok(field) = std::str::from_utf8(field) else {

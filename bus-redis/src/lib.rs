@@ -39,7 +39,7 @@
 //! | event name `a.b.c` | stream `<prefix>:stream:a.b.c` |
 //! | pattern `a.*`, `a.>` | every stream whose name matches, read together: found at subscribe time (`SCAN`, and the set `<prefix>:names`) and later in the stream `<prefix>:names:log`, which a publish appends a name to the first time it is used (a publish registers its name again every 10 s, so that a flushed registry is rebuilt) |
 //! | [`WireEvent`](bus_core::transport::WireEvent) attributes | stream fields named as the CloudEvents binary-mode headers (`ce-id`, `ce-type`, `content-type`, ...), payload in field `data` |
-//! | publish resolved | the `XADD` replied: stored (as durable as the server's persistence: use `appendonly yes`) |
+//! | publish resolved | the `XADD` replied: stored (as durable as the server's persistence: with `appendonly yes` and `appendfsync always`, a reply means the event is in the append-only file; with the default `everysec`, a crash or kill can lose up to two seconds of acknowledged events) |
 //! | retention | `XADD ... MAXLEN ~ n` or `MINID ~ <now - age>` ([`Retention`]) |
 //! | duplicate id | the consumer drops an id its group acknowledged through this transport within the [`acked_window`](RedisTransportBuilder::acked_window); with a [`duplicate_window`](RedisTransportBuilder::duplicate_window) (off by default), `SET <prefix>:dedup:<id> NX PX <window>` and the `XADD` in one Lua script: a second publish within the window is not stored |
 //! | group `g` | consumer group `g` on each matching stream, created from the group's first subscribe (record `<prefix>:group:g`) |

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bus_core::transport::support::{self, RootCertificates};
 use bus_core::transport::{
     BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
     TransportError, TransportSubscription, WireEvent,
@@ -122,66 +123,6 @@ pub struct RedisTransportBuilder {
     connect_timeout: Duration,
     restartable: bool,
     tls_root_certificates: Vec<RootCertificates>,
-}
-
-/// CA certificates to trust, as given to the builder.
-#[derive(Clone)]
-enum RootCertificates {
-    /// A PEM file, read at connect.
-    File(PathBuf),
-    /// PEM text.
-    Pem(Vec<u8>),
-}
-
-impl std::fmt::Debug for RootCertificates {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RootCertificates::File(path) => f.debug_tuple("File").field(path).finish(),
-            RootCertificates::Pem(pem) => write!(f, "Pem({} bytes)", pem.len()),
-        }
-    }
-}
-
-impl RootCertificates {
-    /// The PEM text, checked to hold at least one certificate.
-    fn load(&self) -> Result<Vec<u8>, TransportError> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-
-        let (pem, shown) = match self {
-            RootCertificates::File(path) => {
-                let shown = path.display().to_string();
-                let pem = std::fs::read(path).map_err(|error| {
-                    invalid(
-                        "TLS root certificates",
-                        &shown,
-                        format!("cannot read the file: {error}"),
-                    )
-                })?;
-                (pem, shown)
-            }
-            RootCertificates::Pem(pem) => (pem.clone(), format!("<{} bytes of PEM>", pem.len())),
-        };
-        let mut count = 0_usize;
-        for certificate in CertificateDer::pem_slice_iter(&pem) {
-            certificate.map_err(|error| {
-                invalid(
-                    "TLS root certificates",
-                    &shown,
-                    format!("not PEM certificates: {error}"),
-                )
-            })?;
-            count += 1;
-        }
-        if count == 0 {
-            return Err(invalid(
-                "TLS root certificates",
-                &shown,
-                "no certificate in it (PEM with `-----BEGIN CERTIFICATE-----` blocks)",
-            ));
-        }
-        Ok(pem)
-    }
 }
 
 impl RedisTransportBuilder {
@@ -354,7 +295,7 @@ impl RedisTransportBuilder {
             .map_err(|reason| invalid("key prefix", &self.prefix, reason))?;
         let mut root_certificates: Option<Vec<u8>> = None;
         for source in &self.tls_root_certificates {
-            let pem = source.load()?;
+            let pem = source.load(NAME)?;
             let all = root_certificates.get_or_insert_with(Vec::new);
             all.extend_from_slice(&pem);
             all.push(b'\n');
@@ -407,16 +348,6 @@ fn default_instance() -> String {
     format!("{host}-{}-{random}", std::process::id())
 }
 
-/// Installs rustls' ring provider as the process default, unless one is installed already:
-/// redis builds its TLS configuration with the process default.
-fn ensure_crypto_provider() {
-    use rustls::crypto::{CryptoProvider, ring};
-    if CryptoProvider::get_default().is_none() {
-        // Lost a race with another thread installing one: that one is used, as wanted.
-        let _ = ring::default_provider().install_default();
-    }
-}
-
 /// The client for `config.url`, over TLS with `root_certificates` trusted when given.
 fn client(
     config: &Config,
@@ -427,7 +358,7 @@ fn client(
         .get(..9)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"));
     if tls {
-        ensure_crypto_provider();
+        support::ensure_crypto_provider();
     }
     let built = match root_certificates {
         Some(root_cert) if tls => redis::Client::build_with_tls(

@@ -48,6 +48,26 @@ impl TransportError {
     }
 }
 
+/// Checks an event name from outside (a message, a stream key) against the rules `emit`
+/// applies, with the reason in a sentence when it breaks them.
+///
+/// # Errors
+///
+/// What is wrong with the name.
+pub fn check_name(name: &str) -> Result<(), String> {
+    crate::name::validate_name(name).map_err(|error| error.to_string())
+}
+
+/// Checks a subscription pattern against the listener-pattern rules `add_listener` applies:
+/// tokens that are names, `*` (one token), or a last `>` (one or more).
+///
+/// # Errors
+///
+/// What is wrong with the pattern.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    crate::name::validate_pattern(pattern).map_err(|error| error.to_string())
+}
+
 /// CA certificates for a transport to trust over TLS, as its builder was given them: a PEM
 /// file, read when the transport connects, or the PEM text itself.
 #[derive(Clone)]
@@ -126,10 +146,10 @@ pub fn ensure_crypto_provider() {
 /// The event a message that does not decode stood for, as far as it can be read: a valid event
 /// named `name` with the message's payload, its id and source when they are readable among its
 /// `attributes` (header or field names, matched case-insensitively: `ce-id`, `ce-source`), else
-/// `fallback_id` and the transport's name. Its [`dead_letter`](WireEvent::dead_letter) is
-/// what a transport stores when such a message is rejected.
+/// `fallback_id` and `fallback_source`. Its [`dead_letter`](WireEvent::dead_letter) is what a
+/// transport stores when such a message is rejected.
 pub fn readable_event<'a>(
-    transport: &str,
+    fallback_source: &str,
     name: &str,
     attributes: impl IntoIterator<Item = (&'a str, &'a str)> + Clone,
     data: Bytes,
@@ -143,7 +163,7 @@ pub fn readable_event<'a>(
             .map(|(_, value)| value.to_owned())
     };
     let id = find("ce-id").unwrap_or_else(fallback_id);
-    let source = find("ce-source").unwrap_or_else(|| transport.to_owned());
+    let source = find("ce-source").unwrap_or_else(|| fallback_source.to_owned());
     WireEvent::new(id, source, name, data)
 }
 

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bus_core::transport::support::Backoff;
 use bus_core::transport::{
     DEAD_LETTER_PREFIX, Delivery, SubscribeOptions, TransportError, TransportSubscription,
     WireEvent,
@@ -176,8 +177,7 @@ impl Drop for Pump {
 
 /// 100 ms, doubling up to [`MAX_RECONNECT_DELAY`].
 fn reconnect_delay(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    (Duration::from_millis(100) * 2_u32.pow(doublings)).min(MAX_RECONNECT_DELAY)
+    Backoff::new(Duration::from_millis(100), MAX_RECONNECT_DELAY).after(failures)
 }
 
 fn ms(duration: Duration) -> u64 {
