@@ -4,7 +4,7 @@
 //!   deleted after it), with the transport's defaults: publishes are plain `XADD`s. Not
 //!   restartable and not deduplicating at the broker: `broker_restart` and `dedup` are skipped
 //!   there, by name.
-//! - `private`: on a `redis-server --appendonly yes` each case starts for itself on a free
+//! - `private`: on a `redis-server --appendonly yes --appendfsync always` each case starts for itself on a free
 //!   port, which the harness may restart, with a duplicate window (publishes go through the
 //!   Lua script): every case runs, `broker_restart` and `dedup` included.
 //!

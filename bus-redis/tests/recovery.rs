@@ -202,7 +202,7 @@ async fn entries_trimmed_while_pending_are_reported() {
     assert_eq!(redis.trimmed_while_pending(), 1);
 }
 
-/// A private `redis-server --appendonly yes`, killed (SIGKILL) and started again between
+/// A private `redis-server --appendonly yes --appendfsync always`, killed (SIGKILL) and started again between
 /// publishes: what `XADD` acknowledged before survives, the group resumes, and what is
 /// published after the restart arrives too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
