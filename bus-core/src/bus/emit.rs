@@ -45,13 +45,9 @@ pub(super) struct Refusal<E> {
 struct Targets<'r> {
     /// The name, shared with its slot when it has listeners.
     name: Arc<str>,
-    /// The listeners of exactly this name, of any type.
+    /// The listeners of exactly this name, of any type; after
+    /// [`keep_local`](Targets::keep_local), those that get the event here.
     exact: &'r [Arc<Entry>],
-    /// `true` once the listeners that receive the event from the broker are left out: an emit
-    /// that publishes does not also deliver to them here.
-    local_only: bool,
-    /// How many listeners get the event here.
-    count: usize,
     /// The listeners of matching patterns, on a bus that has patterns at all: a bus without
     /// them pays one branch (and nothing to drop).
     patterns: Option<Box<Patterns>>,
@@ -91,44 +87,42 @@ impl<'r> Targets<'r> {
             });
             patterns
         });
-        let exact = slot.map_or(&[][..], |slot| &slot.entries);
         Ok(Targets {
             name: slot.map_or_else(|| Arc::from(event_name), |slot| Arc::clone(&slot.name)),
-            exact,
-            local_only: false,
-            count: exact.len()
-                + patterns
-                    .as_ref()
-                    .map_or(0, |patterns| patterns.matched.len()),
+            exact: slot.map_or(&[][..], |slot| &slot.entries),
             patterns,
         })
     }
 
     /// Leaves out the listeners that receive the event from the broker: an emit that
-    /// publishes does not also deliver to them here.
-    #[inline]
-    fn keep_local(&mut self) {
-        self.local_only = true;
+    /// publishes does not also deliver to them here. The others of the exact name are kept in
+    /// `kept`, a list of the emit's own, so that an emit that does not publish (or has no
+    /// such listener) copies nothing.
+    fn keep_local(&mut self, kept: &'r mut Vec<Arc<Entry>>) {
+        if self.exact.iter().any(|entry| entry.remote) {
+            kept.extend(self.exact.iter().filter(|entry| !entry.remote).cloned());
+            self.exact = kept;
+        }
         if let Some(patterns) = &mut self.patterns {
             patterns.matched.retain(|entry| !entry.remote);
         }
-        self.count = self.iter().count();
+    }
+
+    /// The listeners of matching patterns that get the event here.
+    #[inline]
+    fn matched(&self) -> &[Arc<Entry>] {
+        self.patterns.as_ref().map_or(&[][..], |p| &p.matched)
     }
 
     /// The listeners that get the event here.
     #[inline]
     fn count(&self) -> usize {
-        self.count
+        self.exact.len() + self.matched().len()
     }
 
     #[inline]
     fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
-        let local_only = self.local_only;
-        let matched = self.patterns.as_ref().map_or(&[][..], |p| &p.matched);
-        self.exact
-            .iter()
-            .filter(move |entry| !(local_only && entry.remote))
-            .chain(matched)
+        self.exact.iter().chain(self.matched())
     }
 
     /// The type mismatch of the first listener of the exact name (of those `which` selects)
@@ -267,6 +261,8 @@ impl EventBus {
     {
         let snapshot = self.shared.engine.snapshot.load();
         let layers = &snapshot.layers;
+        // What `keep_local` keeps: empty, and never allocated, unless the event is published.
+        let mut kept = Vec::new();
         let mut targets = match Targets::resolve::<E>(&snapshot.listeners, event_name) {
             Ok(targets) => targets,
             Err(error) => {
@@ -274,7 +270,7 @@ impl EventBus {
                 return strictness.stop(EmitError::InvalidName(error), event, name, false);
             }
         };
-        let checked = match self.check(event_name, &mut targets, &event, strictness) {
+        let checked = match self.check(event_name, &mut targets, &mut kept, &event, strictness) {
             Ok(checked) => checked,
             Err(Stop { error, published }) => {
                 return strictness.stop(*error, event, targets.name, published);
@@ -339,10 +335,11 @@ impl EventBus {
     /// published path alike. Types are checked against every listener of the exact name, the
     /// ones that receive it from the broker included: the same with and without a transport.
     #[inline]
-    fn check<E: Send + Sync + 'static>(
+    fn check<'r, E: Send + Sync + 'static>(
         &self,
         event_name: &str,
-        targets: &mut Targets<'_>,
+        targets: &mut Targets<'r>,
+        kept: &'r mut Vec<Arc<Entry>>,
         event: &E,
         strictness: Strictness,
     ) -> Result<Checked, Stop> {
@@ -364,7 +361,7 @@ impl EventBus {
             None => None,
         };
         if codec.is_some() {
-            targets.keep_local();
+            targets.keep_local(kept);
         }
         let listeners = targets.count();
         // A shutdown that begins after this check still stops every delivery task of this

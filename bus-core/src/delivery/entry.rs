@@ -47,16 +47,19 @@ impl Entry {
         }
     }
 
+    #[inline]
     pub(crate) fn suspends(&self) -> bool {
         self.suspends.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub(crate) fn mark_suspends(&self) {
         self.suspends.store(true, Ordering::Relaxed);
     }
 
     /// `true` when the listener can see its event's envelope beyond the id: it takes
     /// `AnyEvent`, or it has a policy (whose dead letters carry the envelope).
+    #[inline]
     pub(crate) fn observes_envelope(&self) -> bool {
         self.lane.is_some() || self.erased.takes_any()
     }

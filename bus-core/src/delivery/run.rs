@@ -44,6 +44,7 @@ thread_local! {
 struct InlineDepth;
 
 impl InlineDepth {
+    #[inline]
     fn enter() -> Option<InlineDepth> {
         INLINE_DEPTH.with(|depth| {
             let current = depth.get();
@@ -56,6 +57,7 @@ impl InlineDepth {
 }
 
 impl Drop for InlineDepth {
+    #[inline]
     fn drop(&mut self) {
         INLINE_DEPTH.with(|depth| depth.set(depth.get() - 1));
     }
