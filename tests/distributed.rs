@@ -523,3 +523,47 @@ async fn the_group_option_of_the_attribute_names_or_drops_the_group() {
     assert_eq!(group_of("::mirror"), None);
     bus.ready().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_dropped_bus_stops_consuming_and_its_group_goes_on() {
+    let transport = MemoryTransport::new();
+    let group = Policy::new().group(Group::Named("billing.dropped"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let dropped = bus_on(&transport, "billing");
+    {
+        let calls = Arc::clone(&calls);
+        dropped
+            .on("orders.created", move |_: Arc<OrderCreated>| {
+                calls.fetch_add(1, Ordering::SeqCst);
+                async {}
+            })
+            .policy(group)
+            .add();
+    }
+    dropped.ready().await.unwrap();
+    // No shutdown: the last handle goes, and with it the listener's consumer.
+    drop(dropped);
+
+    let next = bus_on(&transport, "billing");
+    let (sender, mut receiver) = mpsc::unbounded_channel();
+    next.on("orders.created", move |order: Arc<OrderCreated>| {
+        let sender = sender.clone();
+        async move {
+            let _ = sender.send(order.id);
+        }
+    })
+    .policy(group)
+    .add();
+    next.ready().await.unwrap();
+    for id in 0..10 {
+        assert!(next.emit_event(OrderCreated { id }).await.is_ok());
+    }
+    let mut received = receive(&mut receiver, 10).await;
+    received.sort_unstable();
+    assert_eq!(received, (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the dropped bus handled nothing"
+    );
+}

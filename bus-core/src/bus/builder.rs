@@ -171,7 +171,7 @@ impl EventBusBuilder {
         };
         let bus = EventBus {
             shared: Arc::new(Shared {
-                engine: Arc::new(engine),
+                engine,
                 writer: Mutex::new(()),
                 next_id: AtomicU64::new(1),
                 remote,

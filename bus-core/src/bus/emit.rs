@@ -483,7 +483,7 @@ impl EventBus {
             let _entered = emit_span.enter();
             layers.each("on_emit", |layer| layer.on_emit(info));
         }
-        let engine = &*self.shared.engine;
+        let engine = &self.shared.engine;
         let context = EmitContext {
             mode: engine.mode,
             tasks: &engine.tasks,

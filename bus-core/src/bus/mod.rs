@@ -23,7 +23,7 @@ pub use self::global::{emit, emit_event, global, install_global, try_emit};
 pub use self::register::ListenerBuilder;
 pub use self::stream::{EventStream, MAX_CAPACITY};
 pub use self::wait::WaitFor;
-use crate::delivery::{Dispatch, Emission, Engine, Listener, Outcomes, Snapshot};
+use crate::delivery::{Dispatch, Emission, Engine, EngineRef, Listener, Outcomes, Snapshot};
 #[cfg(doc)]
 use crate::error::EmitError;
 use crate::error::{AddListenerError, TransportError, TryEmitError};
@@ -71,12 +71,18 @@ struct Shared {
     /// What its deliveries need: the snapshot of listeners and layers, the task accounting,
     /// the dispatch mode, the dead-letter hook. Shared with the consumers of its distributed
     /// listeners.
-    engine: Arc<Engine>,
+    engine: Engine,
     /// Serialises writers of the snapshot, so two concurrent adds cannot lose one another.
     writer: Mutex<()>,
     next_id: AtomicU64,
     /// The broker side, on a bus with a transport.
     remote: Option<Remote>,
+}
+
+impl AsRef<Engine> for Shared {
+    fn as_ref(&self) -> &Engine {
+        &self.engine
+    }
 }
 
 /// What [`EventBus::shutdown`] did.
@@ -599,6 +605,13 @@ impl EventBus {
 
     fn downgrade(&self) -> WeakBus {
         WeakBus(Arc::downgrade(&self.shared))
+    }
+
+    /// The engine, for a consumer: a weak handle, so that a consumer does not keep its bus
+    /// alive.
+    fn engine_ref(&self) -> EngineRef {
+        let shared: std::sync::Weak<Shared> = Arc::downgrade(&self.shared);
+        shared
     }
 }
 

@@ -220,7 +220,7 @@ impl EventBus {
                 .entry(id)
                 .cloned();
             if let Some(entry) = entry {
-                remote.start(entry, plan, &self.shared.engine);
+                remote.start(entry, plan, self.engine_ref());
             }
         }
         Ok(id)

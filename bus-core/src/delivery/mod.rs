@@ -73,8 +73,8 @@ pub(crate) struct Snapshot {
     pub(crate) layers: Layers,
 }
 
-/// What every delivery of a bus needs from it, shared by the bus handle and the consumers of
-/// its distributed listeners.
+/// What every delivery of a bus needs from it: held by the bus handle, and reached by the
+/// consumers of its distributed listeners through [`EngineRef`].
 pub(crate) struct Engine {
     /// The current snapshot. Readers never block; writers replace it whole.
     pub(crate) snapshot: ArcSwap<Snapshot>,
@@ -82,3 +82,8 @@ pub(crate) struct Engine {
     pub(crate) mode: Dispatch,
     pub(crate) dead_letter: Option<DeadLetterHook>,
 }
+
+/// How a consumer reaches the engine of its bus without keeping the bus alive: a weak handle
+/// to whatever holds the engine (the bus's shared state, which the engine lives in, so that an
+/// emit reaches it with no pointer more to follow). A dropped bus stops its consumers.
+pub(crate) type EngineRef = std::sync::Weak<dyn AsRef<Engine> + Send + Sync>;

@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::{Plan, RESUBSCRIBE_DELAY, Readiness, meta_of};
 use crate::delivery::attempt::{self, Attempt, Handled, Outcome, Scope};
-use crate::delivery::{Engine, Entry};
+use crate::delivery::{Engine, EngineRef, Entry};
 use crate::event::ErasedEvent;
 use crate::transport::{Delivery, Transport, TransportError, TransportSubscription, WireEvent};
 
@@ -28,7 +28,7 @@ pub(super) struct Consumer {
     pub(super) transport: Arc<dyn Transport>,
     pub(super) entry: Arc<Entry>,
     pub(super) plan: Plan,
-    pub(super) engine: Arc<Engine>,
+    pub(super) engine: EngineRef,
     pub(super) stop: CancellationToken,
     pub(super) ready: watch::Sender<Readiness>,
 }
@@ -95,7 +95,13 @@ impl Consumer {
     }
 
     async fn handle(&self, delivery: Box<dyn Delivery>) {
-        let tasks = &self.engine.tasks;
+        let Some(bus) = self.engine.upgrade() else {
+            // The bus was dropped: the delivery goes back unsettled, and the consumer stops.
+            self.stop.cancel();
+            return;
+        };
+        let engine: &Engine = (*bus).as_ref();
+        let tasks = &engine.tasks;
         // Counted in flight, so shutdown waits for it; once the bus is closed it is left
         // unsettled, for the broker to deliver again.
         let Some(_tracked) = tasks.track() else {
@@ -123,7 +129,7 @@ impl Consumer {
         };
         let name: Arc<str> = Arc::from(wire.ty.as_str());
         // The layers of now: a layer added after the listener sees its later deliveries.
-        let snapshot = self.engine.snapshot.load_full();
+        let snapshot = engine.snapshot.load_full();
         let scope = Scope {
             event: &name,
             entry: &self.entry,
@@ -135,7 +141,7 @@ impl Consumer {
             number,
             last: number >= self.plan.options.max_deliveries,
             timeout: policy.timeout_after(),
-            dead_letter: self.engine.dead_letter.as_ref(),
+            dead_letter: engine.dead_letter.as_ref(),
         };
         let running = Handled::new(meta.id, attempt::run(&scope, &event, attempt));
         let outcome = tokio::select! {

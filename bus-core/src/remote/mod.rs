@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::codec::{Codec, Codecs};
-use crate::delivery::{Engine, Entry};
+use crate::delivery::{EngineRef, Entry};
 use crate::error::PublishError;
 use crate::event::Meta;
 use crate::id::{EventId, ListenerId};
@@ -160,7 +160,7 @@ impl Remote {
     }
 
     /// Starts the consumer of `entry` on this thread's runtime.
-    pub(crate) fn start(&self, entry: Arc<Entry>, plan: Plan, engine: &Arc<Engine>) {
+    pub(crate) fn start(&self, entry: Arc<Entry>, plan: Plan, engine: EngineRef) {
         let (ready_tx, ready) = watch::channel(Readiness::Starting);
         let stop = self.closed.child_token();
         let listener = entry.info.name().to_owned();
@@ -171,7 +171,7 @@ impl Remote {
                     transport: Arc::clone(&self.transport),
                     entry,
                     plan: plan.clone(),
-                    engine: Arc::clone(engine),
+                    engine,
                     stop: stop.clone(),
                     ready: ready_tx,
                 };
