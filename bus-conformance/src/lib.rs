@@ -64,6 +64,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cases;
+pub mod checks;
 mod harness;
 mod macros;
 #[cfg(feature = "secure")]

@@ -27,7 +27,7 @@ use libfuzzer_sys::fuzz_target;
 /// Lines of one input looked at; the rest is ignored, to keep each run short.
 const MAX_LINES: usize = 32;
 
-/// `bus_core`'s longest event name, in bytes (`name_rules::MAX_NAME_LEN`, not exported).
+/// `bus_core`'s longest event name, in bytes (`bus_names::MAX_NAME_LEN`).
 const MAX_NAME_LEN: usize = 256;
 
 /// The runtime every emit runs in: deliveries of the listeners here finish while `emit` runs,

@@ -107,22 +107,9 @@ impl Write for Logs {
     }
 }
 
-/// `true` in CI (`CI=true`), where a broker that cannot be reached fails the test.
-pub fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true" || value == "1")
-}
-
-/// Says that `test` is skipped, and why, on the process's standard error: past libtest's
-/// output capture, which takes `eprintln!` and shows it only for a failed test. A skipped test
-/// passes, so its skip must show in a plain `cargo test` run.
-pub fn skip(test: &str, why: impl std::fmt::Display) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
-}
-
-/// A fresh lower-case prefix, so that runs never share streams or keys.
-pub fn unique() -> String {
-    (0..10).map(|_| fastrand::lowercase()).collect()
-}
+/// `ci`, `skip` and `unique`: the same for every test crate of the workspace.
+#[allow(unused_imports, reason = "each test binary uses a different subset")]
+pub use bus_conformance::checks::{ci, skip, unique};
 
 /// The connected transport, or `None` (the test is skipped, locally only) when the broker is
 /// down; any other error fails the test.
