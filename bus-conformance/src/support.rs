@@ -467,6 +467,28 @@ impl Consumers {
         tally
     }
 
+    /// Like [`collect`](Consumers::collect), then goes on recording what comes within
+    /// [`QUIET_PERIOD`] after the last event expected: for a check of how many times each event
+    /// came. Without it, a subscription that ran ahead could cover every event before the
+    /// duplicates of another were read, and the check would pass on a transport that
+    /// duplicates.
+    pub(crate) async fn collect_settled(
+        &mut self,
+        case: &Case<'_>,
+        what: &str,
+        expected: &HashSet<String>,
+    ) -> Tally {
+        let mut tally = self.collect(case, what, expected).await;
+        loop {
+            match tokio::time::timeout(QUIET_PERIOD, self.receiver.recv()).await {
+                Err(_) => return tally,
+                Ok(Some(Report::Got(received))) => tally.record(received),
+                Ok(Some(Report::Failed(error))) => case.fail(format!("{what}: {error}")),
+                Ok(None) => unreachable!("`Consumers` holds a sender"),
+            }
+        }
+    }
+
     /// Checks that no subscription reports anything for [`QUIET_PERIOD`].
     pub(crate) async fn assert_quiet(&mut self, case: &Case<'_>, what: &str) {
         match tokio::time::timeout(QUIET_PERIOD, self.receiver.recv()).await {

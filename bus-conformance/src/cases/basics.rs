@@ -241,7 +241,7 @@ pub async fn many_publishers(harness: &dyn Harness, size: Size) {
     let mut consumers = Consumers::new();
     consumers.spawn(0, subscription);
     let tally = consumers
-        .collect(&case, "the subscription", &ids(&events))
+        .collect_settled(&case, "the subscription", &ids(&events))
         .await;
     tally.assert_once_unless_redelivered(&case, "the subscription");
 }
@@ -463,14 +463,13 @@ pub async fn wildcard_parity(harness: &dyn Harness, size: Size) {
         .zip(&expected)
         .map(|(pattern, names)| format!("the subscription to `{pattern}` (expecting {names:?})"))
         .collect();
-    let tallies: Vec<Tally> = join_all(
-        consumers
-            .iter_mut()
-            .zip(&expected_ids)
-            .zip(&whats)
-            .map(|((consumers, expected), what)| consumers.collect(&case, what, expected)),
-    )
-    .await;
+    let tallies: Vec<Tally> =
+        join_all(
+            consumers.iter_mut().zip(&expected_ids).zip(&whats).map(
+                |((consumers, expected), what)| consumers.collect_settled(&case, what, expected),
+            ),
+        )
+        .await;
     for (tally, what) in tallies.iter().zip(&whats) {
         tally.assert_once_unless_redelivered(&case, what);
     }

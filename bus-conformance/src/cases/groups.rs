@@ -41,7 +41,7 @@ pub async fn concurrent_subscribe(harness: &dyn Harness, size: Size) {
     case.publish_all(std::slice::from_ref(&transport), &events, instances)
         .await;
     let what = format!("the {instances} instances of the group");
-    let tally = consumers.collect(&case, &what, &ids(&events)).await;
+    let tally = consumers.collect_settled(&case, &what, &ids(&events)).await;
     tally.assert_once_unless_redelivered(&case, &what);
 }
 
@@ -163,7 +163,7 @@ pub async fn concurrent_close(harness: &dyn Harness, size: Size) {
     let mut consumers = Consumers::new();
     consumers.spawn(0, case.subscribe(&*connection, options).await);
     let what = "a new instance after the concurrent closes";
-    let tally = consumers.collect(&case, what, &ids(&events)).await;
+    let tally = consumers.collect_settled(&case, what, &ids(&events)).await;
     tally.assert_once_unless_redelivered(&case, what);
 }
 
@@ -209,7 +209,7 @@ pub async fn consumer_groups(harness: &dyn Harness, size: Size) {
         consumers
             .iter_mut()
             .zip(&whats)
-            .map(|(consumer, what)| consumer.collect(&case, what, &expected)),
+            .map(|(consumer, what)| consumer.collect_settled(&case, what, &expected)),
     )
     .await;
     for (tally, what) in tallies.iter().zip(&whats) {
@@ -254,7 +254,7 @@ pub async fn fan_out(harness: &dyn Harness, size: Size) {
         consumers
             .iter_mut()
             .zip(&whats)
-            .map(|(consumer, what)| consumer.collect(&case, what, &expected)),
+            .map(|(consumer, what)| consumer.collect_settled(&case, what, &expected)),
     )
     .await;
     for (tally, what) in tallies.iter().zip(&whats) {
