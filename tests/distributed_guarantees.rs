@@ -40,13 +40,13 @@ struct Attempts {
 }
 
 impl Attempts {
-    fn of(&self, id: Option<EventId>) -> Vec<(u32, String, bool)> {
+    fn of(&self, id: Option<&EventId>) -> Vec<(u32, String, bool)> {
         let id = id.expect("an emitted event has an id");
         self.seen
             .lock()
             .unwrap()
             .iter()
-            .filter(|(event, ..)| *event == id)
+            .filter(|(event, ..)| event == id)
             .map(|(_, attempt, result, last)| (*attempt, result.clone(), *last))
             .collect()
     }
@@ -66,7 +66,7 @@ impl Layer for Attempts {
             other => format!("{other:?}"),
         };
         self.seen.lock().unwrap().push((
-            delivery.event_id(),
+            delivery.event_id().clone(),
             delivery.attempt(),
             result,
             outcome.is_final(),
@@ -232,7 +232,7 @@ async fn a_panic_in_the_call_the_poll_or_the_drop_is_caught_and_the_consumer_goe
     for id in 1..=3 {
         let report = guarded("publish", bus.emit("orders.placed", Order { id })).await;
         assert!(report.is_ok(), "{report:?}");
-        ids.push(report.event_id());
+        ids.push(report.event_id().cloned());
     }
     for _ in 1..=3 {
         let (attempts, error) = next(&mut letters).await;
@@ -252,7 +252,7 @@ async fn a_panic_in_the_call_the_poll_or_the_drop_is_caught_and_the_consumer_goe
     ]) {
         let panicked = format!("panicked: {message}");
         assert_eq!(
-            attempts.of(id),
+            attempts.of(id.as_ref()),
             [(1, panicked.clone(), false), (2, panicked, true)],
             "{message}"
         );

@@ -25,11 +25,11 @@ async fn every_emit_gets_a_unique_id_that_its_listeners_see() {
     let mut ids = Vec::new();
     for n in 0..100_u32 {
         let emission = bus.emit("job.done", n);
-        ids.push(emission.event_id().expect("a valid emit has an id"));
+        ids.push(emission.event_id().expect("a valid emit has an id").clone());
         let report = emission.await;
-        assert_eq!(report.event_id(), ids.last().copied());
+        assert_eq!(report.event_id(), ids.last());
     }
-    let unique: HashSet<EventId> = ids.iter().copied().collect();
+    let unique: HashSet<EventId> = ids.iter().cloned().collect();
     assert_eq!(unique.len(), 100, "ids never repeat");
     let seen: Vec<Option<EventId>> = seen.lock().unwrap().clone();
     let expected: Vec<Option<EventId>> = ids.into_iter().map(Some).collect();
@@ -70,15 +70,15 @@ async fn an_event_emitted_by_a_listener_records_its_cause() {
             move |event: Arc<AnyEvent>| {
                 caused.lock().unwrap().push((
                     event.name().to_owned(),
-                    event.id(),
-                    event.causation(),
+                    event.id().clone(),
+                    event.causation().cloned(),
                 ));
                 async {}
             }
         });
     }
     let root = bus.emit("order.placed", 0_u32);
-    let root_id = root.event_id().unwrap();
+    let root_id = root.event_id().unwrap().clone();
     guarded("the chain", async {
         root.await;
         bus.drain().await;
@@ -91,7 +91,7 @@ async fn an_event_emitted_by_a_listener_records_its_cause() {
     assert_eq!(*invoice_cause, Some(root_id));
     let (mail, _, mail_cause) = &caused[1];
     assert_eq!(mail, "mail.sent");
-    assert_eq!(*mail_cause, Some(*invoice_id));
+    assert_eq!(*mail_cause, Some(invoice_id.clone()));
 }
 
 #[tokio::test]
@@ -221,7 +221,7 @@ async fn spans_name_the_event_id_its_cause_the_listener_and_the_attempt() {
         Err::<(), _>("printer on fire")
     });
     let root = bus.emit("report.requested", 0_u32);
-    let root_id = root.event_id().unwrap();
+    let root_id = root.event_id().unwrap().clone();
     root.await;
     bus.drain().await;
     let lines = logs.lines_with(&["printer on fire"]);
@@ -263,4 +263,140 @@ async fn a_retried_delivery_logs_each_attempt_in_its_span() {
             "attempt {attempt} not in its span: {line}"
         );
     }
+}
+
+/// What a listener that takes the envelope saw: its name, id, source, cause and time.
+type Seen = (String, EventId, String, Option<EventId>, SystemTime);
+
+fn record(seen: &Arc<Mutex<Vec<Seen>>>, envelope: &bus::Envelope) {
+    seen.lock().unwrap().push((
+        envelope.name().to_owned(),
+        envelope.id().clone(),
+        envelope.source().to_owned(),
+        envelope.causation().cloned(),
+        envelope.emitted_at(),
+    ));
+}
+
+#[bus::listener("envelope.annotated")]
+async fn annotated_with_envelope(amount: &u64, envelope: &bus::Envelope) {
+    ANNOTATED_SEEN.lock().unwrap().push((
+        *amount,
+        envelope.id().clone(),
+        envelope.source().to_owned(),
+    ));
+}
+
+static ANNOTATED_SEEN: Mutex<Vec<(u64, EventId, String)>> = Mutex::new(Vec::new());
+
+#[tokio::test]
+async fn a_listener_that_takes_the_envelope_gets_the_whole_of_it_on_every_path() {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    for mode in [bus::Dispatch::InlineFirst, bus::Dispatch::Spawn] {
+        let bus = EventBus::builder()
+            .service("billing")
+            .dispatch(mode)
+            .build();
+        // Inline (or spawned), under a policy (always a task), suspending (a task after its
+        // first poll), and once.
+        bus.add_listener("invoice.sent", {
+            let seen = Arc::clone(&seen);
+            move |_: Arc<u32>, envelope: bus::Envelope| {
+                record(&seen, &envelope);
+                async {}
+            }
+        });
+        bus.on("invoice.sent", {
+            let seen = Arc::clone(&seen);
+            move |_: Arc<u32>, envelope: bus::Envelope| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    tokio::task::yield_now().await;
+                    record(&seen, &envelope);
+                }
+            }
+        })
+        .policy(bus::Policy::new().retry(1))
+        .add();
+        bus.add_listener("invoice.sent", {
+            let seen = Arc::clone(&seen);
+            move |_: Arc<u32>, envelope: bus::Envelope| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    tokio::task::yield_now().await;
+                    record(&seen, &envelope);
+                }
+            }
+        });
+        bus.on("invoice.sent", {
+            let seen = Arc::clone(&seen);
+            move |_: Arc<u32>, envelope: bus::Envelope| {
+                record(&seen, &envelope);
+                async {}
+            }
+        })
+        .once()
+        .add();
+        // An event emitted by a listener names its cause.
+        bus.add_listener("order.paid", {
+            let bus = bus.clone();
+            move |_: Arc<u32>| {
+                bus.emit("invoice.sent", 1_u32);
+                async {}
+            }
+        });
+
+        let before = SystemTime::now();
+        let paid = bus.emit("order.paid", 0_u32);
+        let paid_id = paid.event_id().unwrap().clone();
+        guarded("the emit", paid).await;
+        guarded("the deliveries", bus.drain()).await;
+        let after = SystemTime::now();
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(seen.len(), 4, "{mode:?}: {seen:?}");
+        let invoice_id = seen[0].1.clone();
+        assert!(invoice_id.as_u128().is_some(), "made here");
+        assert_ne!(invoice_id, paid_id);
+        for (name, id, source, cause, at) in &seen {
+            assert_eq!(name, "invoice.sent", "{mode:?}");
+            assert_eq!(id, &invoice_id, "{mode:?}: one event, one id");
+            assert_eq!(source, "billing", "{mode:?}: the bus's service");
+            assert_eq!(cause.as_ref(), Some(&paid_id), "{mode:?}");
+            assert!(before <= *at && *at <= after, "{mode:?}: the emit's time");
+        }
+    }
+
+    // A bus without a service says `bus`; an event emitted outside a listener has no cause.
+    let bus = EventBus::new();
+    bus.add_listener("invoice.sent", {
+        let seen = Arc::clone(&seen);
+        move |_: Arc<u32>, envelope: bus::Envelope| {
+            record(&seen, &envelope);
+            assert_eq!(envelope.content_type(), None, "never bytes");
+            assert_eq!(envelope.extensions().count(), 0);
+            async {}
+        }
+    });
+    let report = bus.emit("invoice.sent", 2_u32).await;
+    assert_eq!(report.delivered(), 1);
+    let (_, id, source, cause, _) = seen.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        (Some(&id), source.as_str(), cause),
+        (report.event_id(), "bus", None)
+    );
+}
+
+#[tokio::test]
+async fn an_annotated_fn_takes_the_envelope_as_its_second_argument() {
+    let bus = EventBus::builder()
+        .service("ledger")
+        .annotated_listeners()
+        .build();
+    let report = bus.emit("envelope.annotated", 7_u64).await;
+    assert_eq!(report.delivered(), 1);
+    let seen = ANNOTATED_SEEN.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        [(7, report.event_id().unwrap().clone(), "ledger".to_owned())]
+    );
 }

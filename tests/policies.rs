@@ -381,7 +381,7 @@ fn dead_letters(builder: bus::EventBusBuilder) -> (EventBus, Arc<Record<Letter>>
                 };
                 letters.push(Letter {
                     event_name: letter.event().name().to_owned(),
-                    event_id: letter.event().id(),
+                    event_id: letter.event().id().clone(),
                     payload: letter.event().downcast_ref::<Job>().copied(),
                     listener_name: letter.listener().name().to_owned(),
                     listener_id: letter.listener().id(),
@@ -467,7 +467,10 @@ async fn a_delivery_out_of_retries_goes_to_the_dead_letter() {
         .policy(Policy::new().retry(2).backoff(Duration::from_millis(10)))
         .add();
     let emission = bus.emit("orders.placed", Job(7));
-    let event_id = emission.event_id().expect("an emitted event has an id");
+    let event_id = emission
+        .event_id()
+        .expect("an emitted event has an id")
+        .clone();
     let report = guarded("emission", emission).await;
 
     assert_eq!(

@@ -5,6 +5,7 @@
 
 use std::any::Any;
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -42,12 +43,26 @@ pub trait Event: Send + Sync + 'static {
     const NAME: &'static str;
 }
 
-/// What the bus knows about one emitted event besides its payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the bus knows about one emitted event besides its payload and its name.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Meta {
     pub(crate) id: EventId,
     pub(crate) emitted_at: SystemTime,
     pub(crate) causation: Option<EventId>,
+    /// What an event that came from a broker carried besides: `None` for one emitted here,
+    /// so that an emit allocates nothing for it.
+    pub(crate) received: Option<Arc<Received>>,
+}
+
+/// The attributes of an event from a broker that an event emitted here does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Received {
+    /// `source`.
+    pub(crate) source: Arc<str>,
+    /// `datacontenttype`, when the message had one.
+    pub(crate) content_type: Option<String>,
+    /// The extension attributes, but `causationid` (read into [`Meta::causation`]).
+    pub(crate) extensions: BTreeMap<String, String>,
 }
 
 impl Meta {
@@ -58,6 +73,7 @@ impl Meta {
             id: EventId::next(),
             emitted_at: SystemTime::now(),
             causation: current_event_id(),
+            received: None,
         }
     }
 
@@ -70,6 +86,7 @@ impl Meta {
             id: EventId::next(),
             emitted_at: SystemTime::UNIX_EPOCH,
             causation: current_event_id(),
+            received: None,
         }
     }
 
@@ -84,39 +101,97 @@ impl Meta {
     }
 }
 
-/// The envelope of one emitted event: its name, unique id, emit time, and the id of the event
-/// whose listener emitted it.
+/// The envelope of one event: its CloudEvents context attributes (name as `type`, `id`,
+/// `source`, `time`, the `causationid` extension, and for an event from a broker its
+/// `datacontenttype` and other extensions, such as `traceparent`).
+///
+/// A listener takes it as a second argument, in process and from a broker alike:
+/// `#[bus::listener] async fn f(order: &Order, envelope: &bus::Envelope)`, or a closure
+/// `|order: Arc<Order>, envelope: bus::Envelope| async move { .. }`. Listeners that take
+/// [`AnyEvent`] find it in the event.
+///
+/// ```
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let bus = bus::EventBus::builder().service("billing").build();
+/// bus.add_listener("orders.placed", |amount: Arc<u64>, envelope: bus::Envelope| async move {
+///     assert_eq!(envelope.name(), "orders.placed");
+///     assert_eq!(envelope.source(), "billing");
+///     println!("{} from {}: {amount}", envelope.id(), envelope.source());
+/// });
+/// assert_eq!(bus.emit("orders.placed", 42_u64).await.delivered(), 1);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     name: Arc<str>,
+    source: Arc<str>,
     meta: Meta,
 }
 
 impl Envelope {
-    pub(crate) fn new(name: Arc<str>, meta: Meta) -> Self {
-        Envelope { name, meta }
+    pub(crate) fn new(name: Arc<str>, source: Arc<str>, meta: Meta) -> Self {
+        Envelope { name, source, meta }
     }
 
-    /// The name the event was emitted under.
+    /// The name the event was emitted under: its CloudEvents `type`.
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// The event's unique id.
-    pub fn id(&self) -> EventId {
-        self.meta.id
+    /// The event's id: made here for an event emitted here, as it came for an event from a
+    /// broker. Unique per [`source`](Envelope::source).
+    pub fn id(&self) -> &EventId {
+        &self.meta.id
     }
 
-    /// When it was emitted.
+    /// The service that emitted it: its CloudEvents `source`. For an event emitted here, the
+    /// bus's [`service`](crate::EventBusBuilder::service) (`"bus"` when not set); for an event
+    /// from a broker, its `source` as it came (percent-decoded).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// When it was emitted: its CloudEvents `time`. An event from a broker keeps the instant
+    /// it was published with, whatever offset its time was written in (`+02:00` and `Z`
+    /// alike); one published without a time reads as the time it was received.
     pub fn emitted_at(&self) -> SystemTime {
         self.meta.emitted_at()
     }
 
     /// The id of the event being handled where this one was emitted: set when a listener
-    /// emits, so chains of events can be followed. `None` for an event emitted outside any
-    /// listener.
-    pub fn causation(&self) -> Option<EventId> {
-        self.meta.causation
+    /// emits, so chains of events can be followed (the `causationid` extension on the wire).
+    /// `None` for an event emitted outside any listener.
+    pub fn causation(&self) -> Option<&EventId> {
+        self.meta.causation.as_ref()
+    }
+
+    /// The payload's media type (`datacontenttype`) of an event from a broker; `None` for an
+    /// event emitted here, which never was bytes, and for a message that did not say.
+    pub fn content_type(&self) -> Option<&str> {
+        self.meta.received.as_ref()?.content_type.as_deref()
+    }
+
+    /// The value of the extension attribute `name` (such as `traceparent`) of an event from a
+    /// broker. `causationid` is read as [`causation`](Envelope::causation).
+    pub fn extension(&self, name: &str) -> Option<&str> {
+        self.meta
+            .received
+            .as_ref()?
+            .extensions
+            .get(name)
+            .map(String::as_str)
+    }
+
+    /// Every extension attribute of an event from a broker (but `causationid`), by name.
+    pub fn extensions(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.meta
+            .received
+            .iter()
+            .flat_map(|received| &received.extensions)
+            .map(|(name, value)| (name.as_str(), value.as_str()))
     }
 }
 
@@ -131,7 +206,11 @@ thread_local! {
 /// itself is outside it; pass the id along there. Events emitted while it is set record it as
 /// their [causation](Envelope::causation).
 pub fn current_event_id() -> Option<EventId> {
-    CURRENT.with(Cell::get)
+    CURRENT.with(|current| {
+        let id = current.take();
+        current.set(id.clone());
+        id
+    })
 }
 
 /// Marks `id` as the event being handled on this thread while alive; restores the previous
@@ -139,14 +218,14 @@ pub fn current_event_id() -> Option<EventId> {
 pub(crate) struct Handling(Option<EventId>);
 
 impl Handling {
-    pub(crate) fn enter(id: EventId) -> Handling {
-        Handling(CURRENT.with(|current| current.replace(Some(id))))
+    pub(crate) fn enter(id: &EventId) -> Handling {
+        Handling(CURRENT.with(|current| current.replace(Some(id.clone()))))
     }
 }
 
 impl Drop for Handling {
     fn drop(&mut self) {
-        CURRENT.with(|current| current.set(self.0));
+        CURRENT.with(|current| current.set(self.0.take()));
     }
 }
 
@@ -193,9 +272,14 @@ impl AnyEvent {
         self.envelope.name()
     }
 
-    /// The event's unique id.
-    pub fn id(&self) -> EventId {
+    /// The event's id.
+    pub fn id(&self) -> &EventId {
         self.envelope.id()
+    }
+
+    /// The service that emitted it.
+    pub fn source(&self) -> &str {
+        self.envelope.source()
     }
 
     /// When it was emitted.
@@ -204,7 +288,7 @@ impl AnyEvent {
     }
 
     /// The id of the event whose listener emitted this one, if any.
-    pub fn causation(&self) -> Option<EventId> {
+    pub fn causation(&self) -> Option<&EventId> {
         self.envelope.causation()
     }
 
@@ -252,14 +336,15 @@ mod tests {
     #[test]
     fn handling_nests_and_restores() {
         assert_eq!(current_event_id(), None);
-        let (a, b) = (EventId::next(), EventId::next());
+        let (a, b) = (EventId::next(), EventId::from_wire("py-order-3"));
         {
-            let _outer = Handling::enter(a);
-            assert_eq!(current_event_id(), Some(a));
-            assert_eq!(Meta::now().causation, Some(a));
+            let _outer = Handling::enter(&a);
+            assert_eq!(current_event_id(), Some(a.clone()));
+            assert_eq!(Meta::now().causation, Some(a.clone()));
             {
-                let _inner = Handling::enter(b);
-                assert_eq!(current_event_id(), Some(b));
+                let _inner = Handling::enter(&b);
+                assert_eq!(current_event_id(), Some(b.clone()));
+                assert_eq!(current_event_id(), Some(b), "reading it leaves it in place");
             }
             assert_eq!(current_event_id(), Some(a));
         }
@@ -270,7 +355,7 @@ mod tests {
     fn any_event_downcasts_to_its_type_only() {
         let meta = Meta::now();
         let event = AnyEvent::new(
-            Envelope::new(Arc::from("orders.created"), meta),
+            Envelope::new(Arc::from("orders.created"), Arc::from("shop"), meta.clone()),
             Arc::new(7_u32),
             "u32",
         );
@@ -279,6 +364,7 @@ mod tests {
         assert!(event.is::<u32>());
         assert_eq!(*event.downcast::<u32>().unwrap(), 7);
         assert_eq!(event.name(), "orders.created");
-        assert_eq!(event.id(), meta.id);
+        assert_eq!(event.id(), &meta.id);
+        assert_eq!(event.source(), "shop");
     }
 }

@@ -4,9 +4,9 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::num::{NonZeroU64, NonZeroU128};
-use std::sync::LazyLock;
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 
 /// Identifies one registered listener on one bus.
 ///
@@ -73,25 +73,45 @@ impl From<&'static std::panic::Location<'static>> for SourceLocation {
     }
 }
 
-/// The unique id of one emitted event.
+/// The id of one emitted event: unique per source (CloudEvents makes `source` + `id` unique).
 ///
-/// 128 bits: a random prefix drawn once per process, then a counter, so ids never repeat
-/// within a process and collide across processes only by chance of 2^-64. Displayed as 32
-/// hex digits in the 8-4-4-4-12 groups of a UUID.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct EventId(NonZeroU128);
+/// An event emitted here gets a fresh id of 128 bits: a random prefix drawn once per process,
+/// then a counter, so ids never repeat within a process and collide across processes only by
+/// chance of 2^-64; it displays as 32 lowercase hex digits in the 8-4-4-4-12 groups of a UUID.
+/// An event that comes from a broker keeps the id it was published with, whatever string
+/// another producer chose (`py-order-3`, an upper-case UUID): it displays exactly as it came,
+/// so the causation of a reply names an id that is on the wire.
+///
+/// Cloning an id made here copies two words; a received id shares its text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventId(Repr);
+
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Repr {
+    /// Made by [`EventId::next`], or read back from its canonical spelling: `prefix` is never 0.
+    Made { prefix: NonZeroU64, counter: u64 },
+    /// Any other id read from the wire, as it came.
+    Received(Arc<str>),
+}
 
 impl EventId {
-    /// The id as a number.
-    pub fn as_u128(self) -> u128 {
-        self.0.get()
+    /// The id as a number, for an id made by this crate (in this process or another); `None`
+    /// for an id another producer chose.
+    pub fn as_u128(&self) -> Option<u128> {
+        match &self.0 {
+            Repr::Made { prefix, counter } => {
+                Some((u128::from(prefix.get()) << 64) | u128::from(*counter))
+            }
+            Repr::Received(_) => None,
+        }
     }
 
     /// A fresh id. Each thread takes a block of counter values at a time, so making an id is
     /// a thread-local increment, not a shared atomic per emit.
     pub(crate) fn next() -> EventId {
         const BLOCK: u64 = 1024;
-        static PREFIX: LazyLock<u64> = LazyLock::new(|| fastrand::u64(1..));
+        static PREFIX: LazyLock<NonZeroU64> =
+            LazyLock::new(|| NonZeroU64::new(fastrand::u64(1..)).unwrap_or(NonZeroU64::MIN));
         static NEXT_BLOCK: AtomicU64 = AtomicU64::new(0);
         thread_local! {
             static RANGE: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
@@ -105,17 +125,22 @@ impl EventId {
             range.set((next + 1, end));
             next
         });
-        let raw = (u128::from(*PREFIX) << 64) | u128::from(counter);
-        // The prefix is never 0, so neither is the id.
-        EventId(NonZeroU128::new(raw).unwrap_or(NonZeroU128::MAX))
+        EventId(Repr::Made {
+            prefix: *PREFIX,
+            counter,
+        })
     }
-}
 
-impl EventId {
-    /// The id exactly as [`Display`](fmt::Display) writes it (lowercase hex digits in groups
-    /// of 8-4-4-4-12), or `None`. Only that one spelling is read, so two different wire ids
-    /// never map to the same local id.
-    pub(crate) fn parse(text: &str) -> Option<EventId> {
+    /// The id of an event read from the wire: `text` as it came. The canonical spelling of an
+    /// id this crate makes (lowercase hex digits in groups of 8-4-4-4-12) reads back as that
+    /// id, so that an event published here and received here compares equal; nothing else is
+    /// rewritten, so two different wire ids never become the same id.
+    pub(crate) fn from_wire(text: &str) -> EventId {
+        Self::parse_made(text).unwrap_or_else(|| EventId(Repr::Received(Arc::from(text))))
+    }
+
+    /// The id exactly as [`Display`](fmt::Display) writes a made one, or `None`.
+    fn parse_made(text: &str) -> Option<EventId> {
         let bytes = text.as_bytes();
         let canonical = bytes.len() == 36
             && bytes.iter().enumerate().all(|(at, &byte)| match at {
@@ -126,25 +151,34 @@ impl EventId {
             return None;
         }
         let hex: String = text.chars().filter(|c| *c != '-').collect();
-        u128::from_str_radix(&hex, 16)
-            .ok()
-            .and_then(NonZeroU128::new)
-            .map(EventId)
+        let raw = u128::from_str_radix(&hex, 16).ok()?;
+        // Truncation intended: the high and the low half.
+        #[expect(clippy::cast_possible_truncation, reason = "splitting into halves")]
+        let (prefix, counter) = ((raw >> 64) as u64, raw as u64);
+        Some(EventId(Repr::Made {
+            prefix: NonZeroU64::new(prefix)?,
+            counter,
+        }))
     }
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let hex = format!("{:032x}", self.0.get());
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..]
-        )
+        match &self.0 {
+            Repr::Made { prefix, counter } => {
+                let hex = format!("{:016x}{counter:016x}", prefix.get());
+                write!(
+                    f,
+                    "{}-{}-{}-{}-{}",
+                    &hex[..8],
+                    &hex[8..12],
+                    &hex[12..16],
+                    &hex[16..20],
+                    &hex[20..]
+                )
+            }
+            Repr::Received(text) => f.write_str(text),
+        }
     }
 }
 
@@ -175,27 +209,50 @@ mod tests {
 
     #[test]
     fn ids_display_as_uuids() {
-        let id = EventId(NonZeroU128::new(0x0123_4567_89ab_cdef_0011_2233_4455_6677).unwrap());
+        let id = EventId::from_wire("01234567-89ab-cdef-0011-223344556677");
+        assert_eq!(
+            id.as_u128(),
+            Some(0x0123_4567_89ab_cdef_0011_2233_4455_6677)
+        );
         assert_eq!(id.to_string(), "01234567-89ab-cdef-0011-223344556677");
     }
 
     #[test]
-    fn ids_parse_only_as_they_display() {
+    fn made_ids_read_back_as_themselves() {
         let id = EventId::next();
-        assert_eq!(EventId::parse(&id.to_string()), Some(id));
-        let text = "01234567-89ab-cdef-0011-223344556677";
-        assert!(EventId::parse(text).is_some());
+        assert_eq!(EventId::from_wire(&id.to_string()), id);
+        assert!(id.as_u128().is_some());
+    }
+
+    #[test]
+    fn other_ids_are_kept_as_they_came() {
         for other in [
+            "py-order-3",
+            "dup-1",
             // What `u128::from_str_radix` alone would take: a sign, upper case, other dashes.
             "+1234567-89ab-cdef-0011-223344556677",
-            "01234567-89AB-cdef-0011-223344556677",
+            "01234567-89AB-CDEF-0011-223344556677",
             "0123456789abcdef0011223344556677----",
             "0123456789abcdef0011223344556677",
             "01234567-89ab-cdef-0011-22334455667",
             "00000000-0000-0000-0000-000000000000",
             "01234567-89ab-cdef-0011-2233445566é",
+            " 01234567-89ab-cdef-0011-223344556677",
         ] {
-            assert_eq!(EventId::parse(other), None, "{other}");
+            let id = EventId::from_wire(other);
+            assert_eq!(id.to_string(), other);
+            assert_eq!(id.as_u128(), None, "{other}");
+            assert_eq!(id, EventId::from_wire(other));
         }
+        // Two spellings of one number are two ids.
+        let lower = EventId::from_wire("01234567-89ab-cdef-0011-223344556677");
+        let upper = EventId::from_wire("01234567-89AB-CDEF-0011-223344556677");
+        assert_ne!(lower, upper);
+    }
+
+    #[test]
+    fn an_id_is_small() {
+        assert!(size_of::<EventId>() <= 24);
+        assert_eq!(size_of::<Option<EventId>>(), size_of::<EventId>());
     }
 }

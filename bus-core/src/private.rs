@@ -9,7 +9,7 @@ pub use crate::__codec_of as codec_of;
 pub use crate::bus::{Registration, StaticListener, registration};
 pub use crate::delivery::ListenerOutput;
 pub use crate::error::BoxError;
-pub use crate::event::Event;
+pub use crate::event::{Envelope, Event};
 pub use crate::policy::{Group, Policy};
 pub use crate::remote::codec::{Codec, CodecEntry, CodecProbe, NoCodec, SerdeCodec};
 

@@ -40,6 +40,7 @@ fn registration(listener: &Listener) -> TokenStream {
         takes,
         arg_span,
         output_span,
+        envelope,
     } = listener;
     let bus_at = |span: Span| match krate {
         Some(path) => respan(path.to_token_stream(), span),
@@ -56,6 +57,7 @@ fn registration(listener: &Listener) -> TokenStream {
         Ident::new("__listener", at_ident)
     };
     let event_arg = Ident::new("event", Span::mixed_site());
+    let envelope_arg = Ident::new("envelope", Span::mixed_site());
 
     let arg = match takes {
         Takes::Ref => quote!(&#event_arg),
@@ -73,8 +75,18 @@ fn registration(listener: &Listener) -> TokenStream {
         let mut call = ident.clone();
         call.set_span(first);
         let dot_await = quote_spanned!(last=> .await);
-        quote_spanned!(first=> #bus::__private::into_result(#call(#arg) #dot_await))
+        let envelope = envelope.map(|(takes, span)| {
+            let span = generated_at(span);
+            let envelope_arg = Ident::new("envelope", Span::mixed_site().located_at(span));
+            match takes {
+                Takes::Ref => quote_spanned!(span=> , &#envelope_arg),
+                Takes::Arc | Takes::Value => quote_spanned!(span=> , #envelope_arg),
+            }
+        });
+        quote_spanned!(first=> #bus::__private::into_result(#call(#arg #envelope) #dot_await))
     };
+    // The shim takes the envelope only when the fn does: the bus makes one for those alone.
+    let envelope_param = envelope.map(|_| quote!(, #envelope_arg: #bus::__private::Envelope));
     // Without a name in the attribute, the event type names the event. A type that is not an
     // `Event` is reported at the argument's type, through `Event`'s `on_unimplemented`.
     let name = match name {
@@ -90,13 +102,21 @@ fn registration(listener: &Listener) -> TokenStream {
     };
     let register = {
         let bus = bus_at(at_ident);
+        // The shim's arguments, named so that the compiler picks its `Listener` impl: a future
+        // that is not `Send` is then reported as such, where it is not.
+        let args = match envelope {
+            Some(_) => {
+                quote_spanned!(at_ident=> (#bus::__private::Arc<#event>, #bus::__private::Envelope))
+            }
+            None => quote_spanned!(at_ident=> (#bus::__private::Arc<#event>,)),
+        };
         let once = once.then(|| quote_spanned!(at_ident=> .once()));
         let policy = (!policy.is_empty()).then(|| {
             let policy = policy_expr(policy, &bus);
             quote_spanned!(at_ident=> .policy(#policy))
         });
         quote_spanned! {at_ident=>
-            #bus::__private::registration::<#event, _, _>(#shim, #ident) #once #policy
+            #bus::__private::registration::<#event, _, #args, _>(#shim, #ident) #once #policy
         }
     };
     let fn_name = ident.unraw().to_string();
@@ -104,7 +124,7 @@ fn registration(listener: &Listener) -> TokenStream {
     quote! {
         #[doc(hidden)]
         const _: () = {
-            async fn #shim(#event_arg: #bus::__private::Arc<#event>) -> #bus::__private::ListenerResult {
+            async fn #shim(#event_arg: #bus::__private::Arc<#event> #envelope_param) -> #bus::__private::ListenerResult {
                 #output
             }
             #bus::__private::inventory::submit! {
@@ -301,17 +321,28 @@ mod tests {
                 quote!(event: UserCreated),
                 "on_user_created (:: bus :: __private :: clone_event (& * event))",
             ),
+            (
+                quote!(event: &UserCreated, envelope: &bus::Envelope),
+                "on_user_created (& event , & envelope)",
+            ),
+            (
+                quote!(event: &UserCreated, envelope: bus::Envelope),
+                "on_user_created (& event , envelope)",
+            ),
         ];
         for (arg, call) in cases {
             let generated = expand(quote!("a.b"), quote!(async fn on_user_created(#arg) {}));
             let generated = generated.to_string();
             assert!(generated.contains(call), "{call} not in {generated}");
-            assert!(
-                generated.contains(
-                    "registration :: < UserCreated , _ , _ > (__listener , on_user_created)"
-                ),
-                "{generated}"
+            let args = if call.contains("envelope") {
+                "(:: bus :: __private :: Arc < UserCreated > , :: bus :: __private :: Envelope)"
+            } else {
+                "(:: bus :: __private :: Arc < UserCreated > ,)"
+            };
+            let registration = format!(
+                "registration :: < UserCreated , _ , {args} , _ > (__listener , on_user_created)"
             );
+            assert!(generated.contains(&registration), "{generated}");
         }
     }
 
@@ -324,10 +355,10 @@ mod tests {
         let text = generated.to_string();
         assert_eq!(
             text.matches(":: my_app :: bus :: __private ::").count(),
-            8,
+            9,
             "{text}"
         );
-        assert_eq!(text.matches(":: bus ::").count(), 8, "{text}");
+        assert_eq!(text.matches(":: bus ::").count(), 9, "{text}");
         assert_paths_are_absolute(generated);
     }
 
@@ -364,7 +395,7 @@ mod tests {
     #[test]
     fn sets_once_and_the_policy_on_the_registration() {
         let item = quote! { async fn f(event: &E) {} };
-        let register = ":: bus :: __private :: registration :: < E , _ , _ > (__listener , f)";
+        let register = ":: bus :: __private :: registration :: < E , _ , (:: bus :: __private :: Arc < E > ,) , _ > (__listener , f)";
 
         let plain = expand(quote!("a.b"), item.clone()).to_string();
         assert!(plain.contains(&format!("|| {register} ,")), "{plain}");
@@ -494,8 +525,8 @@ mod tests {
     #[test]
     fn expansion_snapshot_with_options() {
         let item = quote! {
-            async fn charge(order: Arc<OrderPlaced>) -> Result<(), PaymentError> {
-                payments::charge(order.total).await
+            async fn charge(order: Arc<OrderPlaced>, envelope: &bus::Envelope) -> Result<(), PaymentError> {
+                payments::charge(envelope.id(), order.total).await
             }
         };
         let args = quote!(

@@ -114,8 +114,9 @@ mod snapshot;
 ///
 /// # The event argument
 ///
-/// The fn takes exactly one argument, the event. Every listener of an event shares one value
-/// of it, so the argument may be:
+/// The fn takes the event, and optionally the event's envelope as a second argument
+/// (`envelope: &bus::Envelope`: its id, source, time, causation and extensions). Every
+/// listener of an event shares one value of it, so the event argument may be:
 ///
 /// | argument | the fn gets | requires |
 /// |---|---|---|

@@ -42,6 +42,9 @@ pub(crate) struct Listener {
     /// The first and the last token of the return type (the fn name when there is none), where
     /// a return type that is not a listener output is reported.
     pub(crate) output_span: (Span, Span),
+    /// How the fn takes the event's envelope, its optional second argument ([`Takes::Ref`]
+    /// for `&Envelope`, [`Takes::Value`] for `Envelope`), and the span of its type.
+    pub(crate) envelope: Option<(Takes, Span)>,
 }
 
 /// How a listener takes its event `E`.
@@ -102,6 +105,7 @@ struct ListenerFn {
     takes: Takes,
     arg_span: (Span, Span),
     output_span: (Span, Span),
+    envelope: Option<(Takes, Span)>,
 }
 
 /// Reads the attribute's arguments `args` and the annotated `item`, with every error found in
@@ -118,6 +122,7 @@ pub(crate) fn listener(args: TokenStream, item: TokenStream) -> syn::Result<List
         takes: function.takes,
         arg_span: function.arg_span,
         output_span: function.output_span,
+        envelope: function.envelope,
     })
 }
 
@@ -513,6 +518,11 @@ fn parse_fn(item: TokenStream) -> syn::Result<ListenerFn> {
     let mut errors = Errors::default();
     check_header(sig, &mut errors);
     let event = event_arg(sig, &mut errors);
+    // After a `self`, which is reported alone, the other arguments are not checked.
+    let envelope = event
+        .is_ok()
+        .then(|| envelope_arg(sig, &mut errors))
+        .flatten();
     let output_span = match &sig.output {
         ReturnType::Default => (sig.ident.span(), sig.ident.span()),
         ReturnType::Type(_, ty) => span_range(ty),
@@ -523,6 +533,7 @@ fn parse_fn(item: TokenStream) -> syn::Result<ListenerFn> {
         takes,
         arg_span,
         output_span,
+        envelope,
     });
     errors.finish_with(function)
 }
@@ -627,15 +638,44 @@ fn event_arg(sig: &Signature, errors: &mut Errors) -> syn::Result<(Type, Takes, 
     };
     let (event, takes) = event_type(&arg.ty, &sig.generics, errors);
     check_nameable(&event, errors);
-    if sig.inputs.len() > 1 {
-        let extra = sig.inputs.iter().skip(1);
-        errors.spanned(
-            quote!(#(#extra)*),
-            "a listener takes exactly one argument, the event; remove the others (register a \
-             closure with `EventBus::add_listener` to give a listener state)",
-        );
-    }
     Ok((event, takes, span_range(&arg.ty)))
+}
+
+/// The optional second argument, the envelope: `&Envelope` or `Envelope` (any path ending in
+/// `Envelope`, such as `bus::Envelope`; the compiler checks it is the bus's). Anything else,
+/// and any argument after it, is reported.
+fn envelope_arg(sig: &Signature, errors: &mut Errors) -> Option<(Takes, Span)> {
+    const MORE: &str = "a listener takes the event and, optionally, its envelope \
+                        (`envelope: &bus::Envelope`); remove the others (register a closure \
+                        with `EventBus::add_listener` to give a listener state)";
+    if sig.inputs.len() > 2 {
+        let extra = sig.inputs.iter().skip(2);
+        errors.spanned(quote!(#(#extra)*), MORE);
+    }
+    let arg = sig.inputs.iter().nth(1)?;
+    let FnArg::Typed(typed) = arg else {
+        errors.spanned(arg, MORE);
+        return None;
+    };
+    let is_envelope = |ty: &Type| {
+        matches!(ty, Type::Path(path) if path.qself.is_none()
+        && path.path.segments.last().is_some_and(|last| {
+            last.ident == "Envelope" && matches!(last.arguments, PathArguments::None)
+        }))
+    };
+    let takes = match &*typed.ty {
+        Type::Reference(reference)
+            if reference.mutability.is_none() && is_envelope(&reference.elem) =>
+        {
+            Takes::Ref
+        }
+        ty if is_envelope(ty) => Takes::Value,
+        _ => {
+            errors.spanned(arg, MORE);
+            return None;
+        }
+    };
+    Some((takes, span_range(&typed.ty).0))
 }
 
 /// The event type `E` of an argument of type `ty`, and how it takes `E`.
@@ -796,6 +836,23 @@ mod tests {
     #[track_caller]
     fn name_of(listener: &Listener) -> String {
         listener.name.as_ref().expect("an event name").value()
+    }
+
+    #[test]
+    fn reads_the_envelope_as_the_optional_second_argument() {
+        #[rustfmt::skip]
+        let cases = [
+            (quote!(event: &E), None),
+            (quote!(event: &E, envelope: &Envelope), Some(Takes::Ref)),
+            (quote!(event: &E, envelope: &bus::Envelope), Some(Takes::Ref)),
+            (quote!(event: Arc<E>, _: &::bus::Envelope), Some(Takes::Ref)),
+            (quote!(event: E, envelope: Envelope), Some(Takes::Value)),
+        ];
+        for (args, takes) in cases {
+            let listener = parses(quote!("a.b"), quote!(async fn f(#args) {}));
+            assert_eq!(listener.envelope.map(|(takes, _)| takes), takes, "{args}");
+            assert_eq!(tokens(&listener.event), "E", "{args}");
+        }
     }
 
     #[test]
@@ -1129,8 +1186,10 @@ mod tests {
         let cases = [
             (quote!(fn f(event: &E) {}), "requires an `async fn`"),
             (quote!(async fn f() {}), "takes the event as its one argument"),
-            (quote!(async fn f(event: &E, db: &Db) {}), "exactly one argument"),
-            (quote!(async fn f(event: &E, db: &Db, x: u8) {}), "exactly one argument"),
+            (quote!(async fn f(event: &E, db: &Db) {}), "optionally, its envelope"),
+            (quote!(async fn f(event: &E, db: Arc<Envelope>) {}), "optionally, its envelope"),
+            (quote!(async fn f(event: &E, db: &mut Envelope) {}), "optionally, its envelope"),
+            (quote!(async fn f(event: &E, e: &Envelope, x: u8) {}), "optionally, its envelope"),
             (quote!(async fn f(&self) {}), "cannot take `self`"),
             (quote!(async fn f(self: Arc<Self>, event: &E) {}), "cannot take `self`"),
             (quote!(async fn f<E>(event: &E) {}), "cannot be generic"),
@@ -1192,7 +1251,7 @@ mod tests {
             "unknown option `retries`",
             "requires an `async fn`",
             "cannot be borrowed mutably",
-            "exactly one argument",
+            "optionally, its envelope",
         ];
         crate::diagnostics::assert_messages(&messages, &expected);
     }

@@ -107,7 +107,8 @@ impl EventBusBuilder {
         self
     }
 
-    /// The name of this service: the `source` of the events it publishes, and the first part
+    /// The name of this service: the `source` of the events emitted on this bus (in process
+    /// too: [`Envelope::source`](crate::Envelope::source)), and the first part
     /// of its listeners' consumer groups, so that the instances of one service share their
     /// events and each other service gets its own copy. `"bus"` when not set.
     pub fn service(mut self, name: impl Into<String>) -> Self {
@@ -157,17 +158,18 @@ impl EventBusBuilder {
             listeners: Registry::default(),
             layers: self.layers,
         };
+        let service = self.service.unwrap_or_else(|| Arc::from("bus"));
         let remote = self.transport.map(|transport| {
-            let service = self.service.unwrap_or_else(|| Arc::from("bus"));
             let mut codecs = self.codecs;
             codecs.extend_from_slice(annotated::linked_codecs());
-            Remote::new(service, transport, &codecs)
+            Remote::new(Arc::clone(&service), transport, &codecs)
         });
         let engine = Engine {
             snapshot: ArcSwap::from_pointee(snapshot),
             tasks: Arc::new(Tasks::new(self.max_in_flight)),
             mode: self.dispatch,
             dead_letter: self.dead_letter,
+            service,
         };
         let bus = EventBus {
             shared: Arc::new(Shared {

@@ -286,7 +286,7 @@ impl EventBus {
             Meta::unclocked()
         };
         let mut outcomes = Outcomes::new(Arc::clone(&targets.name), checked.listeners);
-        outcomes.set_event_id(meta.id);
+        outcomes.set_event_id(meta.id.clone());
         if let Some(reason) = checked.unreachable {
             let reason = reason.error(event_name);
             return Ok(unreachable(
@@ -476,7 +476,7 @@ impl EventBus {
             causation = tracing::field::Empty,
             listeners = info.listeners,
         );
-        if let Some(causation) = meta.causation {
+        if let Some(causation) = &meta.causation {
             emit_span.record("causation", tracing::field::display(causation));
         }
         if !layers.only_tracing() {
@@ -525,7 +525,7 @@ impl EventBus {
         };
         let wire = remote.wire(event_name, meta, data);
         let tasks = &self.shared.engine.tasks;
-        outcomes.published_by(remote.publish(&runtime, tasks, wire, meta.id));
+        outcomes.published_by(remote.publish(&runtime, tasks, wire, meta.id.clone()));
     }
 }
 

@@ -172,10 +172,11 @@ impl EventBus {
     /// registered, the error is logged, and the returned id belongs to no listener.
     /// [`on(..).try_add()`](ListenerBuilder::try_add) returns the error instead.
     #[track_caller]
-    pub fn add_listener<E, L>(&self, event_name: &str, listener: L) -> ListenerId
+    pub fn add_listener<E, L, Args>(&self, event_name: &str, listener: L) -> ListenerId
     where
         E: Send + Sync + 'static,
-        L: Listener<E>,
+        L: Listener<E, Args>,
+        Args: 'static,
     {
         self.on(event_name, listener).add()
     }
@@ -204,10 +205,15 @@ impl EventBus {
     /// # }
     /// ```
     #[track_caller]
-    pub fn on<'a, E, L>(&'a self, event_name: &'a str, listener: L) -> ListenerBuilder<'a, E, L>
+    pub fn on<'a, E, L, Args>(
+        &'a self,
+        event_name: &'a str,
+        listener: L,
+    ) -> ListenerBuilder<'a, E, L, Args>
     where
         E: Send + Sync + 'static,
-        L: Listener<E>,
+        L: Listener<E, Args>,
+        Args: 'static,
     {
         ListenerBuilder::new(self, event_name, listener)
     }
@@ -227,10 +233,11 @@ impl EventBus {
     /// [`remove`](EventBus::remove) and the id `add_listener` returned).
     ///
     /// Deliveries already started run to completion; later emits no longer reach it.
-    pub fn remove_listener<E, L>(&self, event_name: &str, listener: L) -> bool
+    pub fn remove_listener<E, L, Args>(&self, event_name: &str, listener: L) -> bool
     where
         E: Send + Sync + 'static,
-        L: Listener<E>,
+        L: Listener<E, Args>,
+        Args: 'static,
     {
         self.remove_by_identity(event_name, listener)
     }

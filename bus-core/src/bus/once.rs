@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use super::WeakBus;
 use crate::delivery::{Listener, ListenerOutput};
 use crate::error::BoxError;
+use crate::event::Envelope;
 use crate::id::ListenerId;
 
 /// What a `once` listener shares with its registration: whether it has fired, and the id to
@@ -36,21 +37,24 @@ impl OnceState {
 /// Wraps `listener` so that exactly one delivery calls it, however many emits race: the
 /// first to swap the flag wins; the others find it set and return at once. The winner removes
 /// the listener, so later emits no longer reach it.
-pub(crate) fn wrap<E, L>(
+///
+/// The wrapper takes the envelope, which it hands on to a listener that takes it: `once`
+/// listeners are few, and making the envelope of their one call costs little.
+pub(crate) fn wrap<E, L, Args>(
     listener: L,
     state: Arc<OnceState>,
     bus: WeakBus,
-) -> impl Listener<E, Output = Result<(), BoxError>>
+) -> impl Listener<E, (Arc<E>, Envelope), Output = Result<(), BoxError>>
 where
     E: Send + Sync + 'static,
-    L: Listener<E>,
+    L: Listener<E, Args>,
 {
-    move |event: Arc<E>| {
+    move |event: Arc<E>, envelope: Envelope| {
         let first = !state.fired.swap(true, Ordering::AcqRel);
         // Every call after the first also tries: the id may not have been recorded yet when
         // the first one ran.
         state.remove(&bus);
-        let call = first.then(|| listener.call(event));
+        let call = first.then(|| listener.call(event, || envelope));
         async move {
             match call {
                 Some(future) => future.await.into_result(),

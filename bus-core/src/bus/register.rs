@@ -21,17 +21,17 @@ use crate::remote::Reach;
 /// [`add`](ListenerBuilder::add) it (an invalid name is logged) or
 /// [`try_add`](ListenerBuilder::try_add) it (an invalid name is an error).
 #[must_use = "a listener is added only by `add` or `try_add`"]
-pub struct ListenerBuilder<'a, E, L> {
+pub struct ListenerBuilder<'a, E, L, Args = (Arc<E>,)> {
     bus: &'a EventBus,
     event_name: &'a str,
     listener: L,
     policy: Policy,
     once: bool,
     location: SourceLocation,
-    _event: PhantomData<fn(Arc<E>)>,
+    _event: PhantomData<fn(Arc<E>, Args)>,
 }
 
-impl<E, L> std::fmt::Debug for ListenerBuilder<'_, E, L> {
+impl<E, L, Args> std::fmt::Debug for ListenerBuilder<'_, E, L, Args> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ListenerBuilder")
             .field("event_name", &self.event_name)
@@ -42,10 +42,11 @@ impl<E, L> std::fmt::Debug for ListenerBuilder<'_, E, L> {
     }
 }
 
-impl<'a, E, L> ListenerBuilder<'a, E, L>
+impl<'a, E, L, Args> ListenerBuilder<'a, E, L, Args>
 where
     E: Send + Sync + 'static,
-    L: Listener<E>,
+    L: Listener<E, Args>,
+    Args: 'static,
 {
     #[track_caller]
     pub(super) fn new(bus: &'a EventBus, event_name: &'a str, listener: L) -> Self {
@@ -111,12 +112,12 @@ where
             reach,
         };
         if !self.once {
-            let erased = Erased::new::<E, L>(self.listener);
+            let erased = Erased::new::<E, Args, L>(self.listener);
             return self.bus.register(new(erased, Reach::Distributable));
         }
         let state = Arc::new(OnceState::default());
         let wrapped = once::wrap(self.listener, Arc::clone(&state), self.bus.downgrade());
-        let erased = Erased::new::<E, _>(wrapped);
+        let erased = Erased::new::<E, _, _>(wrapped);
         let id = self.bus.register(new(erased, Reach::Local))?;
         state.registered(&self.bus.downgrade(), id);
         Ok(id)
@@ -199,7 +200,10 @@ impl EventBus {
                      listeners of its own type"
                 );
             }
-            listeners.add(&pattern, Entry::new(info, erased));
+            listeners.add(
+                &pattern,
+                Entry::new(info, erased, Arc::clone(&self.shared.engine.service)),
+            );
             Ok(id)
         });
         let id = match added {
@@ -227,10 +231,10 @@ impl EventBus {
     }
 
     /// Removes the listener of `event_name` whose identity is `listener`'s type.
-    pub(super) fn remove_by_identity<E, L>(&self, event_name: &str, listener: L) -> bool
+    pub(super) fn remove_by_identity<E, L, Args>(&self, event_name: &str, listener: L) -> bool
     where
         E: Send + Sync + 'static,
-        L: Listener<E>,
+        L: Listener<E, Args>,
     {
         drop(listener);
         let Some(identity) = identity_of::<L>() else {

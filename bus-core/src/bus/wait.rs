@@ -91,7 +91,7 @@ impl<E: Send + Sync + 'static> WaitFor<E> {
             listener_name: &listener_name,
             location,
             kind: ListenerKind::Added,
-            erased: Erased::new::<E, _>(listener),
+            erased: Erased::new::<E, _, _>(listener),
             policy: Policy::new(),
             reach: Reach::Local,
         });

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 
 use super::emission::Conclusion;
 use super::entry::Entry;
-use super::erased::{ErasedListener, ListenerOutput};
+use super::erased::{ErasedListener, ListenerOutput, MakeEnvelope};
 use crate::error::{BoxError, DeliveryError, panic_message};
 use crate::event::{AnyEvent, Envelope, ErasedEvent, Handling, Meta};
 use crate::id::EventId;
@@ -260,12 +260,23 @@ impl<F: Future> Future for Handled<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _handling = Handling::enter(*this.id);
+        let _handling = Handling::enter(this.id);
         this.future.poll(cx)
     }
 }
 
+/// The envelope of the event `name` with `meta`, delivered to `entry`: an event from a broker
+/// has the source its message said; one emitted here, the service of the listener's bus.
+pub(crate) fn envelope_of(name: &Arc<str>, entry: &Entry, meta: &Meta) -> Envelope {
+    let source = match &meta.received {
+        Some(received) => &received.source,
+        None => &entry.source,
+    };
+    Envelope::new(Arc::clone(name), Arc::clone(source), meta.clone())
+}
+
 /// Where a delivery's attempts are reported: its event, listener, envelope and layers.
+#[derive(Clone, Copy)]
 pub(crate) struct Scope<'a> {
     pub(crate) event: &'a Arc<str>,
     pub(crate) entry: &'a Arc<Entry>,
@@ -274,6 +285,11 @@ pub(crate) struct Scope<'a> {
 }
 
 impl Scope<'_> {
+    /// The event's envelope, for a listener that takes it or sees it in an [`AnyEvent`].
+    pub(crate) fn envelope(&self) -> Envelope {
+        envelope_of(self.event, self.entry, self.meta)
+    }
+
     fn info(&self, attempt: u32) -> DeliveryInfo<'_> {
         DeliveryInfo {
             name: self.event,
@@ -344,7 +360,7 @@ impl Scope<'_> {
         match event.downcast_ref::<AnyEvent>() {
             Some(any) => any.clone(),
             None => AnyEvent::new(
-                Envelope::new(Arc::clone(self.event), *self.meta),
+                self.envelope(),
                 Arc::clone(event),
                 self.entry.info.event_type(),
             ),
@@ -370,9 +386,14 @@ pub(crate) fn conclude(
 
 /// An attempt of a listener called with a type-erased event, in a task: the call, the polls
 /// and the drop of its future go through [`Caught`], as an inline delivery's do.
-pub(crate) async fn erased(listener: &dyn ErasedListener, event: &ErasedEvent) -> Outcome {
+/// `envelope` makes the event's envelope, for a listener that takes it.
+pub(crate) async fn erased(
+    listener: &dyn ErasedListener,
+    event: &ErasedEvent,
+    envelope: MakeEnvelope<'_>,
+) -> Outcome {
     let mut caught = std::pin::pin!(Caught::empty());
-    let mut call = Some(|| listener.call_boxed(event));
+    let mut call = Some(|| listener.call_boxed(event, envelope));
     std::future::poll_fn(|cx| match call.take() {
         Some(call) => caught.as_mut().start(call, cx),
         None => caught.as_mut().poll(cx),
@@ -405,7 +426,8 @@ pub(crate) async fn run(scope: &Scope<'_>, event: &ErasedEvent, attempt: Attempt
         started,
         done: false,
     };
-    let called = erased(&*scope.entry.erased.listener, event);
+    let envelope = || scope.envelope();
+    let called = erased(&*scope.entry.erased.listener, event, &envelope);
     let outcome = match attempt.timeout {
         Some(timeout) => tokio::time::timeout(timeout, called)
             .await

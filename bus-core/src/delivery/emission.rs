@@ -31,8 +31,8 @@ impl DeliveryReport {
 
     /// The emitted event's unique id; `None` when the emit was refused before it got one (an
     /// invalid name).
-    pub fn event_id(&self) -> Option<EventId> {
-        self.event_id
+    pub fn event_id(&self) -> Option<&EventId> {
+        self.event_id.as_ref()
     }
 
     /// How many listeners completed with `Ok` (or `()`).
@@ -209,8 +209,8 @@ impl Emission {
     /// The emitted event's unique id, as its listeners see it in
     /// [`current_event_id`](crate::event::current_event_id) and the layers in their hooks; `None`
     /// when the emit was refused before it got one (an invalid name).
-    pub fn event_id(&self) -> Option<EventId> {
-        self.outcomes.event_id
+    pub fn event_id(&self) -> Option<&EventId> {
+        self.outcomes.event_id.as_ref()
     }
 
     /// How many listeners of this process the event was addressed to, including those that

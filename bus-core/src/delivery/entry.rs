@@ -3,6 +3,7 @@
 
 use std::any::TypeId;
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::erased::Erased;
@@ -20,6 +21,8 @@ pub(crate) struct Entry {
     /// `true` when its events come from the broker: an emit that publishes its event skips
     /// it, so it does not get the event twice.
     pub(crate) remote: bool,
+    /// The `source` of the events emitted on its bus: the bus's service.
+    pub(crate) source: Arc<str>,
     /// Set once a delivery of this listener did not complete in its first poll; from then on
     /// its deliveries are spawned directly (see [`Dispatch`](crate::Dispatch)).
     suspends: AtomicBool,
@@ -36,13 +39,14 @@ impl fmt::Debug for Entry {
 
 impl Entry {
     /// The entry of a listener described by `info`; its lane follows from its policy.
-    pub(crate) fn new(info: ListenerInfo, erased: Erased) -> Self {
+    pub(crate) fn new(info: ListenerInfo, erased: Erased, source: Arc<str>) -> Self {
         let policy = info.policy();
         Entry {
             remote: info.is_distributed(),
             lane: (!policy.is_default()).then(|| Lane::new(&policy)),
             info,
             erased,
+            source,
             suspends: AtomicBool::new(false),
         }
     }
@@ -58,10 +62,10 @@ impl Entry {
     }
 
     /// `true` when the listener can see its event's envelope beyond the id: it takes
-    /// `AnyEvent`, or it has a policy (whose dead letters carry the envelope).
+    /// the envelope or `AnyEvent`, or it has a policy (whose dead letters carry the envelope).
     #[inline]
     pub(crate) fn observes_envelope(&self) -> bool {
-        self.lane.is_some() || self.erased.takes_any()
+        self.lane.is_some() || self.erased.takes_any() || self.erased.takes_envelope
     }
 }
 

@@ -1,5 +1,5 @@
-//! What a listener is: an async fn or closure taking `Arc<E>`, and how the bus stores listeners
-//! of different event types side by side.
+//! What a listener is: an async fn or closure taking `Arc<E>`, or `Arc<E>` and the event's
+//! [`Envelope`], and how the bus stores listeners of different event types side by side.
 //!
 //! [`ErasedListener::deliver`] is a double dispatch: the registry holds listeners with their
 //! types erased, and `deliver` hands the listener's *concrete* future type back to the engine
@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use super::run::{Dispatcher, FutureSlots};
 use crate::error::BoxError;
-use crate::event::{AnyEvent, ErasedEvent};
+use crate::event::{AnyEvent, Envelope, ErasedEvent};
 
 mod sealed {
     pub trait Sealed {}
@@ -51,32 +51,39 @@ impl<E: Into<BoxError>> ListenerOutput for Result<(), E> {
 
 /// An async function or closure that handles events of type `E`.
 ///
-/// Implemented for every `Fn(Arc<E>) -> Fut` where `Fut` is a `Send + 'static` future whose
-/// output is a [`ListenerOutput`]: an `async fn f(event: Arc<E>)`, or a closure
-/// `|event: Arc<E>| async move { .. }`. `#[bus::listener]` adapts fns taking `&E` or `E` to
-/// this shape.
+/// Implemented for every `Fn(Arc<E>) -> Fut` and every `Fn(Arc<E>, Envelope) -> Fut` where
+/// `Fut` is a `Send + 'static` future whose output is a [`ListenerOutput`]: an
+/// `async fn f(event: Arc<E>)`, a closure `|event: Arc<E>| async move { .. }`, or one that
+/// also takes the event's [`Envelope`] (`|event: Arc<E>, envelope: Envelope| ..`).
+/// `#[bus::listener]` adapts fns taking `&E` or `E` (and `&Envelope`) to these shapes. `Args`
+/// tells the two shapes apart and is always inferred.
 ///
-/// You never implement this trait yourself; its method is not public API.
+/// You never implement this trait yourself; its items are not public API.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a listener for events of type `{E}`",
     label = "not an event listener",
-    note = "a listener is an `async fn` or a closure taking `Arc<{E}>` and returning `()` or \
-            `Result<(), E>`; its future must be `Send + 'static`"
+    note = "a listener is an `async fn` or a closure taking `Arc<{E}>` (and optionally a \
+            `bus::Envelope`) and returning `()` or `Result<(), E>`; its future must be \
+            `Send + 'static`"
 )]
-pub trait Listener<E>: Send + Sync + 'static {
+pub trait Listener<E, Args = (Arc<E>,)>: Send + Sync + 'static {
     /// The listener's output.
     #[doc(hidden)]
     type Output: ListenerOutput;
     /// The future of one call.
     #[doc(hidden)]
     type Future: Future<Output = Self::Output> + Send + 'static;
-
-    /// Starts handling one event.
+    /// Whether the listener takes the envelope: then the bus makes one for each call.
     #[doc(hidden)]
-    fn call(&self, event: Arc<E>) -> Self::Future;
+    const TAKES_ENVELOPE: bool;
+
+    /// Starts handling one event; `envelope` makes its envelope, called only when
+    /// [`TAKES_ENVELOPE`](Listener::TAKES_ENVELOPE).
+    #[doc(hidden)]
+    fn call(&self, event: Arc<E>, envelope: impl FnOnce() -> Envelope) -> Self::Future;
 }
 
-impl<F, Fut, E> Listener<E> for F
+impl<F, Fut, E> Listener<E, (Arc<E>,)> for F
 where
     F: Fn(Arc<E>) -> Fut + Send + Sync + 'static,
     Fut: Future + Send + 'static,
@@ -85,9 +92,27 @@ where
 {
     type Output = Fut::Output;
     type Future = Fut;
+    const TAKES_ENVELOPE: bool = false;
 
-    fn call(&self, event: Arc<E>) -> Fut {
+    #[inline]
+    fn call(&self, event: Arc<E>, _: impl FnOnce() -> Envelope) -> Fut {
         self(event)
+    }
+}
+
+impl<F, Fut, E> Listener<E, (Arc<E>, Envelope)> for F
+where
+    F: Fn(Arc<E>, Envelope) -> Fut + Send + Sync + 'static,
+    Fut: Future + Send + 'static,
+    Fut::Output: ListenerOutput,
+    E: Send + Sync + 'static,
+{
+    type Output = Fut::Output;
+    type Future = Fut;
+    const TAKES_ENVELOPE: bool = true;
+
+    fn call(&self, event: Arc<E>, envelope: impl FnOnce() -> Envelope) -> Fut {
+        self(event, envelope())
     }
 }
 
@@ -104,35 +129,45 @@ pub(crate) trait ErasedListener: Send + Sync + 'static {
     /// Calls the listener and boxes its future, for a delivery made in a task. A future that
     /// fails at once when the event is not of the listener's type (the bus checks types
     /// before a delivery, so only a bug gets there).
-    fn call_boxed(&self, event: &ErasedEvent) -> BoxedDelivery;
+    fn call_boxed(&self, event: &ErasedEvent, envelope: MakeEnvelope<'_>) -> BoxedDelivery;
 }
+
+/// Makes the envelope of a delivery's event, for a listener that takes it; shared by the
+/// future of a delivery run in a task, hence `Sync`.
+pub(crate) type MakeEnvelope<'a> = &'a (dyn Fn() -> Envelope + Sync);
 
 /// A typed listener behind [`ErasedListener`].
-struct Typed<E, L: Listener<E>> {
+struct Typed<E, Args, L: Listener<E, Args>> {
     listener: L,
     slots: FutureSlots<L::Future>,
-    _event: PhantomData<fn(Arc<E>)>,
+    _event: PhantomData<fn(Arc<E>, Args)>,
 }
 
-impl<E, L> ErasedListener for Typed<E, L>
+impl<E, Args, L> ErasedListener for Typed<E, Args, L>
 where
     E: Send + Sync + 'static,
-    L: Listener<E>,
+    Args: 'static,
+    L: Listener<E, Args>,
 {
     fn deliver(&self, event: ErasedEvent, dispatcher: Dispatcher<'_>) -> bool {
         match event.downcast::<E>() {
             Ok(event) => {
-                dispatcher.run(event, |event| self.listener.call(event), &self.slots);
+                let envelope = dispatcher.envelope_parts();
+                dispatcher.run(
+                    event,
+                    |event| self.listener.call(event, || envelope.envelope()),
+                    &self.slots,
+                );
                 true
             }
             Err(_) => false,
         }
     }
 
-    fn call_boxed(&self, event: &ErasedEvent) -> BoxedDelivery {
+    fn call_boxed(&self, event: &ErasedEvent, envelope: MakeEnvelope<'_>) -> BoxedDelivery {
         match Arc::clone(event).downcast::<E>() {
             Ok(event) => {
-                let future = self.listener.call(event);
+                let future = self.listener.call(event, envelope);
                 Box::pin(async move { future.await.into_result() })
             }
             Err(_) => Box::pin(std::future::ready(Err(
@@ -149,6 +184,8 @@ pub(crate) struct Erased {
     pub(crate) event_type_name: &'static str,
     /// `Some` when the listener's identity is its type: then adding it again is a no-op.
     pub(crate) identity: Option<TypeId>,
+    /// Whether it takes the event's [`Envelope`] besides the event.
+    pub(crate) takes_envelope: bool,
 }
 
 impl Erased {
@@ -159,19 +196,21 @@ impl Erased {
     /// listener. A listener with state (a capturing closure) has no identity: every add is a new
     /// listener. Fn pointers are never compared (rust-lang/rust#118833: equal in release builds
     /// for distinct fns with the same body).
-    pub(crate) fn new<E, L>(listener: L) -> Self
+    pub(crate) fn new<E, Args, L>(listener: L) -> Self
     where
         E: Send + Sync + 'static,
-        L: Listener<E>,
+        Args: 'static,
+        L: Listener<E, Args>,
     {
         let identity = (size_of::<L>() == 0).then(TypeId::of::<L>);
-        Erased::with_identity::<E, L>(listener, identity)
+        Erased::with_identity::<E, Args, L>(listener, identity)
     }
 
-    pub(crate) fn with_identity<E, L>(listener: L, identity: Option<TypeId>) -> Self
+    pub(crate) fn with_identity<E, Args, L>(listener: L, identity: Option<TypeId>) -> Self
     where
         E: Send + Sync + 'static,
-        L: Listener<E>,
+        Args: 'static,
+        L: Listener<E, Args>,
     {
         Erased {
             listener: Box::new(Typed {
@@ -182,6 +221,7 @@ impl Erased {
             event_type: TypeId::of::<E>(),
             event_type_name: std::any::type_name::<E>(),
             identity,
+            takes_envelope: L::TAKES_ENVELOPE,
         }
     }
 }
@@ -207,9 +247,9 @@ mod tests {
 
     #[test]
     fn fn_items_have_distinct_identities() {
-        let a = Erased::new::<u32, _>(named).identity;
-        let b = Erased::new::<u32, _>(named).identity;
-        let c = Erased::new::<u32, _>(other).identity;
+        let a = Erased::new::<u32, _, _>(named).identity;
+        let b = Erased::new::<u32, _, _>(named).identity;
+        let c = Erased::new::<u32, _, _>(other).identity;
         assert!(a.is_some());
         assert_eq!(a, b);
         assert_ne!(a, c);
@@ -222,12 +262,12 @@ mod tests {
             let _state = Arc::clone(&state);
             async {}
         };
-        assert_eq!(Erased::new::<u32, _>(listener).identity, None);
+        assert_eq!(Erased::new::<u32, _, _>(listener).identity, None);
     }
 
     #[test]
     fn erased_listeners_know_their_event_type() {
-        let erased = Erased::new::<u32, _>(named);
+        let erased = Erased::new::<u32, _, _>(named);
         assert_eq!(erased.event_type, TypeId::of::<u32>());
         assert_eq!(erased.event_type_name, "u32");
     }

@@ -81,6 +81,8 @@ pub(crate) struct Engine {
     pub(crate) tasks: Arc<Tasks>,
     pub(crate) mode: Dispatch,
     pub(crate) dead_letter: Option<DeadLetterHook>,
+    /// The bus's service: the `source` of the events emitted on it.
+    pub(crate) service: Arc<str>,
 }
 
 /// How a consumer reaches the engine of its bus without keeping the bus alive: a weak handle

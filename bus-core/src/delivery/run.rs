@@ -28,7 +28,7 @@ use super::emission::{Conclusion, Outcomes};
 use super::entry::Entry;
 use super::erased::ListenerOutput;
 use super::policy::PolicyDelivery;
-use crate::event::{AnyEvent, Envelope, ErasedEvent, Handling, Meta};
+use crate::event::{AnyEvent, ErasedEvent, Handling, Meta};
 use crate::layer::{DeadLetterHook, Layers};
 use crate::tasks::{Reservation, Reserved, Tasks};
 
@@ -101,7 +101,7 @@ where
     let wraps_in_any = TypeId::of::<E>() != any;
     let mut mismatched = Vec::new();
     // What the listeners emit while they are polled here records this event as its cause.
-    let _handling = Handling::enter(context.meta.id);
+    let _handling = Handling::enter(&context.meta.id);
     let mut event: Option<ErasedEvent> = Some(Arc::new(event));
     let mut any_event: Option<ErasedEvent> = None;
     let mut targets = targets.peekable();
@@ -109,7 +109,7 @@ where
         let this = if wraps_in_any && entry.erased.event_type == any {
             event.clone().map(|payload| {
                 Arc::clone(any_event.get_or_insert_with(|| {
-                    let envelope = Envelope::new(Arc::clone(context.event_name), *context.meta);
+                    let envelope = attempt::envelope_of(context.event_name, entry, context.meta);
                     Arc::new(AnyEvent::new(envelope, payload, std::any::type_name::<E>()))
                 }))
             })
@@ -145,6 +145,11 @@ pub(crate) struct Dispatcher<'a> {
 }
 
 impl<'a> Dispatcher<'a> {
+    /// What makes the envelope of this delivery's event, for a listener that takes it.
+    pub(crate) fn envelope_parts(&self) -> Scope<'a> {
+        self.scope()
+    }
+
     fn scope(&self) -> Scope<'a> {
         Scope {
             event: self.emit.event_name,
@@ -261,7 +266,11 @@ impl<'a> Dispatcher<'a> {
     /// Runs the whole delivery, the call to the listener included, in a task of its own.
     fn defer(self, event: ErasedEvent, span: tracing::Span, started: Option<Instant>) {
         let entry = Arc::clone(self.entry);
-        let delivery = async move { attempt::erased(&*entry.erased.listener, &event).await };
+        let (name, meta) = (Arc::clone(self.emit.event_name), self.emit.meta.clone());
+        let delivery = async move {
+            let envelope = || attempt::envelope_of(&name, &entry, &meta);
+            attempt::erased(&*entry.erased.listener, &event, &envelope).await
+        };
         self.spawn(delivery, span, started);
     }
 
@@ -276,7 +285,7 @@ impl<'a> Dispatcher<'a> {
             entry: Arc::clone(self.entry),
             event,
             name: Arc::clone(self.emit.event_name),
-            meta: *self.emit.meta,
+            meta: self.emit.meta.clone(),
             layers: self.emit.layers.clone(),
             dead_letter: self.emit.dead_letter.cloned(),
         };
@@ -317,7 +326,7 @@ impl<'a> Dispatcher<'a> {
                 tasks: Some(Arc::clone(self.emit.tasks)),
                 event: Arc::clone(self.emit.event_name),
                 entry: Arc::clone(self.entry),
-                meta: *self.emit.meta,
+                meta: self.emit.meta.clone(),
                 layers: self.emit.layers.clone(),
                 started,
             },
@@ -363,7 +372,7 @@ where
         let mut this = self.project();
         let polled = {
             // What the listener emits while it runs records this event as its cause.
-            let _handling = Handling::enter(this.guard.meta.id);
+            let _handling = Handling::enter(&this.guard.meta.id);
             match this.delivery.as_mut().as_pin_mut() {
                 // Listener panics are caught inside (`Caught`), so a poll returns.
                 Some(delivery) => delivery.poll(cx),

@@ -140,14 +140,14 @@ impl EmitInfo<'_> {
         self.name
     }
 
-    /// The event's unique id.
-    pub fn event_id(&self) -> EventId {
-        self.meta.id
+    /// The event's id.
+    pub fn event_id(&self) -> &EventId {
+        &self.meta.id
     }
 
     /// The id of the event whose listener emitted this one, if any.
-    pub fn causation(&self) -> Option<EventId> {
-        self.meta.causation
+    pub fn causation(&self) -> Option<&EventId> {
+        self.meta.causation.as_ref()
     }
 
     /// When it was emitted.
@@ -176,14 +176,14 @@ impl DeliveryInfo<'_> {
         self.name
     }
 
-    /// The event's unique id.
-    pub fn event_id(&self) -> EventId {
-        self.meta.id
+    /// The event's id.
+    pub fn event_id(&self) -> &EventId {
+        &self.meta.id
     }
 
     /// The id of the event whose listener emitted this one, if any.
-    pub fn causation(&self) -> Option<EventId> {
-        self.meta.causation
+    pub fn causation(&self) -> Option<&EventId> {
+        self.meta.causation.as_ref()
     }
 
     /// The listener.

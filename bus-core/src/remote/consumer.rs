@@ -109,17 +109,17 @@ impl Consumer {
         };
         let wire = delivery.event();
         let number = delivery.attempt();
-        let meta = meta_of(wire);
         let span = tracing::info_span!(
             "bus.deliver",
             event = %wire.ty,
-            event_id = %meta.id,
+            event_id = %wire.id,
             listener = %self.entry.info.name(),
             listener_id = self.entry.info.id().get(),
             attempt = number,
             source = %wire.source,
         );
-        let event = match self.decode(wire) {
+        let decoded = meta_of(wire).and_then(|meta| Ok((meta, self.decode(wire)?)));
+        let (meta, event) = match decoded {
             Ok(event) => event,
             Err(reason) => {
                 tracing::warn!(parent: &span, %reason, "event rejected: dead-lettered");
@@ -143,7 +143,7 @@ impl Consumer {
             timeout: policy.timeout_after(),
             dead_letter: engine.dead_letter.as_ref(),
         };
-        let running = Handled::new(meta.id, attempt::run(&scope, &event, attempt));
+        let running = Handled::new(meta.id.clone(), attempt::run(&scope, &event, attempt));
         let outcome = tokio::select! {
             biased;
             () = tasks.cancelled() => None,

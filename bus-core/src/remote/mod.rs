@@ -20,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use self::codec::{Codec, Codecs};
 use crate::delivery::{EngineRef, Entry};
 use crate::error::PublishError;
-use crate::event::Meta;
+use crate::event::{Meta, Received};
 use crate::id::{EventId, ListenerId};
 use crate::policy::{Group, Policy};
 use crate::tasks::Tasks;
@@ -301,32 +301,54 @@ impl Remote {
         let mut wire = WireEvent::new(meta.id.to_string(), self.service(), name, data)
             .at(meta.emitted_at())
             .content_type(codec::JSON);
-        if let Some(causation) = meta.causation {
+        if let Some(causation) = &meta.causation {
             wire = wire.extension(CAUSATION, causation.to_string());
         }
         wire
     }
 }
 
-/// The envelope of an event that came from the broker. Ids and causations written by this
-/// crate are read back; an id in another form (from another publisher) gets a fresh local id,
-/// and a missing or unreadable time reads as now.
-pub(crate) fn meta_of(wire: &WireEvent) -> Meta {
-    let id = EventId::parse(&wire.id).unwrap_or_else(EventId::next);
-    let emitted_at = wire
-        .time
-        .as_deref()
-        .and_then(|time| humantime::parse_rfc3339_weak(time).ok())
-        .unwrap_or_else(SystemTime::now);
-    let causation = wire
-        .extensions
-        .get(CAUSATION)
-        .and_then(|causation| EventId::parse(causation));
-    Meta {
-        id,
+/// The envelope of an event that came from the broker: its id and causation as they came
+/// (ids this crate made read back as themselves), its time as the instant it names, whatever
+/// its offset (a message without a time reads as received now), its source, content type and
+/// other extensions.
+///
+/// # Errors
+///
+/// The dead letter's reason when `time` is not an RFC 3339 timestamp, as CloudEvents requires.
+pub(crate) fn meta_of(wire: &WireEvent) -> Result<Meta, String> {
+    let emitted_at = match wire.time.as_deref() {
+        None => SystemTime::now(),
+        Some(time) => parse_time(time).ok_or_else(|| {
+            format!(
+                "the `time` attribute (header `ce-time`) `{time}` of `{}` is not an RFC 3339 \
+                 timestamp",
+                wire.ty
+            )
+        })?,
+    };
+    let mut extensions = wire.extensions.clone();
+    let causation = extensions
+        .remove(CAUSATION)
+        .map(|causation| EventId::from_wire(&causation));
+    Ok(Meta {
+        id: EventId::from_wire(&wire.id),
         emitted_at,
         causation,
-    }
+        received: Some(Arc::new(Received {
+            source: Arc::from(wire.source.as_str()),
+            content_type: wire.datacontenttype.clone(),
+            extensions,
+        })),
+    })
+}
+
+/// The instant an RFC 3339 timestamp names, in whatever offset it is written
+/// (`2026-12-07T12:00:00+02:00` is 10:00 UTC).
+fn parse_time(text: &str) -> Option<SystemTime> {
+    let time =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(SystemTime::from(time))
 }
 
 /// How long a consumer waits before subscribing again after a failure.

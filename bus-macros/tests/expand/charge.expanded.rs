@@ -1,12 +1,16 @@
-async fn charge(order: Arc<OrderPlaced>) -> Result<(), PaymentError> {
-    payments::charge(order.total).await
+async fn charge(
+    order: Arc<OrderPlaced>,
+    envelope: &bus::Envelope,
+) -> Result<(), PaymentError> {
+    payments::charge(envelope.id(), order.total).await
 }
 #[doc(hidden)]
 const _: () = {
     async fn __listener(
         event: ::bus::__private::Arc<OrderPlaced>,
+        envelope: ::bus::__private::Envelope,
     ) -> ::bus::__private::ListenerResult {
-        ::bus::__private::into_result(charge(event).await)
+        ::bus::__private::into_result(charge(event, &envelope).await)
     }
     ::bus::__private::inventory::submit! {
         ::bus::__private::StaticListener::new(
@@ -16,7 +20,12 @@ const _: () = {
             ::core::line!(),
             ::core::column!(),
             || {
-                ::bus::__private::registration::<OrderPlaced, _, _>(__listener, charge)
+                ::bus::__private::registration::<
+                    OrderPlaced,
+                    _,
+                    (::bus::__private::Arc<OrderPlaced>, ::bus::__private::Envelope),
+                    _,
+                >(__listener, charge)
                     .once()
                     .policy(
                         ::bus::__private::Policy::new()

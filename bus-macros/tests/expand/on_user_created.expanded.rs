@@ -15,7 +15,12 @@ const _: () = {
             ::core::file!(),
             ::core::line!(),
             ::core::column!(),
-            || ::bus::__private::registration::<UserCreated, _, _>(__listener, on_user_created),
+            || ::bus::__private::registration::<
+                UserCreated,
+                _,
+                (::bus::__private::Arc<UserCreated>,),
+                _,
+            >(__listener, on_user_created),
             || ::bus::__private::codec_of!(UserCreated),
         )
     }
