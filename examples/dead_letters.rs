@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "invoices.due")]
+#[event(name = "invoices.due", distributed)]
 struct InvoiceDue {
     number: u32,
     amount_cents: i64,
@@ -43,7 +43,7 @@ async fn main() -> Result<(), Error> {
     let bus = EventBus::builder()
         .service("billing")
         .shared_transport(Arc::clone(&transport))
-        .codec::<InvoiceDue>()
+        .distributed::<InvoiceDue>()
         .build();
     // The bug: negative amounts are refused. Fixed below by flipping this flag.
     let fixed = Arc::new(AtomicBool::new(false));

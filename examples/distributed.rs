@@ -39,14 +39,14 @@ use bus::{EventBus, Policy, policy::Group};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "orders.placed")]
+#[event(name = "orders.placed", distributed)]
 struct OrderPlaced {
     id: u32,
 }
 
 /// Sent to every instance (no group): time to stop.
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "demo.stop")]
+#[event(name = "demo.stop", distributed)]
 struct Stop;
 
 const ORDERS: u32 = 20;

@@ -68,7 +68,7 @@ const READY: &str = "crash-consumer ready";
 const GROUP: &str = "crash-recovery.ticks";
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "crash.tick")]
+#[event(name = "crash.tick", distributed)]
 struct Tick {
     seq: u32,
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bus::Event)]
-#[event(name = "orders.created")]
+#[event(name = "orders.created", distributed)]
 struct OrderCreated {
     id: u64,
 }
@@ -28,7 +28,7 @@ fn bus_on(transport: &MemoryTransport, service: &str) -> EventBus {
     EventBus::builder()
         .service(service)
         .transport(transport.clone())
-        .codec::<OrderCreated>()
+        .distributed::<OrderCreated>()
         .build()
 }
 
@@ -461,7 +461,7 @@ async fn a_bus_with_a_transport_says_so() {
 /// Derives `Event` and serde, and is only ever given to `#[bus::listener]` and `publish`: its
 /// codec comes from the derive, with no `codec::<..>()` call.
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "orders.shipped")]
+#[event(name = "orders.shipped", distributed)]
 struct OrderShipped {
     id: u64,
 }

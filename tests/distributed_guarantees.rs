@@ -88,8 +88,8 @@ fn bus_on(
     let bus = EventBus::builder()
         .service("billing")
         .transport(transport.clone())
-        .codec::<Order>()
-        .codec::<Refund>()
+        .distributed::<Order>()
+        .distributed::<Refund>()
         .layer(Arc::clone(attempts))
         .dead_letter(move |letter| {
             let _ = letters.send((letter.attempts(), letter.error().to_string()));

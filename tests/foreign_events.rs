@@ -24,13 +24,13 @@ use tokio_stream::StreamExt;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "foreign.orders")]
+#[event(name = "foreign.orders", distributed)]
 struct Order {
     id: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "foreign.receipts")]
+#[event(name = "foreign.receipts", distributed)]
 struct Receipt {
     order: u64,
 }

@@ -90,7 +90,7 @@ const REPORT: &str = "graceful-consumer report";
 const GROUP: &str = "graceful-shutdown.jobs";
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "graceful.job")]
+#[event(name = "graceful.job", distributed)]
 struct Job {
     seq: u32,
     slow: bool,

@@ -590,7 +590,7 @@ fn deliveries_from_a_broker_are_counted_as_in_process_ones() {
         let bus = EventBus::builder()
             .layer(MetricsLayer::new())
             .transport(bus::transport::MemoryTransport::new())
-            .codec::<Invoice>()
+            .distributed::<Invoice>()
             .dead_letter(move |letter| {
                 let _ = dead.send(letter.attempts());
             })

@@ -26,7 +26,7 @@ const POISON_EVERY: u64 = 10;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Serialize, Deserialize, bus::Event)]
-#[event(name = "poison.tick")]
+#[event(name = "poison.tick", distributed)]
 struct Tick {
     seq: u64,
 }
@@ -107,7 +107,7 @@ async fn poison_is_dead_lettered_then_replayed(transport: Arc<dyn Transport>, la
     let bus = EventBus::builder()
         .service("shop")
         .shared_transport(Arc::clone(&transport))
-        .codec::<Tick>()
+        .distributed::<Tick>()
         .build();
     let broken = Arc::new(AtomicBool::new(true));
     let billed = Arc::new(Handled::default());

@@ -28,7 +28,7 @@ const MAX_PAYLOAD: usize = 4096;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Serialize, Deserialize, bus::Event)]
-#[event(name = "wire.orders")]
+#[event(name = "wire.orders", distributed)]
 struct Order {
     id: u64,
 }
@@ -103,7 +103,7 @@ async fn billing(transport: Arc<dyn Transport>) -> (EventBus, Handled) {
     let bus = EventBus::builder()
         .service("shop")
         .shared_transport(transport)
-        .codec::<Order>()
+        .distributed::<Order>()
         .build();
     let handled = Handled::default();
     {

@@ -316,7 +316,7 @@ async fn measure_bus(
     let bus = EventBus::builder()
         .service("bench")
         .transport(transport.clone())
-        .codec::<Order>()
+        .distributed::<Order>()
         .build();
     let emit_all = |bus: EventBus, base: u64| async move {
         futures_util::stream::iter(base..base + counts.events)

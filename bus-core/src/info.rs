@@ -65,8 +65,9 @@ impl ListenerInfo {
 
     /// `true` when it receives its events from the bus's
     /// [transport](crate::EventBusBuilder::transport), `false` when they stay in this
-    /// process: the bus has no transport, the event type is not serde (no
-    /// `Serialize + Deserialize`, so it cannot cross the wire), the listener takes
+    /// process: the bus has no transport, the event type does not travel (it is not marked
+    /// `#[event(.., distributed)]` nor named by
+    /// [`EventBusBuilder::distributed`](crate::EventBusBuilder::distributed)), the listener takes
     /// [`AnyEvent`](crate::AnyEvent), or the bus made it (`once`, `wait_for`, `stream`).
     pub fn is_distributed(&self) -> bool {
         self.distributed

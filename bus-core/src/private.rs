@@ -5,13 +5,12 @@ pub use ::inventory;
 pub use ::std::sync::Arc;
 pub use ::std::time::Duration;
 
-pub use crate::__codec_of as codec_of;
 pub use crate::bus::{Registration, StaticListener, registration};
 pub use crate::delivery::ListenerOutput;
 pub use crate::error::BoxError;
 pub use crate::event::{Envelope, Event};
 pub use crate::policy::{Group, Policy};
-pub use crate::remote::codec::{Codec, CodecEntry, CodecProbe, NoCodec, SerdeCodec};
+pub use crate::remote::codec::{Codec, CodecEntry, distributed_codec};
 
 /// What the generated adapter of a `#[bus::listener]` fn returns.
 pub type ListenerResult = Result<(), BoxError>;

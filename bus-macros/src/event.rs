@@ -1,11 +1,13 @@
 //! `#[derive(bus::Event)]`: reads `#[event(name = "..")]` and implements `bus::Event` with that
-//! name, checked at compile time against the runtime's event-name rules.
+//! name, checked at compile time against the runtime's event-name rules; with
+//! `#[event(.., distributed)]`, also submits the type's JSON codec, so that it travels through
+//! the broker of a bus with a transport.
 //!
 //! The derive is small enough to be read and generated in one module; it shares the `crate`
 //! option and the error accumulation with `#[bus::listener]`.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
@@ -24,6 +26,8 @@ struct EventArgs {
     name: Option<LitStr>,
     /// `crate = "path"`: where to find `bus` when it is not `::bus`.
     krate: Option<Path>,
+    /// `distributed`: the type travels through the broker; the span of the flag.
+    distributed: Option<Span>,
 }
 
 /// The whole expansion of `#[derive(bus::Event)]` on `input`: the `Event` impl, or the errors.
@@ -39,6 +43,14 @@ pub(crate) fn derive(input: TokenStream) -> TokenStream {
     };
     let mut errors = Errors::default();
     let args = event_args(&input.attrs, &mut errors);
+    if let (Some(flag), false) = (args.distributed, input.generics.params.is_empty()) {
+        errors.push(syn::Error::new(
+            flag,
+            "a generic event type cannot be made distributed by its derive: its parameters are \
+             not known here; remove `distributed` and name each type that travels with \
+             `EventBusBuilder::distributed::<Type<..>>()`",
+        ));
+    }
     let implementation = implementation(&input, &args);
     match errors.finish_with(Ok(())) {
         Ok(()) => implementation,
@@ -70,19 +82,22 @@ fn implementation(input: &DeriveInput, args: &EventArgs) -> TokenStream {
         Some(name) => name.clone(),
         None => LitStr::new("", Span::call_site()),
     };
-    // A concrete serde type crosses the wire on a bus with a transport: its codec is found at
-    // compile time (the probe resolves to `None` for other types) and submitted at link time.
-    // A generic type's parameters are not known here; `EventBusBuilder::codec` covers it.
-    let codec = input.generics.params.is_empty().then(|| {
-        quote! {
-            #[doc(hidden)]
-            const _: () = {
-                #bus::__private::inventory::submit! {
-                    #bus::__private::CodecEntry::new(|| #bus::__private::codec_of!(#ident))
-                }
-            };
-        }
-    });
+    // A type that says it is distributed crosses the wire on a bus with a transport: its codec
+    // is submitted at link time. A type that is not serde is reported at the flag.
+    let codec = args
+        .distributed
+        .filter(|_| input.generics.params.is_empty())
+        .map(|flag| {
+            let codec = quote_spanned!(flag=> #bus::__private::distributed_codec::<#ident>);
+            quote! {
+                #[doc(hidden)]
+                const _: () = {
+                    #bus::__private::inventory::submit! {
+                        #bus::__private::CodecEntry::new(#codec)
+                    }
+                };
+            }
+        });
     quote! {
         #[automatically_derived]
         impl #impl_generics #bus::__private::Event for #ident #type_generics #where_clause {
@@ -120,6 +135,12 @@ fn event_args(attrs: &[Attribute], errors: &mut Errors) -> EventArgs {
             };
         for arg in parsed {
             let (key, value) = match arg {
+                Arg::Flag(key) if key == "distributed" => {
+                    if args.distributed.replace(key.span()).is_some() {
+                        errors.spanned(&key, "duplicate `distributed`");
+                    }
+                    continue;
+                }
                 Arg::Option { key, value } => (key.unraw(), Some(value)),
                 Arg::Flag(key) => (key.unraw(), None),
                 Arg::Positional(expr) => {
@@ -142,11 +163,20 @@ fn event_args(attrs: &[Attribute], errors: &mut Errors) -> EventArgs {
             let seen = match key.to_string().as_str() {
                 "name" => &mut named,
                 "crate" => &mut has_crate,
+                "distributed" => {
+                    errors.spanned(
+                        &key,
+                        "`distributed` is a flag and takes no value: write \
+                         `#[event(name = \"..\", distributed)]`",
+                    );
+                    continue;
+                }
                 other => {
                     errors.spanned(
                         &key,
                         format!(
-                            "unknown key `{other}` in `#[event(..)]`, expected `name` or `crate`"
+                            "unknown key `{other}` in `#[event(..)]`, expected `name`, \
+                             `distributed` or `crate`"
                         ),
                     );
                     continue;
@@ -201,22 +231,56 @@ mod tests {
     use super::*;
     use crate::snapshot;
 
-    /// The impl generated for `input`, checked to be one `impl` item, followed by the
-    /// codec's `const _` block for a type without generics.
+    /// The impl generated for `input`, checked to be one `impl` item, with nothing else.
     #[track_caller]
     fn implementation_of(input: TokenStream) -> syn::ItemImpl {
         let output = derive(input);
         let file = syn::parse2::<syn::File>(output.clone())
             .unwrap_or_else(|error| panic!("{error}: {output}"));
         match file.items.as_slice() {
-            [syn::Item::Impl(item)] if !item.generics.params.is_empty() => item.clone(),
-            [syn::Item::Impl(item), syn::Item::Const(codec)] if item.generics.params.is_empty() => {
-                let codec = codec.to_token_stream().to_string();
-                assert!(codec.contains("CodecEntry :: new"), "{codec}");
-                item.clone()
-            }
-            _ => panic!("expected one impl and, without generics, a codec block, got: {output}"),
+            [syn::Item::Impl(item)] => item.clone(),
+            _ => panic!("expected one impl, got: {output}"),
         }
+    }
+
+    #[test]
+    fn submits_a_codec_for_a_distributed_type_only() {
+        let output = derive(quote! {
+            #[event(name = "orders.placed", distributed)]
+            struct OrderPlaced { id: u64 }
+        });
+        let file = syn::parse2::<syn::File>(output.clone()).unwrap();
+        let [syn::Item::Impl(_), syn::Item::Const(codec)] = file.items.as_slice() else {
+            panic!("expected the impl and a codec block, got: {output}");
+        };
+        let codec = codec.to_token_stream().to_string();
+        assert!(
+            codec.contains(
+                "CodecEntry :: new (:: bus :: __private :: distributed_codec :: < OrderPlaced >)"
+            ),
+            "{codec}"
+        );
+        let generic = messages_of_derive(quote! {
+            #[event(name = "a.b", distributed)]
+            struct Page<T> { items: Vec<T> }
+        });
+        assert!(
+            generic[0].contains("a generic event type cannot be made distributed"),
+            "{generic:?}"
+        );
+    }
+
+    /// The messages of the errors of the whole derive of `input`.
+    fn messages_of_derive(input: TokenStream) -> Vec<String> {
+        let output = derive(input);
+        output
+            .into_iter()
+            .filter_map(|tree| match tree {
+                proc_macro2::TokenTree::Group(group) => Some(group.stream().to_string()),
+                _ => None,
+            })
+            .filter(|text| text.starts_with('"'))
+            .collect()
     }
 
     /// The messages of the errors `input` is reported with.
@@ -324,7 +388,9 @@ mod tests {
             (quote!(#[event(A_B)]), "write `#[event(name = \"user.created\")]`"),
             (quote!(#[event(name)]), "`name` needs a value; write `name = \"user.created\"`"),
             (quote!(#[event(name = "a.b", crate)]), "`crate` needs a value; write `crate = \"bus\"`"),
-            (quote!(#[event(nam = "a.b")]), "unknown key `nam` in `#[event(..)]`, expected `name` or `crate`"),
+            (quote!(#[event(nam = "a.b")]), "unknown key `nam` in `#[event(..)]`, expected `name`, `distributed` or `crate`"),
+            (quote!(#[event(name = "a.b", distributed = true)]), "`distributed` is a flag"),
+            (quote!(#[event(name = "a.b", distributed, distributed)]), "duplicate `distributed`"),
             (quote!(#[event(name = "a.b", once)]), "unknown key `once`"),
             (quote!(#[event(name = "a.b", name = "c.d")]), "duplicate `name`; an event type has one `#[event(name = ..)]`"),
             (quote!(#[event(name = "a.b")] #[event(name = "a.b")]), "duplicate `name`"),

@@ -135,7 +135,6 @@ fn registration(listener: &Listener) -> TokenStream {
                     ::core::line!(),
                     ::core::column!(),
                     || #register,
-                    || #bus::__private::codec_of!(#event),
                 )
             }
         };
@@ -355,22 +354,20 @@ mod tests {
         let text = generated.to_string();
         assert_eq!(
             text.matches(":: my_app :: bus :: __private ::").count(),
-            9,
+            8,
             "{text}"
         );
-        assert_eq!(text.matches(":: bus ::").count(), 9, "{text}");
+        assert_eq!(text.matches(":: bus ::").count(), 8, "{text}");
         assert_paths_are_absolute(generated);
     }
 
+    /// A listener never makes its event type distributed: only the type's derive or the
+    /// builder says so.
     #[test]
-    fn one_inventory_node_per_listener_carries_its_codec() {
+    fn one_inventory_node_per_listener_and_no_codec() {
         let text = expand(quote!("a.b"), quote! { async fn f(event: &E) {} }).to_string();
         assert_eq!(text.matches("inventory :: submit !").count(), 1, "{text}");
-        assert!(
-            text.contains("|| :: bus :: __private :: codec_of ! (E) ,)"),
-            "the codec rides with the registration: {text}"
-        );
-        assert!(!text.contains("CodecEntry"), "{text}");
+        assert!(!text.contains("codec") && !text.contains("Codec"), "{text}");
     }
 
     #[test]

@@ -167,8 +167,8 @@ mod snapshot;
 ///
 /// With the name from the event type and options, as in
 /// `#[bus::listener(once, concurrency = 1, timeout = "5s", retry = 3, backoff = "100ms")]` on
-/// `async fn charge(order: Arc<OrderPlaced>)`, the name is the type's and the registration
-/// carries the options:
+/// `async fn charge(order: Arc<OrderPlaced>, envelope: &bus::Envelope)`, the name is the
+/// type's, the shim takes the envelope too, and the registration carries the options:
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -179,7 +179,7 @@ mod snapshot;
 /// #         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("declined") }
 /// #     }
 /// #     impl std::error::Error for PaymentError {}
-/// #     pub async fn charge(_: u64) -> Result<(), PaymentError> { Ok(()) }
+/// #     pub async fn charge(_: &bus::EventId, _: u64) -> Result<(), PaymentError> { Ok(()) }
 /// # }
 /// # use payments::PaymentError;
 #[doc = include_str!("../tests/expand/charge.expanded.rs")]
@@ -270,8 +270,13 @@ pub fn listener(
 ///   name of an event type holds no wildcard.
 /// - **`#[event(crate = "path")]`**, optional: where to find the `bus` crate when it is not
 ///   `::bus` (see [`listener`](macro@listener)).
+/// - **`#[event(distributed)]`**, optional: the type travels through the broker of a bus with
+///   a transport, as JSON (it must be `serde::Serialize + serde::Deserialize`; the derive then
+///   also submits its codec at link time). Without it the type stays in process, serde or not:
+///   deriving `Serialize` for a log line never moves a listener onto the broker. A generic type
+///   is named, per instance, with `EventBusBuilder::distributed::<T>()` instead.
 ///
-/// Both may be written in one `#[event(..)]` or in several. Enums, unions and generic types are
+/// They may be written in one `#[event(..)]` or in several. Enums, unions and generic types are
 /// accepted too; a generic type is an event for the parameters that make it
 /// `Send + Sync + 'static`.
 ///
@@ -284,7 +289,7 @@ pub fn listener(
 ///
 // As on `listener`: these docs are read on the `bus` page, so link to its pages.
 /// [`bus::Event`]: ../bus/trait.Event.html
-/// [`bus::emit_event`]: ../bus/fn.publish.html
+/// [`bus::emit_event`]: ../bus/fn.emit_event.html
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: proc_macro::TokenStream) -> proc_macro::TokenStream {
     event::derive(input.into()).into()

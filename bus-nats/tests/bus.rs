@@ -24,7 +24,7 @@ fn bus_on(nats: &TestNats, service: &str) -> EventBus {
     EventBus::builder()
         .service(service)
         .transport(nats.transport.clone())
-        .codec::<OrderCreated>()
+        .distributed::<OrderCreated>()
         .build()
 }
 

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use super::{EventBus, Shared, annotated};
+use super::{EventBus, Shared};
 use crate::delivery::{Dispatch, Engine, Snapshot};
 use crate::layer::{DeadLetter, DeadLetterHook, Layer, Layers};
 use crate::registry::Registry;
@@ -116,9 +116,13 @@ impl EventBusBuilder {
         self
     }
 
-    /// Goes distributed: events whose type is serde (`Serialize + Deserialize`) are published
-    /// to the broker behind `transport`, and every listener of such a type receives its events
-    /// from the broker, wherever they were emitted. Events of other types stay in process.
+    /// Goes distributed: events of the types that say they travel (`#[event(.., distributed)]`
+    /// on their derive, or [`distributed`](EventBusBuilder::distributed) here) are published to
+    /// the broker behind `transport`, and every listener of such a type receives its events
+    /// from the broker, wherever they were emitted. Events of every other type stay in
+    /// process, serde or not: deriving `Serialize` for a log line moves nothing. `build` logs
+    /// the types that travel, and [`EventBus::listeners`] tells which listeners are
+    /// distributed ([`ListenerInfo::is_distributed`](crate::listener::ListenerInfo::is_distributed)).
     ///
     /// See the [`transport`](crate::transport) module for what a transport does, and
     /// [`EventBus::ready`] to wait until the bus's subscriptions are in place.
@@ -133,10 +137,10 @@ impl EventBusBuilder {
         self
     }
 
-    /// Lets `E` cross the wire. Types that derive [`Event`](crate::Event), and the argument
-    /// types of `#[bus::listener]` fns, are found at compile time and need no call; this is
-    /// for the types that only runtime listeners and emits use.
-    pub fn codec<E>(mut self) -> Self
+    /// Makes `E` travel through the broker of a bus with a transport, as JSON: what
+    /// `#[event(.., distributed)]` on a `#[derive(bus::Event)]` does at compile time, for the
+    /// types that do not derive `Event` (or are generic). Without a transport, nothing.
+    pub fn distributed<E>(mut self) -> Self
     where
         E: serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
     {
@@ -159,11 +163,9 @@ impl EventBusBuilder {
             layers: self.layers,
         };
         let service = self.service.unwrap_or_else(|| Arc::from("bus"));
-        let remote = self.transport.map(|transport| {
-            let mut codecs = self.codecs;
-            codecs.extend_from_slice(annotated::linked_codecs());
-            Remote::new(Arc::clone(&service), transport, &codecs)
-        });
+        let remote = self
+            .transport
+            .map(|transport| Remote::new(Arc::clone(&service), transport, &self.codecs));
         let engine = Engine {
             snapshot: ArcSwap::from_pointee(snapshot),
             tasks: Arc::new(Tasks::new(self.max_in_flight)),

@@ -1,15 +1,13 @@
 //! How an event's payload crosses the wire: JSON through serde, for the types that implement
-//! `Serialize` and `Deserialize`. Types that do not stay in their process.
+//! `Serialize` and `Deserialize`.
 //!
-//! The bus finds a type's codec by its `TypeId` in a table built from the codecs that
-//! `#[derive(bus::Event)]` submits through `inventory` and those that ride with each
-//! `#[bus::listener]` registration (both learn at compile time whether the type is serde:
-//! [`CodecProbe`]), and from those given to
-//! [`EventBusBuilder::codec`](crate::EventBusBuilder::codec).
+//! A type travels only when it says so: the bus finds a type's codec by its `TypeId` in a
+//! table built from the codecs that `#[derive(bus::Event)]` submits through `inventory` for a
+//! type marked `#[event(.., distributed)]`, and from the types named by
+//! [`EventBusBuilder::distributed`](crate::EventBusBuilder::distributed).
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock};
 
 use serde::Serialize;
@@ -91,77 +89,38 @@ fn decode_json<E: DeserializeOwned + Send + Sync + 'static>(
     Ok(Arc::new(event))
 }
 
-/// A codec submitted at link time by `#[derive(bus::Event)]`: `None` when the type is not
-/// serde.
+/// A codec submitted at link time by `#[derive(bus::Event)]` with `#[event(.., distributed)]`.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct CodecEntry(fn() -> Option<Codec>);
+pub struct CodecEntry(fn() -> Codec);
 
 impl CodecEntry {
     #[doc(hidden)]
-    pub const fn new(codec: fn() -> Option<Codec>) -> Self {
+    pub const fn new(codec: fn() -> Codec) -> Self {
         CodecEntry(codec)
     }
 }
 
 inventory::collect!(CodecEntry);
 
-/// Asks, at compile time, whether `T` is serde: `(&CodecProbe::<T>::NEW).codec()` is the JSON
-/// codec of `T` when `T: Serialize + DeserializeOwned`, and `None` otherwise (autoref
-/// specialisation: the method of [`SerdeCodec`] is found first, when its bounds hold; the one
-/// of [`NoCodec`] takes one more reference). Works for a concrete `T` only, as in generated
-/// code.
+/// What a type needs to travel through a broker: JSON both ways, and to be shared.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is `distributed`, but cannot travel as JSON",
+    label = "`{Self}` must implement `serde::Serialize` and `serde::Deserialize`",
+    note = "derive them: `#[derive(serde::Serialize, serde::Deserialize, bus::Event)]`, or \
+            remove `distributed` to keep the event in process"
+)]
 #[doc(hidden)]
-pub struct CodecProbe<T>(PhantomData<fn() -> T>);
+pub trait Distributable: Serialize + DeserializeOwned + Send + Sync + 'static {}
 
-impl<T> std::fmt::Debug for CodecProbe<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CodecProbe")
-    }
-}
+impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Distributable for T {}
 
-impl<T> CodecProbe<T> {
-    #[doc(hidden)]
-    pub const NEW: Self = CodecProbe(PhantomData);
-}
-
-/// The codec of a concrete type `$ty` if it is serde, else `None`: what generated code calls,
-/// so that it needs no `use` of the probe's traits.
+/// The codec of a type marked `distributed`: what the derive submits. A type that is not
+/// serde is reported at the `distributed` flag.
 #[doc(hidden)]
-#[macro_export]
-macro_rules! __codec_of {
-    ($ty:ty) => {{
-        use $crate::__private::{NoCodec as _, SerdeCodec as _};
-        (&$crate::__private::CodecProbe::<$ty>::NEW).codec()
-    }};
+pub fn distributed_codec<T: Distributable>() -> Codec {
+    Codec::json::<T>()
 }
-
-/// See [`CodecProbe`].
-#[doc(hidden)]
-pub trait SerdeCodec {
-    #[doc(hidden)]
-    fn codec(&self) -> Option<Codec>;
-}
-
-impl<T> SerdeCodec for CodecProbe<T>
-where
-    T: Serialize + DeserializeOwned + Send + Sync + 'static,
-{
-    fn codec(&self) -> Option<Codec> {
-        Some(Codec::json::<T>())
-    }
-}
-
-/// See [`CodecProbe`].
-#[doc(hidden)]
-pub trait NoCodec {
-    #[doc(hidden)]
-    fn codec(&self) -> Option<Codec> {
-        None
-    }
-}
-
-impl<T> NoCodec for &CodecProbe<T> {}
 
 /// The codecs of one bus, by type.
 #[derive(Clone, Default)]
@@ -172,7 +131,7 @@ impl Codecs {
     pub(crate) fn linked_and(extra: &[Codec]) -> Codecs {
         static LINKED: LazyLock<Vec<Codec>> = LazyLock::new(|| {
             inventory::iter::<CodecEntry>()
-                .filter_map(|entry| (entry.0)())
+                .map(|entry| (entry.0)())
                 .collect()
         });
         let map = LINKED
@@ -181,6 +140,13 @@ impl Codecs {
             .map(|codec| (codec.type_id(), *codec))
             .collect();
         Codecs(Arc::new(map))
+    }
+
+    /// The names of the types that travel, sorted.
+    pub(crate) fn type_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = self.0.values().map(Codec::type_name).collect();
+        names.sort_unstable();
+        names
     }
 
     /// The codec of the type `type_id`, if it has one.
@@ -192,23 +158,6 @@ impl Codecs {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct NotSerde;
-
-    #[test]
-    #[expect(
-        clippy::needless_borrow,
-        reason = "the probe is called as generated code calls it, through a reference"
-    )]
-    fn the_probe_finds_the_codec_of_serde_types_only() {
-        let codec = (&CodecProbe::<Vec<String>>::NEW).codec();
-        assert_eq!(
-            codec.map(|codec| codec.type_id()),
-            Some(TypeId::of::<Vec<String>>())
-        );
-        assert!((&CodecProbe::<NotSerde>::NEW).codec().is_none());
-        assert!((&CodecProbe::<crate::AnyEvent>::NEW).codec().is_none());
-    }
 
     #[test]
     fn payloads_round_trip_and_bad_ones_say_why() {

@@ -75,11 +75,21 @@ pub(crate) struct Remote {
 }
 
 impl Remote {
+    /// The transport side of a bus; logs the event types that travel, so that which listeners
+    /// go through the broker is never a surprise.
     pub(crate) fn new(service: Arc<str>, transport: Arc<dyn Transport>, extra: &[Codec]) -> Self {
+        let codecs = Codecs::linked_and(extra);
+        tracing::info!(
+            service = &*service,
+            transport = transport.name(),
+            types = ?codecs.type_names(),
+            "distributed event types: their listeners receive them through the broker; every \
+             other type stays in process"
+        );
         Remote {
             service,
             transport,
-            codecs: Codecs::linked_and(extra),
+            codecs,
             consumers: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
             running: TaskTracker::new(),

@@ -35,7 +35,6 @@ const _: () = {
                             .backoff(::bus::__private::Duration::from_millis(100)),
                     )
             },
-            || ::bus::__private::codec_of!(OrderPlaced),
         )
     }
 };

@@ -21,7 +21,6 @@ const _: () = {
                 (::bus::__private::Arc<UserCreated>,),
                 _,
             >(__listener, on_user_created),
-            || ::bus::__private::codec_of!(UserCreated),
         )
     }
 };
