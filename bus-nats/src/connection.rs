@@ -1,14 +1,14 @@
 //! What a connected [`NatsTransport`](crate::NatsTransport) shares with its subscriptions and
-//! deliveries: the client, the stream, the settled configuration, and publishing with its
+//! deliveries: the client, the streams, the settled configuration, and publishing with its
 //! retries.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, stream};
 use bus_core::transport::{ServerUrl, TransportError, WireEvent};
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{NAME, NatsError, invalid};
 use crate::names;
+use crate::streams::{Limits, Streams};
 
 /// The longest pause between two attempts of one publish.
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
@@ -27,7 +28,8 @@ pub(crate) struct Inner {
     /// the pull requests of a connection it lost, so each subscription asks again.
     pub(crate) reconnects: tokio::sync::watch::Receiver<u64>,
     pub(crate) js: jetstream::Context,
-    pub(crate) stream: stream::Stream,
+    /// The events' stream, the dead letters', and where each name lives.
+    pub(crate) streams: Streams,
     pub(crate) config: Config,
     /// The hand-backs of dropped deliveries and subscriptions (naks), and the deletions of
     /// ephemeral consumers, running in the background;
@@ -71,6 +73,16 @@ pub(crate) struct Config {
     pub(crate) url: ServerUrl,
     pub(crate) prefix: String,
     pub(crate) stream_name: String,
+    /// `<stream_name>_DEAD_LETTERS`.
+    pub(crate) dead_letter_stream_name: String,
+    /// The limits a new events' stream gets.
+    pub(crate) limits: Limits,
+    /// The limits a new dead letters' stream gets.
+    pub(crate) dead_letter_limits: Limits,
+    /// The replicas a new stream gets.
+    pub(crate) replicas: usize,
+    /// How long a group's durable consumer lives without a subscription (zero: forever).
+    pub(crate) inactive_threshold: Duration,
     pub(crate) publish_deadline: Duration,
     pub(crate) max_payload: usize,
     pub(crate) duplicate_window: Duration,
@@ -84,9 +96,20 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    /// The subject of event `name` (or of pattern `name`): `<prefix>.<name>`.
+    /// The subject of event `name` (or of pattern `name`) in the events' stream:
+    /// `<prefix>.<name>`. Where a dead letter lives is [`Streams::subject`].
     pub(crate) fn subject(&self, name: &str) -> String {
         format!("{}.{name}", self.prefix)
+    }
+
+    /// The first token(s) of the dead letters' subjects when they have a stream of their own:
+    /// `<prefix>-dead-letter` (outside `<prefix>.>`, which the events' stream captures).
+    pub(crate) fn dead_letter_root(&self) -> String {
+        format!(
+            "{}-{}",
+            self.prefix,
+            bus_core::transport::DEAD_LETTER_PREFIX
+        )
     }
 }
 
@@ -122,7 +145,7 @@ impl Inner {
                 format!("subscribers could not decode it: {error}"),
             )
         })?;
-        let subject = self.config.subject(&event.ty);
+        let subject = self.streams.subject(&event.ty);
         let mut first = Some(headers);
         let headers = || {
             // Built once above without error; the same event gives the same headers again.

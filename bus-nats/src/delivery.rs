@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::connection::Inner;
 use crate::error::NatsError;
 use crate::names::{self, MSG_ID};
+use crate::streams::Streams;
 
 /// How long after a delivery was dropped unsettled it is delivered again. Not zero: a delivery
 /// is often dropped together with its subscription, and this lets the server see that
@@ -157,7 +158,7 @@ impl Settle {
                     .await;
             }
         };
-        let dead_subject = self.inner.config.subject(&letter.ty);
+        let dead_subject = self.inner.streams.subject(&letter.ty);
         let data = letter.data.clone();
         match store_dead_letter(&self.inner, &dead_subject, &letter.ty, headers, data).await {
             Ok(()) => {
@@ -229,7 +230,7 @@ pub(crate) fn dead_letter_event(
 /// JetStream ones), made a valid CloudEvent of type `dead-letter.<subject without prefix>`,
 /// with the four extensions. Returns the subject, the dead letter's name and its headers.
 pub(crate) fn dead_letter_raw(
-    prefix: &str,
+    streams: &Streams,
     message: &async_nats::Message,
     sequence: u64,
     group: &str,
@@ -237,10 +238,10 @@ pub(crate) fn dead_letter_raw(
     reason: &str,
 ) -> (String, String, HeaderMap) {
     let subject = message.subject.as_str();
-    let rest = subject
-        .strip_prefix(prefix)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .unwrap_or(subject);
+    let rest = streams
+        .name_of(subject)
+        .unwrap_or_else(|| subject.to_owned());
+    let rest = rest.as_str();
     let name = dead_letter_name(rest);
     let pairs = names::header_pairs(message.headers.as_ref());
     // Without a `ce-id`, the id JetStream deduplicated it on, else its stream sequence.
@@ -302,7 +303,7 @@ pub(crate) fn dead_letter_raw(
         // Every name above is a valid header name and every value is on one line.
         let _ = names::insert(&mut headers, &header, &value);
     }
-    (format!("{prefix}.{name}"), name, headers)
+    (streams.subject(&name), name, headers)
 }
 
 impl Delivery for NatsDelivery {

@@ -79,6 +79,21 @@ pub enum NatsError {
         /// What the server said.
         detail: String,
     },
+    /// A stream could not be created with the replicas asked for: the server is not part of a
+    /// cluster, or the cluster has fewer JetStream servers than that.
+    #[error(
+        "cannot create JetStream stream `{stream}` with {replicas} replicas: {detail}; a single \
+         nats-server keeps 1 replica and a cluster at most one per JetStream server: set \
+         `replicas(1)`, or connect to a cluster with at least {replicas} JetStream servers"
+    )]
+    Replicas {
+        /// The stream name.
+        stream: String,
+        /// The replicas asked for.
+        replicas: usize,
+        /// What the server said.
+        detail: String,
+    },
     /// A consumer could not be created, found or bound.
     #[error(
         "cannot set up JetStream consumer `{consumer}` on stream `{stream}` (filter \

@@ -33,24 +33,46 @@
 //!
 //! | bus | NATS JetStream |
 //! |---|---|
-//! | event name `a.b.c` | subject `<prefix>.a.b.c`, in one stream capturing `<prefix>.>` |
+//! | event name `a.b.c` | subject `<prefix>.a.b.c`, in the events' stream (`<STREAM>`) capturing `<prefix>.>` |
 //! | pattern `a.*`, `a.>` | consumer filter `<prefix>.a.*`, `<prefix>.a.>` |
+//! | pattern `>`, `*.…` (dead letters match too) | one consumer on each stream, merged in one subscription |
 //! | [`WireEvent`](bus_core::transport::WireEvent) attributes | CloudEvents binary-mode headers (`ce-id`, `ce-type`, ...), and `Nats-Msg-Id` = the id |
 //! | publish resolved | PubAck received: the event is stored |
 //! | duplicate id | dropped by the stream within its duplicate window (2 min by default) |
-//! | group `g` | durable pull consumer [`NatsTransport::consumer_name`]`(g)`, explicit acks |
+//! | group `g` | durable pull consumer [`NatsTransport::consumer_name`]`(g)`, explicit acks, `inactive_threshold` [30 days](NatsTransportBuilder::inactive_threshold) |
 //! | no group | ephemeral pull consumer, deleted with the subscription |
 //! | `max_deliveries` n | `max_deliver` n + 1: see below |
 //! | `ack_wait` | `ack_wait` |
 //! | `attempt()` | the message's delivery count |
 //! | `ack` / `nack(d)` / `reject` | `+ACK` / `-NAK` with delay `d` / dead letter then `+TERM` |
-//! | dead letter | `dead-letter.<name>` under the same prefix, id `<id>.dead.<group>` |
+//! | dead letter `dead-letter.<name>` | subject `<prefix>-dead-letter.<name>` in the dead letters' stream (`<STREAM>_DEAD_LETTERS`), id `<id>.dead.<group>` |
+//! | [`Retention`] of events ([`retention`](NatsTransportBuilder::retention)) | limits of a new events' stream: `MaxAge` → `max_age`, `MaxLen` → `max_msgs`, `MaxBytes` → `max_bytes`; default `MaxAge(7 days)` |
+//! | [`Retention`] of dead letters ([`dead_letter_retention`](NatsTransportBuilder::dead_letter_retention)) | limits of a new dead letters' stream; default `MaxAge(30 days)` |
+//! | [`replicas`](NatsTransportBuilder::replicas) | `num_replicas` of a new stream; default 1 |
+//! | existing stream | keeps its limits and replicas (logged at `info` when they differ); its subjects and duplicate window are brought to the transport's |
 //! | pull requests | one message at a time, asked for when the subscription is polled ([`fetch_batch`](NatsTransportBuilder::fetch_batch)) |
 //!
 //! **Groups.** A new group starts with the events published after it was created; an existing
 //! group resumes where it stood, even across restarts of its services. Subscribing to an
 //! existing group with another pattern is [`TransportError::Invalid`](bus_core::transport::TransportError::Invalid);
 //! a different `ack_wait` or `max_deliveries` updates the group.
+//!
+//! **Retention.** Each stream is limited by its own settings: events past a limit are deleted
+//! (oldest first, `discard: old`) whether or not every group has read them, and a group behind
+//! resumes at the oldest event left; size the limits well above what a group may fall behind.
+//! Dead letters live in a stream of their own so that they can outlive the events (default 30
+//! days against 7): JetStream applies one set of limits to a whole stream, and a stream's
+//! subjects cannot leave dead letters out of `<prefix>.>`, hence the subject root
+//! `<prefix>-dead-letter` beside `<prefix>`. The limits are applied to a stream the transport
+//! creates; a stream that exists keeps its own, so `nats stream edit` is how an operator
+//! changes them later. An events' stream made by an earlier bus-nats, which already holds dead
+//! letters under `<prefix>.dead-letter.>`, keeps them and receives the new ones there too (no
+//! dead letters' stream, [`NatsTransport::dead_letter_stream_name`] is `None`, logged at `info`);
+//! replaying or purging them, then restarting every process, moves the deployment to a dead
+//! letters' stream. A group's durable consumer that nobody pulls from for its
+//! [`inactive_threshold`](NatsTransportBuilder::inactive_threshold) (30 days) is deleted by the
+//! server, so a renamed or retired group leaves nothing behind; a group whose consumer expired
+//! starts again as a new group, with the events published after its next subscription.
 //!
 //! **The last delivery.** When a group's last allowed delivery (`max_deliveries`) fails in any
 //! way, the event is dead-lettered, as by the memory transport: nacked (reason `<reason> (after
@@ -127,16 +149,21 @@ mod delivery;
 mod error;
 mod names;
 mod servers;
+mod streams;
 mod subscription;
 mod transport;
 
 pub use crate::error::NatsError;
 pub use crate::subscription::EPHEMERAL_INACTIVE_THRESHOLD;
 pub use crate::transport::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DUPLICATE_WINDOW, DEFAULT_FETCH_BATCH,
-    DEFAULT_PUBLISH_DEADLINE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_SUBJECT_PREFIX, NatsTransport,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_DEAD_LETTER_RETENTION, DEFAULT_DUPLICATE_WINDOW,
+    DEFAULT_FETCH_BATCH, DEFAULT_INACTIVE_THRESHOLD, DEFAULT_PUBLISH_DEADLINE, DEFAULT_REPLICAS,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETENTION, DEFAULT_SUBJECT_PREFIX, NatsTransport,
     NatsTransportBuilder,
 };
+/// The limits of the streams: [`NatsTransportBuilder::retention`] and
+/// [`NatsTransportBuilder::dead_letter_retention`] (the type `bus-redis` takes too).
+pub use bus_core::transport::Retention;
 
 /// The client library, re-exported for the escape hatches [`NatsTransport::client`] and
 /// [`NatsTransport::jetstream`].

@@ -10,7 +10,7 @@ use async_nats::jetstream::consumer::{
     AckPolicy, DeliverPolicy, FromConsumer, PullConsumer, ReplayPolicy,
 };
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use async_nats::jetstream::stream::ConsumerErrorKind;
+use async_nats::jetstream::stream::{self, ConsumerErrorKind};
 use async_nats::{StatusCode, Subject};
 use bus_core::transport::support::Backoff;
 use bus_core::transport::{
@@ -24,6 +24,7 @@ use crate::connection::Inner;
 use crate::delivery::{NatsDelivery, Origin, dead_letter_raw, store_dead_letter};
 use crate::error::{NatsError, invalid};
 use crate::names;
+use crate::streams::Route;
 
 /// How long the broker keeps the consumer of a subscription outside any group once nobody pulls
 /// from it (its process died without closing it): 5 min.
@@ -40,15 +41,34 @@ const PULL_EXPIRES: Duration = Duration::from_secs(30);
 /// The longest pause between two attempts to re-open a broken subscription.
 const MAX_REOPEN_DELAY: Duration = Duration::from_secs(5);
 
-/// Opens a subscription: checks the pattern, gets or creates its consumer, starts pulling.
+/// Opens a subscription: checks the pattern, gets or creates its consumer on each stream the
+/// pattern's events live in (one, or both for `>` and `*.…` when the dead letters are kept
+/// apart), starts pulling.
 pub(crate) async fn open(
     inner: Arc<Inner>,
     options: SubscribeOptions,
 ) -> Result<TransportSubscription, TransportError> {
     names::check_pattern(&options.pattern)
         .map_err(|reason| invalid("pattern", &options.pattern, reason))?;
+    let mut opened = Vec::with_capacity(2);
+    for route in inner.streams.routes(&options.pattern) {
+        opened.push(open_one(Arc::clone(&inner), &options, route).await?);
+    }
+    Ok(match opened.len() {
+        1 => opened.swap_remove(0),
+        _ => Box::pin(futures_util::stream::select_all(opened)),
+    })
+}
+
+/// Opens the part of a subscription on one stream.
+async fn open_one(
+    inner: Arc<Inner>,
+    options: &SubscribeOptions,
+    route: Route,
+) -> Result<TransportSubscription, TransportError> {
     let spec = Spec {
-        filter: inner.config.subject(&options.pattern),
+        stream: route.stream,
+        filter: route.filter,
         durable: options.group.as_deref().map(names::consumer_name),
         group: options.group.clone(),
         pattern: options.pattern.clone(),
@@ -106,7 +126,7 @@ async fn pull(inner: &Inner, consumer: &PullConsumer) -> Result<Puller, Transpor
         .await
         .map_err(|error| {
             NatsError::Consumer {
-                stream: inner.config.stream_name.clone(),
+                stream: consumer.cached_info().stream_name.clone(),
                 consumer: consumer.cached_info().name.clone(),
                 filter: consumer.cached_info().config.filter_subject.clone(),
                 detail: error.to_string(),
@@ -276,8 +296,10 @@ enum Read {
     Broken(String),
 }
 
-/// What a subscription asked for.
+/// What a subscription asked for, on one stream.
 struct Spec {
+    /// The stream its consumer is on.
+    stream: stream::Stream,
     filter: String,
     pattern: String,
     group: Option<String>,
@@ -292,7 +314,7 @@ impl Spec {
     /// `max_deliveries`: the spare delivery only happens when the last allowed one was never
     /// settled (its ack wait expired, its subscriber went away), and the subscription
     /// dead-letters it instead of handing it out, so an event is never parked silently.
-    fn config(&self, start: DeliverPolicy) -> pull::Config {
+    fn config(&self, start: DeliverPolicy, inactive_threshold: Duration) -> pull::Config {
         pull::Config {
             durable_name: self.durable.clone(),
             description: Some(match &self.group {
@@ -306,7 +328,7 @@ impl Spec {
             filter_subject: self.filter.clone(),
             replay_policy: ReplayPolicy::Instant,
             inactive_threshold: if self.durable.is_some() {
-                Duration::ZERO
+                inactive_threshold
             } else {
                 EPHEMERAL_INACTIVE_THRESHOLD
             },
@@ -314,9 +336,9 @@ impl Spec {
         }
     }
 
-    fn consumer_error(&self, inner: &Inner, detail: String) -> NatsError {
+    fn consumer_error(&self, detail: String) -> NatsError {
         NatsError::Consumer {
-            stream: inner.config.stream_name.clone(),
+            stream: self.stream.cached_info().config.name.clone(),
             consumer: self
                 .durable
                 .clone()
@@ -326,12 +348,8 @@ impl Spec {
         }
     }
 
-    fn create_error(
-        &self,
-        inner: &Inner,
-        error: &async_nats::jetstream::stream::ConsumerError,
-    ) -> TransportError {
-        let nats = self.consumer_error(inner, error.to_string());
+    fn create_error(&self, error: &async_nats::jetstream::stream::ConsumerError) -> TransportError {
+        let nats = self.consumer_error(error.to_string());
         match error.kind() {
             ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => nats.unreachable(),
             _ => nats.broker(),
@@ -344,31 +362,31 @@ impl Spec {
         inner: &Inner,
         start: DeliverPolicy,
     ) -> Result<PullConsumer, TransportError> {
-        let config = self.config(start);
+        let config = self.config(start, inner.config.inactive_threshold);
         let Some(name) = &self.durable else {
-            return inner
+            return self
                 .stream
                 .create_consumer(config)
                 .await
-                .map_err(|error| self.create_error(inner, &error));
+                .map_err(|error| self.create_error(&error));
         };
-        match inner.stream.consumer_info(name).await {
+        match self.stream.consumer_info(name).await {
             Ok(info) => self.adopt(inner, info).await,
             Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => {
-                match inner.stream.create_consumer(config).await {
+                match self.stream.create_consumer(config).await {
                     Ok(consumer) => {
                         tracing::info!(consumer = %name, "created the group's durable consumer");
                         Ok(consumer)
                     }
                     // Another member of the group may have created it first.
-                    Err(create) => match inner.stream.consumer_info(name).await {
+                    Err(create) => match self.stream.consumer_info(name).await {
                         Ok(info) => self.adopt(inner, info).await,
-                        Err(_) => Err(self.create_error(inner, &create)),
+                        Err(_) => Err(self.create_error(&create)),
                     },
                 }
             }
             Err(error) => {
-                let nats = self.consumer_error(inner, error.to_string());
+                let nats = self.consumer_error(error.to_string());
                 Err(match error.kind() {
                     ConsumerInfoErrorKind::TimedOut
                     | ConsumerInfoErrorKind::NoResponders
@@ -380,8 +398,8 @@ impl Spec {
         }
     }
 
-    /// Binds to an existing durable consumer: same filter required; ack wait and max deliver
-    /// brought to this subscription's (the group resumes where it stood).
+    /// Binds to an existing durable consumer: same filter required; ack wait, max deliver and
+    /// inactive threshold brought to this subscription's (the group resumes where it stood).
     async fn adopt(
         &self,
         inner: &Inner,
@@ -400,12 +418,10 @@ impl Spec {
             ));
         }
         if info.config.filter_subject != self.filter {
-            let theirs = info
-                .config
-                .filter_subject
-                .strip_prefix(&format!("{}.", inner.config.prefix))
-                .unwrap_or(&info.config.filter_subject)
-                .to_owned();
+            let theirs = inner
+                .streams
+                .name_of(&info.config.filter_subject)
+                .unwrap_or_else(|| info.config.filter_subject.clone());
             return Err(invalid(
                 "group",
                 group,
@@ -416,23 +432,26 @@ impl Spec {
                 ),
             ));
         }
-        let wanted = self.config(info.config.deliver_policy);
-        if info.config.ack_wait != wanted.ack_wait || info.config.max_deliver != wanted.max_deliver
+        let wanted = self.config(info.config.deliver_policy, inner.config.inactive_threshold);
+        if info.config.ack_wait != wanted.ack_wait
+            || info.config.max_deliver != wanted.max_deliver
+            || info.config.inactive_threshold != wanted.inactive_threshold
         {
             tracing::info!(
                 consumer = %info.name,
                 ack_wait = ?wanted.ack_wait,
                 max_deliver = wanted.max_deliver,
-                "updating the group's ack wait and max deliver"
+                inactive_threshold = ?wanted.inactive_threshold,
+                "updating the group's ack wait, max deliver and inactive threshold"
             );
-            return inner
+            return self
                 .stream
                 .create_consumer(wanted)
                 .await
-                .map_err(|error| self.create_error(inner, &error));
+                .map_err(|error| self.create_error(&error));
         }
         let config = pull::Config::try_from_consumer_config(info.config.clone())
-            .map_err(|error| self.consumer_error(inner, error.to_string()).broker())?;
+            .map_err(|error| self.consumer_error(error.to_string()).broker())?;
         Ok(PullConsumer::new(config, info, inner.js.clone()))
     }
 }
@@ -522,7 +541,7 @@ impl Drop for Pump {
         if self.spec.durable.is_some() {
             return;
         }
-        let stream = self.inner.stream.clone();
+        let stream = self.spec.stream.clone();
         let name = self.origin.consumer.clone();
         self.inner.spawn_background(async move {
             if let Err(error) = stream.delete_consumer(&name).await {
@@ -590,14 +609,10 @@ impl Pump {
             Some(_) => self.spec.ensure(&self.inner, start).await?,
             None => {
                 // An ephemeral consumer may be gone (inactive, server restart): look first.
-                match self.inner.stream.consumer_info(&self.origin.consumer).await {
+                match self.spec.stream.consumer_info(&self.origin.consumer).await {
                     Ok(info) => PullConsumer::new(
                         pull::Config::try_from_consumer_config(info.config.clone()).map_err(
-                            |error| {
-                                self.spec
-                                    .consumer_error(&self.inner, error.to_string())
-                                    .broker()
-                            },
+                            |error| self.spec.consumer_error(error.to_string()).broker(),
                         )?,
                         info,
                         self.inner.js.clone(),
@@ -614,10 +629,7 @@ impl Pump {
                         consumer
                     }
                     Err(error) => {
-                        return Err(self
-                            .spec
-                            .consumer_error(&self.inner, error.to_string())
-                            .unreachable());
+                        return Err(self.spec.consumer_error(error.to_string()).unreachable());
                     }
                 }
             }
@@ -649,8 +661,11 @@ impl Pump {
         )
         .map_err(|error| error.to_string())
         .and_then(|event| {
-            let expected = self.inner.config.subject(&event.ty);
-            if message.subject.as_str() == expected {
+            if self
+                .inner
+                .streams
+                .is_subject_of(&message.subject, &event.ty)
+            {
                 Ok(event)
             } else {
                 Err(format!(
@@ -679,12 +694,7 @@ impl Pump {
             ),
             Err(reason) => (reason, attempt),
         };
-        let dead_prefix = format!(
-            "{}.{}.",
-            self.inner.config.prefix,
-            bus_core::transport::DEAD_LETTER_PREFIX
-        );
-        if message.subject.starts_with(&dead_prefix) {
+        if self.inner.streams.is_dead_letter(&message.subject) {
             // A dead letter that does not decode is not dead-lettered again (no loop).
             tracing::warn!(
                 message_subject = %message.subject,
@@ -697,7 +707,7 @@ impl Pump {
         }
         let letter = |reason: &str| {
             dead_letter_raw(
-                &self.inner.config.prefix,
+                &self.inner.streams,
                 &message,
                 sequence,
                 &self.origin.group,

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use bus_core::transport::support::{self, Backoff, RootCertificates};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
-    TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, Retention, ServerUrl, SubscribeOptions,
+    Transport, TransportError, TransportSubscription, WireEvent,
 };
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -19,6 +19,7 @@ use crate::connection::{Config, Inner};
 use crate::error::{NAME, NatsError, invalid};
 use crate::names;
 use crate::servers::{self, Credentials};
+use crate::streams::{self, Limits, MAX_REPLICAS};
 
 /// The default [`subject_prefix`](NatsTransportBuilder::subject_prefix): `bus`.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "bus";
@@ -33,19 +34,40 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default [`fetch_batch`](NatsTransportBuilder::fetch_batch): 1 message per pull request.
 pub const DEFAULT_FETCH_BATCH: usize = 1;
+/// The default [`retention`](NatsTransportBuilder::retention) of a new events' stream: the
+/// events of the last 7 days.
+pub const DEFAULT_RETENTION: Retention = Retention::MaxAge(Duration::from_secs(7 * DAY));
+/// The default [`dead_letter_retention`](NatsTransportBuilder::dead_letter_retention) of a new
+/// dead letters' stream: the dead letters of the last 30 days.
+pub const DEFAULT_DEAD_LETTER_RETENTION: Retention =
+    Retention::MaxAge(Duration::from_secs(30 * DAY));
+/// The default [`replicas`](NatsTransportBuilder::replicas) of a new stream: 1.
+pub const DEFAULT_REPLICAS: usize = 1;
+/// The default [`inactive_threshold`](NatsTransportBuilder::inactive_threshold) of a group's
+/// durable consumer: 30 days.
+pub const DEFAULT_INACTIVE_THRESHOLD: Duration = Duration::from_secs(30 * DAY);
+
+/// Seconds in a day.
+const DAY: u64 = 24 * 3600;
 
 /// The longest pause between two reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// A [`Transport`] over NATS JetStream.
 ///
-/// - **One stream** (`stream_name`, default the prefix in capitals: `BUS`) captures
-///   `<prefix>.>`; an event named `a.b.c` is the subject `<prefix>.a.b.c`, and dead letters
-///   (`dead-letter.a.b.c`) are stored under the same prefix. The stream is created at
-///   [`connect`](NatsTransportBuilder::connect) if missing, and its subjects and duplicate
-///   window are brought back to these values if they differ (its other limits, such as a
-///   `max_age` an operator set, are kept). Storage: files, retention by limits (none by
-///   default: events stay until an operator sets limits or purges).
+/// - **Two streams.** The events' stream (`stream_name`, default the prefix in capitals:
+///   `BUS`) captures `<prefix>.>`: an event named `a.b.c` is the subject `<prefix>.a.b.c`. The
+///   dead letters' stream (`<stream_name>_DEAD_LETTERS`) captures `<prefix>-dead-letter.>`: the
+///   dead letter `dead-letter.a.b.c` is the subject `<prefix>-dead-letter.a.b.c`. Each is
+///   created at [`connect`](NatsTransportBuilder::connect) if missing, with its
+///   [`retention`](NatsTransportBuilder::retention) (default: 7 days of events) or
+///   [`dead_letter_retention`](NatsTransportBuilder::dead_letter_retention) (30 days of dead
+///   letters) and [`replicas`](NatsTransportBuilder::replicas); an existing one keeps its
+///   limits and replicas (an operator's settings win), and only its subjects and duplicate
+///   window are brought back to these values if they differ. Storage: files, retention by
+///   limits, oldest discarded first. An events' stream made by an earlier bus-nats that holds
+///   dead letters keeps them, and gets the new ones too (see
+///   [`dead_letter_retention`](NatsTransportBuilder::dead_letter_retention)).
 /// - **Publish** is a JetStream publish with the CloudEvents binary-mode headers and
 ///   `Nats-Msg-Id` = the event id; it resolves once the server's PubAck says the event is
 ///   stored. While the server is away (a restart, a network blip) the publish is retried, with
@@ -53,11 +75,15 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 ///   [`publish_deadline`](NatsTransportBuilder::publish_deadline) passes, then fails with
 ///   [`TransportError::PublishTimedOut`]. The client reconnects by itself, forever.
 /// - **Subscribe** opens a pull consumer filtered on `<prefix>.<pattern>` (`*` and `>` map
-///   one to one). With a group: the durable consumer named after the group (see
-///   [`SubscribeOptions::group`]); a new group starts with the events published after it was
-///   created, an existing group resumes where it stood; all subscriptions of a group, in any
-///   process, share its events (competing consumers). Without a group: an ephemeral consumer
-///   of this subscription alone, from now on, deleted when the subscription is dropped.
+///   one to one), on the dead letters' stream for `dead-letter.…`, and one on each stream for a
+///   pattern that matches events and dead letters (`>`, `*.>`). With a group: the durable
+///   consumer named after the group (see [`SubscribeOptions::group`]); a new group starts with
+///   the events published after it was created, an existing group resumes where it stood; all
+///   subscriptions of a group, in any process, share its events (competing consumers). The
+///   server deletes the consumer of a group left without subscriptions for the
+///   [`inactive_threshold`](NatsTransportBuilder::inactive_threshold) (30 days). Without a
+///   group: an ephemeral consumer of this subscription alone, from now on, deleted when the
+///   subscription is dropped.
 /// - **Settling**: `ack` acks (a plain ack, or a double ack confirmed by the server with
 ///   [`ack_sync`](NatsTransportBuilder::ack_sync)); `nack` naks with the delay, or on the last
 ///   allowed delivery dead-letters the event and terminates it; `reject` dead-letters and
@@ -118,6 +144,10 @@ pub struct NatsTransportBuilder {
     restartable: bool,
     tls_root_certificates: Vec<PathBuf>,
     require_tls: bool,
+    retention: Vec<Retention>,
+    dead_letter_retention: Vec<Retention>,
+    replicas: usize,
+    inactive_threshold: Duration,
 }
 
 impl NatsTransportBuilder {
@@ -154,10 +184,83 @@ impl NatsTransportBuilder {
         self
     }
 
-    /// The stream's duplicate window: a publish whose event id was stored less than this long
-    /// ago is acknowledged and dropped. Default: [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
+    /// The streams' duplicate window: a publish whose event id was stored less than this long
+    /// ago is acknowledged and dropped. At most the stream's `max_age` (JetStream's rule): with
+    /// a shorter [`MaxAge`](Retention::MaxAge), the window is that age. Default:
+    /// [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = window;
+        self
+    }
+
+    /// The limits of the events' stream, when this transport creates it: one [`Retention`] or
+    /// several, which all apply (JetStream deletes the oldest events past any of them):
+    /// [`MaxAge`](Retention::MaxAge)`(d)` is `max_age`, [`MaxLen`](Retention::MaxLen)`(n)` is
+    /// `max_msgs` (for the whole stream, every event name together),
+    /// [`MaxBytes`](Retention::MaxBytes)`(b)` is `max_bytes`, and
+    /// [`Unbounded`](Retention::Unbounded) adds no limit. Of two limits of one kind the last
+    /// wins; a limit of 0 is [`TransportError::Invalid`] at connect.
+    ///
+    /// ```no_run
+    /// use bus_nats::{NatsTransport, Retention};
+    /// use std::time::Duration;
+    ///
+    /// const DAY: Duration = Duration::from_secs(24 * 3600);
+    /// let builder = NatsTransport::builder("nats://127.0.0.1:4222")
+    ///     .retention([Retention::MaxAge(3 * DAY), Retention::MaxBytes(10 << 30)]) // both apply
+    ///     .dead_letter_retention(Retention::MaxAge(90 * DAY));
+    /// ```
+    ///
+    /// An existing stream keeps the limits it has (an operator's `nats stream edit` wins); the
+    /// connect logs at `info` when they differ from these. Events are deleted past a limit
+    /// whether or not every group has read them (a group behind resumes at the oldest event
+    /// left): keep the limits well above what a group may fall behind. Default:
+    /// [`DEFAULT_RETENTION`] (`MaxAge(7 days)`).
+    pub fn retention(mut self, limits: impl IntoIterator<Item = Retention>) -> Self {
+        self.retention = limits.into_iter().collect();
+        self
+    }
+
+    /// The limits of the dead letters' stream, when this transport creates it; as
+    /// [`retention`](Self::retention). Dead letters live in a stream of their own,
+    /// `<stream_name>_DEAD_LETTERS`, capturing `<prefix>-dead-letter.>` (JetStream applies one
+    /// set of limits to a stream, and a stream's subjects cannot leave out part of
+    /// `<prefix>.>`), so that they can be kept longer (or shorter) than the events. An events'
+    /// stream set up by an earlier bus-nats, which holds dead letters under
+    /// `<prefix>.dead-letter.>`, keeps them, and the new dead letters go there too, under its
+    /// limits: this setting then does not apply (logged at `info`). Once those are replayed
+    /// or purged, the next connect creates the dead letters' stream (restart every process, so
+    /// that none keeps writing to the old place). Default: [`DEFAULT_DEAD_LETTER_RETENTION`]
+    /// (`MaxAge(30 days)`).
+    pub fn dead_letter_retention(mut self, limits: impl IntoIterator<Item = Retention>) -> Self {
+        self.dead_letter_retention = limits.into_iter().collect();
+        self
+    }
+
+    /// How many copies a cluster keeps of each stream this transport creates (1 to 5; group
+    /// consumers follow their stream). A single nats-server keeps 1: asking it for more fails
+    /// the connect with [`NatsError::Replicas`]. An existing stream keeps its own. Default:
+    /// [`DEFAULT_REPLICAS`] (1); 3 is usual in a cluster.
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// How long a group's durable consumer lives with no subscription pulling from it, before
+    /// the server deletes it: the consumer of a group that was renamed or retired goes away by
+    /// itself instead of being kept forever. An existing group's consumer is brought to this
+    /// value when a subscription of the group opens. `Duration::ZERO`: never deleted.
+    ///
+    /// A group whose consumer expired starts again as a new group: its next subscription
+    /// receives the events published after it subscribed, not those published while the group
+    /// had no subscriber. Keep it well above the longest time a group may go without any
+    /// running subscriber (a long deployment, a service switched off for a while), and without
+    /// asking for events (the server counts inactivity from a group's last pull request, and a
+    /// subscription asks when it is polled: a handler that runs for hours holds none). Default:
+    /// [`DEFAULT_INACTIVE_THRESHOLD`] (30 days). Subscriptions outside any group use
+    /// [`EPHEMERAL_INACTIVE_THRESHOLD`](crate::EPHEMERAL_INACTIVE_THRESHOLD).
+    pub fn inactive_threshold(mut self, threshold: Duration) -> Self {
+        self.inactive_threshold = threshold;
         self
     }
 
@@ -232,7 +335,7 @@ impl NatsTransportBuilder {
         self
     }
 
-    /// Connects, and creates or updates the stream.
+    /// Connects, and creates or updates the streams.
     ///
     /// Credentials come from the URL: `nats://user:password@host:4222` (user and password,
     /// percent-encoded where needed), or `nats://token@host:4222` (a token). They are handed
@@ -241,12 +344,13 @@ impl NatsTransportBuilder {
     ///
     /// # Errors
     ///
-    /// [`TransportError::Invalid`] for a bad prefix, stream name, URL or root certificate
-    /// file, [`TransportError::Unreachable`] when the server cannot be reached or has no
-    /// JetStream, [`TransportError::Broker`] when the server refuses the credentials
-    /// ([`NatsError::Auth`]), the TLS handshake fails ([`NatsError::Tls`], for instance a
-    /// server certificate signed by a CA not trusted), or the stream cannot be set up; the
-    /// source is a [`NatsError`] saying what to do.
+    /// [`TransportError::Invalid`] for a bad prefix, stream name, URL, root certificate file,
+    /// retention (a limit of 0) or replica count (not 1 to 5), [`TransportError::Unreachable`]
+    /// when the server cannot be reached or has no JetStream, [`TransportError::Broker`] when
+    /// the server refuses the credentials ([`NatsError::Auth`]), the TLS handshake fails
+    /// ([`NatsError::Tls`], for instance a server certificate signed by a CA not trusted), a
+    /// stream cannot have the replicas asked for ([`NatsError::Replicas`]), or a stream cannot
+    /// be set up ([`NatsError::Stream`]); the source is a [`NatsError`] saying what to do.
     pub async fn connect(self) -> Result<NatsTransport, TransportError> {
         names::check_prefix(&self.prefix)
             .map_err(|reason| invalid("subject prefix", &self.prefix, reason))?;
@@ -259,10 +363,39 @@ impl NatsTransportBuilder {
             .unwrap_or_else(|| names::default_stream_name(&self.prefix));
         names::check_stream_name(&stream_name)
             .map_err(|reason| invalid("stream name", &stream_name, reason))?;
+        let dead_letter_stream_name = format!("{stream_name}_DEAD_LETTERS");
+        names::check_stream_name(&dead_letter_stream_name).map_err(|reason| {
+            invalid(
+                "stream name",
+                &stream_name,
+                format!("its dead letters' stream `{dead_letter_stream_name}`: {reason}"),
+            )
+        })?;
+        let limits = Limits::new(&self.retention)
+            .map_err(|reason| invalid("retention", &format!("{:?}", self.retention), reason))?;
+        let dead_letter_limits = Limits::new(&self.dead_letter_retention).map_err(|reason| {
+            invalid(
+                "dead-letter retention",
+                &format!("{:?}", self.dead_letter_retention),
+                reason,
+            )
+        })?;
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(invalid(
+                "replicas",
+                &self.replicas.to_string(),
+                format!("JetStream keeps 1 to {MAX_REPLICAS} replicas of a stream"),
+            ));
+        }
         let config = Config {
             url: self.url,
             prefix: self.prefix,
             stream_name,
+            dead_letter_stream_name,
+            limits,
+            dead_letter_limits,
+            replicas: self.replicas,
+            inactive_threshold: self.inactive_threshold,
             publish_deadline: self.publish_deadline,
             max_payload: self.max_payload,
             duplicate_window: self.duplicate_window,
@@ -365,14 +498,14 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
     let js = jetstream::ContextBuilder::new()
         .timeout(config.request_timeout)
         .build(client.clone());
-    let stream = ensure_stream(&js, &config).await?;
-    tracing::info!("connected; stream ready");
+    let streams = streams::ensure(&js, &config).await?;
+    tracing::info!("connected; streams ready");
     Ok(NatsTransport {
         inner: Arc::new(Inner {
             client,
             reconnects,
             js,
-            stream,
+            streams,
             config,
             background: TaskTracker::new(),
             dead_lettered: std::sync::atomic::AtomicU64::new(0),
@@ -406,61 +539,6 @@ fn log_event(url: &str, event: async_nats::Event) {
     }
 }
 
-/// Gets or creates the stream, and brings its subjects and duplicate window to ours.
-async fn ensure_stream(
-    js: &jetstream::Context,
-    config: &Config,
-) -> Result<stream::Stream, TransportError> {
-    let subjects = vec![config.subject(">")];
-    let wanted = stream::Config {
-        name: config.stream_name.clone(),
-        subjects: subjects.clone(),
-        duplicate_window: config.duplicate_window,
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        description: Some("events of the bus event bus (bus-nats)".to_owned()),
-        ..Default::default()
-    };
-    let stream_error = |detail: String| NatsError::Stream {
-        stream: config.stream_name.clone(),
-        subjects: subjects.join(", "),
-        detail,
-    };
-    let mut stream = js.get_or_create_stream(wanted).await.map_err(|error| {
-        use async_nats::jetstream::context::CreateStreamErrorKind as Kind;
-        match error.kind() {
-            Kind::JetStreamUnavailable | Kind::TimedOut => NatsError::JetStreamUnavailable {
-                url: config.url.to_string(),
-                detail: error.to_string(),
-            }
-            .unreachable(),
-            _ => stream_error(error.to_string()).broker(),
-        }
-    })?;
-    let current = stream.cached_info().config.clone();
-    if current.subjects != subjects || current.duplicate_window != config.duplicate_window {
-        tracing::info!(
-            from = ?current.subjects,
-            window = ?current.duplicate_window,
-            "updating the stream's subjects and duplicate window"
-        );
-        let updated = stream::Config {
-            subjects: subjects.clone(),
-            duplicate_window: config.duplicate_window,
-            ..current
-        };
-        js.update_stream(updated)
-            .await
-            .map_err(|error| stream_error(error.to_string()).broker())?;
-        stream = js
-            .get_stream(&config.stream_name)
-            .await
-            .map_err(|error| stream_error(error.to_string()).broker())?;
-    }
-    Ok(stream)
-}
-
 impl NatsTransport {
     /// Connects to `url` (`nats://127.0.0.1:4222`, `127.0.0.1:4222`, `tls://host:4222`,
     /// `nats://user:password@host:4222`, `nats://token@host:4222`, or several comma-separated)
@@ -489,6 +567,10 @@ impl NatsTransport {
             restartable: false,
             tls_root_certificates: Vec::new(),
             require_tls: false,
+            retention: vec![DEFAULT_RETENTION],
+            dead_letter_retention: vec![DEFAULT_DEAD_LETTER_RETENTION],
+            replicas: DEFAULT_REPLICAS,
+            inactive_threshold: DEFAULT_INACTIVE_THRESHOLD,
         }
     }
 
@@ -510,9 +592,20 @@ impl NatsTransport {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The subject an event named `event` is published on: `<prefix>.<event>`.
+    /// The name of the dead letters' stream (`<stream_name>_DEAD_LETTERS`), or `None` when the
+    /// dead letters are kept in the events' stream (an events' stream set up before they had a
+    /// stream of their own, which holds some: see [`NatsTransportBuilder::dead_letter_retention`]).
+    pub fn dead_letter_stream_name(&self) -> Option<&str> {
+        match self.inner.streams.dead_letters {
+            streams::DeadLetters::Apart { .. } => Some(&self.inner.config.dead_letter_stream_name),
+            streams::DeadLetters::Shared => None,
+        }
+    }
+
+    /// The subject an event named `event` is published on: `<prefix>.<event>`, and for a dead
+    /// letter (`dead-letter.<name>`) kept apart `<prefix>-dead-letter.<name>`.
     pub fn subject(&self, event: &str) -> String {
-        self.inner.config.subject(event)
+        self.inner.streams.subject(event)
     }
 
     /// The durable consumer that the subscriptions of group `group` share (the group's name

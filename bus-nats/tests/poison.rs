@@ -124,13 +124,16 @@ async fn garbage_is_dead_lettered_and_the_stream_flows() {
     assert_eq!(old.ty, "dead-letter.orders.old");
     assert!(reason(old).contains("0.3"), "{}", reason(old));
 
-    // The raw headers travel with the dead letter.
-    let stream = nats
+    // The raw headers travel with the dead letter, stored in the dead letters' stream.
+    let dead_stream = nats
         .jetstream()
-        .get_stream(nats.stream_name())
+        .get_stream(
+            nats.dead_letter_stream_name()
+                .expect("dead letters kept apart"),
+        )
         .await
         .unwrap();
-    let stored = stream
+    let stored = dead_stream
         .get_last_raw_message_by_subject(&nats.subject("dead-letter.orders.old"))
         .await
         .unwrap();
@@ -142,6 +145,11 @@ async fn garbage_is_dead_lettered_and_the_stream_flows() {
     // Nothing else arrives, and the group has nothing left.
     let what = "the group after the garbage";
     assert_quiet(&mut orders, what).await;
+    let stream = nats
+        .jetstream()
+        .get_stream(nats.stream_name())
+        .await
+        .unwrap();
     let info = stream
         .consumer_info(NatsTransport::consumer_name("billing"))
         .await
@@ -162,23 +170,35 @@ async fn a_dead_letter_that_does_not_decode_is_not_dead_lettered_again() {
     else {
         return;
     };
-    let mut everything = nats.subscribe(SubscribeOptions::new(">")).await.unwrap();
+    let mut dead = nats
+        .subscribe(SubscribeOptions::new("dead-letter.>"))
+        .await
+        .unwrap();
     nats.jetstream()
         .publish(nats.subject("dead-letter.orders.x"), "junk".into())
         .await
         .unwrap()
         .await
         .unwrap();
-    let marker = WireEvent::new(unique(), "t", "orders.after", "{}");
+    // A dead letter that decodes, after the junk in the same stream: received once the junk
+    // was dealt with.
+    let marker = WireEvent::new(unique(), "t", "dead-letter.orders.after", "{}");
     nats.publish(marker.clone()).await.unwrap();
-    let delivery = next(&mut everything, "the event after the junk").await;
+    let delivery = next(&mut dead, "the dead letter after the junk").await;
     assert_eq!(delivery.event(), &marker);
     delivery.ack().await.unwrap();
-    // No `dead-letter.dead-letter...` chain: the stream holds the junk and the marker only.
-    let stream = nats
-        .jetstream()
-        .get_stream(nats.stream_name())
-        .await
-        .unwrap();
-    assert_eq!(stream.get_info().await.unwrap().state.messages, 2);
+    // No `dead-letter.dead-letter...` chain: the dead letters' stream holds the junk and the
+    // marker only, and the events' stream nothing.
+    let stream_messages = |name: String| {
+        let js = nats.jetstream().clone();
+        async move {
+            let mut stream = js.get_stream(name).await.unwrap();
+            stream.info().await.unwrap().state.messages
+        }
+    };
+    let dead_stream = nats
+        .dead_letter_stream_name()
+        .expect("dead letters kept apart");
+    assert_eq!(stream_messages(dead_stream.to_owned()).await, 2);
+    assert_eq!(stream_messages(nats.stream_name().to_owned()).await, 0);
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use bus_core::transport::{ServerUrl, TransportError, WireEvent};
+use bus_core::transport::{Retention, ServerUrl, TransportError, WireEvent};
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Script, Value};
@@ -20,27 +20,6 @@ use crate::keys::{self, Keys};
 
 /// The longest pause between two attempts of one publish or ack.
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
-
-/// How each stream is trimmed on `XADD`, always approximately (`~`: Redis trims whole radix-tree
-/// nodes, so a stream keeps at least the limit, and a little more).
-///
-/// Trimming is blind to consumer groups: an entry trimmed while it is still pending in a group
-/// is lost to that group. The transport detects such entries (the deleted ids that `XAUTOCLAIM`
-/// returns, and the empty entries of a re-read of a consumer's own pending list), acknowledges
-/// them, logs each at `warn` and counts them in
-/// [`RedisTransport::trimmed_while_pending`](crate::RedisTransport::trimmed_while_pending).
-/// Size the retention well above what a group may fall behind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Retention {
-    /// No trimming: streams grow until an operator trims them.
-    Unbounded,
-    /// `XADD <key> MAXLEN ~ n`: about the last `n` entries of each stream.
-    MaxLen(u64),
-    /// `XADD <key> MINID ~ <now - age>`: about the entries of the last `age` (by the server's
-    /// clock, since entry ids are the server's time in milliseconds).
-    MaxAge(Duration),
-}
 
 /// The publish of a duplicate window or a first-seen name, in one atomic step: `false` for a
 /// duplicate, else the entry's id. The fields go to `XADD` as they are (`unpack`): building a
@@ -224,6 +203,8 @@ impl Inner {
             Retention::Unbounded => ("", 0_u64),
             Retention::MaxLen(entries) => ("MAXLEN", entries),
             Retention::MaxAge(age) => ("MINID", u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+            // `MaxBytes` (and any later kind) is refused at connect.
+            _ => ("", 0_u64),
         };
         let window = u64::try_from(self.config.duplicate_window.as_millis()).unwrap_or(u64::MAX);
         let plain = window == 0 && trim != "MINID" && self.is_registered(name);

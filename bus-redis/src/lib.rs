@@ -162,7 +162,6 @@ mod keys;
 mod subscription;
 mod transport;
 
-pub use crate::connection::Retention;
 pub use crate::error::RedisError;
 pub use crate::transport::{
     DEFAULT_ACKED_CAPACITY, DEFAULT_ACKED_WINDOW, DEFAULT_CLAIM_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
@@ -170,6 +169,7 @@ pub use crate::transport::{
     DEFAULT_PUBLISH_DEADLINE, DEFAULT_READ_BATCH, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETENTION,
     RedisTransport, RedisTransportBuilder,
 };
+pub use bus_core::transport::Retention;
 
 /// The client library, re-exported for the escape hatches [`RedisTransport::connection`] and
 /// [`RedisTransport::client`].

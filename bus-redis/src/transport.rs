@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use bus_core::transport::support::{self, RootCertificates};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
-    TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, Retention, ServerUrl, SubscribeOptions,
+    Transport, TransportError, TransportSubscription, WireEvent,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tracing::Instrument;
 
-use crate::connection::{Config, Inner, Retention};
+use crate::connection::{Config, Inner};
 use crate::dedup::AckedIds;
 use crate::error::{NAME, RedisError, invalid};
 use crate::keys;
@@ -134,9 +134,21 @@ impl RedisTransportBuilder {
         self
     }
 
-    /// How streams are trimmed on each publish (always approximate). Default:
-    /// [`DEFAULT_RETENTION`] (`MaxLen(1_000_000)`). See [`Retention`] for what trimming does
-    /// to pending entries.
+    /// How each stream is trimmed on each publish, always approximately (`~`: Redis trims whole
+    /// radix-tree nodes, so a stream keeps at least the limit, and a little more):
+    /// [`Retention::Unbounded`] (no trimming), [`Retention::MaxLen`]`(n)` (`XADD <key> MAXLEN ~
+    /// n`: about the last `n` entries of each stream) or [`Retention::MaxAge`]`(age)` (`XADD
+    /// <key> MINID ~ <now - age>`: about the entries of the last `age`, by the server's clock,
+    /// since entry ids are the server's time in milliseconds). [`Retention::MaxBytes`] is
+    /// refused at [`connect`](Self::connect) with [`TransportError::Invalid`]: Redis trims by
+    /// count or by id, not by size. Default: [`DEFAULT_RETENTION`] (`MaxLen(1_000_000)`).
+    ///
+    /// Trimming is blind to consumer groups: an entry trimmed while it is still pending in a
+    /// group is lost to that group. The transport detects such entries (the deleted ids that
+    /// `XAUTOCLAIM` returns, and the empty entries of a re-read of a consumer's own pending
+    /// list), acknowledges them, logs each at `warn` and counts them in
+    /// [`RedisTransport::trimmed_while_pending`]. Size the retention well above what a group
+    /// may fall behind.
     pub fn retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
         self
@@ -284,8 +296,9 @@ impl RedisTransportBuilder {
     ///
     /// # Errors
     ///
-    /// [`TransportError::Invalid`] for a bad prefix, URL or root certificates,
-    /// [`TransportError::Unreachable`] when the server cannot be reached,
+    /// [`TransportError::Invalid`] for a bad prefix, URL or root certificates, or a
+    /// [`Retention::MaxBytes`] retention, [`TransportError::Unreachable`] when the server cannot
+    /// be reached,
     /// [`TransportError::Broker`] when the server refuses the credentials
     /// ([`RedisError::Auth`]) or the TLS handshake fails ([`RedisError::Tls`], for instance a
     /// server certificate signed by a CA not trusted); the source is a [`RedisError`] saying
@@ -299,6 +312,17 @@ impl RedisTransportBuilder {
             let all = root_certificates.get_or_insert_with(Vec::new);
             all.extend_from_slice(&pem);
             all.push(b'\n');
+        }
+        if !matches!(
+            self.retention,
+            Retention::Unbounded | Retention::MaxLen(_) | Retention::MaxAge(_)
+        ) {
+            return Err(invalid(
+                "retention",
+                &format!("{:?}", self.retention),
+                "Redis trims a stream by its number of entries or by their age, not by size: use \
+                 Retention::MaxLen or Retention::MaxAge",
+            ));
         }
         let instance = self.instance.clone().unwrap_or_else(default_instance);
         if instance.is_empty() || instance.chars().any(char::is_whitespace) {

@@ -126,6 +126,24 @@ async fn retention_trims_streams_approximately() {
         .expect("published with MINID");
 }
 
+/// Redis trims by count or id, never by size: a byte limit is refused before connecting, not
+/// ignored.
+#[tokio::test]
+async fn a_byte_retention_is_refused_at_connect() {
+    let refused = RedisTransport::builder("redis://127.0.0.1:6379")
+        .retention(Retention::MaxBytes(1 << 30))
+        .connect()
+        .await;
+    match refused {
+        Err(TransportError::Invalid {
+            what: "retention",
+            reason,
+            ..
+        }) => assert!(reason.contains("MaxLen"), "{reason}"),
+        other => panic!("expected Invalid retention, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_refused_with_the_reason() {
     let Some(redis) = TestRedis::connect("invalid_input", |b| b).await else {

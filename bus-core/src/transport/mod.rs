@@ -13,6 +13,7 @@
 
 mod memory;
 mod replay;
+mod retention;
 mod server_url;
 pub mod support;
 mod wire;
@@ -24,6 +25,7 @@ use futures_util::Stream;
 
 pub use self::memory::MemoryTransport;
 pub use self::replay::{DeadLetterQueue, REPLAY_OF, ReplayReport};
+pub use self::retention::Retention;
 pub use self::server_url::ServerUrl;
 pub use self::wire::{DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent};
 pub use crate::error::TransportError;

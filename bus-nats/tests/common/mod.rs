@@ -1,4 +1,4 @@
-//! Shared by the integration tests: a transport on the shared server (unique prefix and stream
+//! Shared by the integration tests: a transport on the shared server (unique prefix and streams
 //! per test, deleted at the end), a private `nats-server` a test can restart, and bounded waits.
 #![allow(dead_code, reason = "each test file uses a part of these helpers")]
 
@@ -16,12 +16,13 @@ pub use bus_conformance::checks::*;
 /// The shared server of the machine (and of CI).
 pub const SHARED_URL: &str = "127.0.0.1:4222";
 
-/// A transport on a fresh prefix and stream of the shared server; the stream is deleted when
-/// this is dropped (even when the test panics).
+/// A transport on a fresh prefix and stream of the shared server; the stream and the dead
+/// letters' stream are deleted when this is dropped (even when the test panics).
 pub struct TestNats {
     pub transport: NatsTransport,
     pub prefix: String,
-    url: String,
+    /// Deletes the streams when dropped.
+    _cleanup: StreamCleanup,
 }
 
 impl std::ops::Deref for TestNats {
@@ -29,6 +30,16 @@ impl std::ops::Deref for TestNats {
     fn deref(&self) -> &NatsTransport {
         &self.transport
     }
+}
+
+/// A fresh subject prefix (`t<random>`), for one test.
+pub fn fresh_prefix() -> String {
+    format!("t{}", unique())
+}
+
+/// The stream name the tests give the streams of `prefix`: `TEST_<PREFIX>`.
+pub fn test_stream_name(prefix: &str) -> String {
+    format!("TEST_{}", prefix.to_uppercase())
 }
 
 impl TestNats {
@@ -47,15 +58,27 @@ impl TestNats {
         test: &str,
         configure: impl FnOnce(NatsTransportBuilder) -> NatsTransportBuilder,
     ) -> Option<TestNats> {
-        let prefix = format!("t{}", unique());
+        TestNats::connect_with_prefix(url, test, &fresh_prefix(), configure).await
+    }
+
+    /// As [`TestNats::connect_to`], with the subject prefix given (and its
+    /// [`test_stream_name`]).
+    pub async fn connect_with_prefix(
+        url: &str,
+        test: &str,
+        prefix: &str,
+        configure: impl FnOnce(NatsTransportBuilder) -> NatsTransportBuilder,
+    ) -> Option<TestNats> {
+        let stream_name = test_stream_name(prefix);
+        let cleanup = StreamCleanup::new(url, &stream_name);
         let builder = NatsTransport::builder(url)
-            .subject_prefix(prefix.clone())
-            .stream_name(format!("TEST_{}", prefix.to_uppercase()));
+            .subject_prefix(prefix)
+            .stream_name(stream_name);
         match configure(builder).connect().await {
             Ok(transport) => Some(TestNats {
                 transport,
-                prefix,
-                url: url.to_owned(),
+                prefix: prefix.to_owned(),
+                _cleanup: cleanup,
             }),
             Err(error @ TransportError::Unreachable { .. }) if !ci() => {
                 skip(
@@ -69,10 +92,27 @@ impl TestNats {
     }
 }
 
-impl Drop for TestNats {
+/// Deletes a stream and its dead letters' stream (`<name>_DEAD_LETTERS`) when dropped, even
+/// when the test panics.
+pub struct StreamCleanup {
+    url: String,
+    streams: [String; 2],
+}
+
+impl StreamCleanup {
+    /// For stream `name` (and its dead letters' stream) on the server at `url`.
+    pub fn new(url: &str, name: &str) -> StreamCleanup {
+        StreamCleanup {
+            url: url.to_owned(),
+            streams: [name.to_owned(), format!("{name}_DEAD_LETTERS")],
+        }
+    }
+}
+
+impl Drop for StreamCleanup {
     fn drop(&mut self) {
         let url = self.url.clone();
-        let stream = self.transport.stream_name().to_owned();
+        let streams = self.streams.clone();
         // A runtime of its own: this may run inside the test's runtime, or while it unwinds.
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -88,8 +128,10 @@ impl Drop for TestNats {
                     return;
                 };
                 let js = async_nats::jetstream::new(client);
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(5), js.delete_stream(&stream)).await;
+                for stream in &streams {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), js.delete_stream(stream))
+                        .await;
+                }
             });
         });
         let _ = cleanup.join();
