@@ -13,21 +13,32 @@ use bus_nats::NatsTransport;
 use common::{TestNats, assert_nothing_more, next, unique};
 use futures_util::StreamExt;
 
+/// Checks that `group` has nothing left to deliver or settle. An ack is not confirmed by the
+/// server (`ack_sync` is off), so the consumer's state is read until it converges, for at most
+/// ten seconds.
 async fn assert_settled(nats: &NatsTransport, group: &str) {
     let stream = nats
         .jetstream()
         .get_stream(nats.stream_name())
         .await
         .unwrap();
-    let info = stream
-        .consumer_info(NatsTransport::consumer_name(group))
-        .await
-        .unwrap();
-    assert_eq!(info.num_pending, 0, "{group}: events left undelivered");
-    assert_eq!(
-        info.num_ack_pending, 0,
-        "{group}: deliveries left unsettled"
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = stream
+            .consumer_info(NatsTransport::consumer_name(group))
+            .await
+            .unwrap();
+        let settled = info.num_pending == 0 && info.num_ack_pending == 0;
+        if settled || tokio::time::Instant::now() >= deadline {
+            assert_eq!(info.num_pending, 0, "{group}: events left undelivered");
+            assert_eq!(
+                info.num_ack_pending, 0,
+                "{group}: deliveries left unsettled"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
