@@ -2,7 +2,7 @@
 //! fields, and the parsing of stream replies. Nothing here panics on odd input.
 
 use bus_core::transport::WireEvent;
-use bus_core::transport::support::readable_event;
+use bus_core::transport::support::{duplicate_key, readable_event};
 pub(crate) use bus_core::transport::support::{check_name, check_pattern};
 use bytes::Bytes;
 use redis::Value;
@@ -57,9 +57,11 @@ impl Keys {
         format!("{}:stream:*", self.prefix)
     }
 
-    /// The publish-side duplicate marker of event id `id`.
-    pub(crate) fn dedup(&self, id: &str) -> String {
-        format!("{}:dedup:{id}", self.prefix)
+    /// The publish-side duplicate marker of the event `id` of `source`:
+    /// `<prefix>:dedup:<source>:<id>`, both percent-encoded
+    /// ([`duplicate_key`](bus_core::transport::support::duplicate_key)).
+    pub(crate) fn dedup(&self, source: &str, id: &str) -> String {
+        format!("{}:dedup:{}", self.prefix, duplicate_key(source, id))
     }
 
     /// The set of every event name published under the prefix.
