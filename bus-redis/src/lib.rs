@@ -87,9 +87,15 @@
 //! fields, a missing or empty attribute, a field that is not UTF-8, an invalid name, a payload
 //! over [`max_payload`](RedisTransportBuilder::max_payload), a type that is not its stream's
 //! name) are dead-lettered by the subscription itself, with the decoding error as the reason,
-//! keeping the payload (field `data`) and the fields that are not CloudEvents attributes,
-//! logged at `warn`, then acknowledged; the subscription goes on and never yields them. A dead
-//! letter that does not decode is dropped, not dead-lettered again.
+//! logged at `warn`, then acknowledged; the subscription goes on and never yields them. The
+//! dead letter keeps every field of the entry as it was (`ce-time`, `content-type`, every
+//! extension, fields that are not CloudEvents attributes, the payload in `data`), but the four
+//! that make it a dead letter (`ce-specversion` 1.0, `ce-id` `<id>.dead.<group>` with the
+//! original `ce-id` or `entry-<entry id>`, `ce-source`, `ce-type` `dead-letter.<name>`) and
+//! the dead-letter extensions, as NATS does with a message's headers. A defect that lies in a
+//! field kept (an invalid extension name, too many fields, a value that is not UTF-8) stays
+//! in the dead letter, which then does not decode either: read it raw (`XRANGE`). A dead
+//! letter that does not decode is dropped by its subscribers, not dead-lettered again.
 //!
 //! **The group vanishing** (`NOGROUP`: Redis flushed, or restarted without persistence) is
 //! logged at `warn`, counted ([`RedisTransport::groups_recreated`]), and cured: the
