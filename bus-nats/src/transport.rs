@@ -154,8 +154,10 @@ impl NatsTransportBuilder {
         self
     }
 
-    /// The stream's duplicate window: a publish whose event id was stored less than this long
-    /// ago is acknowledged and dropped. Default: [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
+    /// The stream's duplicate window: a publish of an event whose source and id (its
+    /// `Nats-Msg-Id`) were stored less than this long ago is acknowledged and dropped, counted
+    /// in [`NatsTransport::duplicates_dropped`] and logged at `info`. The same id from another
+    /// source is another event, stored. Default: [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = window;
         self
@@ -376,6 +378,7 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
             config,
             background: TaskTracker::new(),
             dead_lettered: std::sync::atomic::AtomicU64::new(0),
+            duplicates_dropped: std::sync::atomic::AtomicU64::new(0),
         }),
     })
 }
@@ -507,6 +510,19 @@ impl NatsTransport {
     pub fn dead_lettered(&self) -> u64 {
         self.inner
             .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How many publishes (events and dead letters) the stream dropped as duplicates: its
+    /// PubAck said `duplicate`, because an event of the same source and id (`Nats-Msg-Id`) was
+    /// stored within the [duplicate window](NatsTransportBuilder::duplicate_window). A publish
+    /// retried after a lost PubAck, whose first attempt was stored after all, counts too. Each
+    /// is also logged at `info` (event name, id, source) and, with the feature `metrics` of
+    /// `bus-core` (`bus`'s `metrics`), counted in `bus_duplicates_dropped_total` (labels
+    /// `transport="nats"`, `stage="publish"`).
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.inner
+            .duplicates_dropped
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
