@@ -29,8 +29,8 @@
 //! remembered in memory), and boxing.
 //!
 //! The deduplicating rows run the transport with a `duplicate_window`: every publish is then
-//! the Lua script (`EVALSHA`: `SET <prefix>:dedup:<id> NX PX`, `XADD`, `SADD`), the price of
-//! broker-side deduplication, shown beside the default.
+//! the Lua script (`EVALSHA`: `SET <prefix>:dedup:<source>:<id> NX PX`, `XADD`, `SADD`), the
+//! price of broker-side deduplication, shown beside the default.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
+use bus_core::transport::support::count_duplicate;
 use bus_core::transport::{ServerUrl, TransportError, WireEvent};
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -38,6 +39,9 @@ pub(crate) struct Inner {
     /// The dead letters written:
     /// [`NatsTransport::dead_lettered`](crate::NatsTransport::dead_lettered).
     pub(crate) dead_lettered: std::sync::atomic::AtomicU64,
+    /// The publishes the stream dropped as duplicates:
+    /// [`NatsTransport::duplicates_dropped`](crate::NatsTransport::duplicates_dropped).
+    pub(crate) duplicates_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Inner {
@@ -47,6 +51,41 @@ impl Inner {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             self.background.spawn_on(work, &runtime);
         }
+    }
+}
+
+/// What a publish is of, for the log of a duplicate: the event's name, source and id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Published<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) source: &'a str,
+    pub(crate) id: &'a str,
+}
+
+impl<'a> Published<'a> {
+    pub(crate) fn of(event: &'a WireEvent) -> Published<'a> {
+        Published {
+            name: &event.ty,
+            source: &event.source,
+            id: &event.id,
+        }
+    }
+}
+
+impl Inner {
+    /// Counts and logs (at `info`) a publish the stream dropped as a duplicate.
+    fn duplicate_dropped(&self, published: Published<'_>, attempt: u32) {
+        self.duplicates_dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        count_duplicate(NAME, None);
+        tracing::info!(
+            event = %published.name,
+            event_id = %published.id,
+            source = %published.source,
+            attempt,
+            "duplicate dropped: the stream stored an event of this source and id within its \
+             duplicate window (or an earlier attempt of this publish did)"
+        );
     }
 }
 
@@ -153,21 +192,25 @@ impl Inner {
                 .take()
                 .unwrap_or_else(|| names::event_headers(&event).unwrap_or_default())
         };
-        self.publish_raw(&subject, &event.ty, headers, event.data.clone())
+        let published = Published::of(&event);
+        self.publish_raw(&subject, published, headers, event.data.clone())
             .await
     }
 
     /// Publishes until the PubAck, retrying what a reconnect may cure until the publish
     /// deadline. `headers` gives each attempt its headers (moved into the first, built again
-    /// for a retry, so the common path copies nothing); they must carry `Nats-Msg-Id`, so that
-    /// retries are stored once.
+    /// for a retry, so the common path copies nothing); they must carry `Nats-Msg-Id` (made
+    /// from the source and id of `published`), so that retries are stored once. A PubAck that
+    /// says `duplicate` (the stream stored that `Nats-Msg-Id` within its duplicate window) is a
+    /// duplicate dropped: counted and logged at `info`; the publish is `Ok`.
     pub(crate) async fn publish_raw(
         &self,
         subject: &str,
-        event: &str,
+        published: Published<'_>,
         mut headers: impl FnMut() -> HeaderMap,
         data: Bytes,
     ) -> Result<(), TransportError> {
+        let event = published.name;
         let deadline = Instant::now() + self.config.publish_deadline;
         let timed_out = || TransportError::PublishTimedOut {
             transport: NAME.to_owned(),
@@ -197,13 +240,12 @@ impl Inner {
                     tracing::warn!(attempt, "publish not confirmed before the deadline");
                     return Err(timed_out());
                 }
+                Ok(Ok(ack)) if ack.duplicate => {
+                    self.duplicate_dropped(published, attempt);
+                    return Ok(());
+                }
                 Ok(Ok(ack)) => {
-                    tracing::trace!(
-                        attempt,
-                        sequence = ack.sequence,
-                        duplicate = ack.duplicate,
-                        "stored"
-                    );
+                    tracing::trace!(attempt, sequence = ack.sequence, "stored");
                     return Ok(());
                 }
                 Ok(Err(error)) => error,

@@ -14,7 +14,7 @@ use bus_core::transport::{
 use bytes::Bytes;
 use tracing::Instrument;
 
-use crate::connection::Inner;
+use crate::connection::{Inner, Published};
 use crate::error::NatsError;
 use crate::names::{self, MSG_ID};
 use crate::streams::Streams;
@@ -160,7 +160,8 @@ impl Settle {
         };
         let dead_subject = self.inner.streams.subject(&letter.ty);
         let data = letter.data.clone();
-        match store_dead_letter(&self.inner, &dead_subject, &letter.ty, headers, data).await {
+        let published = Published::of(&letter);
+        match store_dead_letter(&self.inner, &dead_subject, published, headers, data).await {
             Ok(()) => {
                 tracing::warn!(
                     dead_letter = %dead_subject,
@@ -195,17 +196,17 @@ impl Settle {
     }
 }
 
-/// Publishes a dead letter (its `Nats-Msg-Id` makes a second one of the same event and group a
-/// duplicate), counting it in [`Inner::dead_lettered`].
+/// Publishes a dead letter (its `Nats-Msg-Id`, made of its source and id, makes a second one
+/// of the same event and group a duplicate), counting it in [`Inner::dead_lettered`].
 pub(crate) async fn store_dead_letter(
     inner: &Inner,
     subject: &str,
-    name: &str,
+    letter: Published<'_>,
     headers: HeaderMap,
     data: Bytes,
 ) -> Result<(), TransportError> {
     inner
-        .publish_raw(subject, name, || headers.clone(), data)
+        .publish_raw(subject, letter, || headers.clone(), data)
         .await?;
     inner
         .dead_lettered
@@ -226,9 +227,36 @@ pub(crate) fn dead_letter_event(
     letter
 }
 
-/// The dead letter of a message that does not decode: its payload and its headers (but the
-/// JetStream ones), made a valid CloudEvent of type `dead-letter.<subject without prefix>`,
-/// with the four extensions. Returns the subject, the dead letter's name and its headers.
+/// The dead letter of a message that does not decode (its payload is the message's).
+#[derive(Debug)]
+pub(crate) struct RawLetter {
+    /// Where it goes: `<prefix>.dead-letter.<name>`.
+    pub(crate) subject: String,
+    /// Its name, `dead-letter.<name>`.
+    pub(crate) name: String,
+    /// Its source: the message's `ce-source`, or `bus-nats`.
+    pub(crate) source: String,
+    /// Its id, `<original id>.dead.<group>`.
+    pub(crate) id: String,
+    pub(crate) headers: HeaderMap,
+}
+
+impl RawLetter {
+    /// What it is, for the log of a duplicate.
+    pub(crate) fn published(&self) -> Published<'_> {
+        Published {
+            name: &self.name,
+            source: &self.source,
+            id: &self.id,
+        }
+    }
+}
+
+/// The dead letter of a message that does not decode: its payload and every header (`ce-time`,
+/// `content-type`, every extension, headers that are not CloudEvents attributes), but the
+/// JetStream ones and those that make it a valid CloudEvent of type
+/// `dead-letter.<subject without prefix>` (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`),
+/// with the four extensions and its own `Nats-Msg-Id` (its source and id).
 pub(crate) fn dead_letter_raw(
     streams: &Streams,
     message: &async_nats::Message,
@@ -236,7 +264,7 @@ pub(crate) fn dead_letter_raw(
     group: &str,
     attempts: u32,
     reason: &str,
-) -> (String, String, HeaderMap) {
+) -> RawLetter {
     let subject = message.subject.as_str();
     let rest = streams
         .name_of(subject)
@@ -258,7 +286,7 @@ pub(crate) fn dead_letter_raw(
         Bytes::new(),
         fallback_id,
     );
-    let (original_id, source) = (readable.id, readable.source);
+    let (original_id, source) = (readable.id, names::one_line(&readable.source));
     let id = names::one_line(&format!("{original_id}.dead.{group}"));
     let replaced = [
         "ce-specversion".to_owned(),
@@ -288,7 +316,7 @@ pub(crate) fn dead_letter_raw(
             bus_core::transport::SPEC_VERSION.to_owned(),
         ),
         ("ce-id".to_owned(), id.clone()),
-        ("ce-source".to_owned(), names::one_line(&source)),
+        ("ce-source".to_owned(), source.clone()),
         ("ce-type".to_owned(), name.clone()),
         (
             format!("ce-{DEAD_LETTER_OF}"),
@@ -297,13 +325,19 @@ pub(crate) fn dead_letter_raw(
         (format!("ce-{DEAD_LETTER_REASON}"), names::one_line(reason)),
         (format!("ce-{DEAD_LETTER_GROUP}"), names::one_line(group)),
         (format!("ce-{DEAD_LETTER_ATTEMPTS}"), attempts.to_string()),
-        (MSG_ID.to_owned(), id),
+        (MSG_ID.to_owned(), names::msg_id(&source, &id)),
     ];
     for (header, value) in ours {
         // Every name above is a valid header name and every value is on one line.
         let _ = names::insert(&mut headers, &header, &value);
     }
-    (streams.subject(&name), name, headers)
+    RawLetter {
+        subject: streams.subject(&name),
+        name,
+        source,
+        id,
+        headers,
+    }
 }
 
 impl Delivery for NatsDelivery {

@@ -36,9 +36,9 @@
 //! | event name `a.b.c` | subject `<prefix>.a.b.c`, in the events' stream (`<STREAM>`) capturing `<prefix>.>` |
 //! | pattern `a.*`, `a.>` | consumer filter `<prefix>.a.*`, `<prefix>.a.>` |
 //! | pattern `>`, `*.…` (dead letters match too) | one consumer on each stream, merged in one subscription |
-//! | [`WireEvent`](bus_core::transport::WireEvent) attributes | CloudEvents binary-mode headers (`ce-id`, `ce-type`, ...), and `Nats-Msg-Id` = the id |
+//! | [`WireEvent`](bus_core::transport::WireEvent) attributes | CloudEvents binary-mode headers (`ce-id`, `ce-type`, ...), and `Nats-Msg-Id` = `<source>:<id>` (both percent-encoded) |
 //! | publish resolved | PubAck received: the event is stored |
-//! | duplicate id | dropped by the stream within its duplicate window (2 min by default) |
+//! | duplicate (same source and id) | dropped by the stream within its duplicate window (2 min by default): the PubAck says `duplicate`, the publish is `Ok`, counted ([`NatsTransport::duplicates_dropped`], `bus_duplicates_dropped_total`) and logged at `info`; the same id from another source is another event |
 //! | group `g` | durable pull consumer [`NatsTransport::consumer_name`]`(g)`, explicit acks, `inactive_threshold` [30 days](NatsTransportBuilder::inactive_threshold) |
 //! | no group | ephemeral pull consumer, deleted with the subscription |
 //! | `max_deliveries` n | `max_deliver` n + 1: see below |
@@ -88,8 +88,14 @@
 //! **Messages that do not decode** (no CloudEvents headers, a missing or empty attribute, an
 //! invalid name, a payload over [`max_payload`](NatsTransportBuilder::max_payload), a type that
 //! is not its subject) are dead-lettered by the subscription itself, with the decoding error as
-//! the reason, keeping their payload and headers, logged at `warn`; the subscription goes on and
-//! never yields them. A dead letter that does not decode is terminated, not dead-lettered again.
+//! the reason, keeping their payload and every header (`ce-time`, `content-type`, every
+//! extension, headers that are not CloudEvents attributes; not the JetStream `Nats-*` ones),
+//! but the four that make the dead letter a CloudEvent (`ce-specversion`, `ce-id`,
+//! `ce-source`, `ce-type`) and the dead-letter extensions, logged at `warn`; the subscription
+//! goes on and never yields them. A defect that lies in a header kept (an invalid extension
+//! name, too many headers) stays in the dead letter, which then does not decode either: read
+//! it raw from the stream. A dead letter that does not decode is terminated, not
+//! dead-lettered again.
 //!
 //! **Closing.** A delivery dropped unsettled is nak'd by a spawned task and delivered again
 //! 100 ms later (or dead-lettered, on its last allowed delivery). Dropping a subscription

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 use bus_core::transport::WireEvent;
+use bus_core::transport::support::duplicate_key;
 pub(crate) use bus_core::transport::support::{check_name, check_pattern};
 
 /// The NATS header that JetStream deduplicates on.
@@ -92,14 +93,22 @@ pub(crate) struct BadHeader {
     pub(crate) reason: &'static str,
 }
 
-/// The event's binary-mode headers as a NATS header map, plus `Nats-Msg-Id` = its id.
+/// The event's binary-mode headers as a NATS header map, plus `Nats-Msg-Id` = its source and
+/// id ([`msg_id`]).
 pub(crate) fn event_headers(event: &WireEvent) -> Result<HeaderMap, BadHeader> {
     let mut map = HeaderMap::new();
     for (name, value) in event.headers() {
         insert(&mut map, &name, &value)?;
     }
-    insert(&mut map, MSG_ID, &event.id)?;
+    insert(&mut map, MSG_ID, &msg_id(&event.source, &event.id))?;
     Ok(map)
+}
+
+/// The `Nats-Msg-Id` of the event `id` of `source`, which JetStream deduplicates on: both,
+/// percent-encoded and joined by `:` ([`duplicate_key`]), so that one id from two sources is
+/// two events, and the value is always a valid header value.
+pub(crate) fn msg_id(source: &str, id: &str) -> String {
+    duplicate_key(source, id)
 }
 
 /// Inserts one header, refusing (never panicking on) a name or value NATS cannot carry.
@@ -198,5 +207,18 @@ mod tests {
         assert!(insert(&mut map, "ce-x", "fine").is_ok());
         let event = WireEvent::new("1", "s", "a.b", "").extension("bad name", "v");
         assert!(event_headers(&event).is_err());
+    }
+
+    #[test]
+    fn the_msg_id_is_the_source_and_the_id() {
+        let event = WireEvent::new("order-1", "shop", "a.b", "");
+        let headers = event_headers(&event).unwrap();
+        assert_eq!(headers.get(MSG_ID).unwrap().as_str(), "shop:order-1");
+        let elsewhere = WireEvent::new("order-1", "billing", "a.b", "");
+        let other = event_headers(&elsewhere).unwrap();
+        assert_eq!(other.get(MSG_ID).unwrap().as_str(), "billing:order-1");
+        // A source or id with a line break still makes a valid header value.
+        let odd = WireEvent::new("a\r\nb", "s:t", "a.b", "");
+        assert_eq!(msg_id(&odd.source, &odd.id), "s%3At:a%0D%0Ab");
     }
 }

@@ -715,7 +715,7 @@ impl Pump {
                 reason,
             )
         };
-        let (mut subject, mut name, mut headers) = letter(&reason);
+        let mut raw = letter(&reason);
         let mut data = message.payload.clone();
         let server_limit = match self.inner.client.server_info().max_payload {
             0 => usize::MAX,
@@ -728,17 +728,19 @@ impl Pump {
                 .sum::<usize>()
                 + 12
         };
-        if data.len().saturating_add(header_bytes(&headers)) > server_limit {
+        if data.len().saturating_add(header_bytes(&raw.headers)) > server_limit {
             let shorter = format!(
                 "{reason} (its payload of {} bytes is left out: with the dead-letter headers it \
                  exceeds the server's max_payload; it stays in the stream at sequence \
                  {sequence})",
                 data.len()
             );
-            (subject, name, headers) = letter(&shorter);
+            raw = letter(&shorter);
             data = bytes::Bytes::new();
         }
-        match store_dead_letter(&self.inner, &subject, &name, headers, data).await {
+        let headers = std::mem::take(&mut raw.headers);
+        let subject = &raw.subject;
+        match store_dead_letter(&self.inner, subject, raw.published(), headers, data).await {
             Ok(()) => {
                 tracing::warn!(
                     message_subject = %message.subject,

@@ -184,9 +184,11 @@ impl NatsTransportBuilder {
         self
     }
 
-    /// The streams' duplicate window: a publish whose event id was stored less than this long
-    /// ago is acknowledged and dropped. At most the stream's `max_age` (JetStream's rule): with
-    /// a shorter [`MaxAge`](Retention::MaxAge), the window is that age. Default:
+    /// The streams' duplicate window: a publish of an event whose source and id (its
+    /// `Nats-Msg-Id`) were stored less than this long ago is acknowledged and dropped, counted
+    /// in [`NatsTransport::duplicates_dropped`] and logged at `info`. The same id from another
+    /// source is another event, stored. At most the stream's `max_age` (JetStream's rule):
+    /// with a shorter [`MaxAge`](Retention::MaxAge), the window is that age. Default:
     /// [`DEFAULT_DUPLICATE_WINDOW`] (2 min).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = window;
@@ -509,6 +511,7 @@ async fn connect(config: Config) -> Result<NatsTransport, TransportError> {
             config,
             background: TaskTracker::new(),
             dead_lettered: std::sync::atomic::AtomicU64::new(0),
+            duplicates_dropped: std::sync::atomic::AtomicU64::new(0),
         }),
     })
 }
@@ -600,6 +603,19 @@ impl NatsTransport {
             streams::DeadLetters::Apart { .. } => Some(&self.inner.config.dead_letter_stream_name),
             streams::DeadLetters::Shared => None,
         }
+    }
+
+    /// How many publishes (events and dead letters) the stream dropped as duplicates: its
+    /// PubAck said `duplicate`, because an event of the same source and id (`Nats-Msg-Id`) was
+    /// stored within the [duplicate window](NatsTransportBuilder::duplicate_window). A publish
+    /// retried after a lost PubAck, whose first attempt was stored after all, counts too. Each
+    /// is also logged at `info` (event name, id, source) and, with the feature `metrics` of
+    /// `bus-core` (`bus`'s `metrics`), counted in `bus_duplicates_dropped_total` (labels
+    /// `transport="nats"`, `stage="publish"`).
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.inner
+            .duplicates_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The subject an event named `event` is published on: `<prefix>.<event>`, and for a dead

@@ -160,6 +160,118 @@ async fn garbage_is_dead_lettered_and_the_stream_flows() {
     assert_next_is(&mut orders, &probe, what).await;
 }
 
+/// The headers of a message written by another client, every optional kind there is: a time, a
+/// content type, the extensions `traceparent` and `causationid`, a custom one, a header that is
+/// no CloudEvents attribute.
+fn rich_headers(id: &str, ty: &str, specversion: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("ce-specversion", specversion.to_owned()),
+        ("ce-id", id.to_owned()),
+        ("ce-source", "legacy-script".to_owned()),
+        ("ce-type", ty.to_owned()),
+        ("ce-time", "2024-05-01T10:00:00.5Z".to_owned()),
+        ("content-type", "application/json".to_owned()),
+        (
+            "ce-traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_owned(),
+        ),
+        ("ce-causationid", "order-0".to_owned()),
+        ("ce-tenant", "acme".to_owned()),
+        ("x-written-by", "nightly-import".to_owned()),
+    ]
+}
+
+/// Messages that do not decode (spec version 0.3; a type that is not its subject) but carry a
+/// time, a content type and extensions: each dead letter, read raw from the stream, keeps every
+/// header of the message as it was, but the four a dead letter sets (`ce-specversion`,
+/// `ce-id`, `ce-source`, `ce-type`), and adds the reason, the group, the attempts and the
+/// original id; its payload is the message's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_of_a_message_that_does_not_decode_keeps_every_header() {
+    let Some(nats) = TestNats::connect("the_dead_letter_keeps_every_header", |b| b).await else {
+        return;
+    };
+    let mut orders = nats
+        .subscribe(SubscribeOptions::new("kept.>").group("billing"))
+        .await
+        .unwrap();
+    let (old, liar) = (format!("old-{}", unique()), format!("liar-{}", unique()));
+    let messages = [
+        (
+            "kept.old",
+            rich_headers(&old, "kept.old", "0.3"),
+            &old,
+            "0.3",
+        ),
+        (
+            "kept.liar",
+            rich_headers(&liar, "kept.other", "1.0"),
+            &liar,
+            "kept.other",
+        ),
+    ];
+    for (name, headers, _, _) in &messages {
+        let mut map = HeaderMap::new();
+        for (header, value) in headers {
+            map.insert(*header, value.as_str());
+        }
+        publish_raw(&nats, name, map, br#"{"order":7}"#.to_vec()).await;
+    }
+    let good = WireEvent::new(unique(), "shop", "kept.good", "{}");
+    nats.publish(good.clone()).await.unwrap();
+    let delivery = next(&mut orders, "the good event").await;
+    assert_eq!(
+        delivery.event(),
+        &good,
+        "a message that does not decode was handed out"
+    );
+    delivery.ack().await.unwrap();
+
+    let stream = nats
+        .jetstream()
+        .get_stream(nats.stream_name())
+        .await
+        .unwrap();
+    for (name, headers, id, says) in &messages {
+        let subject = nats.subject(&format!("dead-letter.{name}"));
+        let letter = common::within(&format!("the dead letter of {name}"), async {
+            loop {
+                if let Ok(letter) = stream.get_last_raw_message_by_subject(&subject).await {
+                    return letter;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        let value = |header: &str| -> Vec<String> {
+            letter
+                .headers
+                .get_all(header)
+                .map(|value| value.as_str().to_owned())
+                .collect()
+        };
+        let replaced = ["ce-specversion", "ce-id", "ce-source", "ce-type"];
+        for (header, original) in headers {
+            if !replaced.contains(header) {
+                assert_eq!(value(header), [original.as_str()], "{header} of {name}");
+            }
+        }
+        assert_eq!(value("ce-specversion"), ["1.0"]);
+        assert_eq!(value("ce-id"), [format!("{id}.dead.billing")]);
+        assert_eq!(value("ce-source"), ["legacy-script"]);
+        assert_eq!(value("ce-type"), [format!("dead-letter.{name}")]);
+        assert_eq!(value(&format!("ce-{DEAD_LETTER_OF}")), [id.as_str()]);
+        assert_eq!(value(&format!("ce-{DEAD_LETTER_GROUP}")), ["billing"]);
+        assert_eq!(value("ce-deadletterattempts"), ["1"]);
+        let reason = value(&format!("ce-{DEAD_LETTER_REASON}"));
+        assert!(
+            reason.len() == 1 && reason[0].contains(says),
+            "the reason of {name} does not say {says:?}: {reason:?}"
+        );
+        assert_eq!(letter.payload.as_ref(), br#"{"order":7}"#);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_that_does_not_decode_is_not_dead_lettered_again() {
     let Some(nats) = TestNats::connect(

@@ -35,7 +35,7 @@ async fn round_trip_keeps_attributes_and_payload() {
     assert_eq!(delivery.attempt(), 1);
     delivery.ack().await.unwrap();
 
-    // Stored as binary-mode CloudEvents headers, with the id as Nats-Msg-Id.
+    // Stored as binary-mode CloudEvents headers, with the source and the id as Nats-Msg-Id.
     let stream = nats
         .jetstream()
         .get_stream(nats.stream_name())
@@ -51,7 +51,10 @@ async fn round_trip_keeps_attributes_and_payload() {
             .get(name)
             .map(|value| value.as_str().to_owned())
     };
-    assert_eq!(header("Nats-Msg-Id"), Some(event.id.clone()));
+    assert_eq!(
+        header("Nats-Msg-Id"),
+        Some(format!("checkout:{}", event.id))
+    );
     assert_eq!(header("ce-id"), Some(event.id.clone()));
     assert_eq!(header("ce-specversion").as_deref(), Some("1.0"));
     assert_eq!(header("ce-type").as_deref(), Some("orders.eu.created"));

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use bus_core::transport::support::count_duplicate;
 use bus_core::transport::{Retention, ServerUrl, TransportError, WireEvent};
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -179,25 +180,26 @@ impl Inner {
                 format!("subscribers could not decode it: {error}"),
             )
         })?;
-        self.publish_fields(&event.ty, &event.id, keys::event_fields(&event))
+        self.publish_fields(&event, keys::event_fields(&event))
             .await
             .map(drop)
     }
 
-    /// Stores an event until Redis replies, retrying what a reconnect may cure until the
-    /// publish deadline. `Ok(false)`: a duplicate, dropped.
+    /// Stores an event (`fields`, the entry of `event`) until Redis replies, retrying what a
+    /// reconnect may cure until the publish deadline. `Ok(false)`: a duplicate (the same source
+    /// and id within the duplicate window), dropped, counted and logged at `info`.
     ///
     /// The common case is one plain `XADD` (with the retention's `MAXLEN ~`). The publish
     /// script, which costs Redis about twice the time of an `XADD`, runs only when it must: a
     /// duplicate window (the `SET NX` and the `XADD` are one step), `MaxAge` retention (the
     /// server's clock), or a name this transport has not registered in the last
     /// [`NAME_REFRESH`].
-    pub(crate) async fn publish_fields(
+    pub(crate) async fn publish_fields<F: AsRef<[u8]>>(
         &self,
-        name: &str,
-        id: &str,
-        fields: Vec<(String, Bytes)>,
+        event: &WireEvent,
+        fields: Vec<(F, Bytes)>,
     ) -> Result<bool, TransportError> {
+        let name = event.ty.as_str();
         let key = self.keys.stream(name);
         let (trim, limit) = match self.config.retention {
             Retention::Unbounded => ("", 0_u64),
@@ -217,12 +219,12 @@ impl Inner {
             }
             command.arg("*");
             for (field, value) in &fields {
-                command.arg(field.as_str()).arg(value.as_ref());
+                command.arg(field.as_ref()).arg(value.as_ref());
             }
         } else {
             invocation
                 .key(&key)
-                .key(self.keys.dedup(id))
+                .key(self.keys.dedup(&event.source, &event.id))
                 .key(self.keys.names())
                 .key(self.keys.names_log())
                 .arg(window)
@@ -230,7 +232,7 @@ impl Inner {
                 .arg(trim)
                 .arg(limit);
             for (field, value) in &fields {
-                invocation.arg(field.as_str()).arg(value.as_ref());
+                invocation.arg(field.as_ref()).arg(value.as_ref());
             }
         }
         let deadline = Instant::now() + self.config.publish_deadline;
@@ -262,7 +264,18 @@ impl Inner {
                     return Ok(true);
                 }
                 Ok(Ok(None)) => {
-                    tracing::debug!(attempt, "duplicate id: dropped");
+                    self.stats
+                        .duplicates_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    count_duplicate(NAME, None);
+                    tracing::info!(
+                        event = %name,
+                        event_id = %event.id,
+                        source = %event.source,
+                        attempt,
+                        "duplicate dropped: an event of this source and id was published within \
+                         the duplicate window (or an earlier attempt of this publish stored it)"
+                    );
                     return Ok(false);
                 }
                 Ok(Err(error)) => error,
@@ -450,19 +463,19 @@ impl Inner {
         }
     }
 
-    /// Whether `group` acknowledged event `id` within the acked window.
-    pub(crate) fn was_acked(&self, group: &str, id: &str) -> bool {
+    /// Whether `group` acknowledged `event` (its source and id) within the acked window.
+    pub(crate) fn was_acked(&self, group: &str, event: &WireEvent) -> bool {
         self.acked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .contains(group, id)
+            .contains(group, &event.source, &event.id)
     }
 
-    /// Records that `group` acknowledged event `id`.
-    pub(crate) fn record_ack(&self, group: &str, id: &str) {
+    /// Records that `group` acknowledged `event` (its source and id).
+    pub(crate) fn record_ack(&self, group: &str, event: &WireEvent) {
         self.acked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(group, id);
+            .insert(group, &event.source, &event.id);
     }
 }

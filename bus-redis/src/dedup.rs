@@ -1,21 +1,26 @@
-//! The consumer side of deduplication: the event ids a group (or a subscription outside any
-//! group) acknowledged recently, so that a second entry with one of them is dropped.
+//! The consumer side of deduplication: the events (source and id) a group (or a subscription
+//! outside any group) acknowledged recently, so that a second entry of one of them is dropped.
+//! An id alone is not an event: two sources may use one id for two events.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The ids acknowledged within a window, per group label, at most `capacity` of them (the
-/// oldest are forgotten first).
+/// `(group label, event source, event id)`: three strings, so no two keys are one. Shared by
+/// the set and the queue of [`AckedIds`], so stored once.
+type Key = Arc<(String, String, String)>;
+
+/// The events acknowledged within a window, by source and id, per group label, at most
+/// `capacity` of them (the oldest are forgotten first).
 #[derive(Debug)]
 pub(crate) struct AckedIds {
     window: Duration,
     capacity: usize,
-    /// `(group label, event id)`.
-    known: HashSet<(String, String)>,
+    known: HashSet<Key>,
     /// The same keys in acknowledgement order, with the time each expires.
-    order: VecDeque<(Instant, (String, String))>,
+    order: VecDeque<(Instant, Key)>,
 }
 
 impl AckedIds {
@@ -44,26 +49,27 @@ impl AckedIds {
         }
     }
 
-    /// Records that `group` acknowledged event `id`.
-    pub(crate) fn insert(&mut self, group: &str, id: &str) {
+    /// Records that `group` acknowledged the event `id` of `source`.
+    pub(crate) fn insert(&mut self, group: &str, source: &str, id: &str) {
         if self.off() {
             return;
         }
         let now = Instant::now();
-        let key = (group.to_owned(), id.to_owned());
-        if self.known.insert(key.clone()) {
+        let key = Arc::new((group.to_owned(), source.to_owned(), id.to_owned()));
+        if self.known.insert(Arc::clone(&key)) {
             self.order.push_back((now + self.window, key));
         }
         self.expire(now);
     }
 
-    /// Whether `group` acknowledged event `id` within the window.
-    pub(crate) fn contains(&mut self, group: &str, id: &str) -> bool {
+    /// Whether `group` acknowledged the event `id` of `source` within the window.
+    pub(crate) fn contains(&mut self, group: &str, source: &str, id: &str) -> bool {
         if self.off() {
             return false;
         }
         self.expire(Instant::now());
-        self.known.contains(&(group.to_owned(), id.to_owned()))
+        let key = (group.to_owned(), source.to_owned(), id.to_owned());
+        self.known.contains(&key)
     }
 
     /// How many ids are remembered.
@@ -80,29 +86,46 @@ mod tests {
     #[test]
     fn remembers_per_group_within_capacity() {
         let mut acked = AckedIds::new(Duration::from_secs(60), 2);
-        acked.insert("g", "1");
-        assert!(acked.contains("g", "1"));
-        assert!(!acked.contains("h", "1"));
-        acked.insert("g", "2");
-        acked.insert("g", "3");
+        acked.insert("g", "s", "1");
+        assert!(acked.contains("g", "s", "1"));
+        assert!(!acked.contains("h", "s", "1"));
+        acked.insert("g", "s", "2");
+        acked.insert("g", "s", "3");
         assert_eq!(acked.len(), 2);
-        assert!(!acked.contains("g", "1"), "the oldest is forgotten first");
-        assert!(acked.contains("g", "3"));
+        assert!(
+            !acked.contains("g", "s", "1"),
+            "the oldest is forgotten first"
+        );
+        assert!(acked.contains("g", "s", "3"));
+    }
+
+    #[test]
+    fn one_id_from_two_sources_is_two_events() {
+        let mut acked = AckedIds::new(Duration::from_secs(60), 10);
+        acked.insert("g", "shop", "1");
+        assert!(acked.contains("g", "shop", "1"));
+        assert!(
+            !acked.contains("g", "billing", "1"),
+            "another source's event 1"
+        );
+        // No pair of strings runs into another: the parts are kept apart.
+        acked.insert("g", "a:b", "c");
+        assert!(!acked.contains("g", "a", "b:c"));
     }
 
     #[test]
     fn a_zero_window_is_off() {
         let mut acked = AckedIds::new(Duration::ZERO, 10);
-        acked.insert("g", "1");
-        assert!(!acked.contains("g", "1"));
+        acked.insert("g", "s", "1");
+        assert!(!acked.contains("g", "s", "1"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn ids_expire_after_the_window() {
         let mut acked = AckedIds::new(Duration::from_secs(1), 10);
-        acked.insert("g", "1");
+        acked.insert("g", "s", "1");
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(!acked.contains("g", "1"));
+        assert!(!acked.contains("g", "s", "1"));
         assert_eq!(acked.len(), 0);
     }
 }

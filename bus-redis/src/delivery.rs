@@ -277,7 +277,7 @@ impl Settle {
                 .ack(&self.at.key, &shared.group, &self.at.entry)
                 .await?;
         }
-        self.inner.record_ack(&self.origin.label, &self.event.id);
+        self.inner.record_ack(&self.origin.label, &self.event);
         Ok(())
     }
 
@@ -390,14 +390,14 @@ pub(crate) async fn dead_letter(
     Ok(())
 }
 
-/// Publishes a dead letter (its id makes a second one of the same event and group a
+/// Publishes a dead letter (its source and id make a second one of the same event and group a
 /// duplicate), counting it.
-pub(crate) async fn store_dead_letter(
+pub(crate) async fn store_dead_letter<F: AsRef<[u8]>>(
     inner: &Inner,
     letter: &WireEvent,
-    fields: Vec<(String, Bytes)>,
+    fields: Vec<(F, Bytes)>,
 ) -> Result<(), TransportError> {
-    inner.publish_fields(&letter.ty, &letter.id, fields).await?;
+    inner.publish_fields(letter, fields).await?;
     inner.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }

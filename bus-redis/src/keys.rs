@@ -2,8 +2,8 @@
 //! fields, and the parsing of stream replies. Nothing here panics on odd input.
 
 use bus_core::transport::WireEvent;
-use bus_core::transport::support::readable_event;
 pub(crate) use bus_core::transport::support::{check_name, check_pattern};
+use bus_core::transport::support::{duplicate_key, readable_event};
 use bytes::Bytes;
 use redis::Value;
 
@@ -57,9 +57,11 @@ impl Keys {
         format!("{}:stream:*", self.prefix)
     }
 
-    /// The publish-side duplicate marker of event id `id`.
-    pub(crate) fn dedup(&self, id: &str) -> String {
-        format!("{}:dedup:{id}", self.prefix)
+    /// The publish-side duplicate marker of the event `id` of `source`:
+    /// `<prefix>:dedup:<source>:<id>`, both percent-encoded
+    /// ([`duplicate_key`](bus_core::transport::support::duplicate_key)).
+    pub(crate) fn dedup(&self, source: &str, id: &str) -> String {
+        format!("{}:dedup:{}", self.prefix, duplicate_key(source, id))
     }
 
     /// The set of every event name published under the prefix.
@@ -155,10 +157,17 @@ pub(crate) fn decode(name: &str, fields: &Fields, max_payload: usize) -> Result<
     Ok(event)
 }
 
-/// The dead letter of an entry that does not decode: a valid event of type
-/// `dead-letter.<name>` keeping the payload (field `data`), with the original id (`ce-id`, or
-/// `entry-<entry id>`) and source when they are readable, plus the fields that are not
-/// CloudEvents attributes, kept as they were.
+/// The dead letter of an entry that does not decode: every field of the entry as it was
+/// (`ce-time`, `content-type`, every extension, the payload in `data`, fields that are not
+/// CloudEvents attributes, and names or values that are not UTF-8), but the four that make it a
+/// dead letter: `ce-specversion` (1.0), `ce-id` (`<original id>.dead.<group>`, the original
+/// being `ce-id` or `entry-<entry id>`), `ce-source` (the original when readable) and `ce-type`
+/// (`dead-letter.<name>`), plus the dead-letter extensions (`ce-deadletterof`, `-reason`,
+/// `-group`, `-attempts`), which replace any the entry had. Returns the letter as an event
+/// (for its name, id and source) and the fields to store, the letter's own first.
+///
+/// A defect of a field kept (a bad extension name, too many fields, a value that is not UTF-8)
+/// is kept too: such a dead letter does not decode either, and is read raw (`XRANGE`).
 pub(crate) fn dead_letter_raw(
     name: &str,
     entry: &str,
@@ -166,31 +175,31 @@ pub(crate) fn dead_letter_raw(
     group: &str,
     attempts: u32,
     reason: &str,
-) -> (WireEvent, Vec<(String, Bytes)>) {
+) -> (WireEvent, Vec<(Bytes, Bytes)>) {
     let texts = fields.iter().filter_map(|(field, value)| {
         Some((
             std::str::from_utf8(field).ok()?,
             std::str::from_utf8(value).ok()?,
         ))
     });
-    let data = fields
-        .iter()
-        .find(|(field, _)| field.as_slice() == DATA_FIELD.as_bytes())
-        .map(|(_, value)| Bytes::copy_from_slice(value))
-        .unwrap_or_default();
     let fallback_id = || format!("entry-{entry}");
-    let letter = readable_event("bus-redis", name, texts, data, fallback_id)
+    let letter = readable_event("bus-redis", name, texts, Bytes::new(), fallback_id)
         .dead_letter(group, attempts, reason);
-    let mut stored = event_fields(&letter);
+    let mut stored: Vec<(Bytes, Bytes)> = event_fields(&letter)
+        .into_iter()
+        .filter(|(field, _)| field != DATA_FIELD)
+        .map(|(field, value)| (Bytes::from(field), value))
+        .collect();
+    let replaced: Vec<Bytes> = stored.iter().map(|(field, _)| field.clone()).collect();
     for (field, value) in fields {
-        let Ok(field) = std::str::from_utf8(field) else {
-            continue;
-        };
         let lower = field.to_ascii_lowercase();
-        if lower.starts_with("ce-") || lower == "content-type" || lower == DATA_FIELD {
+        if replaced
+            .iter()
+            .any(|ours| ours.as_ref() == lower.as_slice())
+        {
             continue;
         }
-        stored.push((field.to_owned(), Bytes::copy_from_slice(value)));
+        stored.push((Bytes::copy_from_slice(field), Bytes::copy_from_slice(value)));
     }
     (letter, stored)
 }
@@ -431,6 +440,93 @@ mod tests {
                 .iter()
                 .any(|(k, v)| k == "foo" && v.as_ref() == b"bar")
         );
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_every_field_of_the_entry() {
+        let original: Vec<(&[u8], &[u8])> = vec![
+            (b"ce-specversion", b"0.3"),
+            (b"ce-id", b"o-1"),
+            (b"ce-source", b"other-team"),
+            (b"ce-type", b"a.b"),
+            (b"ce-time", b"2024-05-01T10:00:00Z"),
+            (b"content-type", b"application/json"),
+            (
+                b"ce-traceparent",
+                b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            (b"ce-causationid", b"o-0"),
+            (b"ce-tenant", b"acme"),
+            (b"ce-deadletterreason", b"an old reason"),
+            (b"x-unknown", b"kept"),
+            (&[0xff, 0xfe], b"not UTF-8, kept"),
+            (b"data", b"{\"n\":1}"),
+        ];
+        let fields: Fields = original
+            .iter()
+            .map(|(field, value)| (field.to_vec(), value.to_vec()))
+            .collect();
+        let reason = decode("a.b", &fields, 1 << 20).unwrap_err();
+        assert!(reason.contains("not UTF-8"), "{reason}");
+        let (letter, stored) = dead_letter_raw("a.b", "1-0", &fields, "grp", 2, &reason);
+        let value = |name: &[u8]| -> Vec<&[u8]> {
+            stored
+                .iter()
+                .filter(|(field, _)| field.as_ref() == name)
+                .map(|(_, value)| value.as_ref())
+                .collect()
+        };
+        for (field, expected) in &original[4..original.len()] {
+            if *field == b"ce-deadletterreason" {
+                continue;
+            }
+            assert_eq!(
+                value(field),
+                [*expected],
+                "{}",
+                String::from_utf8_lossy(field)
+            );
+        }
+        assert_eq!(value(b"ce-specversion"), [b"1.0"]);
+        assert_eq!(value(b"ce-id"), [b"o-1.dead.grp"]);
+        assert_eq!(value(b"ce-source"), [b"other-team"]);
+        assert_eq!(value(b"ce-type"), [b"dead-letter.a.b"]);
+        assert_eq!(value(b"ce-deadletterreason"), [reason.as_bytes()]);
+        assert_eq!(value(b"ce-deadletterof"), [b"o-1"]);
+        assert_eq!(value(b"ce-deadlettergroup"), [b"grp"]);
+        assert_eq!(value(b"ce-deadletterattempts"), [b"2"]);
+        assert_eq!(stored.len(), original.len() + 3, "{stored:?}");
+        assert_eq!(
+            (letter.id.as_str(), letter.source.as_str()),
+            ("o-1.dead.grp", "other-team")
+        );
+    }
+
+    #[test]
+    fn a_dead_letter_of_fields_without_defects_in_them_decodes() {
+        let fields: Fields = [
+            ("ce-specversion", "0.3"),
+            ("ce-id", "o-1"),
+            ("ce-source", "s"),
+            ("ce-type", "a.b"),
+            ("ce-time", "2024-05-01T10:00:00Z"),
+            ("content-type", "text/plain"),
+            ("ce-tenant", "acme"),
+            ("data", "hello"),
+        ]
+        .iter()
+        .map(|(field, value)| (field.as_bytes().to_vec(), value.as_bytes().to_vec()))
+        .collect();
+        let (_, stored) = dead_letter_raw("a.b", "1-0", &fields, "grp", 1, "bad");
+        let stored: Fields = stored
+            .into_iter()
+            .map(|(field, value)| (field.to_vec(), value.to_vec()))
+            .collect();
+        let letter = decode("dead-letter.a.b", &stored, 1 << 20).expect("the letter decodes");
+        assert_eq!(letter.time.as_deref(), Some("2024-05-01T10:00:00Z"));
+        assert_eq!(letter.datacontenttype.as_deref(), Some("text/plain"));
+        assert_eq!(letter.extensions["tenant"], "acme");
+        assert_eq!(&letter.data[..], b"hello");
     }
 
     #[test]

@@ -41,7 +41,7 @@
 //! | [`WireEvent`](bus_core::transport::WireEvent) attributes | stream fields named as the CloudEvents binary-mode headers (`ce-id`, `ce-type`, `content-type`, ...), payload in field `data` |
 //! | publish resolved | the `XADD` replied: stored (as durable as the server's persistence: with `appendonly yes` and `appendfsync always`, a reply means the event is in the append-only file; with the default `everysec`, a crash or kill can lose up to two seconds of acknowledged events) |
 //! | retention | `XADD ... MAXLEN ~ n` or `MINID ~ <now - age>` ([`Retention`]) |
-//! | duplicate id | the consumer drops an id its group acknowledged through this transport within the [`acked_window`](RedisTransportBuilder::acked_window); with a [`duplicate_window`](RedisTransportBuilder::duplicate_window) (off by default), `SET <prefix>:dedup:<id> NX PX <window>` and the `XADD` in one Lua script: a second publish within the window is not stored |
+//! | duplicate (same source and id) | the consumer drops an event (source and id) its group acknowledged through this transport within the [`acked_window`](RedisTransportBuilder::acked_window); with a [`duplicate_window`](RedisTransportBuilder::duplicate_window) (off by default), `SET <prefix>:dedup:<source>:<id> NX PX <window>` (both percent-encoded) and the `XADD` in one Lua script: a second publish within the window is not stored. Either way counted ([`RedisTransport::duplicates_dropped`], `bus_duplicates_dropped_total`) and logged at `info`; the same id from another source is another event |
 //! | group `g` | consumer group `g` on each matching stream, created from the group's first subscribe (record `<prefix>:group:g`) |
 //! | no group | `XREAD` from the moment of the subscribe, with the bookkeeping of redeliveries in the subscription |
 //! | group instance | consumer `<instance>-<n>` ([`instance_name`](RedisTransportBuilder::instance_name)) |
@@ -87,9 +87,15 @@
 //! fields, a missing or empty attribute, a field that is not UTF-8, an invalid name, a payload
 //! over [`max_payload`](RedisTransportBuilder::max_payload), a type that is not its stream's
 //! name) are dead-lettered by the subscription itself, with the decoding error as the reason,
-//! keeping the payload (field `data`) and the fields that are not CloudEvents attributes,
-//! logged at `warn`, then acknowledged; the subscription goes on and never yields them. A dead
-//! letter that does not decode is dropped, not dead-lettered again.
+//! logged at `warn`, then acknowledged; the subscription goes on and never yields them. The
+//! dead letter keeps every field of the entry as it was (`ce-time`, `content-type`, every
+//! extension, fields that are not CloudEvents attributes, the payload in `data`), but the four
+//! that make it a dead letter (`ce-specversion` 1.0, `ce-id` `<id>.dead.<group>` with the
+//! original `ce-id` or `entry-<entry id>`, `ce-source`, `ce-type` `dead-letter.<name>`) and
+//! the dead-letter extensions, as NATS does with a message's headers. A defect that lies in a
+//! field kept (an invalid extension name, too many fields, a value that is not UTF-8) stays
+//! in the dead letter, which then does not decode either: read it raw (`XRANGE`). A dead
+//! letter that does not decode is dropped by its subscribers, not dead-lettered again.
 //!
 //! **The group vanishing** (`NOGROUP`: Redis flushed, or restarted without persistence) is
 //! logged at `warn`, counted ([`RedisTransport::groups_recreated`]), and cured: the
@@ -100,13 +106,18 @@
 //! detected (the deleted ids `XAUTOCLAIM` returns, the empty entries of a re-read of the own
 //! pending entries), logged at `warn` and counted ([`RedisTransport::trimmed_while_pending`]).
 //!
-//! **Deduplication**, twice. On publish: the id is stored for the
-//! [`duplicate_window`](RedisTransportBuilder::duplicate_window) (one small key per id), and a
-//! second publish of it within the window is dropped; this also makes a publish retried after a
-//! lost reply store the event once. On receipt: a consumer drops (and acks) an entry whose
-//! event id its group acknowledged through the same transport within the
-//! [`acked_window`](RedisTransportBuilder::acked_window) (process memory, bounded by
-//! [`acked_capacity`](RedisTransportBuilder::acked_capacity)).
+//! **Deduplication**, twice, on an event's source and id together (CloudEvents makes them
+//! unique per event: the same id from two sources is two events, both delivered). On publish:
+//! the pair is stored for the [`duplicate_window`](RedisTransportBuilder::duplicate_window)
+//! (one small key per event), and a second publish of it within the window is dropped; this
+//! also makes a publish retried after a lost reply store the event once. On receipt: a
+//! consumer drops (and acks) an entry whose event its group acknowledged through the same
+//! transport within the [`acked_window`](RedisTransportBuilder::acked_window) (process
+//! memory, bounded by [`acked_capacity`](RedisTransportBuilder::acked_capacity)). Every
+//! duplicate dropped is logged at `info` (event name, id, source, and the group on receipt)
+//! and counted: [`RedisTransport::duplicates_dropped`], and, with `bus-core`'s feature
+//! `metrics`, the counter `bus_duplicates_dropped_total` (labels `transport`, `stage`:
+//! `publish` or `receive`, and `group` on receipt).
 //!
 //! **Reconnects.** The shared connection reconnects by itself; a publish or ack made while
 //! Redis is away is retried until the publish deadline. A subscription whose connection broke

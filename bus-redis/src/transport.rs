@@ -30,7 +30,7 @@ pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_DUPLICATE_WINDOW: Duration = Duration::ZERO;
 /// The default [`acked_window`](RedisTransportBuilder::acked_window): 2 min.
 pub const DEFAULT_ACKED_WINDOW: Duration = Duration::from_secs(120);
-/// The default [`acked_capacity`](RedisTransportBuilder::acked_capacity): 100,000 ids.
+/// The default [`acked_capacity`](RedisTransportBuilder::acked_capacity): 100,000 events.
 pub const DEFAULT_ACKED_CAPACITY: usize = 100_000;
 /// The default [`retention`](RedisTransportBuilder::retention): about the last million entries
 /// of each stream.
@@ -54,8 +54,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///   `ce-time`, `content-type`, `ce-<extension>`) and the payload in the field `data`.
 /// - **Publish** is one `XADD` with the [retention](RedisTransportBuilder::retention). A Lua
 ///   script does it instead when more is needed in the same step: with a
-///   [duplicate window](RedisTransportBuilder::duplicate_window), `SET <prefix>:dedup:<id> NX
-///   PX <window>` first (a duplicate stops there and the publish resolves `Ok`); and, for a
+///   [duplicate window](RedisTransportBuilder::duplicate_window), `SET
+///   <prefix>:dedup:<source>:<id> NX PX <window>` first (a duplicate stops there, is counted
+///   and logged at `info`, and the publish resolves `Ok`); and, for a
 ///   name this transport has not registered in the last 10 s, the registration of the name in
 ///   `<prefix>:names` (and, the first time, in the stream `<prefix>:names:log`) that pattern
 ///   subscribers discover streams by. It resolves once Redis replied, on the shared
@@ -166,35 +167,41 @@ impl RedisTransportBuilder {
         self
     }
 
-    /// The publish-side duplicate window: a publish of an event id published less than this
-    /// long ago is dropped by Redis (and resolves `Ok`), and [`Capabilities::deduplicates`]
-    /// is `true`. It has a price, which is why it is off by default: every publish runs a Lua
-    /// script (`SET NX PX` and `XADD` in one step), which costs Redis about twice the time of
-    /// the plain `XADD` published otherwise (BENCHMARKS.md, scenario (r)), and each id costs
-    /// one key `<prefix>:dedup:<id>` (about 60 bytes plus the id) for this long: 2 minutes at
-    /// 10,000 events/s is 1.2 million keys, about 100 MB. Default:
-    /// [`DEFAULT_DUPLICATE_WINDOW`] (off).
+    /// The publish-side duplicate window: a publish of an event (its source and id) published
+    /// less than this long ago is dropped by Redis (and resolves `Ok`; it is counted in
+    /// [`RedisTransport::duplicates_dropped`] and logged at `info`), and
+    /// [`Capabilities::deduplicates`] is `true`. The same id from another source is another
+    /// event, stored. It has a price, which is why it is off by default: every publish runs a
+    /// Lua script (`SET NX PX` and `XADD` in one step), which costs Redis about twice the time
+    /// of the plain `XADD` published otherwise (BENCHMARKS.md, scenario (r)), and each event
+    /// costs one key `<prefix>:dedup:<source>:<id>` (both percent-encoded; about 60 bytes plus
+    /// the source and id) for this long: 2 minutes at 10,000 events/s is 1.2 million keys,
+    /// about 100 MB. Default: [`DEFAULT_DUPLICATE_WINDOW`] (off).
     pub fn duplicate_window(mut self, window: Duration) -> Self {
         self.duplicate_window = window;
         self
     }
 
     /// The consumer-side duplicate window: a subscription drops (and acknowledges) an entry
-    /// whose event id its group acknowledged through this transport less than this long ago:
-    /// the second copy of an event published twice past the duplicate window, or an entry
-    /// whose ack was lost with the connection. Held in process memory, shared by the
-    /// subscriptions of this transport: about 100 bytes plus the id and group lengths per
-    /// id, at most [`acked_capacity`](Self::acked_capacity) ids (the oldest are forgotten
-    /// first). `Duration::ZERO` turns it off. Default: [`DEFAULT_ACKED_WINDOW`] (2 min).
+    /// whose event (its source and id) its group acknowledged through this transport less
+    /// than this long ago: the second copy of an event published twice past the duplicate
+    /// window, or an entry whose ack was lost with the connection. The same id from another
+    /// source is another event, delivered. A dropped entry is counted in
+    /// [`RedisTransport::duplicates_dropped`] and logged at `info`. Held in process memory,
+    /// shared by the subscriptions of this transport: about 130 bytes plus the group, source
+    /// and id lengths per event, at most [`acked_capacity`](Self::acked_capacity) events (the
+    /// oldest are forgotten first). `Duration::ZERO` turns it off. Default:
+    /// [`DEFAULT_ACKED_WINDOW`] (2 min).
     pub fn acked_window(mut self, window: Duration) -> Self {
         self.acked_window = window;
         self
     }
 
-    /// The most ids the consumer-side duplicate window remembers. Default:
-    /// [`DEFAULT_ACKED_CAPACITY`] (100,000: about 15 MB with ids of 40 bytes).
-    pub fn acked_capacity(mut self, ids: usize) -> Self {
-        self.acked_capacity = ids;
+    /// The most events the consumer-side duplicate window remembers. Default:
+    /// [`DEFAULT_ACKED_CAPACITY`] (100,000: about 25 MB with groups, sources and ids of 20
+    /// bytes each).
+    pub fn acked_capacity(mut self, events: usize) -> Self {
+        self.acked_capacity = events;
         self
     }
 
@@ -525,8 +532,14 @@ impl RedisTransport {
         self.inner.stats.groups_recreated.load(Ordering::Relaxed)
     }
 
-    /// How many entries were dropped because their event id had been acknowledged by the same
-    /// group within the [acked window](RedisTransportBuilder::acked_window).
+    /// How many duplicates this transport dropped: publishes not stored because an event of
+    /// the same source and id was published within the
+    /// [duplicate window](RedisTransportBuilder::duplicate_window), and entries received and
+    /// dropped because their group had acknowledged an event of the same source and id within
+    /// the [acked window](RedisTransportBuilder::acked_window). Each is also logged at `info`
+    /// (event name, id, source, and the group of a received one) and, with the feature
+    /// `metrics` of `bus-core` (`bus`'s `metrics`), counted in `bus_duplicates_dropped_total`
+    /// (labels `transport="redis"`, `stage="publish"` or `stage="receive"` with `group`).
     pub fn duplicates_dropped(&self) -> u64 {
         self.inner.stats.duplicates_dropped.load(Ordering::Relaxed)
     }

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use bus_core::transport::{
-    DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON, SubscribeOptions,
-    Transport, WireEvent, dead_letter_name,
+    DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON,
+    DEFAULT_MAX_PAYLOAD, SubscribeOptions, Transport, WireEvent, dead_letter_name,
 };
 use bus_redis::Retention;
 use bus_redis::redis::{self, Value};
@@ -148,6 +148,142 @@ async fn garbage_entries_are_dead_lettered_with_the_reason() {
     // The subscription was alive all along: a probe is its next delivery.
     let probe = common::publish_probe(&redis.transport, "inbox.raw").await;
     common::assert_next_is(&mut subscription, &probe, what).await;
+}
+
+/// The fields of an entry written by another client, every optional kind there is: a time, a
+/// content type, the extensions `traceparent` and `causationid`, a custom one, a field that is
+/// no CloudEvents attribute, the payload.
+fn rich_fields(id: &str, ty: &str, specversion: &str) -> Vec<(String, String)> {
+    [
+        ("ce-specversion", specversion),
+        ("ce-id", id),
+        ("ce-source", "legacy-script"),
+        ("ce-type", ty),
+        ("ce-time", "2024-05-01T10:00:00.5Z"),
+        ("content-type", "application/json"),
+        (
+            "ce-traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("ce-causationid", "order-0"),
+        ("ce-tenant", "acme"),
+        ("x-written-by", "nightly-import"),
+        ("data", r#"{"order":7}"#),
+    ]
+    .into_iter()
+    .map(|(field, value)| (field.to_owned(), value.to_owned()))
+    .collect()
+}
+
+/// Entries that do not decode (spec version 0.3; a type that is not its stream's name) but
+/// carry a time, a content type and extensions: each dead letter, read raw, keeps every field
+/// of the entry as it was, but the four a dead letter sets (`ce-specversion`, `ce-id`,
+/// `ce-source`, `ce-type`), and adds the reason, the group, the attempts and the original id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dead_letter_of_an_entry_that_does_not_decode_keeps_every_field() {
+    let Some(redis) = TestRedis::connect("dead_letter_keeps_every_field", |b| b).await else {
+        return;
+    };
+    let group = format!("readers-{}", unique());
+    let mut subscription = redis
+        .subscribe(SubscribeOptions::new("inbox.kept").group(&group))
+        .await
+        .expect("subscribed");
+    let key = redis.stream_key("inbox.kept");
+    let mut conn = redis.connection();
+    let old = format!("old-{}", unique());
+    let liar = format!("liar-{}", unique());
+    let entries = [
+        (
+            old.clone(),
+            rich_fields(&old, "inbox.kept", "0.3"),
+            "specversion `0.3`",
+        ),
+        (
+            liar.clone(),
+            rich_fields(&liar, "inbox.other", "1.0"),
+            "does not match its stream",
+        ),
+    ];
+    for (_, fields, _) in &entries {
+        let mut command = redis::cmd("XADD");
+        command.arg(&key).arg("*");
+        for (field, value) in fields {
+            command.arg(field).arg(value);
+        }
+        let _: Value = command.query_async(&mut conn).await.expect("XADD");
+    }
+    let good = WireEvent::new(format!("good-{}", unique()), "s", "inbox.kept", "{}");
+    redis.publish(good.clone()).await.expect("published");
+    let delivery = next(&mut subscription, "the good event").await;
+    assert_eq!(
+        delivery.event().id,
+        good.id,
+        "an entry that does not decode was handed out"
+    );
+    delivery.ack().await.expect("acked");
+
+    // The entries come in order: both dead letters were stored before the good event came.
+    let letters: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(redis.stream_key(&dead_letter_name("inbox.kept")))
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE");
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    for ((id, fields, says), (_, letter)) in entries.iter().zip(&letters) {
+        let value = |name: &str| -> Vec<&str> {
+            letter
+                .iter()
+                .filter(|(field, _)| field == name)
+                .map(|(_, value)| value.as_str())
+                .collect()
+        };
+        let replaced = ["ce-specversion", "ce-id", "ce-source", "ce-type"];
+        for (field, original) in fields {
+            if !replaced.contains(&field.as_str()) {
+                assert_eq!(
+                    value(field),
+                    [original.as_str()],
+                    "{field} of {id}: {letter:?}"
+                );
+            }
+        }
+        assert_eq!(value("ce-specversion"), ["1.0"]);
+        assert_eq!(value("ce-id"), [format!("{id}.dead.{group}").as_str()]);
+        assert_eq!(value("ce-source"), ["legacy-script"]);
+        assert_eq!(value("ce-type"), ["dead-letter.inbox.kept"]);
+        assert_eq!(value(&format!("ce-{DEAD_LETTER_OF}")), [id.as_str()]);
+        assert_eq!(value(&format!("ce-{DEAD_LETTER_GROUP}")), [group.as_str()]);
+        assert_eq!(value(&format!("ce-{DEAD_LETTER_ATTEMPTS}")), ["1"]);
+        let reason = value(&format!("ce-{DEAD_LETTER_REASON}"));
+        assert!(
+            reason.len() == 1 && reason[0].contains(says),
+            "the reason of {id} does not say {says:?}: {reason:?}"
+        );
+        assert_eq!(letter.len(), fields.len() + 4, "{letter:?}");
+    }
+    // Such a dead letter decodes: a subscriber of the dead letters reads it whole.
+    let (fields, data): (Vec<_>, Vec<_>) =
+        letters[0].1.iter().partition(|(field, _)| field != "data");
+    let letter = WireEvent::from_headers(
+        fields
+            .iter()
+            .map(|(field, value)| (field.as_str(), value.as_str())),
+        data.first()
+            .map(|(_, data)| data.clone())
+            .unwrap_or_default()
+            .into(),
+        DEFAULT_MAX_PAYLOAD,
+    )
+    .expect("the dead letter decodes");
+    assert_eq!(letter.data.as_ref(), br#"{"order":7}"#);
+    assert_eq!(letter.time.as_deref(), Some("2024-05-01T10:00:00.5Z"));
+    assert_eq!(letter.datacontenttype.as_deref(), Some("application/json"));
+    assert_eq!(letter.extensions["tenant"], "acme");
+    assert_eq!(letter.extensions["causationid"], "order-0");
+    assert!(letter.extensions.contains_key("traceparent"));
 }
 
 /// An entry pending on a consumer that died is trimmed away by the retention before anyone

@@ -482,9 +482,11 @@ pub async fn wildcard_parity(harness: &dyn Harness, size: Size) {
     .await;
 }
 
-/// Deduplication (issue 5): an event published twice with the same id, then a second event of
-/// the same name, reach a plain subscription once each. When the transport is `ordered`, the
-/// second event arriving proves that no duplicate came before it; the case still waits
+/// Deduplication (issue 5): an event published twice with the same source and id, then an
+/// event with that id from another source (another event: CloudEvents makes source + id unique),
+/// then a second event of the same name, reach a plain subscription, and a group when the
+/// transport has groups, once each. When the transport is `ordered`, the last event arriving
+/// proves that no duplicate came before it; the case still waits
 /// [`QUIET_PERIOD`](crate::QUIET_PERIOD) after it, for transports that are not.
 ///
 /// # Panics
@@ -497,35 +499,61 @@ pub async fn dedup(harness: &dyn Harness, size: Size) {
         return;
     }
     let name = case.name("events");
-    let mut subscription = case
-        .subscribe(&*transport, SubscribeOptions::new(&name))
-        .await;
-    let twice = case.event(&name);
-    let after = case.event(&name);
-    case.publish(&*transport, twice.clone()).await;
-    case.publish(&*transport, twice.clone()).await;
-    case.publish(&*transport, after.clone()).await;
-    let mut got = Vec::new();
-    while !got.contains(&after.id) || !got.contains(&twice.id) {
-        let delivery = case.next(&mut subscription, "the two events").await;
-        let id = delivery.event().id.clone();
-        case.check(id == twice.id || id == after.id, || {
-            format!(
-                "got an event never published: {}",
-                describe(delivery.event(), delivery.attempt())
-            )
-        });
-        case.check(!got.contains(&id), || {
-            format!(
-                "{} arrived twice: the second publish of its id was not dropped",
-                describe(delivery.event(), delivery.attempt())
-            )
-        });
-        case.ack(delivery).await;
-        got.push(id);
+    let mut subscriptions = vec![(
+        "a plain subscription",
+        case.subscribe(&*transport, SubscribeOptions::new(&name))
+            .await,
+    )];
+    if transport.capabilities().groups {
+        let group = SubscribeOptions::new(&name).group(case.group("g"));
+        subscriptions.push(("a group", case.subscribe(&*transport, group).await));
     }
-    case.assert_quiet(&mut subscription, "after the two events")
-        .await;
+    let twice = case.event(&name);
+    let mut elsewhere = case.event(&name);
+    elsewhere.id.clone_from(&twice.id);
+    elsewhere.source = format!("{}-elsewhere", twice.source);
+    let after = case.event(&name);
+    for event in [&twice, &twice, &elsewhere, &after] {
+        case.publish(&*transport, event.clone()).await;
+    }
+    let key = |event: &WireEvent| (event.source.clone(), event.id.clone());
+    let published = [key(&twice), key(&elsewhere), key(&after)];
+    for (who, subscription) in &mut subscriptions {
+        let mut got = Vec::new();
+        while !published.iter().all(|event| got.contains(event)) {
+            let delivery = case
+                .next(subscription, format!("the three events ({who})"))
+                .await;
+            let event = key(delivery.event());
+            case.check(published.contains(&event), || {
+                format!(
+                    "{who} got an event never published: {} from `{}`",
+                    describe(delivery.event(), delivery.attempt()),
+                    delivery.event().source
+                )
+            });
+            case.check(!got.contains(&event), || {
+                format!(
+                    "{} from `{}` reached {who} twice: the second publish of its source and id \
+                     was not dropped",
+                    describe(delivery.event(), delivery.attempt()),
+                    delivery.event().source
+                )
+            });
+            case.ack(delivery).await;
+            got.push(event);
+        }
+    }
+    let case = &case;
+    join_all(
+        subscriptions
+            .iter_mut()
+            .map(|(who, subscription)| async move {
+                let what = format!("{who}, after the three events");
+                case.assert_quiet(subscription, &what).await;
+            }),
+    )
+    .await;
 }
 
 #[cfg(test)]

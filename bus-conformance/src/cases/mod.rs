@@ -26,7 +26,7 @@
 //! | [`crashed_poison_dead_letter`] | (issue 5) | an event whose every delivery kills its consumer is delivered `max_deliveries` times, then dead-lettered | groups |
 //! | [`fan_out`] | (issue 5) | 2 services x 2 instances: each service handles each of 100 events once (quiet period) | groups |
 //! | [`wildcard_parity`] | (issue 5) | each pattern of a fixed set receives exactly the names that in-process matching (and NATS semantics) accept (quiet period) | |
-//! | [`dedup`] | (issue 5) | an event published twice with one id is delivered once (quiet period) | deduplicates |
+//! | [`dedup`] | (issue 5) | an event published twice with one source and id is delivered once, the same id from another source too (plain and group; quiet period) | deduplicates |
 
 mod basics;
 mod failures;

@@ -56,6 +56,11 @@ type Hasher = foldhash::fast::RandomState;
 /// | `bus_deliveries_in_flight` | gauge | `listener` | delivery attempts running now |
 /// | `bus_delivery_duration_seconds` | histogram | `event`, `listener` | how long each attempt took, whatever its outcome |
 ///
+/// Besides the layer, with this feature the broker transports (`bus-nats`, `bus-redis`) count
+/// the duplicates they drop in `bus_duplicates_dropped_total` (labels `transport`, `stage`:
+/// `publish` or `receive`, and `group` on receipt), whether or not the layer is added:
+/// [`count_duplicate`](crate::transport::support::count_duplicate).
+///
 /// `listener` is the listener's [name](ListenerInfo::name): its fn path, or its type name for a
 /// closure. `bus_deliveries_total` counts attempts, not deliveries: a delivery that failed
 /// twice and then succeeded counts `failed` twice and `delivered` once, and its two retries in

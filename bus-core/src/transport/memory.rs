@@ -60,8 +60,9 @@ struct Broker {
 struct State {
     /// Every event published, in order.
     log: Vec<Arc<WireEvent>>,
-    /// Ids stored so far: a second publish of one is dropped.
-    ids: HashSet<String>,
+    /// The `(source, id)` of every event stored so far: a second publish of one is dropped
+    /// (an id alone does not identify an event: another source may use it too).
+    ids: HashSet<(String, String)>,
     groups: HashMap<String, Group>,
 }
 
@@ -111,9 +112,10 @@ impl State {
         self.append(letter);
     }
 
-    /// Stores `event` unless its id is stored already, and wakes the groups it matches.
+    /// Stores `event` unless its source and id are stored already, and wakes the groups it
+    /// matches.
     fn append(&mut self, event: WireEvent) {
-        if !self.ids.insert(event.id.clone()) {
+        if !self.ids.insert((event.source.clone(), event.id.clone())) {
             return;
         }
         for group in self.groups.values() {

@@ -48,7 +48,8 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Publishes `event` under its [`type`](WireEvent::ty) (the event name). Resolves once the
     /// broker has stored it: a publish that resolved `Ok` survives the publisher. Publishing the
-    /// same [`id`](WireEvent::id) again within the broker's duplicate window stores it once.
+    /// same [`source`](WireEvent::source) and [`id`](WireEvent::id) again within the broker's
+    /// duplicate window stores it once; the same id from another source is another event.
     fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>>;
 
     /// Opens a subscription to the events whose name matches `options.pattern` (NATS token
@@ -217,7 +218,7 @@ pub struct Capabilities {
     pub ordered: bool,
     /// Competing-consumer groups.
     pub groups: bool,
-    /// A publish of an id already stored is dropped by the broker.
+    /// A publish of a source and id already stored is dropped by the broker.
     pub deduplicates: bool,
     /// The test can restart the broker (a private server it starts itself).
     pub restartable: bool,

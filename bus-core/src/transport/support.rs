@@ -1,8 +1,10 @@
 //! What every broker transport needs and would otherwise write again: backoff between
-//! reconnections, errors in this crate's terms, TLS root certificates, and the dead letter of a
-//! message that does not decode. For the authors of transports; the bus does not use it.
+//! reconnections, errors in this crate's terms, TLS root certificates, the dead letter of a
+//! message that does not decode, and the key and the count of duplicates. For the authors of
+//! transports; the bus does not use it.
 
 use bytes::Bytes;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use std::path::PathBuf;
 
 use super::{TransportError, WireEvent};
@@ -143,6 +145,69 @@ pub fn ensure_crypto_provider() {
     }
 }
 
+/// What a part of a [`duplicate_key`] keeps as it is: everything but control characters, space,
+/// `%` and the separator `:` (and every non-ASCII byte, which percent-encoding always encodes).
+const KEY_PART: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b':');
+
+/// The key a transport detects duplicates on: an event's source and id, which together identify
+/// it (CloudEvents: "Producers MUST ensure that `source` + `id` is unique for each distinct
+/// event"), so that two events with one id from two sources are never taken for one.
+///
+/// Both parts are percent-encoded (control characters, space, `%`, `:` and every non-ASCII
+/// byte), then joined by `:`: no two pairs give one key, and the key is printable ASCII
+/// without line breaks, fit for a NATS header or a Redis key. `("shop", "order-1")` is
+/// `shop:order-1`; `("https://acme.com/shop", "7")` is `https%3A//acme.com/shop:7`.
+pub fn duplicate_key(source: &str, id: &str) -> String {
+    format!(
+        "{}:{}",
+        utf8_percent_encode(source, KEY_PART),
+        utf8_percent_encode(id, KEY_PART)
+    )
+}
+
+/// The counter of the duplicates the transports drop: [`count_duplicate`].
+pub const DUPLICATES_DROPPED: &str = "bus_duplicates_dropped_total";
+
+/// Counts a duplicate that transport `transport` dropped, in the counter
+/// `bus_duplicates_dropped_total` ([`DUPLICATES_DROPPED`]) of the
+/// [`metrics`](https://docs.rs/metrics) facade, when this crate's feature `metrics` is on
+/// (without it, this does nothing). Labels:
+/// `transport`, and `stage`: `publish` (the broker did not store a publish of a key it stored
+/// within its duplicate window) or `receive` (a consumer dropped an event its group had
+/// acknowledged), with `group` (the group, or the subscription outside any group) for the
+/// latter; `group` is `None` for a publish. The transport logs the duplicate itself, at
+/// `info`, with the event's name, id and source.
+pub fn count_duplicate(transport: &str, group: Option<&str>) {
+    #[cfg(feature = "metrics")]
+    {
+        // Described on every count, to whatever recorder is current then: duplicates are rare,
+        // and a recorder installed late still gets the description.
+        metrics::describe_counter!(
+            DUPLICATES_DROPPED,
+            "Duplicates a transport dropped (same source and id within its window), by stage: \
+             publish or receive."
+        );
+        let transport = transport.to_owned();
+        match group {
+            Some(group) => metrics::counter!(
+                DUPLICATES_DROPPED,
+                "transport" => transport,
+                "stage" => "receive",
+                "group" => group.to_owned()
+            )
+            .increment(1),
+            None => metrics::counter!(
+                DUPLICATES_DROPPED,
+                "transport" => transport,
+                "stage" => "publish"
+            )
+            .increment(1),
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (transport, group);
+}
+
 /// The event a message that does not decode stood for, as far as it can be read: a valid event
 /// named `name` with the message's payload, its id and source when they are readable among its
 /// `attributes` (header or field names, matched case-insensitively: `ce-id`, `ce-source`), else
@@ -190,6 +255,54 @@ mod tests {
         assert_eq!(letter.ty, "dead-letter.orders.placed");
         let unnamed = readable_event("memory", "a.b", [], Bytes::new(), || "seq-9".into());
         assert_eq!(unnamed.id, "seq-9");
+    }
+
+    #[test]
+    fn duplicate_keys_are_readable() {
+        assert_eq!(duplicate_key("shop", "order-1"), "shop:order-1");
+        assert_eq!(
+            duplicate_key("https://acme.com/shop", "7"),
+            "https%3A//acme.com/shop:7"
+        );
+        assert_eq!(duplicate_key("a:b", "c"), "a%3Ab:c");
+        assert_eq!(duplicate_key("a", "b:c"), "a:b%3Ac");
+        assert_eq!(duplicate_key("50%", "x\r\ny é"), "50%25:x%0D%0Ay%20%C3%A9");
+    }
+
+    /// The parts back from a key: the key is injective if this inverts it.
+    fn parts(key: &str) -> (String, String) {
+        let (source, id) = key.split_once(':').expect("one separator");
+        assert!(!id.contains(':'), "the separator is never in a part: {key}");
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .expect("UTF-8")
+                .into_owned()
+        };
+        (decode(source), decode(id))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn duplicate_keys_are_unambiguous(source in ".*", id in ".*") {
+            let key = duplicate_key(&source, &id);
+            proptest::prop_assert_eq!(parts(&key), (source, id));
+            proptest::prop_assert!(
+                key.bytes().all(|byte| byte.is_ascii_graphic()),
+                "printable ASCII, no space or line break: {}", key
+            );
+        }
+
+        #[test]
+        fn distinct_pairs_have_distinct_keys(
+            a in ("[a:%]{0,4}", "[a:%]{0,4}"),
+            b in ("[a:%]{0,4}", "[a:%]{0,4}"),
+        ) {
+            proptest::prop_assert_eq!(
+                duplicate_key(&a.0, &a.1) == duplicate_key(&b.0, &b.1),
+                a == b
+            );
+        }
     }
 
     #[cfg(feature = "tls")]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bus_core::transport::support::Backoff;
+use bus_core::transport::support::{Backoff, count_duplicate};
 use bus_core::transport::{
     DEAD_LETTER_PREFIX, Delivery, SubscribeOptions, TransportError, TransportSubscription,
     WireEvent,
@@ -32,7 +32,7 @@ use self::plain::PlainReader;
 use self::streams::Streams;
 use crate::connection::Inner;
 use crate::delivery::{EntryRef, Origin, RedisDelivery, Settlement, store_dead_letter};
-use crate::error::{RedisError, invalid, is_no_group, is_transient};
+use crate::error::{NAME, RedisError, invalid, is_no_group, is_transient};
 use crate::keys::{self, Entry};
 
 /// The longest pause between two attempts to reconnect a subscription.
@@ -392,12 +392,8 @@ impl Intake {
                     .await;
             }
         };
-        if self.inner.was_acked(&self.origin.label, &event.id) {
-            self.inner
-                .stats
-                .duplicates_dropped
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(event_id = %event.id, entry = %entry.id, "dropping an event acked before");
+        if self.inner.was_acked(&self.origin.label, &event) {
+            self.report_duplicate(key, &entry.id, &event);
             return Received::Done(entry.id);
         }
         Received::Ready(Ready {
@@ -410,6 +406,27 @@ impl Intake {
             attempt,
             received: Instant::now(),
         })
+    }
+
+    /// Counts and logs (at `info`) an entry dropped because its group acknowledged its event
+    /// (the same source and id) within the acked window.
+    fn report_duplicate(&self, key: &str, entry: &str, event: &WireEvent) {
+        let group = self.origin.label.as_str();
+        self.inner
+            .stats
+            .duplicates_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        count_duplicate(NAME, Some(group));
+        tracing::info!(
+            event = %event.ty,
+            event_id = %event.id,
+            source = %event.source,
+            group = %group,
+            key,
+            entry,
+            "duplicate dropped: the group acknowledged an event of this source and id within the \
+             acked window"
+        );
     }
 
     /// Counts and logs an entry found trimmed (deleted by the retention) while pending: only
