@@ -53,6 +53,9 @@ enum Bug {
     /// A second publish of an id is stored under another id, and delivered under the first:
     /// no deduplication.
     NoDedup,
+    /// Deduplicates on the id alone, as if ids were unique across sources: an event whose id
+    /// was published before, from any source, is dropped.
+    DedupsIdOnly,
     /// No bug, but declares `persistent` and `restartable`; restarts lose nothing (see
     /// [`World`]).
     FakeRestarts,
@@ -153,6 +156,11 @@ impl Transport for Mutant {
                 let mut ids = self.published_ids.lock().unwrap();
                 if !ids.insert(event.id.clone()) {
                     event.id = format!("{}~{count}", event.id);
+                }
+            }
+            Bug::DedupsIdOnly => {
+                if !self.published_ids.lock().unwrap().insert(event.id.clone()) {
+                    return Box::pin(std::future::ready(Ok(())));
                 }
             }
             _ => {}
@@ -530,9 +538,15 @@ fn a_drop_that_acks_fails_subscription_cancel() {
 }
 
 #[test]
-#[should_panic(expected = "arrived twice")]
+#[should_panic(expected = "the second publish of its source and id was not dropped")]
 fn no_dedup_fails_dedup() {
     run(Bug::NoDedup, |h| cases::dedup(h, Size::Short));
+}
+
+#[test]
+#[should_panic(expected = "the three events")]
+fn dedup_on_the_id_alone_fails_dedup() {
+    run(Bug::DedupsIdOnly, |h| cases::dedup(h, Size::Short));
 }
 
 #[test]
