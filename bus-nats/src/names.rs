@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
-use bus_core::transport::WireEvent;
 pub(crate) use bus_core::transport::support::{check_name, check_pattern};
+use bus_core::transport::{WireEvent, encode_header_value};
 
 /// The NATS header that JetStream deduplicates on.
 pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
@@ -92,13 +92,15 @@ pub(crate) struct BadHeader {
     pub(crate) reason: &'static str,
 }
 
-/// The event's binary-mode headers as a NATS header map, plus `Nats-Msg-Id` = its id.
+/// The event's binary-mode headers as a NATS header map (values percent-encoded:
+/// [`WireEvent::headers`]), plus `Nats-Msg-Id` = its id, encoded as `ce-id` is, so that any id
+/// fits in a header and distinct ids stay distinct.
 pub(crate) fn event_headers(event: &WireEvent) -> Result<HeaderMap, BadHeader> {
     let mut map = HeaderMap::new();
     for (name, value) in event.headers() {
         insert(&mut map, &name, &value)?;
     }
-    insert(&mut map, MSG_ID, &event.id)?;
+    insert(&mut map, MSG_ID, &encode_header_value(&event.id))?;
     Ok(map)
 }
 
@@ -114,11 +116,6 @@ pub(crate) fn insert(map: &mut HeaderMap, name: &str, value: &str) -> Result<(),
     })?;
     map.insert(header, value);
     Ok(())
-}
-
-/// `value` with line breaks turned into spaces, so that it fits in a header.
-pub(crate) fn one_line(value: &str) -> String {
-    value.replace(['\r', '\n'], " ")
 }
 
 /// The headers of a message as `(name, value)` pairs, every value of a repeated header.
@@ -198,5 +195,27 @@ mod tests {
         assert!(insert(&mut map, "ce-x", "fine").is_ok());
         let event = WireEvent::new("1", "s", "a.b", "").extension("bad name", "v");
         assert!(event_headers(&event).is_err());
+    }
+
+    #[test]
+    fn every_value_travels_encoded() {
+        let event = WireEvent::new("id 1\n", "a b é", "a.b", "")
+            .content_type("text/plain; charset=utf-8")
+            .extension("deadletterreason", "line one\nline \"two\"");
+        let map = event_headers(&event).unwrap();
+        let header = |name: &str| map.get(name).map(|value| value.as_str().to_owned());
+        assert_eq!(header("ce-source").as_deref(), Some("a%20b%20%C3%A9"));
+        assert_eq!(header("ce-id").as_deref(), Some("id%201%0A"));
+        assert_eq!(header(MSG_ID), header("ce-id"));
+        assert_eq!(
+            header("ce-datacontenttype").as_deref(),
+            Some("text/plain;%20charset=utf-8")
+        );
+        assert_eq!(
+            header("ce-deadletterreason").as_deref(),
+            Some("line%20one%0Aline%20%22two%22")
+        );
+        let decoded = WireEvent::from_headers(header_pairs(Some(&map)), Default::default(), 10);
+        assert_eq!(decoded.unwrap(), event);
     }
 }
