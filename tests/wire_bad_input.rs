@@ -1,9 +1,9 @@
 //! Messages written by other clients straight to the broker (Redis with its own CLI,
 //! `redis-cli XADD`; NATS with a raw JetStream client) that a bus cannot take: a payload that
 //! is not JSON, JSON of another shape than the listener's type, a message missing its
-//! CloudEvents attributes, a payload over the size limit, and a message with a hundred
-//! headers. Each is dead-lettered with a reason that names the problem, the listener never
-//! sees it, and the events around it are handled.
+//! CloudEvents attributes, a value that does not percent-decode, a payload over the size
+//! limit, and a message with a hundred headers. Each is dead-lettered with a reason that names
+//! the problem, the listener never sees it, and the events around it are handled.
 
 #![cfg(all(feature = "nats", feature = "redis"))]
 
@@ -81,6 +81,19 @@ fn bad_messages() -> Vec<Bad> {
             headers: ce("too-large"),
             payload: format!(r#"{{"id":8,"pad":"{}"}}"#, "x".repeat(2 * MAX_PAYLOAD)).into_bytes(),
             says: format!("over the {MAX_PAYLOAD}-byte limit"),
+        },
+        Bad {
+            id: "bad-encoding",
+            headers: ce("bad-encoding")
+                .into_iter()
+                .map(|(name, value)| match name.as_str() {
+                    // An overlong space: not UTF-8 once percent-decoded.
+                    "ce-source" => (name, "a%C0%A0b".to_owned()),
+                    _ => (name, value),
+                })
+                .collect(),
+            payload: br#"{"id":10}"#.to_vec(),
+            says: "the value of header `ce-source` does not decode".to_owned(),
         },
         Bad {
             id: "many-headers",
@@ -245,7 +258,17 @@ async fn nats_bad_messages_are_dead_lettered_with_reasons() {
                             .get(name)
                             .map_or_else(String::new, |value| value.as_str().to_owned())
                     };
-                    letters.insert(header("ce-id"), header(&format!("ce-{DEAD_LETTER_REASON}")));
+                    // Percent-encoded on the wire, as the CloudEvents NATS binding says.
+                    let decoded = |name: &str| {
+                        percent_encoding::percent_decode_str(&header(name))
+                            .decode_utf8()
+                            .expect("UTF-8")
+                            .into_owned()
+                    };
+                    letters.insert(
+                        decoded("ce-id"),
+                        decoded(&format!("ce-{DEAD_LETTER_REASON}")),
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -256,7 +279,7 @@ async fn nats_bad_messages_are_dead_lettered_with_reasons() {
     let _ = jetstream.delete_stream(&stream_name).await;
     assert_eq!(
         nats.dead_lettered(),
-        5,
+        bad_messages().len() as u64,
         "the transport counts every dead letter it wrote"
     );
 }
@@ -330,7 +353,7 @@ async fn redis_bad_messages_written_by_redis_cli_are_dead_lettered_with_reasons(
     bad_input_is_dead_lettered("redis", Arc::new(redis.clone()), write, letters).await;
     assert_eq!(
         redis.dead_lettered(),
-        5,
+        bad_messages().len() as u64,
         "the transport counts every dead letter it wrote"
     );
 }

@@ -158,10 +158,8 @@ impl Transport for Mutant {
                     event.id = format!("{}~{count}", event.id);
                 }
             }
-            Bug::DedupsIdOnly => {
-                if !self.published_ids.lock().unwrap().insert(event.id.clone()) {
-                    return Box::pin(std::future::ready(Ok(())));
-                }
+            Bug::DedupsIdOnly if !self.published_ids.lock().unwrap().insert(event.id.clone()) => {
+                return Box::pin(std::future::ready(Ok(())));
             }
             _ => {}
         }

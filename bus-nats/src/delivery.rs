@@ -7,10 +7,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker;
 use bus_core::transport::support::readable_event;
-use bus_core::transport::{
-    BoxFuture, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON,
-    Delivery, TransportError, WireEvent, dead_letter_name,
-};
+use bus_core::transport::{BoxFuture, Delivery, TransportError, WireEvent, decode_header_value};
 use bytes::Bytes;
 use tracing::Instrument;
 
@@ -147,7 +144,10 @@ impl Settle {
         reason: &str,
         retry: Duration,
     ) -> Result<(), TransportError> {
-        let letter = dead_letter_event(&self.event, &self.origin.group, self.attempt, reason);
+        // The reason goes whole, line breaks and all: every header value is percent-encoded.
+        let letter = self
+            .event
+            .dead_letter(&self.origin.group, self.attempt, reason);
         let headers = match names::event_headers(&letter) {
             Ok(headers) => headers,
             Err(bad) => {
@@ -214,23 +214,10 @@ pub(crate) async fn store_dead_letter(
     Ok(())
 }
 
-/// The dead letter of a decoded event ([`WireEvent::dead_letter`]), with the reason and the
-/// group on one line, as NATS headers must be.
-pub(crate) fn dead_letter_event(
-    event: &WireEvent,
-    group: &str,
-    attempts: u32,
-    reason: &str,
-) -> WireEvent {
-    let mut letter = event.dead_letter(&names::one_line(group), attempts, &names::one_line(reason));
-    letter.id = names::one_line(&letter.id);
-    letter
-}
-
 /// The dead letter of a message that does not decode (its payload is the message's).
 #[derive(Debug)]
 pub(crate) struct RawLetter {
-    /// Where it goes: `<prefix>.dead-letter.<name>`.
+    /// Where it goes: the subject of `<name>` in the dead letters' stream.
     pub(crate) subject: String,
     /// Its name, `dead-letter.<name>`.
     pub(crate) name: String,
@@ -257,6 +244,9 @@ impl RawLetter {
 /// JetStream ones and those that make it a valid CloudEvent of type
 /// `dead-letter.<subject without prefix>` (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`),
 /// with the four extensions and its own `Nats-Msg-Id` (its source and id).
+///
+/// The attributes it writes are those of the [`readable_event`]'s dead letter, encoded as
+/// [`WireEvent::headers`] encodes; the message's other headers are kept as they were.
 pub(crate) fn dead_letter_raw(
     streams: &Streams,
     message: &async_nats::Message,
@@ -270,14 +260,17 @@ pub(crate) fn dead_letter_raw(
         .name_of(subject)
         .unwrap_or_else(|| subject.to_owned());
     let rest = rest.as_str();
-    let name = dead_letter_name(rest);
     let pairs = names::header_pairs(message.headers.as_ref());
-    // Without a `ce-id`, the id JetStream deduplicated it on, else its stream sequence.
+    // Without a `ce-id`, the id JetStream deduplicated it on (as `event_headers` writes it,
+    // encoded), else its stream sequence.
     let fallback_id = || {
         let message_id = pairs
             .iter()
             .find(|(header, value)| header.eq_ignore_ascii_case(MSG_ID) && !value.is_empty());
-        message_id.map_or_else(|| format!("seq-{sequence}"), |(_, id)| (*id).to_owned())
+        message_id.map_or_else(
+            || format!("seq-{sequence}"),
+            |(header, id)| decode_header_value(header, id).unwrap_or_else(|_| (*id).to_owned()),
+        )
     };
     let readable = readable_event(
         "bus-nats",
@@ -286,23 +279,13 @@ pub(crate) fn dead_letter_raw(
         Bytes::new(),
         fallback_id,
     );
-    let (original_id, source) = (readable.id, names::one_line(&readable.source));
-    let id = names::one_line(&format!("{original_id}.dead.{group}"));
-    let replaced = [
-        "ce-specversion".to_owned(),
-        "ce-id".to_owned(),
-        "ce-source".to_owned(),
-        "ce-type".to_owned(),
-        format!("ce-{DEAD_LETTER_OF}"),
-        format!("ce-{DEAD_LETTER_REASON}"),
-        format!("ce-{DEAD_LETTER_GROUP}"),
-        format!("ce-{DEAD_LETTER_ATTEMPTS}"),
-    ];
+    let letter = readable.dead_letter(group, attempts, reason);
+    let ours = letter.headers();
     let mut headers = HeaderMap::new();
     if let Some(original) = &message.headers {
         for (header, values) in original.iter() {
             let lower = AsRef::<str>::as_ref(header).to_ascii_lowercase();
-            if lower.starts_with("nats-") || replaced.contains(&lower) {
+            if lower.starts_with("nats-") || ours.iter().any(|(name, _)| *name == lower) {
                 continue;
             }
             for value in values {
@@ -310,32 +293,20 @@ pub(crate) fn dead_letter_raw(
             }
         }
     }
-    let ours: [(String, String); 9] = [
-        (
-            "ce-specversion".to_owned(),
-            bus_core::transport::SPEC_VERSION.to_owned(),
-        ),
-        ("ce-id".to_owned(), id.clone()),
-        ("ce-source".to_owned(), source.clone()),
-        ("ce-type".to_owned(), name.clone()),
-        (
-            format!("ce-{DEAD_LETTER_OF}"),
-            names::one_line(&original_id),
-        ),
-        (format!("ce-{DEAD_LETTER_REASON}"), names::one_line(reason)),
-        (format!("ce-{DEAD_LETTER_GROUP}"), names::one_line(group)),
-        (format!("ce-{DEAD_LETTER_ATTEMPTS}"), attempts.to_string()),
-        (MSG_ID.to_owned(), names::msg_id(&source, &id)),
-    ];
-    for (header, value) in ours {
-        // Every name above is a valid header name and every value is on one line.
-        let _ = names::insert(&mut headers, &header, &value);
+    for (header, value) in &ours {
+        // Valid header names (the extensions' are ours), and printable ASCII values.
+        let _ = names::insert(&mut headers, header, value);
     }
+    let _ = names::insert(
+        &mut headers,
+        MSG_ID,
+        &names::msg_id(&letter.source, &letter.id),
+    );
     RawLetter {
-        subject: streams.subject(&name),
-        name,
-        source,
-        id,
+        subject: streams.subject(&letter.ty),
+        name: letter.ty,
+        source: letter.source,
+        id: letter.id,
         headers,
     }
 }

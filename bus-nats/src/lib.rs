@@ -36,7 +36,7 @@
 //! | event name `a.b.c` | subject `<prefix>.a.b.c`, in the events' stream (`<STREAM>`) capturing `<prefix>.>` |
 //! | pattern `a.*`, `a.>` | consumer filter `<prefix>.a.*`, `<prefix>.a.>` |
 //! | pattern `>`, `*.…` (dead letters match too) | one consumer on each stream, merged in one subscription |
-//! | [`WireEvent`](bus_core::transport::WireEvent) attributes | CloudEvents binary-mode headers (`ce-id`, `ce-type`, ...), and `Nats-Msg-Id` = `<source>:<id>` (both percent-encoded) |
+//! | [`WireEvent`](bus_core::transport::WireEvent) attributes | CloudEvents binary-mode headers (`ce-id`, `ce-type`, ...), percent-encoded, and `Nats-Msg-Id` = `<source>:<id>` (both percent-encoded): see [Headers](#headers) |
 //! | publish resolved | PubAck received: the event is stored |
 //! | duplicate (same source and id) | dropped by the stream within its duplicate window (2 min by default): the PubAck says `duplicate`, the publish is `Ok`, counted ([`NatsTransport::duplicates_dropped`], `bus_duplicates_dropped_total`) and logged at `info`; the same id from another source is another event |
 //! | group `g` | durable pull consumer [`NatsTransport::consumer_name`]`(g)`, explicit acks, `inactive_threshold` [30 days](NatsTransportBuilder::inactive_threshold) |
@@ -85,8 +85,8 @@
 //! (the original id), `deadletterreason`, `deadlettergroup` (the group as given, or
 //! `subscription-<consumer>` outside any group) and `deadletterattempts`.
 //!
-//! **Messages that do not decode** (no CloudEvents headers, a missing or empty attribute, an
-//! invalid name, a payload over [`max_payload`](NatsTransportBuilder::max_payload), a type that
+//! **Messages that do not decode** (no CloudEvents headers, a missing or empty attribute, a
+//! value that does not percent-decode, an invalid name, a payload over [`max_payload`](NatsTransportBuilder::max_payload), a type that
 //! is not its subject) are dead-lettered by the subscription itself, with the decoding error as
 //! the reason, keeping their payload and every header (`ce-time`, `content-type`, every
 //! extension, headers that are not CloudEvents attributes; not the JetStream `Nats-*` ones),
@@ -117,6 +117,38 @@
 //! **Reconnects** are automatic and never give up; a publish made meanwhile is retried (with
 //! the same `Nats-Msg-Id`, so it is stored once) until the publish deadline; subscriptions
 //! resume by themselves and only yield an error for what reconnecting does not cure.
+//!
+//! # Headers
+//!
+//! An event is a CloudEvent 1.0 in binary mode, as the CloudEvents NATS protocol binding says
+//! (§3.1.3): the payload is the message's body, and each attribute a header of its own.
+//!
+//! | attribute | NATS header | value |
+//! |---|---|---|
+//! | `specversion` | `ce-specversion` | `1.0` |
+//! | `id` | `ce-id` | the event id |
+//! | `source` | `ce-source` | the service name of the bus that emitted it |
+//! | `type` | `ce-type` | the event name: the subject, without the prefix |
+//! | `time` | `ce-time` | when it was emitted, RFC 3339 |
+//! | `datacontenttype` | `ce-datacontenttype` (read: also `content-type`) | `application/json` for a bus's events |
+//! | extension `x` | `ce-x` | `ce-causationid`; a dead letter's `ce-deadletterof`, `ce-deadletterreason`, `ce-deadlettergroup`, `ce-deadletterattempts` |
+//! | (none: deduplication) | `Nats-Msg-Id` | the id, encoded as in `ce-id` |
+//!
+//! **Values** are percent-encoded (§3.1.3.2): space, `"`, `%`, control characters and every
+//! character outside printable ASCII become `%XX` for each byte of their UTF-8, in upper-case
+//! hex. A service named `a b é` is `ce-source: a%20b%20%C3%A9`; a dead letter's reason
+//! `ce-deadletterreason: the%20payload%20of%20...`. Read back, a value in double quotes is
+//! unquoted first (RFC 7230, backslash escapes), then percent-decoded once: lower-case hex and
+//! needless encodings are accepted, and a value another producer wrote unencoded reads as it
+//! is; bytes that are not UTF-8 (`%C0%A0`) make the message one that does not decode (see
+//! above), the reason naming the header. Header names are case-insensitive.
+//!
+//! **The content type** is read from `ce-datacontenttype`, else from an HTTP-style
+//! `content-type` header (other SDKs, and earlier versions of this crate, write that one), taken
+//! as it is. A bus listener reads JSON only: no content type, `application/json` (any
+//! parameters, any case) or `application/<x>+json`. An event of another content type
+//! (`text/plain`, `application/xml`) is dead-lettered without being decoded, with a reason
+//! naming its content type and what the listener decodes.
 //!
 //! # Credentials and TLS
 //!

@@ -93,8 +93,8 @@ pub(crate) struct BadHeader {
     pub(crate) reason: &'static str,
 }
 
-/// The event's binary-mode headers as a NATS header map, plus `Nats-Msg-Id` = its source and
-/// id ([`msg_id`]).
+/// The event's binary-mode headers as a NATS header map (values percent-encoded:
+/// [`WireEvent::headers`]), plus `Nats-Msg-Id` = its source and id ([`msg_id`]).
 pub(crate) fn event_headers(event: &WireEvent) -> Result<HeaderMap, BadHeader> {
     let mut map = HeaderMap::new();
     for (name, value) in event.headers() {
@@ -123,11 +123,6 @@ pub(crate) fn insert(map: &mut HeaderMap, name: &str, value: &str) -> Result<(),
     })?;
     map.insert(header, value);
     Ok(())
-}
-
-/// `value` with line breaks turned into spaces, so that it fits in a header.
-pub(crate) fn one_line(value: &str) -> String {
-    value.replace(['\r', '\n'], " ")
 }
 
 /// The headers of a message as `(name, value)` pairs, every value of a repeated header.
@@ -220,5 +215,27 @@ mod tests {
         // A source or id with a line break still makes a valid header value.
         let odd = WireEvent::new("a\r\nb", "s:t", "a.b", "");
         assert_eq!(msg_id(&odd.source, &odd.id), "s%3At:a%0D%0Ab");
+    }
+
+    #[test]
+    fn every_value_travels_encoded() {
+        let event = WireEvent::new("id 1\n", "a b é", "a.b", "")
+            .content_type("text/plain; charset=utf-8")
+            .extension("deadletterreason", "line one\nline \"two\"");
+        let map = event_headers(&event).unwrap();
+        let header = |name: &str| map.get(name).map(|value| value.as_str().to_owned());
+        assert_eq!(header("ce-source").as_deref(), Some("a%20b%20%C3%A9"));
+        assert_eq!(header("ce-id").as_deref(), Some("id%201%0A"));
+        assert_eq!(header(MSG_ID), Some(msg_id(&event.source, &event.id)));
+        assert_eq!(
+            header("ce-datacontenttype").as_deref(),
+            Some("text/plain;%20charset=utf-8")
+        );
+        assert_eq!(
+            header("ce-deadletterreason").as_deref(),
+            Some("line%20one%0Aline%20%22two%22")
+        );
+        let decoded = WireEvent::from_headers(header_pairs(Some(&map)), Default::default(), 10);
+        assert_eq!(decoded.unwrap(), event);
     }
 }

@@ -27,7 +27,8 @@ async fn round_trip_keeps_attributes_and_payload() {
     .at(SystemTime::now())
     .content_type("application/json")
     .extension("causationid", "id-0")
-    .extension("traceparent", "00-abc-def-01");
+    .extension("traceparent", "00-abc-def-01")
+    .extension("note", "line\nbreak, \"é\" 100%");
     nats.publish(event.clone()).await.unwrap();
 
     let delivery = next(&mut subscription, "the published event").await;
@@ -59,8 +60,16 @@ async fn round_trip_keeps_attributes_and_payload() {
     assert_eq!(header("ce-specversion").as_deref(), Some("1.0"));
     assert_eq!(header("ce-type").as_deref(), Some("orders.eu.created"));
     assert_eq!(header("ce-source").as_deref(), Some("checkout"));
-    assert_eq!(header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        header("ce-datacontenttype").as_deref(),
+        Some("application/json")
+    );
     assert_eq!(header("ce-causationid").as_deref(), Some("id-0"));
+    // Percent-encoded as the CloudEvents NATS binding says (§3.1.3.2): a line break travels.
+    assert_eq!(
+        header("ce-note").as_deref(),
+        Some("line%0Abreak,%20%22%C3%A9%22%20100%25")
+    );
     assert_eq!(&stored.payload[..], b"{\"total\":42}");
 }
 
@@ -161,11 +170,6 @@ async fn bad_input_is_refused_with_invalid() {
     );
     invalid(
         nats.publish(WireEvent::new("1", "t", "a.b", "").extension("bad name", "x"))
-            .await,
-        "attribute",
-    );
-    invalid(
-        nats.publish(WireEvent::new("1", "t", "a.b", "").extension("ok", "line\nbreak"))
             .await,
         "attribute",
     );

@@ -7,8 +7,9 @@ use bus_core::transport::support::{duplicate_key, readable_event};
 use bytes::Bytes;
 use redis::Value;
 
-/// The stream field that holds the payload; every other field is a binary-mode header
-/// (`ce-id`, `ce-type`, `content-type`, ...).
+/// The stream field that holds the payload; every other field is a binary-mode header of the
+/// NATS binding, named and encoded alike (`ce-id`, `ce-type`, `ce-datacontenttype`, ...; the
+/// `content-type` of entries written by earlier versions is read too).
 pub(crate) const DATA_FIELD: &str = "data";
 
 /// Checks a key prefix: 1 to 100 ASCII letters, digits, `_`, `-`, `.` and `:`, so that it is
@@ -421,6 +422,59 @@ mod tests {
             .collect();
         assert_eq!(decode("orders.created", &fields, 1 << 20).unwrap(), event);
         assert!(decode("orders.other", &fields, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn fields_are_named_and_encoded_as_the_nats_headers() {
+        let event = WireEvent::new("id-1", "a b é", "orders.created", "{}")
+            .content_type("application/json")
+            .extension("deadletterreason", "it \"failed\"\n");
+        let fields = event_fields(&event);
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(field, _)| field == name)
+                .map(|(_, value)| std::str::from_utf8(value).unwrap().to_owned())
+        };
+        assert_eq!(field("ce-source").as_deref(), Some("a%20b%20%C3%A9"));
+        assert_eq!(
+            field("ce-datacontenttype").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(field("content-type"), None);
+        assert_eq!(
+            field("ce-deadletterreason").as_deref(),
+            Some("it%20%22failed%22%0A")
+        );
+        let nats_headers: Vec<(String, String)> = event.headers();
+        for (name, value) in &nats_headers {
+            assert_eq!(field(name).as_ref(), Some(value), "{name}");
+        }
+    }
+
+    #[test]
+    fn entries_of_earlier_versions_and_other_producers_read() {
+        let fields: Fields = [
+            ("ce-specversion", "1.0"),
+            ("CE-ID", "old-1"),
+            ("ce-source", "a%20b%20%c3%a9"),
+            ("ce-type", "orders.created"),
+            ("content-type", "application/json; charset=utf-8"),
+            ("data", "{}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        let event = decode("orders.created", &fields, 1 << 20).unwrap();
+        assert_eq!(event.source, "a b é");
+        assert_eq!(
+            event.datacontenttype.as_deref(),
+            Some("application/json; charset=utf-8")
+        );
+        let mut bad = fields;
+        bad[2].1 = b"%C0%A0".to_vec();
+        let reason = decode("orders.created", &bad, 1 << 20).unwrap_err();
+        assert!(reason.contains("`ce-source`"), "{reason}");
     }
 
     #[test]

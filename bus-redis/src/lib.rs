@@ -38,7 +38,7 @@
 //! |---|---|
 //! | event name `a.b.c` | stream `<prefix>:stream:a.b.c` |
 //! | pattern `a.*`, `a.>` | every stream whose name matches, read together: found at subscribe time (`SCAN`, and the set `<prefix>:names`) and later in the stream `<prefix>:names:log`, which a publish appends a name to the first time it is used (a publish registers its name again every 10 s, so that a flushed registry is rebuilt) |
-//! | [`WireEvent`](bus_core::transport::WireEvent) attributes | stream fields named as the CloudEvents binary-mode headers (`ce-id`, `ce-type`, `content-type`, ...), payload in field `data` |
+//! | [`WireEvent`](bus_core::transport::WireEvent) attributes | stream fields named and encoded as the CloudEvents NATS binding's headers (`ce-id`, `ce-type`, `ce-datacontenttype`, ...), payload in field `data`: see [Fields](#fields) |
 //! | publish resolved | the `XADD` replied: stored (as durable as the server's persistence: with `appendonly yes` and `appendfsync always`, a reply means the event is in the append-only file; with the default `everysec`, a crash or kill can lose up to two seconds of acknowledged events) |
 //! | retention | `XADD ... MAXLEN ~ n` or `MINID ~ <now - age>` ([`Retention`]) |
 //! | duplicate (same source and id) | the consumer drops an event (source and id) its group acknowledged through this transport within the [`acked_window`](RedisTransportBuilder::acked_window); with a [`duplicate_window`](RedisTransportBuilder::duplicate_window) (off by default), `SET <prefix>:dedup:<source>:<id> NX PX <window>` (both percent-encoded) and the `XADD` in one Lua script: a second publish within the window is not stored. Either way counted ([`RedisTransport::duplicates_dropped`], `bus_duplicates_dropped_total`) and logged at `info`; the same id from another source is another event |
@@ -84,7 +84,8 @@
 //! ([`WireEvent::dead_letter`](bus_core::transport::WireEvent::dead_letter)).
 //!
 //! **Entries that do not decode** (written by another client: `redis-cli XADD` with random
-//! fields, a missing or empty attribute, a field that is not UTF-8, an invalid name, a payload
+//! fields, a missing or empty attribute, a field that is not UTF-8 or does not percent-decode,
+//! an invalid name, a payload
 //! over [`max_payload`](RedisTransportBuilder::max_payload), a type that is not its stream's
 //! name) are dead-lettered by the subscription itself, with the decoding error as the reason,
 //! logged at `warn`, then acknowledged; the subscription goes on and never yields them. The
@@ -132,6 +133,39 @@
 //! are (Redis accepts any string). The blocking read
 //! of a group subscription wakes at least every `claim_interval`, and of a pattern subscription
 //! every `discovery_interval`: an idle subscription costs a few commands a second.
+//!
+//! # Fields
+//!
+//! CloudEvents has no Redis binding. An entry holds the event as the NATS binding's binary
+//! mode writes a message (§3.1.3), fields for headers: the same names, the same values, and the
+//! payload in the field `data`. A tool that reads both brokers reads both alike.
+//!
+//! | attribute | stream field | value |
+//! |---|---|---|
+//! | `specversion` | `ce-specversion` | `1.0` |
+//! | `id` | `ce-id` | the event id |
+//! | `source` | `ce-source` | the service name of the bus that emitted it |
+//! | `type` | `ce-type` | the event name: the stream's key, without `<prefix>:stream:` |
+//! | `time` | `ce-time` | when it was emitted, RFC 3339 |
+//! | `datacontenttype` | `ce-datacontenttype` (read: also `content-type`) | `application/json` for a bus's events |
+//! | extension `x` | `ce-x` | `ce-causationid`; a dead letter's `ce-deadletterof`, `ce-deadletterreason`, `ce-deadlettergroup`, `ce-deadletterattempts` |
+//! | `data` | `data` | the payload, bytes as they are |
+//!
+//! **Values** follow the NATS binding's rules (§3.1.3.2), though Redis would store any bytes:
+//! space, `"`, `%`, control characters and every character outside printable ASCII are
+//! percent-encoded (`%XX` for each byte of their UTF-8, upper-case hex), so that a service named
+//! `a b é` is `ce-source` = `a%20b%20%C3%A9`. Read back, a value in double quotes is unquoted
+//! first (RFC 7230, backslash escapes), then percent-decoded once: lower-case hex and needless
+//! encodings are accepted, and a value another producer wrote unencoded (`redis-cli XADD`)
+//! reads as it is; bytes that are not UTF-8 (`%C0%A0`) make the entry one that does not decode
+//! (see above), the reason naming the field. Field names are case-insensitive.
+//!
+//! **The content type** is read from `ce-datacontenttype`, else from a `content-type` field
+//! (what earlier versions of this crate wrote, and HTTP-minded producers write), taken as it
+//! is. A bus listener reads JSON only: no content type, `application/json` (any parameters, any
+//! case) or `application/<x>+json`. An event of another content type (`text/plain`,
+//! `application/xml`) is dead-lettered without being decoded, with a reason naming its content
+//! type and what the listener decodes.
 //!
 //! # Credentials and TLS
 //!

@@ -50,8 +50,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// - **One stream per event name**: event `a.b.c` is the stream `<prefix>:stream:a.b.c`, and its
 ///   dead letters go to `<prefix>:stream:dead-letter.a.b.c`. Each entry holds the CloudEvents
-///   binary-mode headers as fields (`ce-specversion`, `ce-id`, `ce-source`, `ce-type`,
-///   `ce-time`, `content-type`, `ce-<extension>`) and the payload in the field `data`.
+///   binary-mode headers of the NATS binding as fields (`ce-specversion`, `ce-id`,
+///   `ce-source`, `ce-type`, `ce-time`, `ce-datacontenttype`, `ce-<extension>`), with the
+///   same percent-encoded values, and the payload in the field `data`; the `content-type`
+///   field of entries written by earlier versions is read too. See the
+///   [crate documentation](crate#fields).
 /// - **Publish** is one `XADD` with the [retention](RedisTransportBuilder::retention). A Lua
 ///   script does it instead when more is needed in the same step: with a
 ///   [duplicate window](RedisTransportBuilder::duplicate_window), `SET

@@ -21,7 +21,8 @@ async fn events_are_stream_entries_with_cloudevents_fields() {
         .expect("subscribed");
     let event = WireEvent::new(format!("id-{}", unique()), "shop", "orders.created", "{}")
         .content_type("application/json")
-        .extension("traceparent", "00-ab-cd-01");
+        .extension("traceparent", "00-ab-cd-01")
+        .extension("note", "line\nbreak, \"é\" 100%");
     redis.publish(event.clone()).await.expect("published");
     let delivery = next(&mut subscription, "the event").await;
     assert_eq!(delivery.event(), &event);
@@ -44,8 +45,10 @@ async fn events_are_stream_entries_with_cloudevents_fields() {
         ("ce-id", event.id.as_str()),
         ("ce-source", "shop"),
         ("ce-type", "orders.created"),
-        ("content-type", "application/json"),
+        ("ce-datacontenttype", "application/json"),
         ("ce-traceparent", "00-ab-cd-01"),
+        // Percent-encoded as the NATS binding's headers are.
+        ("ce-note", "line%0Abreak,%20%22%C3%A9%22%20100%25"),
         ("data", "{}"),
     ] {
         assert!(

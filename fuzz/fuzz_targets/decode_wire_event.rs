@@ -10,9 +10,11 @@
 //!   headers mixed in; so does its dead letter, when that validates;
 //! - a payload over the limit is refused as such, unless the attributes are missing or too
 //!   many;
-//! - the decoded event, delivered to a bus listener through a transport, is acknowledged with
-//!   the value `serde_json` decodes, or rejected when that decode fails, and the listener sees
-//!   the event's own id when the message carries one in the bus's form.
+//! - the decoded event, delivered to a bus listener through a transport, is rejected without
+//!   being decoded when its content type is not JSON (by the rules of `Codec::accepts`, written
+//!   again here), and otherwise acknowledged with the value `serde_json` decodes, or rejected
+//!   when that decode fails; the listener sees the event's own id when the message carries one
+//!   in the bus's form.
 
 #![no_main]
 
@@ -168,6 +170,8 @@ fn check_delivery(event: WireEvent) {
     // Any payload: a generic decode must not panic either.
     let _ = serde_json::from_slice::<serde_json::Value>(&event.data);
 
+    let json = reference_is_json(event.datacontenttype.as_deref());
+    let content_type = event.datacontenttype.clone();
     let wire_id = reference_event_id(&event.id);
     let (settled, settlement) = oneshot::channel();
     harness
@@ -185,6 +189,21 @@ fn check_delivery(event: WireEvent) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
+    if !json {
+        let content_type = content_type.unwrap_or_default();
+        match &settlement {
+            Settlement::Reject(reason) => {
+                assert!(
+                    reason.contains(&format!("is `{content_type}`"))
+                        && reason.contains("from application/json"),
+                    "{reason} (content type {content_type:?})"
+                );
+            }
+            other => panic!("{other:?} for a payload of content type {content_type:?}"),
+        }
+        assert!(received.is_none(), "the listener ran on {received:?}");
+        return;
+    }
     match expected {
         Ok(order) => {
             assert_eq!(settlement, Settlement::Ack);
@@ -209,6 +228,34 @@ fn check_delivery(event: WireEvent) {
             assert!(received.is_none(), "the listener ran on {received:?}");
         }
     }
+}
+
+/// Whether the bus's JSON codec reads a payload of content type `content_type`: none, or
+/// `application/json` or `application/<x>+json` before any `;`, in any case, with spaces and
+/// tabs around the type and the subtype, each a token of RFC 2045.
+fn reference_is_json(content_type: Option<&str>) -> bool {
+    let Some(content_type) = content_type else {
+        return true;
+    };
+    let essence = content_type.split(';').next().unwrap_or_default();
+    let Some((ty, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    let trim = |part: &str| part.trim_matches([' ', '\t', '\r', '\n']).to_ascii_lowercase();
+    let (ty, subtype) = (trim(ty), trim(subtype));
+    let token = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b) && !br#"()<>@,;:\"/[]?="#.contains(&b))
+    };
+    token(&ty)
+        && token(&subtype)
+        && ty == "application"
+        && (subtype == "json"
+            || subtype
+                .strip_suffix("+json")
+                .is_some_and(|base| !base.is_empty()))
 }
 
 /// An id in the one form the bus writes and reads back (`EventId`'s Display), as a number.

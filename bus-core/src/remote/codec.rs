@@ -1,6 +1,9 @@
 //! How an event's payload crosses the wire: JSON through serde, for the types that implement
 //! `Serialize` and `Deserialize`.
 //!
+//! A codec reads only the payloads whose `datacontenttype` is its media type
+//! ([`Codec::accepts`]): a `text/plain` or XML payload is not decoded as JSON.
+//!
 //! A type travels only when it says so: the bus finds a type's codec by its `TypeId` in a
 //! table built from the codecs that `#[derive(bus::Event)]` submits through `inventory` for a
 //! type marked `#[event(.., distributed)]`, and from the types named by
@@ -23,6 +26,7 @@ pub const JSON: &str = "application/json";
 pub struct Codec {
     type_id: fn() -> TypeId,
     type_name: &'static str,
+    media_type: &'static str,
     encode: fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, String>,
     decode: fn(&[u8]) -> Result<ErasedEvent, String>,
 }
@@ -31,6 +35,7 @@ impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Codec")
             .field("type", &self.type_name)
+            .field("media_type", &self.media_type)
             .finish_non_exhaustive()
     }
 }
@@ -44,9 +49,41 @@ impl Codec {
         Codec {
             type_id: TypeId::of::<E>,
             type_name: std::any::type_name::<E>(),
+            media_type: JSON,
             encode: encode_json::<E>,
             decode: decode_json::<E>,
         }
+    }
+
+    /// The media type this codec writes and reads: [`JSON`] (`application/json`).
+    pub fn media_type(&self) -> &'static str {
+        self.media_type
+    }
+
+    /// Whether this codec reads a payload whose `datacontenttype` is `content_type`:
+    ///
+    /// - no content type: yes, the payload is taken for JSON;
+    /// - the codec's [`media_type`](Codec::media_type), in any case, with optional whitespace
+    ///   around its parts (RFC 2045) and any parameters: `application/json`,
+    ///   `Application/JSON; charset=utf-8`;
+    /// - a structured-syntax suffix of it (RFC 6839): `application/<x>+json`, such as
+    ///   `application/cloudevents+json`;
+    /// - anything else, another media type (`text/plain`, `application/xml`) or text that is
+    ///   no media type: no.
+    ///
+    /// Parameters are not looked at: JSON is UTF-8.
+    pub fn accepts(&self, content_type: Option<&str>) -> bool {
+        let Some(content_type) = content_type else {
+            return true;
+        };
+        let (Some(theirs), Some(ours)) = (essence(content_type), essence(self.media_type)) else {
+            return false;
+        };
+        theirs.0.eq_ignore_ascii_case(ours.0)
+            && (theirs.1.eq_ignore_ascii_case(ours.1)
+                || theirs.1.rsplit_once('+').is_some_and(|(base, suffix)| {
+                    !base.is_empty() && suffix.eq_ignore_ascii_case(ours.1)
+                }))
     }
 
     /// The type this codec encodes.
@@ -70,6 +107,25 @@ impl Codec {
     pub(crate) fn decode(&self, bytes: &[u8]) -> Result<ErasedEvent, String> {
         (self.decode)(bytes)
     }
+}
+
+/// The type and subtype of media type `media_type` (RFC 2045 §5.1: `type "/" subtype *(";"
+/// parameter)`, with optional whitespace around the parts), as written; `None` when it is not a
+/// media type. The parameters are left out, unread.
+fn essence(media_type: &str) -> Option<(&str, &str)> {
+    let essence = media_type.split(';').next().unwrap_or_default();
+    let (ty, subtype) = essence.split_once('/')?;
+    let space = |c: char| matches!(c, ' ' | '\t' | '\r' | '\n');
+    let (ty, subtype) = (ty.trim_matches(space), subtype.trim_matches(space));
+    (is_token(ty) && is_token(subtype)).then_some((ty, subtype))
+}
+
+/// An RFC 2045 token: one or more printable ASCII characters but the `tspecials`.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&byte))
 }
 
 fn encode_json<E: Serialize + 'static>(event: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, String> {
@@ -170,5 +226,101 @@ mod tests {
         assert!(error.contains("EOF"), "{error}");
         assert!(codec.decode(br#"{"a":1}"#).is_err());
         assert!(codec.encode(&"not a vec").is_err());
+    }
+
+    #[test]
+    fn a_json_codec_reads_json_media_types_only() {
+        let codec = Codec::json::<Vec<u32>>();
+        assert_eq!(codec.media_type(), "application/json");
+        for json in [
+            None,
+            Some("application/json"),
+            Some("application/json; charset=utf-8"),
+            Some("application/json;charset=UTF-8"),
+            Some("Application/JSON"),
+            Some(" application / json ; charset=utf-8"),
+            Some("\tapplication/json\t"),
+            Some("application/cloudevents+json"),
+            Some("application/vnd.api+JSON; ext=x"),
+            Some("application/a+b+json"),
+        ] {
+            assert!(codec.accepts(json), "{json:?}");
+        }
+        for other in [
+            "text/plain",
+            "text/plain; charset=utf-8",
+            "application/xml",
+            "application/octet-stream",
+            "text/json",
+            "application/jsonx",
+            "application/json+xml",
+            "application/+json",
+            "application/x-json",
+            "json",
+            "",
+            " ",
+            "application/",
+            "/json",
+            "application/js on",
+            "application/json/x",
+            "app(lication)/json",
+            "applicätion/json",
+        ] {
+            assert!(!codec.accepts(Some(other)), "{other:?}");
+        }
+    }
+
+    mod media_types {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// RFC 2045 token characters.
+        const TOKEN: &str = "[!#$%&'*+.0-9A-Z^_`a-z{|}~-]{1,12}";
+        /// Optional whitespace.
+        const SPACE: &str = "[ \t]{0,2}";
+
+        proptest! {
+            #[test]
+            fn never_panics(text in any::<String>()) {
+                let _ = Codec::json::<u8>().accepts(Some(&text));
+            }
+
+            #[test]
+            fn json_is_told_by_type_and_subtype_whatever_the_case_spaces_and_parameters(
+                ty in TOKEN,
+                subtype in TOKEN,
+                spaces in proptest::collection::vec(SPACE, 4),
+                parameters in proptest::collection::vec((TOKEN, "[ -:<-~]{0,12}"), 0..3),
+            ) {
+                let mut text = format!(
+                    "{}{ty}{}/{}{subtype}{}",
+                    spaces[0], spaces[1], spaces[2], spaces[3]
+                );
+                for (name, value) in &parameters {
+                    text.push_str(&format!("; {name}={value}"));
+                }
+                let (ty, subtype) = (ty.to_ascii_lowercase(), subtype.to_ascii_lowercase());
+                let expected = ty == "application"
+                    && (subtype == "json"
+                        || (subtype.ends_with("+json") && subtype.len() > "+json".len()));
+                prop_assert_eq!(Codec::json::<u8>().accepts(Some(&text)), expected, "{}", text);
+            }
+
+            #[test]
+            fn json_in_any_case_is_json(mask in any::<u32>(), suffixed in any::<bool>()) {
+                let plain = if suffixed { "application/cloudevents+json" } else { "application/json" };
+                let text: String = plain
+                    .chars()
+                    .enumerate()
+                    .map(|(n, c)| if mask >> (n % 32) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                    .collect();
+                prop_assert!(Codec::json::<u8>().accepts(Some(&text)), "{}", text);
+            }
+
+            #[test]
+            fn text_without_a_slash_is_no_media_type(text in "[^/]*") {
+                prop_assert!(!Codec::json::<u8>().accepts(Some(&text)));
+            }
+        }
     }
 }

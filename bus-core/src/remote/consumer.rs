@@ -2,7 +2,8 @@
 //! on each delivery through the engine's attempt ([`attempt::run`]: the same layers, panic
 //! isolation, timeout and dead-letter hook as an in-process delivery), and settles it: ack
 //! after `Ok`, nack with the listener's backoff after an error, a panic or a timeout (the
-//! broker dead-letters the last), reject when the payload does not decode. A delivery cut
+//! broker dead-letters the last), reject when the payload's content type is not the codec's or
+//! the payload does not decode. A delivery cut
 //! short by shutdown is never acked: it is released (handed back), so the broker delivers it
 //! again.
 
@@ -168,9 +169,23 @@ impl Consumer {
         }
     }
 
-    /// The event of `wire`, decoded as the listener's type; the reason when it cannot be.
+    /// The event of `wire`, decoded as the listener's type; the reason when it cannot be: its
+    /// `datacontenttype` is not what the listener's codec reads (it is not decoded at all), or
+    /// its payload does not decode.
     fn decode(&self, wire: &WireEvent) -> Result<ErasedEvent, String> {
         let codec = &self.plan.codec;
+        if let Some(content_type) = wire.datacontenttype.as_deref()
+            && !codec.accepts(Some(content_type))
+        {
+            return Err(format!(
+                "the payload of `{}` is `{content_type}` (its `datacontenttype`), but listener \
+                 `{}` decodes `{}` from {}",
+                wire.ty,
+                self.entry.info.name(),
+                codec.type_name(),
+                codec.media_type(),
+            ));
+        }
         codec.decode(&wire.data).map_err(|error| {
             format!(
                 "the payload of `{}` does not decode as `{}`: {error}",

@@ -27,7 +27,10 @@ pub use self::memory::MemoryTransport;
 pub use self::replay::{DeadLetterQueue, REPLAY_OF, ReplayReport};
 pub use self::retention::Retention;
 pub use self::server_url::ServerUrl;
-pub use self::wire::{DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent};
+pub use self::wire::{
+    DEFAULT_MAX_PAYLOAD, MAX_ATTRIBUTES, SPEC_VERSION, WireError, WireEvent, decode_header_value,
+    encode_header_value,
+};
 pub use crate::error::TransportError;
 
 /// How long [`EventBus::shutdown`](crate::EventBus::shutdown) waits, past its own deadline,

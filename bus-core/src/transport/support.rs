@@ -210,9 +210,11 @@ pub fn count_duplicate(transport: &str, group: Option<&str>) {
 
 /// The event a message that does not decode stood for, as far as it can be read: a valid event
 /// named `name` with the message's payload, its id and source when they are readable among its
-/// `attributes` (header or field names, matched case-insensitively: `ce-id`, `ce-source`), else
-/// `fallback_id` and `fallback_source`. Its [`dead_letter`](WireEvent::dead_letter) is what a
-/// transport stores when such a message is rejected.
+/// `attributes` (header or field names, matched case-insensitively: `ce-id`, `ce-source`; their
+/// values decoded as [`decode_header_value`](super::decode_header_value) says, or taken as they
+/// are when they do not decode), else `fallback_id` and `fallback_source`. Its
+/// [`dead_letter`](WireEvent::dead_letter) is what a transport stores when such a message is
+/// rejected.
 pub fn readable_event<'a>(
     fallback_source: &str,
     name: &str,
@@ -225,7 +227,10 @@ pub fn readable_event<'a>(
             .clone()
             .into_iter()
             .find(|(attribute, value)| attribute.eq_ignore_ascii_case(wanted) && !value.is_empty())
-            .map(|(_, value)| value.to_owned())
+            .map(|(attribute, value)| {
+                super::decode_header_value(attribute, value).unwrap_or_else(|_| value.to_owned())
+            })
+            .filter(|value| !value.is_empty())
     };
     let id = find("ce-id").unwrap_or_else(fallback_id);
     let source = find("ce-source").unwrap_or_else(|| fallback_source.to_owned());
@@ -238,7 +243,7 @@ mod tests {
 
     #[test]
     fn the_readable_event_of_a_raw_message_keeps_what_it_can_read() {
-        let attributes = [("CE-ID", "order-7"), ("ce-source", ""), ("x", "y")];
+        let attributes = [("CE-ID", "order%207"), ("ce-source", ""), ("x", "y")];
         let event = readable_event(
             "memory",
             "orders.placed",
@@ -246,12 +251,16 @@ mod tests {
             Bytes::from_static(b"{not json"),
             || "entry-1".to_owned(),
         );
-        assert_eq!(event.id, "order-7");
+        assert_eq!(event.id, "order 7", "decoded, to be encoded again once");
         assert_eq!(event.source, "memory", "an empty source is not a source");
         assert_eq!(event.ty, "orders.placed");
         assert_eq!(&event.data[..], b"{not json");
         let letter = event.dead_letter("billing", 3, "does not decode");
-        assert_eq!(letter.id, "order-7.dead.billing");
+        assert_eq!(letter.id, "order 7.dead.billing");
+        let undecodable = [("ce-id", "%C0%A0"), ("ce-source", "%22%22")];
+        let event = readable_event("memory", "a.b", undecodable, Bytes::new(), String::new);
+        assert_eq!(event.id, "%C0%A0", "kept as it is");
+        assert_eq!(event.source, "\"\"");
         assert_eq!(letter.ty, "dead-letter.orders.placed");
         let unnamed = readable_event("memory", "a.b", [], Bytes::new(), || "seq-9".into());
         assert_eq!(unnamed.id, "seq-9");

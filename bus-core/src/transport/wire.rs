@@ -1,9 +1,17 @@
 //! The wire format: CloudEvents 1.0 attributes and a payload, and their binary-mode mapping to
 //! message headers (`ce-id`, `ce-type`, ...), which every transport shares.
+//!
+//! Header names and values follow the binary mode of the CloudEvents NATS protocol binding
+//! (§3.1.3): attribute `x` is header `ce-x` (`datacontenttype` too: `ce-datacontenttype`), and
+//! every value is percent-encoded ([`encode_header_value`]) so that any Unicode text travels
+//! as printable ASCII; reading undoes it ([`decode_header_value`]). A [`WireEvent`] holds the
+//! decoded values.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 
 use crate::name;
 
@@ -19,8 +27,69 @@ pub const MAX_ATTRIBUTES: usize = 64;
 /// The header prefix of CloudEvents attributes in binary mode.
 const HEADER_PREFIX: &str = "ce-";
 
+/// The HTTP-style header of `datacontenttype` that other SDKs (and earlier versions of this
+/// crate) write instead of `ce-datacontenttype`: read, never written.
+const HTTP_CONTENT_TYPE: &str = "content-type";
+
+/// What a header value percent-encodes (NATS binding §3.1.3.2): the controls U+0000 to U+001F
+/// and DEL, space, `"` and `%`. Every non-ASCII character is encoded too (each byte of its
+/// UTF-8), by [`utf8_percent_encode`] itself.
+const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
+
+/// The header form of an attribute value: percent-encoded as the CloudEvents NATS binding says
+/// (§3.1.3.2), with upper-case hex: space, `"`, `%`, controls and every character outside
+/// printable ASCII. `Euro € 😀` is `Euro%20%E2%82%AC%20%F0%9F%98%80`. Borrowed when nothing
+/// needs encoding.
+pub fn encode_header_value(value: &str) -> Cow<'_, str> {
+    utf8_percent_encode(value, ENCODED).into()
+}
+
+/// An attribute value read back from its header `header` (named in the error): a value in
+/// double quotes is first unquoted (RFC 7230 §3.2.6, with backslash escapes), then one round of
+/// percent-decoding is applied. Lower-case hex, characters encoded without need, and values not
+/// encoded at all (printable, without `%`) read as they are; a `%` not followed by two hex
+/// digits stays a `%`.
+///
+/// # Errors
+///
+/// [`WireError::HeaderValue`] when the percent-encoded bytes are not UTF-8 (`%C0%A0`, an
+/// overlong space), or when a value opening a quoted string does not close it properly.
+pub fn decode_header_value(header: &str, value: &str) -> Result<String, WireError> {
+    let problem = |problem: &'static str| WireError::HeaderValue {
+        header: header.to_owned(),
+        problem,
+    };
+    let unquoted = unquote(value).ok_or_else(|| {
+        problem("it opens a quoted string that it does not close, or that holds an unescaped `\"`")
+    })?;
+    percent_decode_str(&unquoted)
+        .decode_utf8()
+        .map(Cow::into_owned)
+        .map_err(|_| problem("its percent-encoded bytes are not UTF-8"))
+}
+
+/// `value` without its double quotes and backslash escapes if it is a quoted string (RFC 7230
+/// §3.2.6), as it is otherwise; `None` when it opens a quoted string it does not close, or
+/// holds a `"` that is not escaped.
+fn unquote(value: &str) -> Option<Cow<'_, str>> {
+    let Some(inner) = value.strip_prefix('"') else {
+        return Some(Cow::Borrowed(value));
+    };
+    let mut unquoted = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => unquoted.push(chars.next()?),
+            '"' => return chars.as_str().is_empty().then_some(Cow::Owned(unquoted)),
+            c => unquoted.push(c),
+        }
+    }
+    None
+}
+
 /// One event as it travels through a broker: its CloudEvents 1.0 context attributes and its
-/// payload.
+/// payload. The fields hold the attributes' values as they are, decoded: their header form
+/// ([`headers`](WireEvent::headers)) is percent-encoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WireEvent {
@@ -104,35 +173,43 @@ impl WireEvent {
         letter
     }
 
-    /// The attributes as binary-mode headers: `ce-specversion`, `ce-id`, `ce-source`,
-    /// `ce-type`, `ce-time`, `content-type` for `datacontenttype`, and `ce-<name>` per
-    /// extension.
+    /// The attributes as binary-mode headers (CloudEvents NATS binding, §3.1.3):
+    /// `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, `ce-time`, `ce-datacontenttype` and
+    /// `ce-<name>` per extension, each value percent-encoded ([`encode_header_value`]).
     pub fn headers(&self) -> Vec<(String, String)> {
-        let mut headers = vec![
+        let header = |attribute: &str, value: &str| {
             (
-                format!("{HEADER_PREFIX}specversion"),
-                SPEC_VERSION.to_owned(),
-            ),
-            (format!("{HEADER_PREFIX}id"), self.id.clone()),
-            (format!("{HEADER_PREFIX}source"), self.source.clone()),
-            (format!("{HEADER_PREFIX}type"), self.ty.clone()),
+                format!("{HEADER_PREFIX}{attribute}"),
+                encode_header_value(value).into_owned(),
+            )
+        };
+        let mut headers = vec![
+            header("specversion", SPEC_VERSION),
+            header("id", &self.id),
+            header("source", &self.source),
+            header("type", &self.ty),
         ];
         if let Some(time) = &self.time {
-            headers.push((format!("{HEADER_PREFIX}time"), time.clone()));
+            headers.push(header("time", time));
         }
         if let Some(content_type) = &self.datacontenttype {
-            headers.push(("content-type".to_owned(), content_type.clone()));
+            headers.push(header("datacontenttype", content_type));
         }
         for (name, value) in &self.extensions {
-            headers.push((format!("{HEADER_PREFIX}{name}"), value.clone()));
+            headers.push(header(name, value));
         }
         headers
     }
 
     /// Reads an event back from binary-mode headers and a payload, checking everything a
     /// message from another client may get wrong: the spec version, the required attributes,
-    /// the event name (validated like a local one), extension names, the number of headers
-    /// and the payload size. Headers that are not CloudEvents attributes are ignored.
+    /// the event name (validated like a local one), extension names, the encoding of the
+    /// values, the number of headers and the payload size. Header names are
+    /// case-insensitive; headers that are not CloudEvents attributes are ignored.
+    ///
+    /// Every `ce-*` value is decoded with [`decode_header_value`]. `datacontenttype` is read
+    /// from `ce-datacontenttype`, else from an HTTP-style `content-type` header (as other SDKs
+    /// and earlier versions of this crate write it), taken as it is.
     ///
     /// # Errors
     ///
@@ -143,7 +220,7 @@ impl WireEvent {
         max_payload: usize,
     ) -> Result<WireEvent, WireError> {
         let mut attributes: BTreeMap<String, String> = BTreeMap::new();
-        let mut content_type = None;
+        let mut http_content_type = None;
         for (count, (name, value)) in headers.into_iter().enumerate() {
             if count >= MAX_ATTRIBUTES {
                 return Err(WireError::TooManyHeaders {
@@ -151,10 +228,10 @@ impl WireEvent {
                 });
             }
             let lower = name.to_ascii_lowercase();
-            if lower == "content-type" {
-                content_type = Some(value.to_owned());
+            if lower == HTTP_CONTENT_TYPE {
+                http_content_type = Some(value.to_owned());
             } else if let Some(attribute) = lower.strip_prefix(HEADER_PREFIX) {
-                attributes.insert(attribute.to_owned(), value.to_owned());
+                attributes.insert(attribute.to_owned(), decode_header_value(name, value)?);
             }
         }
         let mut take = |name: &'static str| attributes.remove(name);
@@ -167,12 +244,13 @@ impl WireEvent {
         let source = take("source").ok_or(WireError::Missing("source"))?;
         let ty = take("type").ok_or(WireError::Missing("type"))?;
         let time = take("time");
+        let datacontenttype = take("datacontenttype").or(http_content_type);
         let event = WireEvent {
             id,
             source,
             ty,
             time,
-            datacontenttype: content_type,
+            datacontenttype,
             extensions: attributes,
             data,
         };
@@ -208,7 +286,8 @@ impl WireEvent {
         if let Some(bad) = self.extensions.keys().find(|name| !is_extension_name(name)) {
             return Err(WireError::ExtensionName(bad.clone()));
         }
-        // specversion, id, source, type, time, content-type, then one header per extension.
+        // specversion, id, source, type, time, datacontenttype, then one header per
+        // extension.
         if self.extensions.len() + 6 > MAX_ATTRIBUTES {
             return Err(WireError::TooManyHeaders {
                 max: MAX_ATTRIBUTES,
@@ -250,6 +329,17 @@ pub enum WireError {
     TooManyHeaders {
         /// The limit.
         max: usize,
+    },
+    /// A header's value does not decode (CloudEvents NATS binding §3.1.3.2).
+    #[error(
+        "the value of header `{header}` does not decode: {problem} (percent-encoding of the \
+         CloudEvents NATS binding, §3.1.3.2)"
+    )]
+    HeaderValue {
+        /// The header, as the message names it.
+        header: String,
+        /// What is wrong with its value.
+        problem: &'static str,
     },
     /// The payload is over the size limit.
     #[error("payload of {size} bytes is over the {max}-byte limit")]
@@ -359,6 +449,142 @@ mod tests {
         );
     }
 
+    fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// A valid message with `extra` headers after the required ones.
+    fn message<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut headers = vec![
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "s"),
+            ("ce-type", "a.b"),
+        ];
+        headers.extend_from_slice(extra);
+        headers
+    }
+
+    fn read(headers: Vec<(&str, &str)>) -> Result<WireEvent, WireError> {
+        WireEvent::from_headers(headers, Bytes::new(), DEFAULT_MAX_PAYLOAD)
+    }
+
+    #[test]
+    fn values_are_percent_encoded_as_the_nats_binding_says() {
+        // The example of §3.1.3.2.
+        assert_eq!(
+            encode_header_value("Euro € 😀"),
+            "Euro%20%E2%82%AC%20%F0%9F%98%80"
+        );
+        assert_eq!(encode_header_value("100% \"ok\""), "100%25%20%22ok%22");
+        assert_eq!(
+            encode_header_value("a\r\nb\t\u{7f}\u{85}"),
+            "a%0D%0Ab%09%7F%C2%85"
+        );
+        assert!(matches!(
+            encode_header_value("orders.eu-1/x?y=z&w"),
+            Cow::Borrowed("orders.eu-1/x?y=z&w")
+        ));
+        let event = WireEvent::new("id 1", "a b é", "orders.placed", "{}")
+            .content_type("application/json; charset=utf-8")
+            .extension(super::super::DEAD_LETTER_REASON, "it failed:\nbadly");
+        let headers = event.headers();
+        assert_eq!(header(&headers, "ce-source"), Some("a%20b%20%C3%A9"));
+        assert_eq!(header(&headers, "ce-id"), Some("id%201"));
+        assert_eq!(
+            header(&headers, "ce-datacontenttype"),
+            Some("application/json;%20charset=utf-8")
+        );
+        assert_eq!(header(&headers, "content-type"), None);
+        assert_eq!(
+            header(&headers, "ce-deadletterreason"),
+            Some("it%20failed:%0Abadly")
+        );
+        assert_eq!(decode(&event).unwrap(), event);
+    }
+
+    #[test]
+    fn values_are_decoded_leniently_but_not_into_invalid_utf8() {
+        let source = |value: &str| {
+            read(message(&[("ce-causationid", value)]))
+                .map(|event| event.extensions["causationid"].clone())
+        };
+        assert_eq!(
+            source("Euro%20%E2%82%AC%20%F0%9F%98%80").unwrap(),
+            "Euro € 😀"
+        );
+        assert_eq!(source("a%c3%a9%2f").unwrap(), "aé/", "lower-case hex");
+        assert_eq!(source("%41%42c").unwrap(), "ABc", "unnecessary encodings");
+        assert_eq!(source("plain-value/1").unwrap(), "plain-value/1");
+        assert_eq!(source("raw é and spaces").unwrap(), "raw é and spaces");
+        assert_eq!(source("100%").unwrap(), "100%", "a lone `%` is no encoding");
+        assert_eq!(
+            source(r#""a \"quoted\" \\ value""#).unwrap(),
+            r#"a "quoted" \ value"#
+        );
+        assert_eq!(
+            source(r#""a%20b""#).unwrap(),
+            "a b",
+            "unquoted, then decoded"
+        );
+        assert_eq!(source(r#""""#).unwrap(), "");
+        let bad = |value: &str| match source(value) {
+            Err(WireError::HeaderValue { header, problem }) => {
+                assert_eq!(header, "ce-causationid");
+                problem
+            }
+            other => panic!("{value}: {other:?}"),
+        };
+        assert!(bad("%C0%A0").contains("not UTF-8"), "overlong space");
+        assert!(bad("%FF").contains("not UTF-8"));
+        assert!(bad("%E2%82").contains("not UTF-8"), "cut short");
+        for unclosed in [r#""abc"#, r#""abc\""#, r#""a"b""#, "\""] {
+            assert!(bad(unclosed).contains("quoted string"), "{unclosed}");
+        }
+        let error = read(message(&[("CE-Source", "%C0%A0")])).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the value of header `CE-Source` does not decode: its percent-encoded bytes are \
+             not UTF-8 (percent-encoding of the CloudEvents NATS binding, §3.1.3.2)"
+        );
+    }
+
+    #[test]
+    fn the_content_type_is_read_from_either_header() {
+        let content_type = |extra: &[(&str, &str)]| read(message(extra)).unwrap().datacontenttype;
+        assert_eq!(content_type(&[]), None);
+        assert_eq!(
+            content_type(&[("ce-datacontenttype", "text/plain;%20charset=utf-8")]).as_deref(),
+            Some("text/plain; charset=utf-8")
+        );
+        // HTTP style, as other SDKs write it: taken as it is.
+        assert_eq!(
+            content_type(&[("Content-Type", r#"text/plain; charset="utf-8""#)]).as_deref(),
+            Some(r#"text/plain; charset="utf-8""#)
+        );
+        for both in [
+            [
+                ("content-type", "text/plain"),
+                ("CE-DataContentType", "application/json"),
+            ],
+            [
+                ("ce-datacontenttype", "application/json"),
+                ("content-type", "text/plain"),
+            ],
+        ] {
+            assert_eq!(
+                content_type(&both).as_deref(),
+                Some("application/json"),
+                "{both:?}"
+            );
+        }
+        let event = read(message(&[("ce-datacontenttype", "application/xml")])).unwrap();
+        assert!(event.extensions.is_empty(), "{:?}", event.extensions);
+    }
+
     proptest! {
         #[test]
         fn decoding_never_panics(
@@ -380,6 +606,54 @@ mod tests {
         ) {
             let event = WireEvent::new(id, "svc", ty, data);
             prop_assert_eq!(decode(&event).unwrap(), event);
+        }
+
+        #[test]
+        fn any_unicode_value_round_trips_as_printable_ascii(
+            id in any::<String>(),
+            source in any::<String>(),
+            content_type in any::<String>(),
+            value in any::<String>(),
+            time in any::<String>(),
+        ) {
+            let mut event = WireEvent::new(id, source, "orders.placed", "{}")
+                .content_type(content_type)
+                .extension("note", value);
+            event.time = Some(time);
+            prop_assume!(!event.id.is_empty() && !event.source.is_empty());
+            let headers = event.headers();
+            for (_, value) in &headers {
+                prop_assert!(
+                    value.bytes().all(|byte| (0x21..=0x7e).contains(&byte) && byte != b'"'),
+                    "{value:?}"
+                );
+            }
+            prop_assert_eq!(decode(&event).unwrap(), event);
+        }
+
+        #[test]
+        fn printable_values_without_percent_or_quote_read_as_written(
+            value in "[!#$&-~]([ !#$&-~\\p{L}]{0,30}[!#$&-~])?",
+        ) {
+            prop_assert_eq!(decode_header_value("ce-x", &value).unwrap(), value);
+        }
+
+        #[test]
+        fn encoding_is_decoded_whatever_the_case_of_the_hex(value in any::<String>()) {
+            let encoded = encode_header_value(&value);
+            // Only the hex digits after each `%`, lower-cased.
+            let mut lower = String::with_capacity(encoded.len());
+            let mut hex = 0;
+            for c in encoded.chars() {
+                if hex > 0 {
+                    lower.push(c.to_ascii_lowercase());
+                    hex -= 1;
+                } else {
+                    hex = if c == '%' { 2 } else { 0 };
+                    lower.push(c);
+                }
+            }
+            prop_assert_eq!(decode_header_value("ce-x", &lower).unwrap(), value);
         }
     }
 }
