@@ -10,11 +10,11 @@
 //!   headers mixed in; so does its dead letter, when that validates;
 //! - a payload over the limit is refused as such, unless the attributes are missing or too
 //!   many;
-//! - the decoded event, delivered to a bus listener through a transport, is rejected without
-//!   being decoded when its content type is not JSON (by the rules of `Codec::accepts`, written
-//!   again here), and otherwise acknowledged with the value `serde_json` decodes, or rejected
-//!   when that decode fails; the listener sees the event's own id when the message carries one
-//!   in the bus's form.
+//! - the decoded event, delivered to a bus listener through a transport, is rejected when its
+//!   `time` is not RFC 3339, or without being decoded when its content type is not JSON (by
+//!   the rules of `Codec::accepts`, written again here), and otherwise acknowledged with the
+//!   value `serde_json` decodes, or rejected when that decode fails; the listener sees the
+//!   event's id as it came.
 
 #![no_main]
 
@@ -31,6 +31,8 @@ use bus_core::{
     event::{current_event_id, validate_name},
 };
 use bytes::Bytes;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 use libfuzzer_sys::fuzz_target;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -172,7 +174,13 @@ fn check_delivery(event: WireEvent) {
 
     let json = reference_is_json(event.datacontenttype.as_deref());
     let content_type = event.datacontenttype.clone();
-    let wire_id = reference_event_id(&event.id);
+    let wire_id = event.id.clone();
+    // CloudEvents times are RFC 3339, with any offset; any other is dead-lettered.
+    let bad_time = event
+        .time
+        .as_deref()
+        .filter(|time| OffsetDateTime::parse(time, &Rfc3339).is_err())
+        .map(str::to_owned);
     let (settled, settlement) = oneshot::channel();
     harness
         .deliveries
@@ -189,6 +197,16 @@ fn check_delivery(event: WireEvent) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
+    if let Some(time) = bad_time {
+        match &settlement {
+            Settlement::Reject(reason) => {
+                assert!(reason.contains("RFC 3339"), "{reason} (time {time:?})");
+            }
+            other => panic!("{other:?} for a time that is not RFC 3339: {time:?}"),
+        }
+        assert!(received.is_none(), "the listener ran on {received:?}");
+        return;
+    }
     if !json {
         let content_type = content_type.unwrap_or_default();
         match &settlement {
@@ -210,13 +228,11 @@ fn check_delivery(event: WireEvent) {
             let (got, id) = received.expect("the listener ran");
             assert_eq!(got, order);
             let id = id.expect("the listener sees its event's id");
-            if let Some(wire_id) = wire_id {
-                assert_eq!(
-                    id.as_u128(),
-                    wire_id,
-                    "the event's id as the listener sees it"
-                );
-            }
+            assert_eq!(
+                id.to_string(),
+                wire_id,
+                "the event's id as the listener sees it: as it came"
+            );
         }
         Err(error) => {
             match &settlement {
@@ -258,24 +274,6 @@ fn reference_is_json(content_type: Option<&str>) -> bool {
                 .is_some_and(|base| !base.is_empty()))
 }
 
-/// An id in the one form the bus writes and reads back (`EventId`'s Display), as a number.
-fn reference_event_id(text: &str) -> Option<u128> {
-    // Only the spelling `EventId`'s Display writes: lowercase hex in 8-4-4-4-12 groups.
-    let groups: Vec<&str> = text.split('-').collect();
-    let lengths: Vec<usize> = groups.iter().map(|group| group.len()).collect();
-    if lengths != [8, 4, 4, 4, 12]
-        || !groups.iter().all(|group| {
-            group
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        })
-    {
-        return None;
-    }
-    let hex = groups.concat();
-    u128::from_str_radix(&hex, 16).ok().filter(|&id| id != 0)
-}
-
 /// What the listener last received: the order and the id of the event it handled.
 static RECEIVED: Mutex<Option<(Order, Option<EventId>)>> = Mutex::new(None);
 
@@ -299,7 +297,7 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
             .transport(FuzzTransport {
                 subscription: Mutex::new(Some(subscription)),
             })
-            .codec::<Order>()
+            .distributed::<Order>()
             .build();
         bus.add_listener(">", |order: Arc<Order>| async move {
             let seen = ((*order).clone(), current_event_id());
