@@ -109,16 +109,32 @@ impl Drop for Cleanup {
     }
 }
 
+/// Deletes the events' stream and the dead letters' one (`<stream>_DEAD_LETTERS`), which a
+/// transport makes beside it to keep its dead letters apart.
 async fn delete_stream(stream: &str) -> Result<(), String> {
+    use async_nats::jetstream::{ErrorCode, context::DeleteStreamErrorKind};
     use bus::nats::async_nats;
     let client = async_nats::connect(NATS_URL)
         .await
         .map_err(|error| error.to_string())?;
-    async_nats::jetstream::new(client)
+    let jetstream = async_nats::jetstream::new(client);
+    jetstream
         .delete_stream(stream)
         .await
         .map_err(|error| error.to_string())?;
-    Ok(())
+    match jetstream
+        .delete_stream(format!("{stream}_DEAD_LETTERS"))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(error)
+            if matches!(error.kind(), DeleteStreamErrorKind::JetStream(ref error)
+                if error.error_code() == ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 /// `SCAN MATCH glob` and `UNLINK` until the scan ends.
