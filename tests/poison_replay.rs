@@ -276,8 +276,12 @@ async fn nats_poison_is_dead_lettered_then_replayed() {
         return;
     };
     let jetstream = nats.jetstream().clone();
+    let letters = nats.dead_letter_stream_name().map(str::to_owned);
     poison_is_dead_lettered_then_replayed(Arc::new(nats), "nats").await;
     let _ = jetstream.delete_stream(&stream).await;
+    if let Some(letters) = letters {
+        let _ = jetstream.delete_stream(&letters).await;
+    }
 }
 
 #[cfg(feature = "redis")]

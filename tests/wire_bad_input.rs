@@ -233,10 +233,15 @@ async fn nats_bad_messages_are_dead_lettered_with_reasons() {
     };
     // Read raw from the stream: the letter of the message with a hundred headers keeps them,
     // so no transport would hand it out again.
+    // Dead letters have a stream of their own.
+    let letters_stream = nats
+        .dead_letter_stream_name()
+        .expect("a new deployment keeps dead letters apart")
+        .to_owned();
     let letters = |count: usize| {
-        let (jetstream, stream_name) = (jetstream.clone(), stream_name.clone());
+        let (jetstream, letters_stream) = (jetstream.clone(), letters_stream.clone());
         async move {
-            let stream = jetstream.get_stream(&stream_name).await.unwrap();
+            let stream = jetstream.get_stream(&letters_stream).await.unwrap();
             let deadline = tokio::time::Instant::now() + PATIENCE;
             let (mut letters, mut next) = (BTreeMap::new(), 1);
             while letters.len() < count {
@@ -277,6 +282,7 @@ async fn nats_bad_messages_are_dead_lettered_with_reasons() {
     };
     bad_input_is_dead_lettered("nats", Arc::new(nats.clone()), write, letters).await;
     let _ = jetstream.delete_stream(&stream_name).await;
+    let _ = jetstream.delete_stream(&letters_stream).await;
     assert_eq!(
         nats.dead_lettered(),
         bad_messages().len() as u64,
@@ -336,7 +342,17 @@ async fn redis_bad_messages_written_by_redis_cli_are_dead_lettered_with_reasons(
                             .find(|(field, _)| field == name)
                             .map_or_else(String::new, |(_, value)| value.clone())
                     };
-                    (field("ce-id"), field(&format!("ce-{DEAD_LETTER_REASON}")))
+                    // Percent-encoded, as on NATS: the same value rules.
+                    let decoded = |name: &str| {
+                        percent_encoding::percent_decode_str(&field(name))
+                            .decode_utf8()
+                            .expect("UTF-8")
+                            .into_owned()
+                    };
+                    (
+                        decoded("ce-id"),
+                        decoded(&format!("ce-{DEAD_LETTER_REASON}")),
+                    )
                 })
                 .collect();
             if letters.len() >= count {

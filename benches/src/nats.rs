@@ -206,6 +206,10 @@ pub fn run(
             }
         };
         let deleted = admin_js.delete_stream(&stream_name).await;
+        // The transport's dead letters' stream, if it made one (a run's own prefix).
+        let _ = admin_js
+            .delete_stream(format!("{stream_name}_DEAD_LETTERS"))
+            .await;
         let _ = admin.flush().await;
         let measure = outcome?;
         deleted.map_err(|e| format!("deleting stream {stream_name}: {e}"))?;

@@ -227,11 +227,10 @@ async fn the_dead_letter_of_a_message_that_does_not_decode_keeps_every_header() 
     );
     delivery.ack().await.unwrap();
 
-    let stream = nats
-        .jetstream()
-        .get_stream(nats.stream_name())
-        .await
-        .unwrap();
+    let letters = nats
+        .dead_letter_stream_name()
+        .expect("a new stream keeps dead letters apart");
+    let stream = nats.jetstream().get_stream(letters).await.unwrap();
     for (name, headers, id, says) in &messages {
         let subject = nats.subject(&format!("dead-letter.{name}"));
         let letter = common::within(&format!("the dead letter of {name}"), async {

@@ -545,7 +545,9 @@ mod tests {
         assert_eq!(value(b"ce-id"), [b"o-1.dead.grp"]);
         assert_eq!(value(b"ce-source"), [b"other-team"]);
         assert_eq!(value(b"ce-type"), [b"dead-letter.a.b"]);
-        assert_eq!(value(b"ce-deadletterreason"), [reason.as_bytes()]);
+        // Percent-encoded, as every value the bus writes.
+        let encoded = bus_core::transport::encode_header_value(&reason);
+        assert_eq!(value(b"ce-deadletterreason"), [encoded.as_bytes()]);
         assert_eq!(value(b"ce-deadletterof"), [b"o-1"]);
         assert_eq!(value(b"ce-deadlettergroup"), [b"grp"]);
         assert_eq!(value(b"ce-deadletterattempts"), [b"2"]);

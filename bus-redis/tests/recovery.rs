@@ -257,7 +257,13 @@ async fn the_dead_letter_of_an_entry_that_does_not_decode_keeps_every_field() {
         assert_eq!(value(&format!("ce-{DEAD_LETTER_OF}")), [id.as_str()]);
         assert_eq!(value(&format!("ce-{DEAD_LETTER_GROUP}")), [group.as_str()]);
         assert_eq!(value(&format!("ce-{DEAD_LETTER_ATTEMPTS}")), ["1"]);
-        let reason = value(&format!("ce-{DEAD_LETTER_REASON}"));
+        // Percent-encoded, as every value the bus writes.
+        let reason: Vec<String> = value(&format!("ce-{DEAD_LETTER_REASON}"))
+            .into_iter()
+            .map(|reason| {
+                bus_core::transport::decode_header_value(DEAD_LETTER_REASON, reason).unwrap()
+            })
+            .collect();
         assert!(
             reason.len() == 1 && reason[0].contains(says),
             "the reason of {id} does not say {says:?}: {reason:?}"
