@@ -88,7 +88,10 @@ fn implementation(input: &DeriveInput, args: &EventArgs) -> TokenStream {
         .distributed
         .filter(|_| input.generics.params.is_empty())
         .map(|flag| {
-            let codec = quote_spanned!(flag=> #bus::__private::distributed_codec::<#ident>);
+            // The type named at the flag, so that a type that is not serde is reported there.
+            let mut ty = ident.clone();
+            ty.set_span(flag);
+            let codec = quote_spanned!(flag=> #bus::__private::distributed_codec::<#ty>);
             quote! {
                 #[doc(hidden)]
                 const _: () = {
