@@ -1,6 +1,7 @@
 //! Typed events: a type bound to its name with `#[derive(bus::Event)]`, published with
-//! `bus::emit_event` and listened to with no name given; every event's envelope (id, emit time,
-//! causation) followed through a chain; and an `AnyEvent` audit listener on a pattern.
+//! `bus::emit_event` and listened to with no name given; every event's envelope (id, source, emit
+//! time, causation) followed through a chain, taken by a listener as its second argument; and an
+//! `AnyEvent` audit listener on a pattern.
 //!
 //! ```text
 //! cargo run --example typed_events
@@ -32,10 +33,18 @@ async fn send_welcome(user: &UserCreated) {
     });
 }
 
-/// `mail.sent`, from the type again.
+/// `mail.sent`, from the type again; the envelope, as the optional second argument.
 #[bus::listener]
-async fn log_mail(mail: &MailSent) {
-    println!("  log_mail: mail sent to {}", mail.to);
+async fn log_mail(mail: &MailSent, envelope: &bus::Envelope) {
+    let cause = envelope
+        .causation()
+        .map_or_else(|| "-".to_owned(), |id| id.to_string());
+    println!(
+        "  log_mail: mail sent to {} (event {} from `{}`, caused by {cause})",
+        mail.to,
+        envelope.id(),
+        envelope.source()
+    );
 }
 
 /// Everything under `user.` and `mail.`, whatever its type: an audit trail with envelopes.

@@ -1,5 +1,6 @@
-//! A bus with a transport: emits of serde types are published to the broker, and every
-//! listener of a serde type receives its events from the broker, through a subscription of its
+//! A bus with a transport: emits of the types that travel (marked `distributed`, or named by
+//! the builder) are published to the broker, and every listener of such a type receives its
+//! events from the broker, through a subscription of its
 //! own (one durable consumer group per listener and service).
 //!
 //! Everything here is reached only through `Shared::remote`, which is `None` on a bus without
