@@ -4,13 +4,14 @@
 //! ([`validate_name`], [`validate_pattern`]).
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 pub use crate::id::EventId;
+use crate::id::{IdRef, MadeId};
 pub use crate::name::{validate_name, validate_pattern};
 
 /// An event as the bus passes it around: shared, with its type erased. Each listener gets its
@@ -195,8 +196,20 @@ impl Envelope {
     }
 }
 
+/// The event being handled on a thread, as its thread-local holds it: an id a bus made is
+/// held whole (two words, `Copy`: entering and leaving a delivery copies it, as every inline
+/// delivery does); for a received one, its text is in [`CURRENT_TEXT`].
+#[derive(Clone, Copy)]
+enum Current {
+    None,
+    Made(MadeId),
+    Received,
+}
+
 thread_local! {
-    static CURRENT: Cell<Option<EventId>> = const { Cell::new(None) };
+    static CURRENT: Cell<Current> = const { Cell::new(Current::None) };
+    /// The text of the current event's id when it was received; stale otherwise.
+    static CURRENT_TEXT: RefCell<Option<Arc<str>>> = const { RefCell::new(None) };
 }
 
 /// The id of the event whose delivery is running on this thread right now, if any.
@@ -205,27 +218,47 @@ thread_local! {
 /// calls, on its own task) sees the event it handles. Code in a task that the listener spawns
 /// itself is outside it; pass the id along there. Events emitted while it is set record it as
 /// their [causation](Envelope::causation).
+#[inline]
 pub fn current_event_id() -> Option<EventId> {
-    CURRENT.with(|current| {
-        let id = current.take();
-        current.set(id.clone());
-        id
-    })
+    match CURRENT.get() {
+        Current::None => None,
+        Current::Made(made) => Some(EventId::made(made)),
+        Current::Received => CURRENT_TEXT.with_borrow(|text| text.clone().map(EventId::received)),
+    }
 }
 
 /// Marks `id` as the event being handled on this thread while alive; restores the previous
 /// one when dropped (deliveries nest when a listener emits inline).
-pub(crate) struct Handling(Option<EventId>);
+pub(crate) struct Handling {
+    previous: Current,
+    /// The previous text, when entering replaced it: only a received id does.
+    previous_text: Option<Option<Arc<str>>>,
+}
 
 impl Handling {
+    #[inline]
     pub(crate) fn enter(id: &EventId) -> Handling {
-        Handling(CURRENT.with(|current| current.replace(Some(id.clone()))))
+        let (current, previous_text) = match id.as_parts() {
+            IdRef::Made(made) => (Current::Made(made), None),
+            IdRef::Received(text) => (
+                Current::Received,
+                Some(CURRENT_TEXT.replace(Some(Arc::clone(text)))),
+            ),
+        };
+        Handling {
+            previous: CURRENT.replace(current),
+            previous_text,
+        }
     }
 }
 
 impl Drop for Handling {
+    #[inline]
     fn drop(&mut self) {
-        CURRENT.with(|current| current.set(self.0.take()));
+        CURRENT.set(self.previous);
+        if let Some(text) = self.previous_text.take() {
+            CURRENT_TEXT.set(text);
+        }
     }
 }
 
@@ -349,6 +382,33 @@ mod tests {
             assert_eq!(current_event_id(), Some(a));
         }
         assert_eq!(current_event_id(), None);
+    }
+
+    /// Received ids keep their text in a second thread-local: every nesting of made and
+    /// received ids restores the right one.
+    #[test]
+    fn handling_nests_made_and_received_ids_in_any_order() {
+        let (r1, m, r2) = (
+            EventId::from_wire("r-1"),
+            EventId::next(),
+            EventId::from_wire("r-2"),
+        );
+        let _first = Handling::enter(&r1);
+        {
+            let _made = Handling::enter(&m);
+            assert_eq!(current_event_id(), Some(m.clone()));
+            {
+                let _second = Handling::enter(&r2);
+                assert_eq!(current_event_id(), Some(r2.clone()));
+            }
+            assert_eq!(current_event_id(), Some(m));
+        }
+        assert_eq!(current_event_id(), Some(r1.clone()));
+        {
+            let _second = Handling::enter(&r2);
+            assert_eq!(current_event_id(), Some(r2));
+        }
+        assert_eq!(current_event_id(), Some(r1));
     }
 
     #[test]

@@ -88,10 +88,25 @@ pub struct EventId(Repr);
 
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Repr {
-    /// Made by [`EventId::next`], or read back from its canonical spelling: `prefix` is never 0.
-    Made { prefix: NonZeroU64, counter: u64 },
+    /// Made by [`EventId::next`], or read back from its canonical spelling.
+    Made(MadeId),
     /// Any other id read from the wire, as it came.
     Received(Arc<str>),
+}
+
+/// An id a bus made: two words, `Copy`, so that the thread-local of the event being handled
+/// ([`current_event_id`](crate::event::current_event_id)) holds it without a clone to pay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct MadeId {
+    /// A random prefix, never 0.
+    prefix: NonZeroU64,
+    counter: u64,
+}
+
+/// What an [`EventId`] is, borrowed.
+pub(crate) enum IdRef<'a> {
+    Made(MadeId),
+    Received(&'a Arc<str>),
 }
 
 impl EventId {
@@ -99,11 +114,32 @@ impl EventId {
     /// for an id another producer chose.
     pub fn as_u128(&self) -> Option<u128> {
         match &self.0 {
-            Repr::Made { prefix, counter } => {
+            Repr::Made(MadeId { prefix, counter }) => {
                 Some((u128::from(prefix.get()) << 64) | u128::from(*counter))
             }
             Repr::Received(_) => None,
         }
+    }
+
+    /// What the id is, borrowed.
+    #[inline]
+    pub(crate) fn as_parts(&self) -> IdRef<'_> {
+        match &self.0 {
+            Repr::Made(made) => IdRef::Made(*made),
+            Repr::Received(text) => IdRef::Received(text),
+        }
+    }
+
+    /// The id a bus made, `made`.
+    #[inline]
+    pub(crate) fn made(made: MadeId) -> EventId {
+        EventId(Repr::Made(made))
+    }
+
+    /// A received id whose text is `text`, as it came.
+    #[inline]
+    pub(crate) fn received(text: Arc<str>) -> EventId {
+        EventId(Repr::Received(text))
     }
 
     /// A fresh id. Each thread takes a block of counter values at a time, so making an id is
@@ -125,10 +161,10 @@ impl EventId {
             range.set((next + 1, end));
             next
         });
-        EventId(Repr::Made {
+        EventId(Repr::Made(MadeId {
             prefix: *PREFIX,
             counter,
-        })
+        }))
     }
 
     /// The id of an event read from the wire: `text` as it came. The canonical spelling of an
@@ -155,17 +191,17 @@ impl EventId {
         // Truncation intended: the high and the low half.
         #[expect(clippy::cast_possible_truncation, reason = "splitting into halves")]
         let (prefix, counter) = ((raw >> 64) as u64, raw as u64);
-        Some(EventId(Repr::Made {
+        Some(EventId(Repr::Made(MadeId {
             prefix: NonZeroU64::new(prefix)?,
             counter,
-        }))
+        })))
     }
 }
 
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Repr::Made { prefix, counter } => {
+            Repr::Made(MadeId { prefix, counter }) => {
                 let hex = format!("{:016x}{counter:016x}", prefix.get());
                 write!(
                     f,

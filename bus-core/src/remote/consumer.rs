@@ -2,10 +2,9 @@
 //! on each delivery through the engine's attempt ([`attempt::run`]: the same layers, panic
 //! isolation, timeout and dead-letter hook as an in-process delivery), and settles it: ack
 //! after `Ok`, nack with the listener's backoff after an error, a panic or a timeout (the
-//! broker dead-letters the last), reject when the payload's content type is not the codec's or
-//! the payload does not decode. A delivery cut
-//! short by shutdown is never acked: it is released (handed back), so the broker delivers it
-//! again.
+//! broker dead-letters the last), reject when the event's time is not RFC 3339, its content
+//! type is not the codec's or its payload does not decode. A delivery cut short by shutdown is
+//! never acked: it is released (handed back), so the broker delivers it again.
 
 use std::future::Future;
 use std::pin::Pin;
