@@ -13,7 +13,8 @@
 //!    (then acked, untimed), [`Counts::samples`] samples after [`Counts::warmup`].
 //!
 //! Both sides publish the same CloudEvents binary-mode headers (from
-//! [`WireEvent::headers`]) and `Nats-Msg-Id`, on a stream of the same configuration, and
+//! [`WireEvent::headers`]) and a `Nats-Msg-Id` (the transport's is `<source>:<id>`, the raw
+//! loop's the id alone: a few bytes less), on a stream of the same configuration, and
 //! consume through a pull consumer of the same configuration with the same batch size. What
 //! the raw loop does not do is what the transport adds: checking and re-decoding the event
 //! before publishing, decoding every message received into a [`WireEvent`], and boxing.
@@ -456,7 +457,8 @@ impl Side {
             Client::Raw => {
                 let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
                 let js = jetstream::new(client);
-                // The configuration `NatsTransport` gives its stream.
+                // The configuration `NatsTransport` gives its stream, but its retention limit
+                // (`MaxAge(7 days)` by default), which no run comes near.
                 let stream = js
                     .get_or_create_stream(stream::Config {
                         name: stream_name.to_owned(),
