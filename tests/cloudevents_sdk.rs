@@ -21,13 +21,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bus::transport::{
     DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_REASON, SubscribeOptions,
-    Transport, dead_letter_name,
+    dead_letter_name,
 };
 use bus::{Envelope, EventBus};
 use bus_conformance::checks::next;
@@ -38,7 +38,7 @@ use cloudevents::message::{
     Result as SdkResult,
 };
 use cloudevents::{AttributesReader, Event as CloudEvent, EventBuilder, EventBuilderV10};
-use common::brokers::{self, Cleanup, stream_name, unique_prefix};
+use common::brokers::{self, Raw as Broker};
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -257,140 +257,6 @@ fn uri_reference_characters(text: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // The brokers, reached behind the bus's back with their own clients.
 
-/// A transport, and what a test writes and reads behind its back with the broker's client.
-enum Broker {
-    Nats(bus::nats::NatsTransport),
-    Redis(bus::redis::RedisTransport),
-}
-
-impl Broker {
-    /// The broker `which`, on a prefix of `test`'s own (deleted when the guard drops), or
-    /// `None` when it is down (locally only).
-    async fn connect(test: &str, which: brokers::Broker) -> Option<(Broker, Cleanup)> {
-        let prefix = unique_prefix(test, which);
-        let broker = match which {
-            brokers::Broker::Nats => Broker::Nats(common::reachable(
-                test,
-                bus::nats::NatsTransport::builder(which.url())
-                    .subject_prefix(prefix.clone())
-                    .stream_name(stream_name(&prefix))
-                    .connect()
-                    .await,
-            )?),
-            brokers::Broker::Redis => Broker::Redis(common::reachable(
-                test,
-                bus::redis::RedisTransport::builder(which.url())
-                    .key_prefix(prefix.clone())
-                    .connect()
-                    .await,
-            )?),
-        };
-        let cleanup = Cleanup {
-            broker: which,
-            prefix,
-        };
-        Some((broker, cleanup))
-    }
-
-    fn transport(&self) -> Arc<dyn Transport> {
-        match self {
-            Broker::Nats(nats) => Arc::new(nats.clone()),
-            Broker::Redis(redis) => Arc::new(redis.clone()),
-        }
-    }
-
-    /// Writes `message` as event `name`: a JetStream message with its headers, or a stream
-    /// entry with its fields and `data`.
-    async fn write(&self, name: &str, message: &RawMessage) {
-        match self {
-            Broker::Nats(nats) => {
-                let mut headers = bus::nats::async_nats::HeaderMap::new();
-                for (header, value) in &message.headers {
-                    headers.insert(header.as_str(), value.as_str());
-                }
-                nats.jetstream()
-                    .publish_with_headers(nats.subject(name), headers, message.body.clone().into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-            }
-            Broker::Redis(redis) => {
-                use bus::redis::redis as client;
-                let mut command = client::cmd("XADD");
-                command.arg(redis.stream_key(name)).arg("*");
-                for (field, value) in &message.headers {
-                    command.arg(field).arg(value);
-                }
-                command.arg("data").arg(&message.body);
-                let _: String = command.query_async(&mut redis.connection()).await.unwrap();
-            }
-        }
-    }
-
-    /// Every stored message of event `name`, in order, as the broker holds it.
-    async fn read(&self, name: &str) -> Vec<RawMessage> {
-        match self {
-            Broker::Nats(nats) => {
-                // Dead letters have a stream of their own.
-                let stream = match nats.dead_letter_stream_name() {
-                    Some(dead_letters) if name.starts_with("dead-letter.") => dead_letters,
-                    _ => nats.stream_name(),
-                };
-                let stream = nats.jetstream().get_stream(stream).await.unwrap();
-                let last = stream.get_info().await.unwrap().state.last_sequence;
-                let mut messages = Vec::new();
-                for sequence in 1..=last {
-                    let message = stream.get_raw_message(sequence).await.unwrap();
-                    if message.subject.as_str() != nats.subject(name) {
-                        continue;
-                    }
-                    let headers = message
-                        .headers
-                        .iter()
-                        .flat_map(|(header, values)| {
-                            values.iter().map(move |value| {
-                                (
-                                    AsRef::<str>::as_ref(header).to_owned(),
-                                    value.as_str().to_owned(),
-                                )
-                            })
-                        })
-                        .collect();
-                    messages.push(RawMessage {
-                        headers,
-                        body: message.payload.to_vec(),
-                    });
-                }
-                messages
-            }
-            Broker::Redis(redis) => {
-                use bus::redis::redis as client;
-                let entries: Vec<(String, HashMap<String, Vec<u8>>)> = client::cmd("XRANGE")
-                    .arg(redis.stream_key(name))
-                    .arg("-")
-                    .arg("+")
-                    .query_async(&mut redis.connection())
-                    .await
-                    .unwrap();
-                entries
-                    .into_iter()
-                    .map(|(_, mut fields)| {
-                        let body = fields.remove("data").unwrap_or_default();
-                        let headers = fields
-                            .into_iter()
-                            .map(|(field, value)| {
-                                (field, String::from_utf8(value).expect("a UTF-8 field"))
-                            })
-                            .collect();
-                        RawMessage { headers, body }
-                    })
-                    .collect()
-            }
-        }
-    }
-}
-
 async fn received<T>(what: &str, receiver: &mut mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(PATIENCE, receiver.recv())
         .await
@@ -400,7 +266,13 @@ async fn received<T>(what: &str, receiver: &mut mpsc::UnboundedReceiver<T>) -> T
 
 /// The one stored message of event `name`.
 async fn only_message(label: &str, broker: &Broker, name: &str) -> RawMessage {
-    let mut stored = broker.read(name).await;
+    let mut stored: Vec<RawMessage> = (broker.read(name).await)
+        .into_iter()
+        .map(|stored| RawMessage {
+            headers: stored.headers,
+            body: stored.payload,
+        })
+        .collect();
     assert_eq!(stored.len(), 1, "{label}: {name}: {stored:#?}");
     stored.remove(0)
 }
@@ -564,7 +436,9 @@ async fn bus_reads_what_the_sdk_builds(label: &str, broker: &Broker) {
                 "{label}"
             ),
         }
-        broker.write("sdk.orders", &message).await;
+        broker
+            .write("sdk.orders", &message.headers, &message.body)
+            .await;
 
         let (got, envelope) = received("the SDK's order", &mut orders).await;
         assert_eq!(got, order, "{label}: the payload");
@@ -633,7 +507,9 @@ async fn sdk_reads_a_dead_letter(label: &str, broker: &Broker) {
         .clone()
         .deserialize_binary(BindingWriter::new(Style::Binding { offset: plus_two }))
         .unwrap();
-    broker.write("sdk.orders", &message).await;
+    broker
+        .write("sdk.orders", &message.headers, &message.body)
+        .await;
     let delivery = next(&mut watcher, "the dead letter").await;
     let bus_reason = delivery.event().extensions[DEAD_LETTER_REASON].clone();
     delivery.ack().await.unwrap();

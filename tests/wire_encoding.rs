@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,9 +52,7 @@ fn get<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
 enum Broker {
     Memory(MemoryTransport),
     #[cfg(all(feature = "nats", feature = "redis"))]
-    Nats(bus::nats::NatsTransport),
-    #[cfg(all(feature = "nats", feature = "redis"))]
-    Redis(bus::redis::RedisTransport),
+    Raw(common::brokers::Raw),
 }
 
 impl Broker {
@@ -62,9 +60,7 @@ impl Broker {
         match self {
             Broker::Memory(memory) => Arc::new(memory.clone()),
             #[cfg(all(feature = "nats", feature = "redis"))]
-            Broker::Nats(nats) => Arc::new(nats.clone()),
-            #[cfg(all(feature = "nats", feature = "redis"))]
-            Broker::Redis(redis) => Arc::new(redis.clone()),
+            Broker::Raw(raw) => raw.transport(),
         }
     }
 
@@ -83,29 +79,7 @@ impl Broker {
                 memory.publish(event).await.unwrap();
             }
             #[cfg(all(feature = "nats", feature = "redis"))]
-            Broker::Nats(nats) => {
-                let mut map = bus::nats::async_nats::HeaderMap::new();
-                for (header, value) in headers {
-                    map.insert(header.as_str(), value.as_str());
-                }
-                nats.jetstream()
-                    .publish_with_headers(nats.subject(name), map, payload.to_vec().into())
-                    .await
-                    .unwrap()
-                    .await
-                    .unwrap();
-            }
-            #[cfg(all(feature = "nats", feature = "redis"))]
-            Broker::Redis(redis) => {
-                use bus::redis::redis as client;
-                let mut command = client::cmd("XADD");
-                command.arg(redis.stream_key(name)).arg("*");
-                for (field, value) in headers {
-                    command.arg(field).arg(value);
-                }
-                command.arg("data").arg(payload);
-                let _: String = command.query_async(&mut redis.connection()).await.unwrap();
-            }
+            Broker::Raw(raw) => raw.write(name, headers, payload).await,
         }
     }
 
@@ -115,60 +89,13 @@ impl Broker {
         match self {
             Broker::Memory(_) => None,
             #[cfg(all(feature = "nats", feature = "redis"))]
-            Broker::Nats(nats) => {
-                // Dead letters have a stream of their own.
-                let stream_name = match nats.dead_letter_stream_name() {
-                    Some(letters) if name.starts_with("dead-letter.") => letters,
-                    _ => nats.stream_name(),
-                };
-                let stream = nats.jetstream().get_stream(stream_name).await.unwrap();
-                let last = stream.get_info().await.unwrap().state.last_sequence;
-                let mut messages = Vec::new();
-                for sequence in 1..=last {
-                    let message = stream.get_raw_message(sequence).await.unwrap();
-                    if message.subject.as_str() != nats.subject(name) {
-                        continue;
-                    }
-                    let headers = message
-                        .headers
-                        .iter()
-                        .flat_map(|(header, values)| {
-                            values.iter().map(move |value| {
-                                (
-                                    AsRef::<str>::as_ref(header).to_owned(),
-                                    value.as_str().to_owned(),
-                                )
-                            })
-                        })
-                        .collect();
-                    messages.push(headers);
-                }
-                Some(messages)
-            }
-            #[cfg(all(feature = "nats", feature = "redis"))]
-            Broker::Redis(redis) => {
-                use bus::redis::redis as client;
-                let entries: Vec<(String, HashMap<String, Vec<u8>>)> = client::cmd("XRANGE")
-                    .arg(redis.stream_key(name))
-                    .arg("-")
-                    .arg("+")
-                    .query_async(&mut redis.connection())
+            Broker::Raw(raw) => Some(
+                raw.read(name)
                     .await
-                    .unwrap();
-                let fields = entries
                     .into_iter()
-                    .map(|(_, fields)| {
-                        fields
-                            .into_iter()
-                            .filter(|(field, _)| field != "data")
-                            .map(|(field, value)| {
-                                (field, String::from_utf8(value).expect("a UTF-8 field"))
-                            })
-                            .collect()
-                    })
-                    .collect();
-                Some(fields)
-            }
+                    .map(|stored| stored.headers)
+                    .collect(),
+            ),
         }
     }
 }
@@ -176,34 +103,13 @@ impl Broker {
 #[cfg(all(feature = "nats", feature = "redis"))]
 mod brokers {
     use super::*;
-    use crate::common::brokers::{self, Cleanup, stream_name, unique_prefix};
+    use crate::common::brokers::{self, Cleanup, Raw};
 
     /// The broker `which`, on a prefix of `test`'s own (deleted when the guard drops), or
     /// `None` when it is down (locally only).
     pub(super) async fn connect(test: &str, which: brokers::Broker) -> Option<(Broker, Cleanup)> {
-        let prefix = unique_prefix(test, which);
-        let broker = match which {
-            brokers::Broker::Nats => Broker::Nats(crate::common::reachable(
-                test,
-                bus::nats::NatsTransport::builder(which.url())
-                    .subject_prefix(prefix.clone())
-                    .stream_name(stream_name(&prefix))
-                    .connect()
-                    .await,
-            )?),
-            brokers::Broker::Redis => Broker::Redis(crate::common::reachable(
-                test,
-                bus::redis::RedisTransport::builder(which.url())
-                    .key_prefix(prefix.clone())
-                    .connect()
-                    .await,
-            )?),
-        };
-        let cleanup = Cleanup {
-            broker: which,
-            prefix,
-        };
-        Some((broker, cleanup))
+        let (raw, cleanup) = Raw::connect(test, which).await?;
+        Some((Broker::Raw(raw), cleanup))
     }
 }
 
@@ -253,7 +159,7 @@ async fn service_names_travel_percent_encoded(label: &str, broker: &Broker) {
         );
     }
     #[cfg(all(feature = "nats", feature = "redis"))]
-    if let Broker::Nats(_) = broker {
+    if let Broker::Raw(common::brokers::Raw::Nats(_)) = broker {
         // JetStream deduplicates on the source and the id, each encoded as in its header.
         let msg_id = get(headers, "ce-source").zip(get(headers, "ce-id"));
         assert_eq!(

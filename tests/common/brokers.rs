@@ -1,6 +1,7 @@
 //! The brokers of the multi-process tests (`crash_recovery`, `graceful_shutdown`): which one,
 //! its URL, a transport on a run's own prefix, and deleting what a run created.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +72,149 @@ pub fn unique_prefix(test: &str, broker: Broker) -> String {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.subsec_nanos());
     format!("{test}_{}_{}_{nanos:x}", broker.name(), std::process::id())
+}
+
+/// A NATS or Redis transport of a run, and what a test writes and reads behind its back with
+/// the broker's own client: messages as another client writes them, and messages as the
+/// broker holds them.
+pub enum Raw {
+    Nats(NatsTransport),
+    Redis(RedisTransport),
+}
+
+/// A message as the broker holds it: its headers (NATS) or its fields but `data` (Redis),
+/// values as stored, and its payload.
+pub struct Stored {
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+}
+
+impl Raw {
+    /// The broker `which`, on a prefix of `test`'s own (deleted when the guard drops), or
+    /// `None` when it is down (locally only).
+    pub async fn connect(test: &str, which: Broker) -> Option<(Raw, Cleanup)> {
+        let prefix = unique_prefix(test, which);
+        let raw = match which {
+            Broker::Nats => Raw::Nats(super::reachable(
+                test,
+                NatsTransport::builder(which.url())
+                    .subject_prefix(prefix.clone())
+                    .stream_name(stream_name(&prefix))
+                    .connect()
+                    .await,
+            )?),
+            Broker::Redis => Raw::Redis(super::reachable(
+                test,
+                RedisTransport::builder(which.url())
+                    .key_prefix(prefix.clone())
+                    .connect()
+                    .await,
+            )?),
+        };
+        let cleanup = Cleanup {
+            broker: which,
+            prefix,
+        };
+        Some((raw, cleanup))
+    }
+
+    pub fn transport(&self) -> Arc<dyn Transport> {
+        match self {
+            Raw::Nats(nats) => Arc::new(nats.clone()),
+            Raw::Redis(redis) => Arc::new(redis.clone()),
+        }
+    }
+
+    /// Writes a message of event `name` as another client would: a JetStream message with
+    /// `headers`, or a stream entry with the fields `headers` and `data` (values as they are),
+    /// and `payload`.
+    pub async fn write(&self, name: &str, headers: &[(String, String)], payload: &[u8]) {
+        match self {
+            Raw::Nats(nats) => {
+                let mut map = bus::nats::async_nats::HeaderMap::new();
+                for (header, value) in headers {
+                    map.insert(header.as_str(), value.as_str());
+                }
+                nats.jetstream()
+                    .publish_with_headers(nats.subject(name), map, payload.to_vec().into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+            Raw::Redis(redis) => {
+                let mut command = bus::redis::redis::cmd("XADD");
+                command.arg(redis.stream_key(name)).arg("*");
+                for (field, value) in headers {
+                    command.arg(field).arg(value);
+                }
+                command.arg("data").arg(payload);
+                let _: String = command.query_async(&mut redis.connection()).await.unwrap();
+            }
+        }
+    }
+
+    /// Every stored message of event `name`, in order, as the broker holds it (a dead letter
+    /// in the dead letters' stream on NATS).
+    pub async fn read(&self, name: &str) -> Vec<Stored> {
+        match self {
+            Raw::Nats(nats) => {
+                let stream = match nats.dead_letter_stream_name() {
+                    Some(dead_letters) if name.starts_with("dead-letter.") => dead_letters,
+                    _ => nats.stream_name(),
+                };
+                let stream = nats.jetstream().get_stream(stream).await.unwrap();
+                let last = stream.get_info().await.unwrap().state.last_sequence;
+                let mut messages = Vec::new();
+                for sequence in 1..=last {
+                    let message = stream.get_raw_message(sequence).await.unwrap();
+                    if message.subject.as_str() != nats.subject(name) {
+                        continue;
+                    }
+                    let headers = message
+                        .headers
+                        .iter()
+                        .flat_map(|(header, values)| {
+                            values.iter().map(move |value| {
+                                (
+                                    AsRef::<str>::as_ref(header).to_owned(),
+                                    value.as_str().to_owned(),
+                                )
+                            })
+                        })
+                        .collect();
+                    messages.push(Stored {
+                        headers,
+                        payload: message.payload.to_vec(),
+                    });
+                }
+                messages
+            }
+            Raw::Redis(redis) => {
+                let entries: Vec<(String, HashMap<String, Vec<u8>>)> =
+                    bus::redis::redis::cmd("XRANGE")
+                        .arg(redis.stream_key(name))
+                        .arg("-")
+                        .arg("+")
+                        .query_async(&mut redis.connection())
+                        .await
+                        .unwrap();
+                entries
+                    .into_iter()
+                    .map(|(_, mut fields)| {
+                        let payload = fields.remove("data").unwrap_or_default();
+                        let headers = fields
+                            .into_iter()
+                            .map(|(field, value)| {
+                                (field, String::from_utf8(value).expect("a UTF-8 field"))
+                            })
+                            .collect();
+                        Stored { headers, payload }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// Deletes what the run created on the broker, even when the test fails.
