@@ -16,8 +16,9 @@
 //! ```
 //!
 //! - [`emit`] never waits for a listener. Listeners run concurrently: each delivery is polled
-//!   once on the spot and continues as its own Tokio task if it has to wait (see [`Dispatch`]
-//!   for the exact rule and the plain task-per-delivery mode). The returned [`Emission`] can be
+//!   once on the spot and, if it has to wait, continues in its listener's lane, a queue that one
+//!   task drains, running its deliveries concurrently (see [`Dispatch`] for the exact rule and
+//!   the plain task-per-delivery mode). The returned [`Emission`] can be
 //!   dropped, or awaited for a [`DeliveryReport`].
 //! - A listener that panics or returns `Err` is caught, logged through `tracing` with the event
 //!   and the listener, and counted in the report. Nothing else is disturbed.

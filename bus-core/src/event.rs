@@ -215,7 +215,7 @@ thread_local! {
 /// The id of the event whose delivery is running on this thread right now, if any.
 ///
 /// Set by the bus around every poll of a listener's future, so a listener (and whatever it
-/// calls, on its own task) sees the event it handles. Code in a task that the listener spawns
+/// calls) sees the event it handles. Code in a task that the listener spawns
 /// itself is outside it; pass the id along there. Events emitted while it is set record it as
 /// their [causation](Envelope::causation).
 #[inline]

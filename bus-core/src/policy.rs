@@ -12,8 +12,10 @@ use std::time::Duration;
 /// [`policy`](crate::listener::ListenerBuilder::policy), or the options of
 /// `#[bus::listener(.., concurrency = 1, timeout = "5s", retry = 3, backoff = "100ms")]`.
 ///
-/// A listener with a policy other than the default is always run as a task of its own (it may
-/// have to wait for its turn, a timer or a retry), never polled on the emitter's thread.
+/// A listener with a policy other than the default is never polled on the emitter's thread (it
+/// may have to wait for its turn, a timer or a retry): its deliveries wait in its lane, as
+/// queue entries, and start there as its concurrency limit allows (see
+/// [`Dispatch`](crate::Dispatch)).
 ///
 /// ```
 /// use std::time::Duration;

@@ -492,6 +492,7 @@ impl EventBus {
             meta,
             layers,
             dead_letter: engine.dead_letter.as_ref(),
+            runtime: std::cell::OnceCell::new(),
         };
         let mismatched = deliver_all(&context, targets.iter(), event, reserved, outcomes);
         if !mismatched.is_empty() {

@@ -355,8 +355,8 @@ impl EventBus {
     ///
     /// Listeners run concurrently with each other and with the emitter; `emit` never waits on a
     /// listener's `.await`. In the default [`Dispatch::InlineFirst`] mode each delivery is
-    /// polled once before `emit` returns, and continues as its own Tokio task if it has to wait;
-    /// in [`Dispatch::Spawn`] mode every delivery is a task. Drop the returned [`Emission`] to
+    /// polled once before `emit` returns, and continues in its listener's lane if it has to
+    /// wait; in [`Dispatch::Spawn`] mode every delivery is a task. Drop the returned [`Emission`] to
     /// fire and forget, or `.await` it for a [`DeliveryReport`](crate::DeliveryReport).
     ///
     /// An event nobody listens to is dropped quietly (logged at `debug`). On a bus with a

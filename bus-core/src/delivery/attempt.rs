@@ -63,6 +63,10 @@ impl Outcome {
 
     /// The outcome as a report entry, naming the event and the listener.
     pub(crate) fn into_conclusion(self, event: &Arc<str>, entry: &Entry) -> Conclusion {
+        if let Outcome::Delivered = self {
+            // The common case names nothing: no reference counts to touch.
+            return Ok(());
+        }
         let info = &entry.info;
         let (event, listener, listener_id) = (Arc::clone(event), Arc::clone(&info.name), info.id());
         Err(match self {
@@ -378,7 +382,7 @@ pub(crate) fn conclude(
     started: Option<Instant>,
     outcome: Outcome,
 ) -> Conclusion {
-    if scope.entry.lane.is_none() {
+    if !scope.entry.has_policy() {
         scope.after(1, started, outcome.result(), false);
     }
     outcome.into_conclusion(scope.event, scope.entry)

@@ -3,14 +3,18 @@
 
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use tokio::task::JoinHandle;
 
 use super::entry::Entry;
 use crate::error::{DeliveryError, PublishError};
+use crate::event::Meta;
 use crate::id::EventId;
+use crate::layer::Layers;
 
 /// The outcome of every delivery of one emitted event.
 #[derive(Debug)]
@@ -75,11 +79,118 @@ impl DeliveryReport {
 /// How one delivery ended, as its report entry.
 pub(crate) type Conclusion = Result<(), DeliveryError>;
 
+/// What the deliveries of one emit that wait in their listeners' lanes share: the event's
+/// name and envelope, the layers, the emit's span, and where they conclude. Made once per
+/// emit, at its first delivery that goes to a lane, so that a queued delivery holds one
+/// pointer to all of it.
+pub(crate) struct Emitted {
+    pub(crate) name: Arc<str>,
+    pub(crate) meta: Meta,
+    pub(crate) layers: Layers,
+    /// The emit's span, the parent of each delivery's span, when it is recorded (boxed: a
+    /// span is five words, and this is one allocation per emit).
+    pub(crate) span: Option<Box<tracing::Span>>,
+    pub(crate) gathered: Gathered,
+}
+
+impl std::fmt::Debug for Emitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emitted")
+            .field("name", &self.name)
+            .field("gathered", &self.gathered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Emitted {
+    pub(crate) fn new(name: Arc<str>, meta: Meta, layers: Layers, span: tracing::Span) -> Self {
+        Emitted {
+            name,
+            meta,
+            layers,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+            gathered: Gathered::default(),
+        }
+    }
+}
+
+/// The conclusions of an emit's deliveries that ran in lanes, counted as they end, for the
+/// emission to wait for.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    /// Deliveries handed to lanes and not concluded yet (an emit has fewer deliveries than
+    /// its bus has listeners, which are far fewer than `u32::MAX`).
+    pending: AtomicU32,
+    delivered: AtomicU32,
+    /// Boxed when there is one: most emits have none, and this is one allocation per emit
+    /// (a box is one word, an empty `Vec` three).
+    #[allow(
+        clippy::box_collection,
+        reason = "the box keeps the shared state of every emit two words smaller"
+    )]
+    failures: Mutex<Option<Box<Vec<DeliveryError>>>>,
+    /// The emission awaiting them, if it is awaited.
+    waker: AtomicWaker,
+}
+
+impl Gathered {
+    /// Counts one more delivery to wait for; called before it is handed to its lane.
+    pub(crate) fn expect_one(&self) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how a delivery handed to a lane ended, and wakes the emission after the last.
+    pub(crate) fn record(&self, conclusion: Conclusion) {
+        match conclusion {
+            Ok(()) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => self
+                .failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_default()
+                .push(error),
+        }
+        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+
+    /// Ready once every delivery counted by [`expect_one`](Gathered::expect_one) is recorded.
+    fn poll_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // Checked again after registering: a last record in between woke no one.
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn take(&self) -> (usize, Vec<DeliveryError>) {
+        let failures = self
+            .failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|failures| *failures)
+            .unwrap_or_default();
+        let delivered = self.delivered.load(Ordering::Acquire);
+        (usize::try_from(delivered).unwrap_or(usize::MAX), failures)
+    }
+}
+
 /// Where the deliveries of one emit end up.
 ///
 /// Deliveries that finish while `emit` runs record straight into it (no allocation, no atomic).
-/// A delivery that continues in a task leaves its `JoinHandle` here: the task's output is its
-/// conclusion, kept by Tokio in the task itself, so an emission needs no shared state.
+/// A delivery that continues in its listener's lane concludes into the emit's [`Emitted`],
+/// shared by all of them; one that continues in a task of its own ([`Dispatch::Spawn`])
+/// leaves its `JoinHandle` here: the task's output is its conclusion.
+///
+/// [`Dispatch::Spawn`]: super::Dispatch::Spawn
 #[derive(Debug)]
 pub(crate) struct Outcomes {
     event: Arc<str>,
@@ -88,6 +199,8 @@ pub(crate) struct Outcomes {
     delivered: usize,
     failures: Vec<DeliveryError>,
     tasks: Vec<(JoinHandle<Conclusion>, Arc<Entry>)>,
+    /// What the deliveries in lanes share, once one went to a lane.
+    emitted: Option<Arc<Emitted>>,
     /// The publish to the broker, on a bus with a transport.
     publish: Option<Publish>,
 }
@@ -110,8 +223,14 @@ impl Outcomes {
             delivered: 0,
             failures: Vec::new(),
             tasks: Vec::new(),
+            emitted: None,
             publish: None,
         }
+    }
+
+    /// What the emit's deliveries in lanes share, made by `make` for the first of them.
+    pub(crate) fn emitted(&mut self, make: impl FnOnce() -> Emitted) -> &Arc<Emitted> {
+        self.emitted.get_or_insert_with(|| Arc::new(make()))
     }
 
     pub(crate) fn set_event_id(&mut self, id: EventId) {
@@ -167,6 +286,12 @@ impl Outcomes {
                 }),
             };
             self.record(conclusion);
+        }
+        if let Some(emitted) = self.emitted.take() {
+            std::future::poll_fn(|cx| emitted.gathered.poll_done(cx)).await;
+            let (delivered, failures) = emitted.gathered.take();
+            self.delivered += delivered;
+            self.failures.extend(failures);
         }
         let mut report = self.report();
         report.published = published;
@@ -265,8 +390,9 @@ impl IntoFuture for Emission {
     /// Dropping the future does not cancel the deliveries; they run to completion either way.
     fn into_future(self) -> EmissionFuture {
         let outcomes = self.outcomes;
-        let waits =
-            !outcomes.tasks.is_empty() || matches!(outcomes.publish, Some(Publish::Sent(_)));
+        let waits = !outcomes.tasks.is_empty()
+            || outcomes.emitted.is_some()
+            || matches!(outcomes.publish, Some(Publish::Sent(_)));
         let inner = if !waits {
             EmissionFutureInner::Ready(Some(outcomes.report()))
         } else {

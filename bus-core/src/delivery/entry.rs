@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::erased::Erased;
-use super::policy::Lane;
+use super::policy::Line;
 use crate::info::ListenerInfo;
 use crate::registry::Registered;
 
@@ -16,15 +16,16 @@ pub(crate) struct Entry {
     pub(crate) info: ListenerInfo,
     pub(crate) erased: Erased,
     /// `Some` when the listener has a policy other than the default: its deliveries then take
-    /// the policy path (always a task, with its lane, timeout and retries).
-    pub(crate) lane: Option<Lane>,
+    /// the policy path (never inline: with timeout and retries, in its lane or, in
+    /// [`Dispatch::Spawn`](crate::Dispatch) mode, a task each, in this line).
+    pub(crate) line: Option<Line>,
     /// `true` when its events come from the broker: an emit that publishes its event skips
     /// it, so it does not get the event twice.
     pub(crate) remote: bool,
     /// The `source` of the events emitted on its bus: the bus's service.
     pub(crate) source: Arc<str>,
     /// Set once a delivery of this listener did not complete in its first poll; from then on
-    /// its deliveries are spawned directly (see [`Dispatch`](crate::Dispatch)).
+    /// its deliveries go to its lane whole (see [`Dispatch`](crate::Dispatch)).
     suspends: AtomicBool,
 }
 
@@ -43,7 +44,7 @@ impl Entry {
         let policy = info.policy();
         Entry {
             remote: info.is_distributed(),
-            lane: (!policy.is_default()).then(|| Lane::new(&policy)),
+            line: (!policy.is_default()).then(|| Line::new(&policy)),
             info,
             erased,
             source,
@@ -61,11 +62,17 @@ impl Entry {
         self.suspends.store(true, Ordering::Relaxed);
     }
 
+    /// `true` when the listener has a policy other than the default.
+    #[inline]
+    pub(crate) fn has_policy(&self) -> bool {
+        self.line.is_some()
+    }
+
     /// `true` when the listener can see its event's envelope beyond the id: it takes
     /// the envelope or `AnyEvent`, or it has a policy (whose dead letters carry the envelope).
     #[inline]
     pub(crate) fn observes_envelope(&self) -> bool {
-        self.lane.is_some() || self.erased.takes_any() || self.erased.takes_envelope
+        self.has_policy() || self.erased.takes_any() || self.erased.takes_envelope
     }
 }
 

@@ -6,12 +6,13 @@
 //! ([`Dispatcher::run`]), so that a delivery completed inline is never boxed. That is the one
 //! deliberate import cycle of the crate (`erased` ↔ `run`), and why both live in this folder.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::lane::Lanes;
 use super::run::{Dispatcher, FutureSlots};
 use crate::error::BoxError;
 use crate::event::{AnyEvent, Envelope, ErasedEvent};
@@ -130,6 +131,27 @@ pub(crate) trait ErasedListener: Send + Sync + 'static {
     /// fails at once when the event is not of the listener's type (the bus checks types
     /// before a delivery, so only a bug gets there).
     fn call_boxed(&self, event: &ErasedEvent, envelope: MakeEnvelope<'_>) -> BoxedDelivery;
+
+    /// The listener itself, for its lane's task, which knows its concrete type.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A listener with its types known: what the engine runs, on the emitter's thread or in the
+/// listener's lane.
+pub(crate) trait Concrete: Send + Sync + 'static {
+    /// The events it takes.
+    type Event: Send + Sync + 'static;
+    /// The future of one call.
+    type Future: Future<Output: ListenerOutput> + Send + 'static;
+
+    /// Starts handling one event; `envelope` makes its envelope, if the listener takes it.
+    fn call(&self, event: Arc<Self::Event>, envelope: impl FnOnce() -> Envelope) -> Self::Future;
+
+    /// The memory of its last inline delivery, for its next one.
+    fn slots(&self) -> &FutureSlots<Self::Future>;
+
+    /// Where its deliveries wait and run when they do not complete inline.
+    fn lanes(&self) -> &Lanes<Self::Event, Self::Future>;
 }
 
 /// Makes the envelope of a delivery's event, for a listener that takes it; shared by the
@@ -140,7 +162,33 @@ pub(crate) type MakeEnvelope<'a> = &'a (dyn Fn() -> Envelope + Sync);
 struct Typed<E, Args, L: Listener<E, Args>> {
     listener: L,
     slots: FutureSlots<L::Future>,
+    lanes: Lanes<E, L::Future>,
     _event: PhantomData<fn(Arc<E>, Args)>,
+}
+
+impl<E, Args, L> Concrete for Typed<E, Args, L>
+where
+    E: Send + Sync + 'static,
+    Args: 'static,
+    L: Listener<E, Args>,
+{
+    type Event = E;
+    type Future = L::Future;
+
+    #[inline]
+    fn call(&self, event: Arc<E>, envelope: impl FnOnce() -> Envelope) -> L::Future {
+        self.listener.call(event, envelope)
+    }
+
+    #[inline]
+    fn slots(&self) -> &FutureSlots<L::Future> {
+        &self.slots
+    }
+
+    #[inline]
+    fn lanes(&self) -> &Lanes<E, L::Future> {
+        &self.lanes
+    }
 }
 
 impl<E, Args, L> ErasedListener for Typed<E, Args, L>
@@ -152,12 +200,7 @@ where
     fn deliver(&self, event: ErasedEvent, dispatcher: Dispatcher<'_>) -> bool {
         match event.downcast::<E>() {
             Ok(event) => {
-                let envelope = dispatcher.envelope_parts();
-                dispatcher.run(
-                    event,
-                    |event| self.listener.call(event, || envelope.envelope()),
-                    &self.slots,
-                );
+                dispatcher.run(event, self);
                 true
             }
             Err(_) => false,
@@ -174,6 +217,10 @@ where
                 "the event is not of the listener's type".into(),
             ))),
         }
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
@@ -216,6 +263,7 @@ impl Erased {
             listener: Box::new(Typed {
                 listener,
                 slots: FutureSlots::default(),
+                lanes: Lanes::default(),
                 _event: PhantomData,
             }),
             event_type: TypeId::of::<E>(),

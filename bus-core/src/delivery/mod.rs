@@ -6,10 +6,9 @@
 //! - [`Caught`](attempt::Caught) calls the listener, polls its future and drops it, with a
 //!   panic in any of the three caught, and turns how it ended into an
 //!   [`Outcome`](attempt::Outcome). An inline delivery does so in place, on the emitter's
-//!   thread, through the listener's concrete future (`Caught::start`); a delivery in a task
-//!   through its boxed future ([`attempt::erased`]). A listener known to suspend is called on
-//!   the emitter's thread ([`attempt::call`], the same guard) and its future polled in a task's
-//!   `Caught`.
+//!   thread, through the listener's concrete future (`Caught::start`), and so does the
+//!   listener's lane, in place in the lane's set of running futures; a delivery in a task of
+//!   its own ([`Dispatch::Spawn`]) through its boxed future ([`attempt::erased`]).
 //! - [`attempt::Scope`] calls the layers' `before` and `after` around each attempt (a hook's
 //!   panic caught there too), and hands a delivery whose last attempt failed to the dead
 //!   letter (the layers, then the bus's hook).
@@ -17,18 +16,22 @@
 //!
 //! What differs is only how attempts are driven. An emit hands each listener to
 //! [`run::Dispatcher`] (`erased` → `run`, a double dispatch so that the listener's concrete
-//! future is polled inline, unboxed, and moved to a task only if it has to wait). A listener
-//! with a [`Policy`](crate::Policy) runs [`attempt::run`] once per attempt, in a task
-//! ([`policy`]), and so does a delivery from a broker, once per delivery the broker makes
-//! (`remote::consumer`): the same timeout, the same hooks, the same metrics.
+//! future is polled inline, unboxed, and moved to the listener's lane ([`lane`]) only if it
+//! has to wait; the lane's task, generic over the same concrete listener, calls it there). A
+//! listener with a [`Policy`](crate::Policy) runs [`attempt::run`] once per attempt, in its
+//! lane ([`policy`]), and so does a delivery from a broker, in its consumer's task, once per
+//! delivery the broker makes (`remote::consumer`): the same timeout, the same hooks, the same
+//! metrics.
 //!
-//! `erased` and `run` import each other (the double dispatch above); that is the only cycle
-//! between modules of the crate, and it stays inside this folder.
+//! `erased`, `run` and `lane` import each other (the double dispatch above: the registry's
+//! erased listener hands its concrete type to the engine); those are the only cycles between
+//! modules of the crate, and they stay inside this folder.
 
 pub(crate) mod attempt;
 mod emission;
 mod entry;
 mod erased;
+mod lane;
 pub(crate) mod policy;
 pub(crate) mod run;
 
@@ -53,12 +56,21 @@ use crate::tasks::Tasks;
 pub enum Dispatch {
     /// Poll each delivery once on the emitter's thread, before `emit` returns. If it completes,
     /// that is all: no task, no allocation per listener. If it awaits something not ready, it
-    /// continues as its own Tokio task, and later deliveries to that listener are spawned
-    /// directly.
+    /// continues in the listener's *lane*, and the listener's later deliveries are handed to
+    /// its lane whole (the listener is called there).
     ///
-    /// So the code of a listener before its first `.await` runs on the emitter's thread (keep
-    /// blocking work out of listeners, as in any async code); a listener that emits in turn is
-    /// polled inline only up to a small depth, then spawned, so the stack stays bounded.
+    /// A lane is a queue per listener and per Tokio runtime, drained by one task that lives
+    /// while the lane has work and is woken once per batch of events, not once per event. It
+    /// runs the listener's deliveries concurrently (a listener with a concurrency limit starts
+    /// that many; the rest wait as queue entries), each with its own panic guard, span, layers'
+    /// hooks and report entry; `drain`, `shutdown` (which aborts them at their next `.await`)
+    /// and `max_in_flight` count every delivery. A listener with a [`Policy`](crate::Policy)
+    /// always runs in its lane.
+    ///
+    /// So the code of a listener before its first `.await` may run on the emitter's thread
+    /// (keep blocking work out of listeners, as in any async code); a listener that emits in
+    /// turn is polled inline only up to a small depth, then handed to its lane, so the stack
+    /// stays bounded.
     #[default]
     InlineFirst,
     /// Spawn every delivery as its own Tokio task: a listener never runs on the emitter's

@@ -1,6 +1,7 @@
-//! Running one delivery under its listener's [`Policy`]: waiting for its turn in the
-//! listener's lane (its concurrency limit), then making attempts ([`attempt::run`]) until one
-//! succeeds or the policy has none left, with backoff between them.
+//! Running one delivery under its listener's [`Policy`]: making attempts ([`attempt::run`])
+//! until one succeeds or the policy has none left, with backoff between them. Its turn under
+//! the concurrency limit is given by the listener's lane, or, in
+//! [`Dispatch::Spawn`](super::Dispatch) mode, by the listener's [`Line`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,9 +17,8 @@ use crate::event::{ErasedEvent, Meta};
 use crate::layer::{DeadLetterHook, Layers};
 use crate::policy::Policy;
 
-/// One delivery of a listener that has a policy, ready to run as a task.
+/// One delivery of a listener that has a policy, ready to run.
 pub(crate) struct PolicyDelivery {
-    pub(crate) turn: Turn,
     pub(crate) entry: Arc<Entry>,
     pub(crate) event: ErasedEvent,
     pub(crate) name: Arc<str>,
@@ -28,11 +28,10 @@ pub(crate) struct PolicyDelivery {
 }
 
 impl PolicyDelivery {
-    /// Waits for the delivery's turn, then makes attempts until one succeeds or the policy
-    /// has none left; each attempt in a `bus.attempt` span. Returns the last attempt's outcome.
+    /// Makes attempts until one succeeds or the policy has none left; each attempt in a
+    /// `bus.attempt` span. Returns the last attempt's outcome.
     pub(crate) async fn run(self) -> Outcome {
         let PolicyDelivery {
-            turn,
             entry,
             event,
             name,
@@ -47,8 +46,6 @@ impl PolicyDelivery {
             layers: &layers,
         };
         let policy = entry.info.policy();
-        // Held until the last attempt ends: the next delivery in line starts then.
-        let _permit = turn.wait().await;
         let mut number = 1;
         loop {
             let attempt = Attempt {
@@ -69,10 +66,10 @@ impl PolicyDelivery {
     }
 }
 
-/// The line the deliveries of a listener with a policy wait in: with a concurrency limit, the
-/// permits they take.
+/// The line the deliveries of a listener with a policy wait in when each is a task of its own
+/// ([`Dispatch::Spawn`](super::Dispatch)): with a concurrency limit, the permits they take.
 #[derive(Debug)]
-pub(crate) struct Lane {
+pub(crate) struct Line {
     permits: Option<Arc<Semaphore>>,
 }
 
@@ -84,9 +81,9 @@ pub(crate) enum Turn {
     Queued(Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>),
 }
 
-impl Lane {
+impl Line {
     pub(crate) fn new(policy: &Policy) -> Self {
-        Lane {
+        Line {
             permits: policy
                 .concurrency_limit()
                 .map(|limit| Arc::new(Semaphore::new(limit.get()))),
@@ -135,7 +132,7 @@ mod tests {
 
     #[tokio::test]
     async fn turns_are_given_in_queue_order() {
-        let lane = Lane::new(&Policy::new().concurrency(1));
+        let lane = Line::new(&Policy::new().concurrency(1));
         let first = lane.queue();
         assert!(matches!(first, Turn::Now(Some(_))));
         let second = lane.queue();
@@ -154,7 +151,7 @@ mod tests {
 
     #[test]
     fn no_limit_means_no_permit() {
-        let lane = Lane::new(&Policy::new().retry(2));
+        let lane = Line::new(&Policy::new().retry(2));
         assert!(matches!(lane.queue(), Turn::Now(None)));
     }
 }

@@ -4,9 +4,9 @@
 //!
 //! In the default [`Dispatch::InlineFirst`] mode a delivery is polled once, right away, on the
 //! emitter's thread. A listener that completes in that poll costs no task; one that awaits
-//! something not ready yet continues as its own Tokio task, and from then on that listener is
-//! spawned directly (it suspends, so polling it first would only cost it twice).
-//! [`Dispatch::Spawn`] spawns every delivery.
+//! something not ready yet continues in the listener's lane ([`lane`](super::lane)), and from
+//! then on that listener's deliveries go to its lane whole (it suspends, so polling it first
+//! would only cost it twice). [`Dispatch::Spawn`] spawns every delivery.
 
 use std::any::TypeId;
 use std::cell::Cell;
@@ -24,16 +24,18 @@ use tracing::Instrument as _;
 
 use super::Dispatch;
 use super::attempt::{self, Caught, Outcome, Scope};
+use super::emission::Emitted;
 use super::emission::{Conclusion, Outcomes};
 use super::entry::Entry;
-use super::erased::ListenerOutput;
+use super::erased::Concrete;
+use super::lane::{self, Job, LaneContext, Pushed, Started};
 use super::policy::PolicyDelivery;
 use crate::event::{AnyEvent, ErasedEvent, Handling, Meta};
 use crate::layer::{DeadLetterHook, Layers};
 use crate::tasks::{Reservation, Reserved, Tasks};
 
 /// How deep inline deliveries may nest (a listener that emits, whose listener emits...) before
-/// further deliveries are spawned instead.
+/// further deliveries go to their listeners' lanes instead.
 const MAX_INLINE_DEPTH: u32 = 8;
 
 thread_local! {
@@ -81,6 +83,9 @@ pub(crate) struct EmitContext<'a> {
     pub(crate) meta: &'a Meta,
     pub(crate) layers: &'a Layers,
     pub(crate) dead_letter: Option<&'a DeadLetterHook>,
+    /// The runtime of the emitting thread, looked up by the first delivery that goes to a
+    /// lane (the lookup clones an `Arc`: once per emit, not per delivery).
+    pub(crate) runtime: std::cell::OnceCell<Option<(Handle, tokio::runtime::Id)>>,
 }
 
 /// Hands `event` to each of `targets`, in order, with their places under `max_in_flight`
@@ -145,9 +150,19 @@ pub(crate) struct Dispatcher<'a> {
 }
 
 impl<'a> Dispatcher<'a> {
-    /// What makes the envelope of this delivery's event, for a listener that takes it.
-    pub(crate) fn envelope_parts(&self) -> Scope<'a> {
-        self.scope()
+    /// The runtime of the emitting thread, and its id. Looked up by the first delivery of
+    /// the emit that needs it rather than by the emit: most deliveries complete inline, and
+    /// the lookup clones the handle's `Arc`.
+    fn runtime(&self) -> Option<&'a (Handle, tokio::runtime::Id)> {
+        self.emit
+            .runtime
+            .get_or_init(|| {
+                Handle::try_current().ok().map(|handle| {
+                    let id = handle.id();
+                    (handle, id)
+                })
+            })
+            .as_ref()
     }
 
     fn scope(&self) -> Scope<'a> {
@@ -164,24 +179,30 @@ impl<'a> Dispatcher<'a> {
     /// shutdown, or the runtime going away.
     ///
     /// The emit marks its event as the one being handled (for causation) around all its
-    /// inline deliveries at once; a delivery task marks it around each of its polls.
+    /// inline deliveries at once; a lane or a delivery task marks it around each poll.
     ///
-    /// `call` calls the listener. It runs here, on the emitter's thread, only in
-    /// [`Dispatch::InlineFirst`] mode and below the inline depth limit; otherwise the delivery
-    /// is deferred to a task that calls the listener there. `slots` keeps the memory of an
-    /// inline delivery for the listener's next one, so a listener that completes at once costs
-    /// no allocation. The call, the poll and the drop of the future are caught as every
-    /// attempt's are ([`attempt`]).
-    pub(crate) fn run<E, F>(
-        self,
-        event: Arc<E>,
-        call: impl FnOnce(Arc<E>) -> F,
-        slots: &FutureSlots<F>,
-    ) where
-        E: Send + Sync + 'static,
-        F: Future + Send + 'static,
-        F::Output: ListenerOutput,
-    {
+    /// In [`Dispatch::InlineFirst`] mode, below the inline depth limit, the listener is called
+    /// and its future polled here, on the emitter's thread, in the listener's reusable slot
+    /// (so a listener that completes at once costs no allocation); a future that has to wait
+    /// goes on in the listener's lane ([`lane`](super::lane)), and so do, whole, the later
+    /// deliveries of a listener known to wait, of one with a policy, and those past the depth
+    /// limit. [`Dispatch::Spawn`] makes each delivery a task. The call, the poll and the drop
+    /// of the future are caught as every attempt's are ([`attempt`]).
+    pub(crate) fn run<T: Concrete>(self, event: Arc<T::Event>, listener: &T) {
+        let inline_first = self.emit.mode == Dispatch::InlineFirst;
+        if inline_first && (self.entry.has_policy() || self.entry.suspends()) {
+            return self.hand_to_lane(listener, |emitted| Job::Call { event, emitted });
+        }
+        let inline_depth = if inline_first {
+            match InlineDepth::enter() {
+                Some(depth) => Some(depth),
+                None => {
+                    return self.hand_to_lane(listener, |emitted| Job::Call { event, emitted });
+                }
+            }
+        } else {
+            None
+        };
         let span = tracing::debug_span!(
             parent: self.emit.emit_span,
             "bus.deliver",
@@ -191,7 +212,7 @@ impl<'a> Dispatcher<'a> {
             listener_id = self.entry.info.id().get(),
             attempt = tracing::field::Empty,
         );
-        if self.entry.lane.is_some() {
+        if self.entry.has_policy() {
             // The policy path calls the layers for each attempt itself, each attempt in a
             // `bus.attempt` span of its own.
             return self.with_policy(event, span);
@@ -204,43 +225,35 @@ impl<'a> Dispatcher<'a> {
         } else {
             span.in_scope(|| self.scope().before(1))
         };
-        let inline_depth = match self.emit.mode {
-            Dispatch::InlineFirst => InlineDepth::enter(),
-            Dispatch::Spawn => None,
-        };
         let Some(inline_depth) = inline_depth else {
             return self.defer(event, span, started);
         };
-        // The call itself may run user code (a closure's body before its `async` block), so
-        // it is caught and counts towards the depth.
-        if self.entry.suspends() {
-            let called = {
-                let _entered = span.enter();
-                attempt::call(|| call(event))
-            };
-            drop(inline_depth);
-            return match called {
-                Ok(future) => self.spawn(Caught::new(future), span, started),
-                Err(panicked) => self.conclude_here(&span, started, panicked),
-            };
-        }
+        let slots = listener.slots();
         let mut slot = slots.take();
         let polled = {
             let _entered = span.enter();
-            // A waker that does nothing: if the listener is not done, it is polled again as a
-            // task, and futures register the waker of their latest poll.
+            // A waker that does nothing: if the listener is not done, its lane polls it again,
+            // and futures register the waker of their latest poll.
             let mut cx = Context::from_waker(Waker::noop());
-            slot.as_mut().start(|| call(event), &mut cx)
+            let scope = self.scope();
+            slot.as_mut()
+                .start(|| listener.call(event, || scope.envelope()), &mut cx)
         };
         drop(inline_depth);
         let outcome = match polled {
             Poll::Ready(outcome) => outcome,
             Poll::Pending => {
-                // The future stays where it is, in `slot`, and the task polls it from there.
+                // The future stays where it is, in `slot`, and the lane polls it from there;
+                // the listener's later deliveries go to its lane whole.
                 self.entry.mark_suspends();
-                let mut slot = slot;
-                let rest = std::future::poll_fn(move |cx| slot.as_mut().poll(cx));
-                return self.spawn(rest, span, started);
+                return self.hand_to_lane(listener, move |emitted| {
+                    Job::Started(Box::new(Started {
+                        slot,
+                        emitted,
+                        span,
+                        started,
+                    }))
+                });
             }
         };
         // The finished future was dropped in place; the memory serves the next delivery.
@@ -252,6 +265,63 @@ impl<'a> Dispatcher<'a> {
                 self.outcomes.record(Ok(()));
             }
             outcome => self.conclude_here(&span, started, outcome),
+        }
+    }
+
+    /// Hands the delivery to the listener's lane on this runtime, spawning the lane's task if
+    /// the lane has none; `job` makes the lane's entry from what the emit's deliveries in lanes
+    /// share. The delivery holds its place in the bus's in-flight count (its reservation
+    /// under `max_in_flight`, if any) until the lane concludes it.
+    fn hand_to_lane<T: Concrete>(
+        mut self,
+        listener: &T,
+        job: impl FnOnce(Arc<Emitted>) -> Job<T::Event, T::Future>,
+    ) {
+        let runtime = self.emit.runtime.get_or_init(|| {
+            Handle::try_current().ok().map(|handle| {
+                let id = handle.id();
+                (handle, id)
+            })
+        });
+        let Some((runtime, id)) = runtime else {
+            // The emit was in a runtime's context (`in_runtime`), but this thread is not in
+            // one now: a task dropped by a runtime that has gone away, emitting as it drops.
+            self.emit.tasks.count_aborted();
+            return self.conclude_here(&tracing::Span::none(), None, Outcome::Aborted);
+        };
+        let counted = match self.reservation.take() {
+            Some(reservation) => {
+                // The lane gives the place back when the delivery ends.
+                reservation.keep();
+                self.emit.tasks.start_reserved()
+            }
+            None => self.emit.tasks.try_start(),
+        };
+        if !counted {
+            // Shutdown began after this emit checked: the delivery is aborted before it starts.
+            self.emit.tasks.count_aborted();
+            return self.conclude_here(&tracing::Span::none(), None, Outcome::Aborted);
+        }
+        let emit = self.emit;
+        let emitted = self.outcomes.emitted(|| {
+            Emitted::new(
+                Arc::clone(emit.event_name),
+                emit.meta.clone(),
+                emit.layers.clone(),
+                emit.emit_span.clone(),
+            )
+        });
+        emitted.gathered.expect_one();
+        let job = job(Arc::clone(emitted));
+        let id = *id;
+        if let Pushed::SpawnTask = listener.lanes().push(id, job) {
+            let context = LaneContext {
+                entry: Arc::clone(self.entry),
+                tasks: Arc::clone(self.emit.tasks),
+                dead_letter: self.emit.dead_letter.cloned(),
+                runtime: id,
+            };
+            lane::spawn::<T>(runtime, context);
         }
     }
 
@@ -274,14 +344,15 @@ impl<'a> Dispatcher<'a> {
         self.spawn(delivery, span, started);
     }
 
-    /// Runs the delivery under its listener's policy, in a task of its own: its place in line
-    /// is taken now, so that deliveries of a `concurrency = 1` listener run in emit order.
+    /// Runs the delivery under its listener's policy, in a task of its own
+    /// ([`Dispatch::Spawn`]): its place in line is taken now, so that deliveries of a
+    /// `concurrency = 1` listener run in emit order.
     fn with_policy(self, event: ErasedEvent, span: tracing::Span) {
-        let Some(lane) = &self.entry.lane else {
+        let Some(line) = &self.entry.line else {
             return self.defer(event, span, None);
         };
+        let turn = line.queue();
         let delivery = PolicyDelivery {
-            turn: lane.queue(),
             entry: Arc::clone(self.entry),
             event,
             name: Arc::clone(self.emit.event_name),
@@ -289,16 +360,19 @@ impl<'a> Dispatcher<'a> {
             layers: self.emit.layers.clone(),
             dead_letter: self.emit.dead_letter.cloned(),
         };
-        self.spawn(delivery.run(), span, None);
+        let delivery = async move {
+            // Held until the last attempt ends: the next delivery in line starts then.
+            let _permit = turn.wait().await;
+            delivery.run().await
+        };
+        self.spawn(delivery, span, None);
     }
 
     fn spawn<F>(mut self, delivery: F, span: tracing::Span, started: Option<Instant>)
     where
         F: Future<Output = Outcome> + Send + 'static,
     {
-        // Looked up here rather than by the emit: most deliveries complete inline, and the
-        // lookup clones the handle's `Arc`.
-        let Ok(runtime) = Handle::try_current() else {
+        let Some((runtime, _)) = self.runtime() else {
             // The emit was in a runtime's context (`in_runtime`), but this thread is not in
             // one now: a task dropped by a runtime that has gone away, emitting as it drops.
             self.emit.tasks.count_aborted();
