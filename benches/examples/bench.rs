@@ -77,9 +77,9 @@ fn main() -> ExitCode {
     .collect();
 
     for &scenario in &options.scenarios {
-        let job = scenario.job(divisor);
         for &flavor in &options.flavors {
             for contender in &contenders {
+                let job = contender.job(scenario, divisor);
                 // One untimed run first, so the first timed run does not pay for cold caches
                 // and the allocator's first growth ((e) also warms up inside its job). (g) runs in
                 // fresh processes on purpose.

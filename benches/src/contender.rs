@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::runtime::Runtime;
 
 use crate::run::{self, GUARD};
-use crate::scenario::{Job, Output};
-use crate::system::{self, NotApplicable, Setup, System};
+use crate::scenario::{Job, Output, Scenario};
+use crate::system::{self, Delivery, NotApplicable, Setup, System};
 use crate::systems::{AsyncEventEmitter, Broadcast, Bus, Direct, EventBusRs, Seed, TypedEmitter};
 
 /// Every system of the suite, in table order.
@@ -53,6 +53,7 @@ pub struct Contender {
     name: &'static str,
     role: Role,
     supports: fn(&Job) -> Result<(), NotApplicable>,
+    delivery: Delivery,
     runner: Box<Runner>,
 }
 
@@ -76,6 +77,7 @@ impl Contender {
             name,
             role,
             supports: system::check::<S>,
+            delivery: S::DELIVERY,
             runner: Box::new(move |job, runtime, guard| {
                 run::run(name, &factory, job, runtime, guard)
             }),
@@ -90,6 +92,18 @@ impl Contender {
     /// Ours, a baseline, or a peer.
     pub fn role(&self) -> Role {
         self.role
+    }
+
+    /// The job this contender runs for `scenario` at `divisor`: the scenario's, except in (h),
+    /// where a system that handles a listener's events one at a time (a queue drained by one
+    /// task, or an emit that awaits its listeners) runs 1/100 of the emits. Each of its calls
+    /// waits its 1 ms in turn, so the full count would take minutes per run; its rate is
+    /// calls per second all the same.
+    pub fn job(&self, scenario: Scenario, divisor: u64) -> Job {
+        match (scenario, self.delivery) {
+            (Scenario::H, Delivery::Queue | Delivery::Inline) => scenario.job(divisor * 100),
+            _ => scenario.job(divisor),
+        }
     }
 
     /// Whether the system can express `job`.

@@ -33,11 +33,14 @@ pub enum Scenario {
     FSpread,
     /// (g) memory: peak RSS growth with 1,000,000 pending deliveries.
     G,
+    /// (h) 100,000 emits, 3 listeners that each await a 1 ms `tokio::time::sleep` once: I/O-like
+    /// listeners, whose deliveries must overlap to keep up.
+    H,
 }
 
 impl Scenario {
     /// Every scenario, in table order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::A,
         Scenario::B,
         Scenario::C,
@@ -48,10 +51,11 @@ impl Scenario {
         Scenario::F10,
         Scenario::FSpread,
         Scenario::G,
+        Scenario::H,
     ];
 
     /// The throughput scenarios.
-    pub const THROUGHPUT: [Scenario; 8] = [
+    pub const THROUGHPUT: [Scenario; 9] = [
         Scenario::A,
         Scenario::B,
         Scenario::C,
@@ -60,9 +64,10 @@ impl Scenario {
         Scenario::F,
         Scenario::F10,
         Scenario::FSpread,
+        Scenario::H,
     ];
 
-    /// Short id, as in the issue: `a`, `b`, `c`, `d`, `d1`, `e`, `f`, `f10`, `fs`, `g`.
+    /// Short id, as in the issues: `a`, `b`, `c`, `d`, `d1`, `e`, `f`, `f10`, `fs`, `g`, `h`.
     pub fn id(self) -> &'static str {
         match self {
             Scenario::A => "a",
@@ -75,6 +80,7 @@ impl Scenario {
             Scenario::F10 => "f10",
             Scenario::FSpread => "fs",
             Scenario::G => "g",
+            Scenario::H => "h",
         }
     }
 
@@ -96,6 +102,7 @@ impl Scenario {
             Scenario::F10 => "f10_10_patterns",
             Scenario::FSpread => "fs_100k_patterns_spread",
             Scenario::G => "g_memory",
+            Scenario::H => "h_3_sleeping_listeners",
         }
     }
 
@@ -112,6 +119,7 @@ impl Scenario {
             Scenario::F10 => "(f) 200,000 emits over 10 names, 10 wildcard patterns",
             Scenario::FSpread => "(f) 200,000 emits over 100,000 names, 100,000 patterns",
             Scenario::G => "(g) memory, 1,000,000 pending deliveries",
+            Scenario::H => "(h) 100,000 emits, 3 listeners that sleep 1 ms once",
         }
     }
 
@@ -142,6 +150,7 @@ impl Scenario {
             Scenario::A => plan(1_000_000, 1, 1, Mode::Count),
             Scenario::B => plan(200_000, 1, 10, Mode::Count),
             Scenario::C => plan(200_000, 1, 3, Mode::Yield),
+            Scenario::H => plan(100_000, 1, 3, Mode::Sleep),
             Scenario::D => plan(200_000, 10_000, 1, Mode::Count),
             Scenario::D1 => plan(200_000, 1, 1, Mode::Count),
             Scenario::F => patterns(200_000, 10, 100_000),

@@ -37,6 +37,8 @@ pub enum Mode {
     Yield = 1,
     /// Waits at a shared gate until the driver opens it, then the increment: scenario (g).
     Gate = 2,
+    /// `tokio::time::sleep` of 1 ms once, then the increment: scenario (h).
+    Sleep = 3,
 }
 
 /// Shared state of the handlers of the run in progress.
@@ -127,7 +129,8 @@ impl Work {
         match self.mode.load(Ordering::Relaxed) {
             0 => {}
             1 => tokio::task::yield_now().await,
-            _ => self.pass_gate().await,
+            2 => self.pass_gate().await,
+            _ => tokio::time::sleep(Duration::from_millis(1)).await,
         }
         let calls = self.calls.fetch_add(1, Ordering::AcqRel) + 1;
         if calls == self.calls_target.load(Ordering::Acquire) {
