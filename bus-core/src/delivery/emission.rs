@@ -233,10 +233,12 @@ impl Outcomes {
         self.emitted.get_or_insert_with(|| Arc::new(make()))
     }
 
+    #[inline]
     pub(crate) fn set_event_id(&mut self, id: EventId) {
         self.event_id = Some(id);
     }
 
+    #[inline]
     pub(crate) fn record(&mut self, conclusion: Conclusion) {
         match conclusion {
             Ok(()) => self.delivered += 1,

@@ -11,8 +11,9 @@
 //! its layers' hooks, its place in the bus's in-flight count. Deliveries of one listener still
 //! run concurrently, each with its own panic guard, span and causation.
 //!
-//! The lane's task registers once for the bus's cancellation (`shutdown`), and aborts every
-//! delivery it holds when that comes, or when its runtime drops it.
+//! The lane's task works in turns of [`POLLS_PER_TURN`] starts and polls, then lets the
+//! runtime run other tasks. It registers once for the bus's cancellation (`shutdown`), and
+//! aborts every delivery it holds when that comes, or when its runtime drops it.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -38,9 +39,16 @@ use crate::event::{ErasedEvent, Handling};
 use crate::layer::DeadLetterHook;
 use crate::tasks::Tasks;
 
-/// How many deliveries a lane's task concludes in one poll before it lets the runtime run
-/// other tasks (it wakes itself to go on).
-const CONCLUSIONS_PER_POLL: usize = 256;
+/// How many starts and polls of its deliveries a lane's task makes in one turn at most before
+/// it lets the runtime run other tasks (it wakes itself to go on). A turn also ends when the
+/// task has spent Tokio's cooperative budget, as any task's does: the lane is one task, and
+/// its deliveries share the budget of its turn.
+const POLLS_PER_TURN: u32 = 1024;
+
+thread_local! {
+    /// The polls left in the turn of the lane running on this thread.
+    static POLLS_LEFT: std::cell::Cell<u32> = const { std::cell::Cell::new(u32::MAX) };
+}
 
 /// One delivery waiting in a lane, not started yet.
 pub(crate) enum Job<E, F> {
@@ -253,7 +261,8 @@ pin_project! {
         // The listener's concurrency limit, if it has one.
         limit: Option<usize>,
         running: FuturesUnordered<Running<T::Future>>,
-        // Jobs taken from the queue that wait for a place under the concurrency limit.
+        // Jobs taken from the queue that wait for a place under the concurrency limit, or
+        // for the next turn.
         waiting: VecDeque<Job<T::Event, T::Future>>,
         // The queue's jobs, taken in one swap.
         batch: Vec<Job<T::Event, T::Future>>,
@@ -292,25 +301,40 @@ impl<T: Concrete> Future for LaneTask<T> {
         };
         let lanes = listener.lanes();
         let runtime = this.context.runtime;
-        let mut concluded = 0;
+        let _turn = Turn::begin();
         loop {
             if !lanes.take(runtime, this.batch, cx.waker()) {
                 // Closed by a drop of this task that did not happen: nothing to run.
                 *this.ended = true;
                 return Poll::Ready(());
             }
-            if this.waiting.is_empty() {
-                // A whole batch becomes the waiting line without a copy.
-                *this.waiting = VecDeque::from(std::mem::take(this.batch));
-            } else {
-                this.waiting.extend(this.batch.drain(..));
-            }
             if this.cancelled(cx) {
                 this.abort_all(false);
+            } else if this.limit.is_none() && this.waiting.is_empty() {
+                // No limit: the jobs start now, as many as the turn allows, straight from the
+                // batch, which keeps its memory for the lane's queue at the next swap; the
+                // rest of a burst waits for the next turns.
+                let mut batch = std::mem::take(this.batch);
+                let mut jobs = batch.drain(..);
+                while spend_turn() {
+                    let Some(job) = jobs.next() else { break };
+                    if let Some(running) = this.start(listener, job) {
+                        this.running.push(running);
+                    }
+                }
+                this.waiting.extend(jobs);
+                *this.batch = batch;
+            } else {
+                if this.waiting.is_empty() {
+                    // A whole batch becomes the waiting line without a copy.
+                    *this.waiting = VecDeque::from(std::mem::take(this.batch));
+                } else {
+                    this.waiting.extend(this.batch.drain(..));
+                }
+                this.start_waiting(listener);
             }
-            this.start_waiting(listener);
-            if !this.running.is_empty() && !tokio::task::coop::has_budget_remaining() {
-                // Out of budget for this turn (see `Running::poll`): come back for more.
+            if turn_over() && !(this.running.is_empty() && this.waiting.is_empty()) {
+                // Out of polls for this turn (see `Running::poll`): come back for more.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
@@ -323,8 +347,7 @@ impl<T: Concrete> Future for LaneTask<T> {
                     }
                     this.start_waiting(listener);
                 }
-                concluded += 1;
-                if concluded >= CONCLUSIONS_PER_POLL {
+                if turn_over() {
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
@@ -342,26 +365,61 @@ impl<T: Concrete> Future for LaneTask<T> {
     }
 }
 
+/// Whether the lane running on this thread has ended its turn: its own count, or Tokio's
+/// budget.
+fn turn_over() -> bool {
+    POLLS_LEFT.get() == 0 || !tokio::task::coop::has_budget_remaining()
+}
+
+/// Counts one start or poll against the turn of the lane running on this thread: `false`
+/// when the turn had none left.
+fn spend_turn() -> bool {
+    let left = POLLS_LEFT.get();
+    if left == 0 {
+        return false;
+    }
+    POLLS_LEFT.set(left - 1);
+    true
+}
+
+/// The turn of the lane polled on this thread: its polls left, restored when it ends.
+struct Turn(u32);
+
+impl Turn {
+    fn begin() -> Turn {
+        Turn(POLLS_LEFT.replace(POLLS_PER_TURN))
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        POLLS_LEFT.set(self.0);
+    }
+}
+
 impl<T: Concrete> LaneTaskProj<'_, T> {
     /// Whether the bus's deliveries are cancelled (`shutdown` ran out of time).
     fn cancelled(&mut self, cx: &mut Context<'_>) -> bool {
         let tasks = &self.context.tasks;
         if self.cancelled.is_none() {
-            // Created before the flag is checked: no cancellation falls between the two.
+            // Created before the flag is checked, so no cancellation falls between the two,
+            // and polled once: it keeps the waker of this task (a task's waker wakes that
+            // task, whichever poll it came from), so `cancel_all` wakes the lane, which then
+            // sees the flag. Polling it again each turn would only take its lock.
             self.cancelled.set(Some(tasks.cancellation()));
+            let notified = self.cancelled.as_mut().as_pin_mut();
+            if notified.is_some_and(|notified| notified.poll(cx).is_ready()) {
+                return true;
+            }
         }
         tasks.is_cancelled()
-            || self
-                .cancelled
-                .as_mut()
-                .as_pin_mut()
-                .is_some_and(|notified| notified.poll(cx).is_ready())
     }
 
     /// Starts the waiting jobs, in order, as far as the concurrency limit lets them.
     fn start_waiting(&mut self, listener: &T) {
         let lanes = listener.lanes();
-        while !self.waiting.is_empty() && lanes.try_run(*self.limit) {
+        while !self.waiting.is_empty() && POLLS_LEFT.get() > 0 && lanes.try_run(*self.limit) {
+            spend_turn();
             let Some(job) = self.waiting.pop_front() else {
                 return;
             };
@@ -427,7 +485,8 @@ impl<T: Concrete> LaneTaskProj<'_, T> {
                 Extras::new(span, None),
             ));
         }
-        if !span.is_disabled() {
+        let recorded = !span.is_disabled();
+        if recorded {
             span.record("attempt", 1_u32);
         }
         let scope = Scope {
@@ -436,9 +495,13 @@ impl<T: Concrete> LaneTaskProj<'_, T> {
             meta: &emitted.meta,
             layers: &emitted.layers,
         };
-        let started = span.in_scope(|| scope.before(1));
+        let started = if emitted.layers.only_tracing() {
+            None
+        } else {
+            span.in_scope(|| scope.before(1))
+        };
         let called = {
-            let _entered = span.enter();
+            let _entered = recorded.then(|| span.enter());
             let _handling = Handling::enter(&emitted.meta.id);
             attempt::call(|| listener.call(event, || scope.envelope()))
         };
@@ -470,6 +533,17 @@ impl<T: Concrete> LaneTaskProj<'_, T> {
     /// conclusion where its emission finds it.
     fn finish(&self, emitted: &Emitted, extras: Option<Box<Extras>>, outcome: Outcome) {
         let tasks = &self.context.tasks;
+        if extras.is_none()
+            && matches!(outcome, Outcome::Delivered)
+            && emitted.layers.only_tracing()
+            && !self.context.entry.has_policy()
+        {
+            // Only the tracing layer, which has nothing to say about a success, and no span
+            // to enter: the report counts it, as `conclude` would.
+            tasks.finish();
+            emitted.gathered.record(Ok(()));
+            return;
+        }
         if matches!(outcome, Outcome::Aborted) {
             tasks.count_aborted();
         }
@@ -623,11 +697,11 @@ where
             // Polled after its end: only a bug gets here.
             return Poll::Pending;
         };
-        if !tokio::task::coop::has_budget_remaining() {
-            // The lane's task has used up its turn: every Tokio resource the listener awaits
+        if !tokio::task::coop::has_budget_remaining() || !spend_turn() {
+            // The lane's task has used up its turn. Every Tokio resource the listener awaits
             // would refuse at once and defer its wake-up, and the set would poll each of its
             // deliveries for nothing. Woken now, this one makes the set yield to the lane,
-            // which yields to the runtime and comes back with a fresh budget.
+            // which yields to the runtime and comes back for a new turn.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }

@@ -92,6 +92,7 @@ pub(crate) struct EmitContext<'a> {
 /// (if any) from `reserved`. Every listener but the last gets a clone of the event's `Arc`;
 /// the last gets the `Arc` itself; listeners of `AnyEvent` share one `AnyEvent` around a
 /// clone. Returns the listeners that turned out to take another type.
+#[inline]
 pub(crate) fn deliver_all<'a, E>(
     context: &EmitContext<'_>,
     targets: impl Iterator<Item = &'a Arc<Entry>>,
@@ -272,6 +273,9 @@ impl<'a> Dispatcher<'a> {
     /// the lane has none; `job` makes the lane's entry from what the emit's deliveries in lanes
     /// share. The delivery holds its place in the bus's in-flight count (its reservation
     /// under `max_in_flight`, if any) until the lane concludes it.
+    // Out of line: it is the path of deliveries that wait, and keeping it out of `run` keeps
+    // the inline path (and the emit around it) small enough to be inlined whole.
+    #[inline(never)]
     fn hand_to_lane<T: Concrete>(
         mut self,
         listener: &T,
