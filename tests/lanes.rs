@@ -332,3 +332,54 @@ fn a_runtime_that_goes_away_aborts_its_deliveries_and_no_other() {
         assert_eq!(bus.in_flight(), 0);
     });
 }
+
+/// Counts the layers' hooks: every `before` has its `after`.
+#[derive(Default)]
+struct Counts {
+    before: AtomicUsize,
+    after: AtomicUsize,
+    aborted: AtomicUsize,
+}
+
+struct Hooks(Arc<Counts>);
+
+impl bus::layer::Layer for Hooks {
+    fn before(&self, _: &bus::layer::DeliveryInfo<'_>) {
+        self.0.before.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn after(&self, _: &bus::layer::DeliveryInfo<'_>, outcome: &bus::layer::DeliveryOutcome<'_>) {
+        self.0.after.fetch_add(1, Ordering::SeqCst);
+        if matches!(outcome.result(), bus::layer::AttemptResult::Aborted) {
+            self.0.aborted.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[tokio::test]
+async fn deliveries_aborted_before_they_started_still_pair_their_hooks() {
+    // More than a lane starts in one turn, so that some wait for the next when shutdown
+    // aborts them all.
+    const DELIVERIES: usize = 3_000;
+    let hooks = Arc::new(Counts::default());
+    let bus = EventBus::builder().layer(Hooks(Arc::clone(&hooks))).build();
+    let gate = Gate::new();
+    bus.add_listener("job", {
+        let gate = Arc::clone(&gate);
+        move |_: Arc<Job>| {
+            let gate = Arc::clone(&gate);
+            async move { gate.pass().await }
+        }
+    });
+    // The first delivery finds the listener waiting; the rest go to its lane whole.
+    drop(bus.emit("job", Job(0)));
+    guarded("the first delivery at the gate", gate.arrivals(1)).await;
+    for n in 1..DELIVERIES as u32 {
+        drop(bus.emit("job", Job(n)));
+    }
+    let report = guarded("shutdown", bus.shutdown(Duration::ZERO)).await;
+    assert_eq!(report.aborted(), DELIVERIES);
+    assert_eq!(hooks.before.load(Ordering::SeqCst), DELIVERIES);
+    assert_eq!(hooks.after.load(Ordering::SeqCst), DELIVERIES);
+    assert_eq!(hooks.aborted.load(Ordering::SeqCst), DELIVERIES);
+}

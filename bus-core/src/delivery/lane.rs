@@ -70,15 +70,6 @@ pub(crate) struct Started<F> {
     pub(crate) started: Option<Instant>,
 }
 
-impl<E, F> Job<E, F> {
-    fn emitted(&self) -> &Arc<Emitted> {
-        match self {
-            Job::Call { emitted, .. } => emitted,
-            Job::Started(started) => &started.emitted,
-        }
-    }
-}
-
 /// The lanes of one listener: one per runtime its deliveries were emitted on (almost always
 /// one), each with the jobs its task has not taken yet.
 pub(crate) struct Lanes<E, F> {
@@ -599,9 +590,45 @@ impl<T: Concrete> LaneTaskProj<'_, T> {
             }
         }
         for job in jobs {
-            let emitted = Arc::clone(job.emitted());
-            drop(job);
-            self.finish(&emitted, None, Outcome::Aborted);
+            self.abort_job(job);
+        }
+    }
+
+    /// Concludes a job that never started as aborted, with its layers' `before` and `after`
+    /// in pairs: one started on the emitter's thread had its `before` there; one the lane was
+    /// to call has it now (but under a policy, which reports attempts only, and made none).
+    fn abort_job(&self, job: Job<T::Event, T::Future>) {
+        match job {
+            Job::Started(started) => {
+                let Started {
+                    slot,
+                    emitted,
+                    span,
+                    started,
+                } = *started;
+                drop(slot);
+                self.finish(&emitted, Extras::new(span, started), Outcome::Aborted);
+            }
+            Job::Call { event, emitted } => {
+                drop(event);
+                let entry = &self.context.entry;
+                let started = if entry.has_policy() {
+                    None
+                } else {
+                    Scope {
+                        event: &emitted.name,
+                        entry,
+                        meta: &emitted.meta,
+                        layers: &emitted.layers,
+                    }
+                    .before(1)
+                };
+                self.finish(
+                    &emitted,
+                    Extras::new(tracing::Span::none(), started),
+                    Outcome::Aborted,
+                );
+            }
         }
     }
 }

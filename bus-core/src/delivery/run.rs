@@ -139,6 +139,19 @@ where
     mismatched
 }
 
+/// A delivery on its way to its listener's lane.
+enum Handed<E, F> {
+    /// The lane calls the listener.
+    Call(Arc<E>),
+    /// Polled once here, and waiting: its future in the listener's slot, its span, and when
+    /// its layers' `before` ran.
+    Started {
+        slot: Pin<Box<Caught<F>>>,
+        span: tracing::Span,
+        started: Option<Instant>,
+    },
+}
+
 /// One delivery of one event to one listener, about to run.
 pub(crate) struct Dispatcher<'a> {
     /// What every delivery of the emit shares, passed by reference: a delivery hands the
@@ -192,14 +205,12 @@ impl<'a> Dispatcher<'a> {
     pub(crate) fn run<T: Concrete>(self, event: Arc<T::Event>, listener: &T) {
         let inline_first = self.emit.mode == Dispatch::InlineFirst;
         if inline_first && (self.entry.has_policy() || self.entry.suspends()) {
-            return self.hand_to_lane(listener, |emitted| Job::Call { event, emitted });
+            return self.hand_to_lane(listener, Handed::Call(event));
         }
         let inline_depth = if inline_first {
             match InlineDepth::enter() {
                 Some(depth) => Some(depth),
-                None => {
-                    return self.hand_to_lane(listener, |emitted| Job::Call { event, emitted });
-                }
+                None => return self.hand_to_lane(listener, Handed::Call(event)),
             }
         } else {
             None
@@ -247,14 +258,14 @@ impl<'a> Dispatcher<'a> {
                 // The future stays where it is, in `slot`, and the lane polls it from there;
                 // the listener's later deliveries go to its lane whole.
                 self.entry.mark_suspends();
-                return self.hand_to_lane(listener, move |emitted| {
-                    Job::Started(Box::new(Started {
+                return self.hand_to_lane(
+                    listener,
+                    Handed::Started {
                         slot,
-                        emitted,
                         span,
                         started,
-                    }))
-                });
+                    },
+                );
             }
         };
         // The finished future was dropped in place; the memory serves the next delivery.
@@ -270,28 +281,17 @@ impl<'a> Dispatcher<'a> {
     }
 
     /// Hands the delivery to the listener's lane on this runtime, spawning the lane's task if
-    /// the lane has none; `job` makes the lane's entry from what the emit's deliveries in lanes
-    /// share. The delivery holds its place in the bus's in-flight count (its reservation
-    /// under `max_in_flight`, if any) until the lane concludes it.
+    /// the lane has none. The delivery holds its place in the bus's in-flight count (its
+    /// reservation under `max_in_flight`, if any) until the lane concludes it.
     // Out of line: it is the path of deliveries that wait, and keeping it out of `run` keeps
     // the inline path (and the emit around it) small enough to be inlined whole.
     #[inline(never)]
-    fn hand_to_lane<T: Concrete>(
-        mut self,
-        listener: &T,
-        job: impl FnOnce(Arc<Emitted>) -> Job<T::Event, T::Future>,
-    ) {
-        let runtime = self.emit.runtime.get_or_init(|| {
-            Handle::try_current().ok().map(|handle| {
-                let id = handle.id();
-                (handle, id)
-            })
-        });
-        let Some((runtime, id)) = runtime else {
+    fn hand_to_lane<T: Concrete>(mut self, listener: &T, handed: Handed<T::Event, T::Future>) {
+        let Some((runtime, id)) = self.runtime() else {
             // The emit was in a runtime's context (`in_runtime`), but this thread is not in
             // one now: a task dropped by a runtime that has gone away, emitting as it drops.
             self.emit.tasks.count_aborted();
-            return self.conclude_here(&tracing::Span::none(), None, Outcome::Aborted);
+            return self.abort_here(handed);
         };
         let counted = match self.reservation.take() {
             Some(reservation) => {
@@ -304,7 +304,7 @@ impl<'a> Dispatcher<'a> {
         if !counted {
             // Shutdown began after this emit checked: the delivery is aborted before it starts.
             self.emit.tasks.count_aborted();
-            return self.conclude_here(&tracing::Span::none(), None, Outcome::Aborted);
+            return self.abort_here(handed);
         }
         let emit = self.emit;
         let emitted = self.outcomes.emitted(|| {
@@ -316,7 +316,20 @@ impl<'a> Dispatcher<'a> {
             )
         });
         emitted.gathered.expect_one();
-        let job = job(Arc::clone(emitted));
+        let emitted = Arc::clone(emitted);
+        let job = match handed {
+            Handed::Call(event) => Job::Call { event, emitted },
+            Handed::Started {
+                slot,
+                span,
+                started,
+            } => Job::Started(Box::new(Started {
+                slot,
+                emitted,
+                span,
+                started,
+            })),
+        };
         let id = *id;
         if let Pushed::SpawnTask = listener.lanes().push(id, job) {
             let context = LaneContext {
@@ -326,6 +339,34 @@ impl<'a> Dispatcher<'a> {
                 runtime: id,
             };
             lane::spawn::<T>(runtime, context);
+        }
+    }
+
+    /// Concludes, as aborted, a delivery that could not be handed to its lane, with its
+    /// layers' `before` and `after` in pairs: a delivery started here had its `before`, one
+    /// the lane was to call has it now (but under a policy, which reports attempts only).
+    fn abort_here<E, F>(self, handed: Handed<E, F>) {
+        match handed {
+            Handed::Call(event) => {
+                drop(event);
+                let span = tracing::Span::none();
+                // A listener with a policy tells its layers about attempts, and this one made
+                // none.
+                let started = if self.entry.has_policy() {
+                    None
+                } else {
+                    self.scope().before(1)
+                };
+                self.conclude_here(&span, started, Outcome::Aborted);
+            }
+            Handed::Started {
+                slot,
+                span,
+                started,
+            } => {
+                drop(slot);
+                self.conclude_here(&span, started, Outcome::Aborted);
+            }
         }
     }
 
