@@ -383,3 +383,62 @@ async fn deliveries_aborted_before_they_started_still_pair_their_hooks() {
     assert_eq!(hooks.after.load(Ordering::SeqCst), DELIVERIES);
     assert_eq!(hooks.aborted.load(Ordering::SeqCst), DELIVERIES);
 }
+
+#[test]
+fn a_concurrency_limit_holds_across_the_lanes_of_two_runtimes() {
+    let bus = EventBus::new();
+    let gate = Gate::new();
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    bus.on("job", {
+        let gate = Arc::clone(&gate);
+        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+        move |_: Arc<Job>| {
+            let gate = Arc::clone(&gate);
+            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                gate.pass().await;
+                running.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .policy(Policy::new().concurrency(1))
+    .add();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+    };
+    let (first, second) = (runtime(), runtime());
+    // Each runtime's emits go to a lane of their own; the limit is the listener's.
+    let emits = |runtime: &tokio::runtime::Runtime, from: u32| {
+        let bus = bus.clone();
+        runtime.spawn(async move {
+            let emissions: Vec<_> = (from..from + 5).map(|n| bus.emit("job", Job(n))).collect();
+            let mut delivered = 0;
+            for emission in emissions {
+                delivered += emission.await.delivered();
+            }
+            delivered
+        })
+    };
+    let (a, b) = (emits(&first, 0), emits(&second, 100));
+    first.block_on(async {
+        guarded("the first delivery at the gate", gate.arrivals(1)).await;
+        gate.open(10);
+        let a = guarded("the first runtime's emissions", a)
+            .await
+            .expect("no panic");
+        let b = guarded("the second runtime's emissions", b)
+            .await
+            .expect("no panic");
+        assert_eq!(a + b, 10);
+        guarded("drain", bus.drain()).await;
+    });
+    assert_eq!(most.load(Ordering::SeqCst), 1, "two deliveries ran at once");
+    assert_eq!(gate.arrived.load(Ordering::SeqCst), 10);
+}
