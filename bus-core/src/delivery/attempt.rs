@@ -420,8 +420,9 @@ pub(crate) struct Attempt<'a> {
 /// Makes one attempt of a delivery run apart from its emitter: of a listener with a
 /// [`Policy`](crate::Policy) (one call per retry, in the listener's lane, or in a task of its
 /// own in [`Dispatch::Spawn`](crate::Dispatch) mode), or of a listener that receives its
-/// events from a broker (one call per delivery the broker makes, in its consumer's task). The layers' `before` and `after`
-/// surround the call and the future; a last attempt that fails goes to the dead letter.
+/// events from a broker (one call per delivery the broker makes, in its consumer's task).
+/// The layers' `before` and `after` surround the call and the future; a last attempt that
+/// fails goes to the dead letter.
 pub(crate) async fn run(scope: &Scope<'_>, event: &ErasedEvent, attempt: Attempt<'_>) -> Outcome {
     let number = attempt.number;
     let started = scope.before(number);

@@ -3,8 +3,10 @@
 //!
 //! [`ErasedListener::deliver`] is a double dispatch: the registry holds listeners with their
 //! types erased, and `deliver` hands the listener's *concrete* future type back to the engine
-//! ([`Dispatcher::run`]), so that a delivery completed inline is never boxed. That is the one
-//! deliberate import cycle of the crate (`erased` ↔ `run`), and why both live in this folder.
+//! ([`Dispatcher::run`]), so that a delivery completed inline is never boxed, and the
+//! listener's lane holds that future unboxed too ([`Concrete`], [`Lanes`]). Those are the
+//! deliberate import cycles of the crate (`erased` ↔ `run`, `erased` ↔ `lane`), and why they
+//! live in this folder.
 
 use std::any::{Any, TypeId};
 use std::future::Future;

@@ -179,6 +179,19 @@ impl<'a> Dispatcher<'a> {
             .as_ref()
     }
 
+    /// Counts the delivery in the bus's in-flight count until it concludes (in a lane or a
+    /// task of its own, which gives the place back when it ends), with the place it holds
+    /// under `max_in_flight`, if any; `false`, and nothing counted, once the bus is closed.
+    fn count_in_flight(&mut self) -> bool {
+        match self.reservation.take() {
+            Some(reservation) => {
+                reservation.keep();
+                self.emit.tasks.start_reserved()
+            }
+            None => self.emit.tasks.try_start(),
+        }
+    }
+
     fn scope(&self) -> Scope<'a> {
         Scope {
             event: self.emit.event_name,
@@ -293,15 +306,7 @@ impl<'a> Dispatcher<'a> {
             self.emit.tasks.count_aborted();
             return self.abort_here(handed);
         };
-        let counted = match self.reservation.take() {
-            Some(reservation) => {
-                // The lane gives the place back when the delivery ends.
-                reservation.keep();
-                self.emit.tasks.start_reserved()
-            }
-            None => self.emit.tasks.try_start(),
-        };
-        if !counted {
+        if !self.count_in_flight() {
             // Shutdown began after this emit checked: the delivery is aborted before it starts.
             self.emit.tasks.count_aborted();
             return self.abort_here(handed);
@@ -424,15 +429,7 @@ impl<'a> Dispatcher<'a> {
             drop(delivery);
             return self.conclude_here(&span, started, Outcome::Aborted);
         };
-        let started_task = match self.reservation.take() {
-            Some(reservation) => {
-                // The task gives the place back when it ends, as any task leaves the count.
-                reservation.keep();
-                self.emit.tasks.start_reserved()
-            }
-            None => self.emit.tasks.try_start(),
-        };
-        if !started_task {
+        if !self.count_in_flight() {
             // Shutdown began after this emit checked: the delivery is aborted before it starts.
             self.emit.tasks.count_aborted();
             drop(delivery);
