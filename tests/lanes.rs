@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bus::error::{DeliveryError, EmitError};
 use bus::{EventBus, Policy};
-use common::guarded;
+use common::{Gauge, guarded};
 use tokio::sync::{Barrier, Notify, Semaphore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +61,25 @@ impl Gate {
             notified.await;
         }
     }
+}
+
+/// A listener whose every delivery waits at `gate`. It captures the gate, so each add of it is
+/// a listener of its own.
+fn waiting_at(gate: &Arc<Gate>) -> impl bus::listener::Listener<Job> {
+    let gate = Arc::clone(gate);
+    move |_: Arc<Job>| {
+        let gate = Arc::clone(&gate);
+        async move { gate.pass().await }
+    }
+}
+
+/// A multi-thread runtime with one worker, beside the test's own.
+fn one_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,13 +192,7 @@ async fn shutdown_aborts_every_waiting_and_queued_delivery_and_counts_them() {
     // One listener without a policy (its deliveries all started), one with `concurrency = 1`
     // (one started, the rest queued).
     for policy in [Policy::new(), Policy::new().concurrency(1)] {
-        let gate = Arc::clone(&gate);
-        bus.on("job", move |_: Arc<Job>| {
-            let gate = Arc::clone(&gate);
-            async move { gate.pass().await }
-        })
-        .policy(policy)
-        .add();
+        bus.on("job", waiting_at(&gate)).policy(policy).add();
     }
     let emissions: Vec<_> = (0..50).map(|n| bus.emit("job", Job(n))).collect();
     guarded("the deliveries reaching the gate", gate.arrivals(51)).await;
@@ -207,23 +220,18 @@ async fn a_concurrency_limit_starts_queued_deliveries_in_emit_order() {
     let bus = EventBus::new();
     let gate = Gate::new();
     let order = Arc::new(Mutex::new(Vec::new()));
-    let running = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
+    let gauge = Arc::new(Gauge::default());
     bus.on("job", {
-        let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
-        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+        let (gate, order, gauge) = (Arc::clone(&gate), Arc::clone(&order), Arc::clone(&gauge));
         move |job: Arc<Job>| {
-            let (gate, order) = (Arc::clone(&gate), Arc::clone(&order));
-            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            let (gate, order, gauge) = (Arc::clone(&gate), Arc::clone(&order), Arc::clone(&gauge));
             async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
+                let _running = gauge.enter();
                 order
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(job.0);
                 gate.pass().await;
-                running.fetch_sub(1, Ordering::SeqCst);
             }
         }
     })
@@ -241,7 +249,7 @@ async fn a_concurrency_limit_starts_queued_deliveries_in_emit_order() {
     );
     gate.open(20);
     guarded("drain", bus.drain()).await;
-    assert_eq!(most.load(Ordering::SeqCst), 2);
+    assert_eq!(gauge.max(), 2);
     let order = order.lock().unwrap_or_else(PoisonError::into_inner).clone();
     assert_eq!(order, (0..20).collect::<Vec<_>>());
 }
@@ -250,13 +258,7 @@ async fn a_concurrency_limit_starts_queued_deliveries_in_emit_order() {
 async fn max_in_flight_counts_waiting_deliveries() {
     let bus = EventBus::builder().max_in_flight(10).build();
     let gate = Gate::new();
-    bus.add_listener("job", {
-        let gate = Arc::clone(&gate);
-        move |_: Arc<Job>| {
-            let gate = Arc::clone(&gate);
-            async move { gate.pass().await }
-        }
-    });
+    bus.add_listener("job", waiting_at(&gate));
     for n in 0..10 {
         drop(bus.try_emit("job", Job(n)).expect("room for ten"));
     }
@@ -277,21 +279,8 @@ async fn max_in_flight_counts_waiting_deliveries() {
 fn a_runtime_that_goes_away_aborts_its_deliveries_and_no_other() {
     let bus = EventBus::new();
     let gate = Gate::new();
-    bus.add_listener("job", {
-        let gate = Arc::clone(&gate);
-        move |_: Arc<Job>| {
-            let gate = Arc::clone(&gate);
-            async move { gate.pass().await }
-        }
-    });
-    let runtime = |threads: usize| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    };
-    let (first, second) = (runtime(1), runtime(1));
+    bus.add_listener("job", waiting_at(&gate));
+    let (first, second) = (one_worker_runtime(), one_worker_runtime());
     let early = first.block_on(async {
         let emissions: Vec<_> = (0..5).map(|n| bus.emit("job", Job(n))).collect();
         guarded(
@@ -364,13 +353,7 @@ async fn deliveries_aborted_before_they_started_still_pair_their_hooks() {
     let hooks = Arc::new(Counts::default());
     let bus = EventBus::builder().layer(Hooks(Arc::clone(&hooks))).build();
     let gate = Gate::new();
-    bus.add_listener("job", {
-        let gate = Arc::clone(&gate);
-        move |_: Arc<Job>| {
-            let gate = Arc::clone(&gate);
-            async move { gate.pass().await }
-        }
-    });
+    bus.add_listener("job", waiting_at(&gate));
     // The first delivery finds the listener waiting; the rest go to its lane whole.
     drop(bus.emit("job", Job(0)));
     guarded("the first delivery at the gate", gate.arrivals(1)).await;
@@ -388,32 +371,20 @@ async fn deliveries_aborted_before_they_started_still_pair_their_hooks() {
 fn a_concurrency_limit_holds_across_the_lanes_of_two_runtimes() {
     let bus = EventBus::new();
     let gate = Gate::new();
-    let running = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
+    let gauge = Arc::new(Gauge::default());
     bus.on("job", {
-        let gate = Arc::clone(&gate);
-        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+        let (gate, gauge) = (Arc::clone(&gate), Arc::clone(&gauge));
         move |_: Arc<Job>| {
-            let gate = Arc::clone(&gate);
-            let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+            let (gate, gauge) = (Arc::clone(&gate), Arc::clone(&gauge));
             async move {
-                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
+                let _running = gauge.enter();
                 gate.pass().await;
-                running.fetch_sub(1, Ordering::SeqCst);
             }
         }
     })
     .policy(Policy::new().concurrency(1))
     .add();
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("a runtime")
-    };
-    let (first, second) = (runtime(), runtime());
+    let (first, second) = (one_worker_runtime(), one_worker_runtime());
     // Each runtime's emits go to a lane of their own; the limit is the listener's.
     let emits = |runtime: &tokio::runtime::Runtime, from: u32| {
         let bus = bus.clone();
@@ -439,6 +410,6 @@ fn a_concurrency_limit_holds_across_the_lanes_of_two_runtimes() {
         assert_eq!(a + b, 10);
         guarded("drain", bus.drain()).await;
     });
-    assert_eq!(most.load(Ordering::SeqCst), 1, "two deliveries ran at once");
+    assert_eq!(gauge.max(), 1, "two deliveries ran at once");
     assert_eq!(gate.arrived.load(Ordering::SeqCst), 10);
 }

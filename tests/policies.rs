@@ -15,7 +15,7 @@ use bus::{
     error::{DeliveryError, EmitError},
     layer::{AttemptResult, DeadLetter, Layer},
 };
-use common::guarded;
+use common::{Gauge, guarded};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -42,34 +42,6 @@ impl<T: Clone> Record<T> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-}
-
-/// How many deliveries run at once, and the most seen so far.
-#[derive(Default)]
-struct Gauge {
-    running: AtomicUsize,
-    max: AtomicUsize,
-}
-
-impl Gauge {
-    /// Counts one more delivery running until the guard drops (also when it is aborted).
-    fn enter(self: &Arc<Self>) -> Running {
-        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max.fetch_max(now, Ordering::SeqCst);
-        Running(Arc::clone(self))
-    }
-
-    fn max(&self) -> usize {
-        self.max.load(Ordering::SeqCst)
-    }
-}
-
-struct Running(Arc<Gauge>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

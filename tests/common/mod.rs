@@ -7,6 +7,7 @@ pub mod brokers;
 use std::cell::RefCell;
 use std::future::IntoFuture;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
@@ -121,5 +122,35 @@ pub fn reachable<T>(test: &str, connected: Result<T, bus::transport::TransportEr
             None
         }
         Err(error) => panic!("{test}: cannot connect: {error}"),
+    }
+}
+
+/// How many deliveries run at once, and the most seen so far.
+#[derive(Default)]
+pub struct Gauge {
+    running: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Gauge {
+    /// Counts one more delivery running until the guard drops (also when it is aborted).
+    pub fn enter(self: &Arc<Self>) -> Running {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        Running(Arc::clone(self))
+    }
+
+    /// The most deliveries seen running at once.
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::SeqCst)
+    }
+}
+
+/// One delivery counted as running by a [`Gauge`], until dropped.
+pub struct Running(Arc<Gauge>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
     }
 }
