@@ -561,6 +561,14 @@ impl<T: Concrete> LaneTaskProj<'_, T> {
     /// Aborts every delivery the task holds: the running ones (dropped at their `.await`), the
     /// waiting ones, and, when the task is going away (`closing`), those still in its queue.
     fn abort_all(&mut self, closing: bool) {
+        // The listener, for its lanes; the lane was spawned for this type, so it is found.
+        let entry = Arc::clone(&self.context.entry);
+        let lanes = entry
+            .erased
+            .listener
+            .as_any()
+            .downcast_ref::<T>()
+            .map(Concrete::lanes);
         let mut aborted = Vec::new();
         for running in Pin::new(&mut *self.running).iter_pin_mut() {
             if let Some(done) = running.abort() {
@@ -568,26 +576,16 @@ impl<T: Concrete> LaneTaskProj<'_, T> {
             }
         }
         self.running.clear();
-        if let Some(listener) = self
-            .context
-            .entry
-            .erased
-            .listener
-            .as_any()
-            .downcast_ref::<T>()
-        {
-            self.release(listener.lanes(), aborted.len());
+        if let Some(lanes) = lanes {
+            self.release(lanes, aborted.len());
         }
         for done in aborted {
             self.conclude(done);
         }
         let mut jobs: Vec<_> = self.waiting.drain(..).collect();
         jobs.append(self.batch);
-        if closing {
-            let entry = &self.context.entry;
-            if let Some(listener) = entry.erased.listener.as_any().downcast_ref::<T>() {
-                jobs.extend(listener.lanes().close(self.context.runtime));
-            }
+        if let Some(lanes) = lanes.filter(|_| closing) {
+            jobs.extend(lanes.close(self.context.runtime));
         }
         for job in jobs {
             self.abort_job(job);
