@@ -87,6 +87,7 @@
 //! | `metrics` | no | [`MetricsLayer`](layer::MetricsLayer): the bus's emits and deliveries as counters, a gauge and a histogram, through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `nats` | no | [`nats`]: the NATS JetStream transport ([`nats::NatsTransport`], crate `bus-nats`) |
 //! | `redis` | no | [`redis`]: the Redis Streams transport ([`redis::RedisTransport`], crate `bus-redis`) |
+//! | `postgres` | no | [`postgres`]: a transactional outbox, an idempotent inbox and a transport on PostgreSQL (crate `bus-postgres`) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -114,3 +115,7 @@ pub use bus_nats as nats;
 /// The Redis Streams transport: [`redis::RedisTransport`] (crate `bus-redis`).
 #[cfg(feature = "redis")]
 pub use bus_redis as redis;
+
+/// PostgreSQL: a transactional outbox, an idempotent inbox and a transport (crate `bus-postgres`).
+#[cfg(feature = "postgres")]
+pub use bus_postgres as postgres;
