@@ -71,6 +71,18 @@ fn spread(runs: &[Value]) -> Option<f64> {
     (min > 0.0).then(|| max / min)
 }
 
+/// A rate in millions a second, two decimals; a rate under 0.01 M/s (the one-at-a-time peers
+/// of (h)) with two significant digits instead of a bare `0.00`.
+fn millions(rate: f64) -> String {
+    let millions = rate / 1e6;
+    if millions >= 0.01 || millions <= 0.0 {
+        format!("{millions:.2}")
+    } else {
+        let decimals = (-millions.log10().floor()) as usize + 1;
+        format!("{millions:.decimals$}")
+    }
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -185,7 +197,7 @@ impl Results {
                     _ => {
                         let noisy = spread(runs).is_some_and(|spread| spread > NOISY);
                         notes.noisy |= noisy;
-                        format!("{:.2}{}", a / 1e6, if noisy { " †" } else { "" })
+                        format!("{}{}", millions(a), if noisy { " †" } else { "" })
                     }
                 },
             },
@@ -511,5 +523,14 @@ mod tests {
         assert_eq!(thousands(101.0), "101");
         assert_eq!(thousands(1_234_567.0), "1,234,567");
         assert_eq!(thousands(-1234.0), "-1,234");
+    }
+
+    #[test]
+    fn small_rates_keep_two_significant_digits() {
+        assert_eq!(millions(3_284_000.0), "3.28");
+        assert_eq!(millions(10_000.0), "0.01");
+        assert_eq!(millions(1_534.0), "0.0015");
+        assert_eq!(millions(990.0), "0.00099");
+        assert_eq!(millions(0.0), "0.00");
     }
 }
