@@ -1,0 +1,295 @@
+//! What the transport promises beyond the conformance suite, as a user sees it: no event is
+//! skipped when transactions commit out of order, where a new group and a plain subscription
+//! start, a group's durable position, nack delays, dead letters, the ack wait, refusals.
+
+#[path = "common/pg_server.rs"]
+mod pg_server;
+
+use std::time::Duration;
+
+use bus_core::transport::{
+    DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_REASON, SubscribeOptions, Transport,
+    TransportError, WireEvent, dead_letter_name,
+};
+use bus_postgres::PostgresTransport;
+use bus_postgres::sqlx::{self, AssertSqlSafe};
+use pg_server::{TestPostgres, next, unique, within};
+
+fn event(name: &str) -> WireEvent {
+    WireEvent::new(format!("id-{}", unique()), "tests", name, "{}")
+}
+
+async fn publish(transport: &PostgresTransport, event: &WireEvent) {
+    within("a publish", transport.publish(event.clone()))
+        .await
+        .unwrap_or_else(|error| panic!("publishing {}: {error}", event.id));
+}
+
+/// A sequence number is allocated before its transaction commits: an event of a transaction
+/// still open has a smaller `seq` than one published after it and committed first. The group
+/// must get both once the first commits, never skip it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_after_a_later_one_is_not_skipped() {
+    let Some(pg) = TestPostgres::connect("out_of_order", |builder| builder).await else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    let mut subscription = pg
+        .subscribe(SubscribeOptions::new(&name).group("billing"))
+        .await
+        .expect("subscribed");
+    // The slow transaction: its row gets the smaller seq, and stays invisible for a while.
+    let mut slow = pg.pool.begin().await.expect("a transaction");
+    let insert = format!(
+        "INSERT INTO {}events (name, source, event_id, data) VALUES ($1, 'tests', 'slow', '')",
+        pg.prefix
+    );
+    sqlx::query(AssertSqlSafe(insert))
+        .bind(&name)
+        .execute(&mut *slow)
+        .await
+        .expect("the slow insert");
+    let fast = event(&name);
+    publish(&pg, &fast).await;
+    // Let the subscription poll while the slow transaction is open (it must not move past it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.commit().await.expect("the slow commit");
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let delivery = next(&mut subscription, "both events").await;
+        got.push(delivery.event().id.clone());
+        delivery.ack().await.expect("acked");
+    }
+    got.sort();
+    let mut expected = vec![fast.id.clone(), "slow".to_owned()];
+    expected.sort();
+    assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_group_starts_at_its_first_subscription_and_keeps_its_position() {
+    let Some(pg) = TestPostgres::connect("group_position", |builder| builder).await else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    let before = event(&name);
+    publish(&pg, &before).await;
+    let options = SubscribeOptions::new(&name).group("billing");
+    let mut first = pg.subscribe(options.clone()).await.expect("subscribed");
+    let during = event(&name);
+    publish(&pg, &during).await;
+    let delivery = next(&mut first, "the event published after the group").await;
+    assert_eq!(
+        delivery.event().id,
+        during.id,
+        "not the one published before the group"
+    );
+    delivery.ack().await.expect("acked");
+    drop(first);
+    // Published while no instance of the group is subscribed: kept for the group.
+    let meanwhile = event(&name);
+    publish(&pg, &meanwhile).await;
+    let other = pg.another(|builder| builder).await;
+    let mut second = other.subscribe(options).await.expect("subscribed again");
+    let delivery = next(&mut second, "the event published meanwhile").await;
+    assert_eq!(
+        (&delivery.event().id, delivery.attempt()),
+        (&meanwhile.id, 1),
+        "the group resumes where it stood"
+    );
+    delivery.ack().await.expect("acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_subscription_gets_what_is_published_after_it() {
+    let Some(pg) = TestPostgres::connect("plain_start", |builder| builder).await else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    publish(&pg, &event(&name)).await;
+    let mut subscription = pg
+        .subscribe(SubscribeOptions::new(&name))
+        .await
+        .expect("subscribed");
+    let after = event(&name);
+    publish(&pg, &after).await;
+    let delivery = next(&mut subscription, "the event published after").await;
+    assert_eq!(delivery.event().id, after.id);
+    assert_eq!(delivery.event(), &after, "every attribute as published");
+    delivery.ack().await.expect("acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nacks_wait_their_delay_then_the_last_failure_dead_letters() {
+    let Some(pg) = TestPostgres::connect("nack_dead_letter", |builder| {
+        builder.poll_interval(Duration::from_millis(100))
+    })
+    .await
+    else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    let mut letters = pg
+        .subscribe(SubscribeOptions::new(dead_letter_name(&name)))
+        .await
+        .expect("subscribed to the dead letters");
+    let mut subscription = pg
+        .subscribe(
+            SubscribeOptions::new(&name)
+                .group("billing")
+                .max_deliveries(2),
+        )
+        .await
+        .expect("subscribed");
+    let poison = event(&name).extension("trace", "t-1");
+    publish(&pg, &poison).await;
+    let first = next(&mut subscription, "the first delivery").await;
+    assert_eq!(first.attempt(), 1);
+    first
+        .nack(Duration::from_millis(200), "not yet".into())
+        .await
+        .expect("nacked");
+    let second = next(&mut subscription, "the redelivery").await;
+    assert_eq!((&second.event().id, second.attempt()), (&poison.id, 2));
+    second
+        .nack(Duration::ZERO, "still failing".into())
+        .await
+        .expect("nacked");
+    let letter = next(&mut letters, "the dead letter").await;
+    let dead = letter.event();
+    assert_eq!(dead.ty, dead_letter_name(&name));
+    assert_eq!(dead.id, format!("{}.dead.billing", poison.id));
+    assert_eq!(dead.extensions["trace"], "t-1");
+    assert_eq!(dead.extensions[DEAD_LETTER_GROUP], "billing");
+    assert_eq!(dead.extensions[DEAD_LETTER_ATTEMPTS], "2");
+    assert_eq!(dead.extensions[DEAD_LETTER_REASON], "still failing");
+    letter.ack().await.expect("acked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsettled_delivery_comes_back_after_the_ack_wait() {
+    let Some(pg) = TestPostgres::connect("ack_wait", |builder| {
+        builder.poll_interval(Duration::from_millis(100))
+    })
+    .await
+    else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    let options = SubscribeOptions::new(&name)
+        .group("billing")
+        .ack_wait(Duration::from_secs(1));
+    let mut hung = pg.subscribe(options.clone()).await.expect("subscribed");
+    let other = pg
+        .another(|builder| builder.poll_interval(Duration::from_millis(100)))
+        .await;
+    let sent = event(&name);
+    publish(&pg, &sent).await;
+    let held = next(&mut hung, "the first delivery").await;
+    assert_eq!(held.event().id, sent.id);
+    // A hung consumer: the delivery is never settled, the subscription never read again.
+    std::mem::forget(held);
+    let mut survivor = other.subscribe(options).await.expect("subscribed");
+    let again = next(&mut survivor, "the event after the ack wait").await;
+    assert_eq!((&again.event().id, again.attempt()), (&sent.id, 2));
+    again.ack().await.expect("acked");
+    drop(hung);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_dropped_and_counted() {
+    let Some(pg) = TestPostgres::connect("duplicates", |builder| builder).await else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    let mut subscription = pg
+        .subscribe(SubscribeOptions::new(&name))
+        .await
+        .expect("subscribed");
+    let twice = event(&name);
+    publish(&pg, &twice).await;
+    publish(&pg, &twice).await;
+    assert_eq!(pg.duplicates_dropped(), 1);
+    let after = event(&name);
+    publish(&pg, &after).await;
+    for expected in [&twice, &after] {
+        let delivery = next(&mut subscription, "the events, once each").await;
+        assert_eq!(
+            delivery.event().id,
+            expected.id,
+            "in order, the duplicate dropped"
+        );
+        delivery.ack().await.expect("acked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_what_is_wrong() {
+    let Some(pg) = TestPostgres::connect("refusals", |builder| builder).await else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    drop(
+        pg.subscribe(SubscribeOptions::new(&name).group("g"))
+            .await
+            .expect("subscribed"),
+    );
+    let Err(error) = pg
+        .subscribe(SubscribeOptions::new(format!("{name}.>")).group("g"))
+        .await
+    else {
+        panic!("a group with another pattern is refused");
+    };
+    assert!(
+        matches!(error, TransportError::Invalid { what: "group", .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&name), "{error}");
+    let Err(error) = pg.subscribe(SubscribeOptions::new("orders.>.x")).await else {
+        panic!("a bad pattern is refused");
+    };
+    assert!(
+        matches!(
+            error,
+            TransportError::Invalid {
+                what: "pattern",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = PostgresTransport::builder(pg.pool.clone())
+        .table_prefix("Bad;prefix")
+        .connect()
+        .await
+        .expect_err("a bad prefix is refused");
+    assert!(
+        matches!(
+            error,
+            TransportError::Invalid {
+                what: "table prefix",
+                ..
+            }
+        ),
+        "{error}"
+    );
+    let error = pg
+        .publish(WireEvent::new("", "tests", &name, "{}"))
+        .await
+        .expect_err("an event without id is refused");
+    assert!(matches!(error, TransportError::Invalid { .. }), "{error}");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_reported_as_such() {
+    let error = PostgresTransport::builder("postgres://postgres@127.0.0.1:1/test")
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        matches!(error, TransportError::Unreachable { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
+}
