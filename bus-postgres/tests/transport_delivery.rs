@@ -293,3 +293,77 @@ async fn an_unreachable_server_is_reported_as_such() {
     );
     assert!(error.to_string().contains("127.0.0.1:1"), "{error}");
 }
+
+/// A delivery dropped unsettled and a closed subscription are handed back in the background;
+/// `flush` waits for both, so that a process exiting right after loses neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_waits_for_the_hand_backs() {
+    let Some(pg) = TestPostgres::connect("flush", |builder| builder).await else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    let mut group = pg
+        .subscribe(SubscribeOptions::new(&name).group("billing"))
+        .await
+        .expect("subscribed");
+    let plain = pg
+        .subscribe(SubscribeOptions::new(&name))
+        .await
+        .expect("subscribed");
+    publish(&pg, &event(&name)).await;
+    let delivery = next(&mut group, "the event").await;
+    drop(delivery);
+    drop(plain);
+    within("flush", pg.flush()).await;
+    let held: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}deliveries WHERE claimed_by IS NOT NULL",
+        pg.prefix
+    )))
+    .fetch_one(&pg.pool)
+    .await
+    .expect("the count");
+    assert_eq!(
+        held, 0,
+        "the dropped delivery was handed back before flush resolved"
+    );
+    let plains: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM {}groups WHERE plain",
+        pg.prefix
+    )))
+    .fetch_one(&pg.pool)
+    .await
+    .expect("the count");
+    assert_eq!(
+        plains, 0,
+        "the closed subscription's row was removed before flush resolved"
+    );
+    let again = next(&mut group, "the event handed back").await;
+    assert_eq!(again.attempt(), 2);
+    again.ack().await.expect("acked");
+}
+
+/// A transport made from a URL opens a pool of its own, and reads what a transport on another
+/// pool of the same prefix publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_from_a_url_shares_the_tables_of_its_prefix() {
+    let Some(pg) = TestPostgres::connect("from_url", |builder| builder).await else {
+        return;
+    };
+    let from_url = PostgresTransport::builder(pg.url.as_str())
+        .table_prefix(pg.prefix.clone())
+        .max_connections(2)
+        .connect()
+        .await
+        .expect("connected from the URL");
+    assert_eq!(from_url.table_prefix(), pg.prefix);
+    let name = format!("orders.{}", unique());
+    let mut subscription = from_url
+        .subscribe(SubscribeOptions::new(&name).group("g"))
+        .await
+        .expect("subscribed");
+    let sent = event(&name);
+    publish(&pg, &sent).await;
+    let delivery = next(&mut subscription, "the event").await;
+    assert_eq!(delivery.event().id, sent.id);
+    delivery.ack().await.expect("acked");
+}

@@ -9,7 +9,7 @@ mod skip_locked;
 
 use std::collections::BTreeSet;
 
-use pg_server::{ci, pool, shared_url, skip, unique, within};
+use pg_server::{DropTables, ci, pool, shared_url, skip, unique, within};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn competing_workers_do_every_job_once() {
@@ -26,6 +26,10 @@ async fn competing_workers_do_every_job_once() {
         Err(error) => panic!("cannot connect to PostgreSQL at {url}: {error}"),
     };
     let table = format!("t_{}_queue", unique());
+    let _cleanup = DropTables {
+        url: url.clone(),
+        tables: table.clone(),
+    };
     skip_locked::create(&pool, &table)
         .await
         .expect("the queue table");
@@ -46,7 +50,6 @@ async fn competing_workers_do_every_job_once() {
             .expect("the worker's statements");
         all.extend(done);
     }
-    skip_locked::drop(&pool, &table).await.expect("the drop");
     let unique_jobs: BTreeSet<i64> = all.iter().copied().collect();
     assert_eq!(all.len(), 300, "each job done once, none twice");
     assert_eq!(unique_jobs, (1..=300).collect::<BTreeSet<i64>>());

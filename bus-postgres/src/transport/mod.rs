@@ -5,7 +5,7 @@
 mod delivery;
 mod error;
 mod pattern;
-mod schema;
+pub(crate) mod schema;
 mod sql;
 mod subscription;
 mod wake;

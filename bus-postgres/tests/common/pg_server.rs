@@ -121,9 +121,16 @@ impl Drop for TestPostgres {
 /// Drops the tables of `prefix` (a runtime of its own: this may run inside the test's
 /// runtime, or while it unwinds).
 pub fn drop_prefix(url: &str, prefix: &str) {
-    let (url, prefix) = (url.to_owned(), prefix.to_owned());
-    let statement =
-        format!("DROP TABLE IF EXISTS {prefix}deliveries, {prefix}groups, {prefix}events CASCADE");
+    drop_tables(
+        url,
+        &format!("{prefix}deliveries, {prefix}groups, {prefix}events"),
+    );
+}
+
+/// Drops the tables `tables` (a comma-separated list), on a runtime of its own.
+pub fn drop_tables(url: &str, tables: &str) {
+    let url = url.to_owned();
+    let statement = format!("DROP TABLE IF EXISTS {tables} CASCADE");
     let cleanup = std::thread::spawn(move || {
         let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -145,10 +152,22 @@ pub fn drop_prefix(url: &str, prefix: &str) {
                     return;
                 }
             }
-            eprintln!("could not drop the tables of `{prefix}` at {url}");
+            eprintln!("could not run `{statement}` at {url}");
         });
     });
     let _ = cleanup.join();
+}
+
+/// Drops its tables when dropped, even when the test panics.
+pub struct DropTables {
+    pub url: String,
+    pub tables: String,
+}
+
+impl Drop for DropTables {
+    fn drop(&mut self) {
+        drop_tables(&self.url, &self.tables);
+    }
 }
 
 /// A PostgreSQL server of the test's own, on a free loopback port, in a temporary directory

@@ -3,6 +3,11 @@
 //! of a transport (no groups, no fan-out, no redelivery, no dead letters). Kept here for a
 //! benchmark to reuse: `create`, `enqueue`, `work`, `drop`.
 
+#![allow(
+    dead_code,
+    reason = "kept for a benchmark to reuse: the test uses a part of it"
+)]
+
 use bus_postgres::sqlx::{self, AssertSqlSafe, PgPool};
 
 /// Creates the queue table `table` (a trusted identifier: the caller makes it).
