@@ -84,6 +84,7 @@
 //! | pattern `a.*`, `a.>` | the regular expression `^a\.[^.]+$`, `^a\..+$` on `name` (NATS token semantics: `*` one token, a last `>` one or more) |
 //! | wake-up | `LISTEN <prefix>events` on one connection per transport (from its first subscription); a notification wakes the subscriptions whose pattern matches the name it carries. Without one, a subscription polls every [`poll_interval`](PostgresTransportBuilder::poll_interval) |
 //! | `attempt()` | the record's `attempts`, counted by the claim |
+//! | retention | [`Retention::MaxAge`], [`Retention::MaxLen`]: `DELETE` of the events past it, at connect and every [`PURGE_INTERVAL`] |
 //! | `ack` | the record deleted |
 //! | `nack(d)` | `available_at = now() + d`: claimed again once due (within a poll interval) |
 //! | `ack_wait` | a claim sets `available_at = now() + ack_wait`: a delivery left unsettled (a crashed or hung consumer) is claimed again by any member after it |
@@ -110,9 +111,12 @@
 //! [`publish_deadline`](PostgresTransportBuilder::publish_deadline); a subscription retries
 //! its polls forever with a backoff, and yields an error only for what retrying does not cure.
 //!
-//! **Limits.** Events stay in `<prefix>events` until an operator deletes them (no retention
-//! yet; deleting an event deletes its delivery records). Every idle subscription polls (two
-//! short statements) every poll interval. Each transport holds one connection for `LISTEN`
+//! **Retention.** Events stay in `<prefix>events` until an operator deletes them, or, with a
+//! [`retention`](PostgresTransportBuilder::retention) (`MaxAge`, `MaxLen`), until the
+//! transport deletes them past it; deleting an event deletes its delivery records, and its
+//! source and id are no longer a duplicate.
+//!
+//! **Limits.** Every idle subscription polls (two short statements) every poll interval. Each transport holds one connection for `LISTEN`
 //! besides its pool: on a server with a small `max_connections`, give many transports of one
 //! process one [`PgPool`](sqlx::PgPool).
 //!
@@ -126,9 +130,13 @@ mod transport;
 
 pub use crate::transport::{
     ConnectTo, DEFAULT_BATCH_SIZE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_POLL_INTERVAL, DEFAULT_PUBLISH_DEADLINE, DEFAULT_TABLE_PREFIX, MAX_TABLE_PREFIX_LEN,
-    PostgresTransport, PostgresTransportBuilder, PostgresTransportError,
+    DEFAULT_POLL_INTERVAL, DEFAULT_PUBLISH_DEADLINE, DEFAULT_RETENTION, DEFAULT_TABLE_PREFIX,
+    MAX_TABLE_PREFIX_LEN, PURGE_INTERVAL, PostgresTransport, PostgresTransportBuilder,
+    PostgresTransportError,
 };
+/// How much of its events the transport keeps: see
+/// [`PostgresTransportBuilder::retention`].
+pub use bus_core::transport::Retention;
 
 /// The client library, re-exported so that users name the same `sqlx` as this crate.
 pub use sqlx;

@@ -5,6 +5,7 @@
 mod delivery;
 mod error;
 mod pattern;
+mod purge;
 pub(crate) mod schema;
 mod sql;
 mod subscription;
@@ -17,8 +18,8 @@ use std::time::Duration;
 
 use bus_core::transport::support::{self, check_pattern};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, ServerUrl, SubscribeOptions, Transport,
-    TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, Retention, ServerUrl, SubscribeOptions,
+    Transport, TransportError, TransportSubscription, WireEvent,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -46,6 +47,12 @@ pub const DEFAULT_PUBLISH_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// The default [`connect_timeout`](PostgresTransportBuilder::connect_timeout): 5 s.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default [`retention`](PostgresTransportBuilder::retention): events are kept until an
+/// operator deletes them.
+pub const DEFAULT_RETENTION: Retention = Retention::Unbounded;
+/// How often a transport with a [`retention`](PostgresTransportBuilder::retention) deletes
+/// what is past it: at connect, then every 30 s.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The shortest wait between two polls of a subscription that found nothing: after a
 /// notification, a subscription polls at once, then after 10 ms, 20 ms, ... up to the poll
@@ -143,6 +150,7 @@ pub struct PostgresTransportBuilder {
     connect_timeout: Duration,
     create_schema: bool,
     restartable: bool,
+    retention: Retention,
 }
 
 impl PostgresTransportBuilder {
@@ -223,6 +231,21 @@ impl PostgresTransportBuilder {
         self
     }
 
+    /// How much of its events the transport keeps; past it the oldest go, whether or not every
+    /// group has read them (their delivery records go with them), and a publish of their
+    /// source and id is no longer a duplicate. [`Retention::Unbounded`]: kept until an
+    /// operator deletes them. [`Retention::MaxAge`]`(age)`: the events published more than
+    /// `age` ago (by the server's clock). [`Retention::MaxLen`]`(n)`: about the newest `n`
+    /// events of the prefix, all names together. [`Retention::MaxBytes`] is refused at
+    /// [`connect`](Self::connect) with [`TransportError::Invalid`]. The transport deletes at
+    /// connect and every [`PURGE_INTERVAL`], in batches of 10,000 rows; every transport with a
+    /// retention does it, so one per deployment is enough. Default: [`DEFAULT_RETENTION`]
+    /// (unbounded).
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
     /// Declares that the server may be restarted under the transport, for
     /// [`Capabilities::restartable`]: the conformance suite then restarts it. The transport
     /// rides through a restart either way. Default: `false`.
@@ -244,6 +267,15 @@ impl PostgresTransportBuilder {
         schema::check_prefix(&self.prefix).map_err(|reason| {
             TransportError::invalid(NAME, "table prefix", &self.prefix, reason)
         })?;
+        if let Retention::MaxBytes(bytes) = self.retention {
+            return Err(TransportError::invalid(
+                NAME,
+                "retention",
+                &format!("MaxBytes({bytes})"),
+                "PostgreSQL tables are trimmed by age or count here: use Retention::MaxAge or \
+                 Retention::MaxLen",
+            ));
+        }
         let span = tracing::info_span!("bus.postgres.connect", prefix = %self.prefix);
         async move {
             let pool = match &self.to {
@@ -276,25 +308,25 @@ impl PostgresTransportBuilder {
                 .instance
                 .clone()
                 .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
-            Ok(PostgresTransport {
-                inner: Arc::new(Inner {
-                    sql: Sql::new(&self.prefix),
-                    channel: format!("{}events", self.prefix),
-                    prefix: self.prefix,
-                    pool,
-                    instance,
-                    poll_interval: self.poll_interval,
-                    batch_size: i64::try_from(self.batch_size).unwrap_or(i64::MAX),
-                    publish_deadline: self.publish_deadline,
-                    max_payload: self.max_payload,
-                    restartable: self.restartable,
-                    wakers: Wakers::default(),
-                    tracker: TaskTracker::new(),
-                    cancel: CancellationToken::new(),
-                    plain_count: AtomicU64::new(0),
-                    duplicates: AtomicU64::new(0),
-                }),
-            })
+            let inner = Arc::new(Inner {
+                sql: Sql::new(&self.prefix),
+                channel: format!("{}events", self.prefix),
+                prefix: self.prefix,
+                pool,
+                instance,
+                poll_interval: self.poll_interval,
+                batch_size: i64::try_from(self.batch_size).unwrap_or(i64::MAX),
+                publish_deadline: self.publish_deadline,
+                max_payload: self.max_payload,
+                restartable: self.restartable,
+                wakers: Wakers::default(),
+                tracker: TaskTracker::new(),
+                cancel: CancellationToken::new(),
+                plain_count: AtomicU64::new(0),
+                duplicates: AtomicU64::new(0),
+            });
+            purge::start(&inner, self.retention);
+            Ok(PostgresTransport { inner })
         }
         .instrument(span)
         .await
@@ -317,6 +349,7 @@ impl PostgresTransport {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             create_schema: true,
             restartable: false,
+            retention: DEFAULT_RETENTION,
         }
     }
 

@@ -37,6 +37,11 @@ pub(crate) struct Sql {
     pub(crate) expire: Arc<str>,
     /// `$1` name: a subscription outside any group closes.
     pub(crate) unregister: Arc<str>,
+    /// `$1` age (s), `$2` batch: deletes those of the oldest batch of events that are older
+    /// than the age (the `seq` index, no index on the time: `seq` follows time closely).
+    pub(crate) purge_age: Arc<str>,
+    /// `$1` count kept, `$2` batch: deletes up to a batch of the events but the newest ones.
+    pub(crate) purge_len: Arc<str>,
 }
 
 impl Sql {
@@ -160,6 +165,18 @@ impl Sql {
                 "DELETE FROM {p}groups WHERE plain AND expires_at < now()"
             )),
             unregister: text(format!("DELETE FROM {p}groups WHERE plain AND name = $1")),
+            purge_age: text(format!(
+                "DELETE FROM {p}events WHERE seq IN (
+                    SELECT seq FROM (
+                        SELECT seq, published_at FROM {p}events ORDER BY seq LIMIT $2) oldest
+                    WHERE published_at < now() - make_interval(secs => $1))"
+            )),
+            purge_len: text(format!(
+                "DELETE FROM {p}events WHERE seq IN (
+                    SELECT seq FROM {p}events
+                    WHERE seq <= (SELECT seq FROM {p}events ORDER BY seq DESC OFFSET $1 LIMIT 1)
+                    ORDER BY seq LIMIT $2)"
+            )),
         }
     }
 }
