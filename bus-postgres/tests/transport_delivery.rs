@@ -13,6 +13,7 @@ use bus_core::transport::{
 };
 use bus_postgres::PostgresTransport;
 use bus_postgres::sqlx::{self, AssertSqlSafe};
+use futures_util::StreamExt;
 use pg_server::{TestPostgres, next, unique, within};
 
 fn event(name: &str) -> WireEvent {
@@ -364,6 +365,99 @@ async fn a_transport_from_a_url_shares_the_tables_of_its_prefix() {
     let sent = event(&name);
     publish(&pg, &sent).await;
     let delivery = next(&mut subscription, "the event").await;
+    assert_eq!(delivery.event().id, sent.id);
+    delivery.ack().await.expect("acked");
+}
+
+/// A subscription outside any group whose process died leaves its row behind; another
+/// transport removes it once it has not been renewed within its time to live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_process_s_plain_subscription_is_removed() {
+    let Some(pg) = TestPostgres::connect("plain_expiry", |builder| builder).await else {
+        return;
+    };
+    // What a crashed process leaves: a plain row past its `expires_at`.
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {}groups (name, pattern, regex, horizon, plain, expires_at)
+         VALUES ('subscription-dead-0', 'a', '^a$', pg_current_xact_id(), true,
+                 now() - interval '1 minute')",
+        pg.prefix
+    )))
+    .execute(&pg.pool)
+    .await
+    .expect("the stale row");
+    // A subscription starts the transport's heartbeat, which removes expired rows at once.
+    let _alive = pg
+        .subscribe(SubscribeOptions::new(format!("orders.{}", unique())))
+        .await
+        .expect("subscribed");
+    let deadline = tokio::time::Instant::now() + pg_server::PATIENCE;
+    loop {
+        let names: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT name FROM {}groups WHERE plain ORDER BY name",
+            pg.prefix
+        )))
+        .fetch_all(&pg.pool)
+        .await
+        .expect("the rows");
+        if names.len() == 1 && !names.contains(&"subscription-dead-0".to_owned()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stale row is still there: {names:?}"
+        );
+        // A poll of the table for the heartbeat's work, bounded by the deadline above.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A subscription whose row was removed under it (an operator, or an expiry while its process
+/// stalled) registers again and gets what is published from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_row_was_removed_registers_again() {
+    let Some(pg) = TestPostgres::connect("registers_again", |builder| {
+        builder.poll_interval(Duration::from_millis(50))
+    })
+    .await
+    else {
+        return;
+    };
+    let name = format!("orders.{}", unique());
+    let mut subscription = pg
+        .subscribe(SubscribeOptions::new(&name).group("billing"))
+        .await
+        .expect("subscribed");
+    let removed = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM {}groups WHERE name = 'billing'",
+        pg.prefix
+    )))
+    .execute(&pg.pool)
+    .await
+    .expect("the delete");
+    assert_eq!(removed.rows_affected(), 1);
+    let deadline = tokio::time::Instant::now() + pg_server::PATIENCE;
+    loop {
+        let present: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT EXISTS (SELECT 1 FROM {}groups WHERE name = 'billing')",
+            pg.prefix
+        )))
+        .fetch_one(&pg.pool)
+        .await
+        .expect("the row");
+        if present {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not registered again"
+        );
+        // Polling drives the stream: take the next item briefly, then look again.
+        let _ = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+    }
+    let sent = event(&name);
+    publish(&pg, &sent).await;
+    let delivery = next(&mut subscription, "the event after the new registration").await;
     assert_eq!(delivery.event().id, sent.id);
     delivery.ack().await.expect("acked");
 }
