@@ -78,7 +78,7 @@
 //! | bus | PostgreSQL |
 //! |---|---|
 //! | publish | `INSERT ... ON CONFLICT (source, event_id) DO NOTHING` and `pg_notify('<prefix>events', name)` in one statement: resolved once committed |
-//! | duplicate (same source and id) | not inserted: the publish resolves `Ok`, is logged at `info`, counted in [`PostgresTransport::duplicates_dropped`] and `bus_duplicates_dropped_total`; the same id from another source is another event |
+//! | duplicate (same source and id) | not inserted: the publish resolves `Ok`, is logged at `info`, counted in [`PostgresTransport::duplicates_dropped`] and, with the feature `metrics`, `bus_duplicates_dropped_total`; the same id from another source is another event |
 //! | group `g` | row `g` of `<prefix>groups`, created by its first subscription with `horizon = pg_current_xact_id()`: a new group gets the events published after its first subscription; an existing group resumes where it stood (durable). Subscribing to it with another pattern is [`TransportError::Invalid`](bus_core::transport::TransportError::Invalid) |
 //! | no group | a row `subscription-<instance>-<n>` of its own (`plain`), created the same way and deleted when the subscription closes; renewed every 15 s, and removed by any transport that has a subscription once it has not been renewed for 60 s (its process died) |
 //! | pattern `a.*`, `a.>` | the regular expression `^a\.[^.]+$`, `^a\..+$` on `name` (NATS token semantics: `*` one token, a last `>` one or more) |

@@ -391,7 +391,7 @@ impl PostgresTransport {
     }
 
     /// How many publishes this transport dropped because their source and id were stored
-    /// already (they also count in `bus_duplicates_dropped_total` with bus-core's `metrics`).
+    /// already (they also count in `bus_duplicates_dropped_total` with the feature `metrics`).
     pub fn duplicates_dropped(&self) -> u64 {
         self.inner.duplicates.load(Ordering::Relaxed)
     }
