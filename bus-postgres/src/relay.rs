@@ -90,9 +90,14 @@ const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// as long before the next one, so that a broker that is down is not hammered. A row is never
 /// given up.
 ///
-/// **Order.** One relay publishes in the order of the rows' writes, a failed row aside (the
-/// rows after it go first while it waits). Several relays publish in parallel, so events may
-/// reach the broker out of order.
+/// **Order.** One relay publishes the rows committed when its pass starts in the order of
+/// their inserts (`position`); a row committed late goes out with a later pass, and a failed
+/// row waits while the rows after it go first. Several relays publish in parallel, so events
+/// may reach the broker out of order.
+///
+/// **Connections.** A relay holds one connection of the pool to `LISTEN`, and takes another
+/// for each pass, held while the pass publishes: size the pool for it. Closing the pool
+/// ([`PgPool::close`]) stops the relay.
 #[derive(Debug)]
 pub struct Relay {
     shared: Arc<Shared>,
@@ -194,14 +199,20 @@ impl Relay {
         self.shared.sql.lag(&self.shared.pool).await
     }
 
+    /// Whether the relay's task still runs: `false` once stopped, or once its pool was closed.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     /// How many rows this relay has published and marked (or deleted) since it started.
     pub fn published(&self) -> u64 {
         self.shared.published.load(Ordering::Relaxed)
     }
 
-    /// Stops the relay gracefully: the pass under way ends (its publishes resolve, what was
-    /// published is marked, and committed), then the task ends. Dropping the relay stops it
-    /// the same way, without waiting.
+    /// Stops the relay gracefully: the pass under way ends (the publish in flight resolves,
+    /// within the [`publish_timeout`](RelayBuilder::publish_timeout); what was published is
+    /// marked and committed), then the task ends. Dropping the relay stops it the same way,
+    /// without waiting.
     ///
     /// # Cancel safety
     ///
@@ -376,6 +387,13 @@ impl Shared {
                     } else {
                         self.poll_interval
                     }
+                }
+                Err(OutboxError::Database {
+                    source: sqlx::Error::PoolClosed,
+                    ..
+                }) => {
+                    tracing::info!("the pool of the outbox relay is closed: the relay stops");
+                    break;
                 }
                 Err(error) => {
                     failures = failures.saturating_add(1);

@@ -63,6 +63,69 @@ async fn a_claim_is_granted_once_per_group_and_only_when_committed() {
     tx.commit().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_claim_waits_for_the_first_and_follows_its_outcome() {
+    let Some(db) =
+        TestDb::connect("a_concurrent_claim_waits_for_the_first_and_follows_its_outcome").await
+    else {
+        return;
+    };
+    for commit in [true, false] {
+        let id = format!("e-{commit}");
+        let inbox = db.inbox();
+        let mut first = db.pool.begin().await.unwrap();
+        assert!(
+            inbox
+                .claim_id(&mut first, "billing", "shop", &id)
+                .await
+                .unwrap()
+        );
+        let second = {
+            let (pool, inbox, id) = (db.pool.clone(), inbox.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut tx = pool.begin().await.unwrap();
+                let claimed = inbox
+                    .claim_id(&mut tx, "billing", "shop", &id)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+                claimed
+            })
+        };
+        // The second claim waits on the first's row lock.
+        let waiting = async {
+            loop {
+                let waiting: bool = sqlx::query_scalar(
+                    "SELECT count(*) > 0 FROM pg_stat_activity
+                     WHERE datname = current_database() AND wait_event_type = 'Lock'
+                       AND strpos(query, $1) > 0",
+                )
+                .bind(format!("{}inbox", db.prefix))
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+                if waiting {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, waiting)
+            .await
+            .expect("the second claim waits for the first");
+        if commit {
+            first.commit().await.unwrap();
+        } else {
+            first.rollback().await.unwrap();
+        }
+        let claimed = tokio::time::timeout(PATIENCE, second)
+            .await
+            .expect("the second claim ends with the first")
+            .unwrap();
+        assert_eq!(claimed, !commit, "first committed: {commit}");
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PaymentReceived {
     order: i64,

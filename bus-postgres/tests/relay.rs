@@ -242,3 +242,23 @@ async fn the_relay_publishes_to_nats_with_the_event_id() {
     assert_eq!(nats.stream_messages().await, 1);
     relay.stop().await;
 }
+
+#[tokio::test]
+async fn closing_the_pool_stops_the_relay() {
+    let Some(db) = TestDb::connect("closing_the_pool_stops_the_relay").await else {
+        return;
+    };
+    let recorder = Recorder::new();
+    let relay = db.relay(recorder.shared()).start().unwrap();
+    assert!(relay.is_running());
+    db.pool.close().await;
+    let stopped = async {
+        while relay.is_running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, stopped)
+        .await
+        .expect("the relay stops once its pool is closed");
+    relay.stop().await;
+}
