@@ -336,3 +336,49 @@ async fn bad_events_and_prefixes_are_refused_before_any_write() {
     tx.commit().await.unwrap();
     assert_eq!(db.lag().await.pending, 1);
 }
+
+/// The migration file applies with sqlx's migrator and makes the tables the default
+/// `Outbox` and `Inbox` use: in a schema of the test's own, so that the default names do not
+/// meet another test's.
+#[tokio::test]
+async fn the_migration_creates_the_default_tables() {
+    let Some(db) = TestDb::connect("the_migration_creates_the_default_tables").await else {
+        return;
+    };
+    let schema = format!("{}schema", db.prefix);
+    let mut conn = db.conn().await.detach();
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let migrated = async {
+        sqlx::query(AssertSqlSafe(format!("SET search_path TO {schema}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::migrate!("./migrations").run(&mut conn).await.unwrap();
+        // Twice: a migration already applied is not applied again.
+        sqlx::migrate!("./migrations").run(&mut conn).await.unwrap();
+        let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+        Outbox::new("shop")
+            .emit(&mut tx, "order.placed", &1)
+            .await
+            .unwrap();
+        let claimed = bus_postgres::Inbox::new()
+            .claim_id(&mut tx, "billing", "shop", "1")
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM bus_outbox")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        (claimed, pending)
+    }
+    .await;
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(migrated, (true, 1));
+}

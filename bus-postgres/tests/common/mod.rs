@@ -119,7 +119,7 @@ impl TestDb {
     }
 }
 
-/// Drops every table whose name starts with the prefix when dropped, on a connection and a
+/// Drops every table and schema whose name starts with the prefix when dropped, on a connection and a
 /// runtime of its own: this may run inside the test's runtime, or while it unwinds.
 struct DropTables(String);
 
@@ -145,9 +145,23 @@ impl Drop for DropTables {
                 .fetch_all(&mut conn)
                 .await
                 .unwrap_or_default();
-                for table in tables {
-                    // Names read from the catalog, quoted.
-                    let drop = format!("DROP TABLE IF EXISTS \"{table}\" CASCADE");
+                let schemas: Vec<String> = sqlx::query_scalar(
+                    "SELECT nspname::TEXT FROM pg_namespace WHERE starts_with(nspname, $1)",
+                )
+                .bind(&prefix)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+                // Names read from the catalog, quoted.
+                let drops = tables
+                    .iter()
+                    .map(|table| format!("DROP TABLE IF EXISTS \"{table}\" CASCADE"))
+                    .chain(
+                        schemas
+                            .iter()
+                            .map(|schema| format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE")),
+                    );
+                for drop in drops {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
                         .execute(&mut conn)
                         .await;
