@@ -51,8 +51,10 @@ CREATE INDEX IF NOT EXISTS {prefix}inbox_handled_at ON {prefix}inbox (handled_at
 ///
 /// A claim is keyed by (group, event source, event id): the CloudEvents identity of the event,
 /// per consumer group (each group handles each event once). Two transactions claiming the
-/// same key at once are serialized by the table's primary key: the second waits for the first
-/// to end, and gets `false` if it committed, `true` if it rolled back.
+/// same key at once are serialized by the table's primary key: at `READ COMMITTED` (the
+/// default isolation level), the second waits for the first to end, and gets `false` if it
+/// committed, `true` if it rolled back; at `REPEATABLE READ` or `SERIALIZABLE`, PostgreSQL
+/// fails the second with a serialization error instead, to be retried as usual.
 #[derive(Debug, Clone)]
 pub struct Inbox {
     prefix: String,

@@ -22,7 +22,8 @@ pub enum PublishedRows {
     /// Deleted in the transaction that would mark it: the table holds only what is pending.
     Delete,
     /// Marked (`published_at`), and deleted by the relays once published longer ago than
-    /// this: to look back at what was published.
+    /// this (they look for such rows every minute, or every `age` when shorter): to look
+    /// back at what was published.
     KeepFor(Duration),
 }
 
