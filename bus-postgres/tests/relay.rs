@@ -8,7 +8,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::transport::{SubscribeOptions, Transport};
+use bus_core::transport::{
+    BoxFuture, Capabilities, SubscribeOptions, Transport, TransportError, TransportSubscription,
+    WireEvent,
+};
 use bus_postgres::PublishedRows;
 use bus_postgres::sqlx::{self, AssertSqlSafe};
 use common::{PATIENCE, Recorder, TestDb};
@@ -261,4 +264,77 @@ async fn closing_the_pool_stops_the_relay() {
         .await
         .expect("the relay stops once its pool is closed");
     relay.stop().await;
+}
+
+/// Holds each publish until the test lets it through, and records what it let through.
+struct Gate {
+    entered: tokio::sync::mpsc::UnboundedSender<String>,
+    open: Arc<tokio::sync::Semaphore>,
+    recorder: Recorder,
+}
+
+impl Transport for Gate {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>> {
+        Box::pin(async move {
+            let _ = self.entered.send(event.id.clone());
+            self.open.acquire().await.unwrap().forget();
+            self.recorder.publish(event).await
+        })
+    }
+
+    fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
+        self.recorder.subscribe(options)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_lets_the_publish_in_flight_finish_and_marks_it() {
+    let Some(db) = TestDb::connect("stop_lets_the_publish_in_flight_finish_and_marks_it").await
+    else {
+        return;
+    };
+    let (entered, mut publishing) = tokio::sync::mpsc::unbounded_channel();
+    let open = Arc::new(tokio::sync::Semaphore::new(0));
+    let recorder = Recorder::new();
+    let gate = Gate {
+        entered,
+        open: Arc::clone(&open),
+        recorder: recorder.clone(),
+    };
+    let relay = db.relay(Arc::new(gate)).start().unwrap();
+    let id = db
+        .outbox("shop")
+        .emit(&mut *db.conn().await, "order.placed", &1)
+        .await
+        .unwrap();
+    let in_flight = tokio::time::timeout(PATIENCE, publishing.recv())
+        .await
+        .expect("the relay publishes")
+        .unwrap();
+    assert_eq!(in_flight, id);
+
+    let stopping = tokio::spawn(relay.stop());
+    // The stop waits for the publish in flight...
+    tokio::task::yield_now().await;
+    assert!(!stopping.is_finished());
+    open.add_permits(1);
+    // ... which then completes, and its row is marked before the relay ends.
+    tokio::time::timeout(PATIENCE, stopping)
+        .await
+        .expect("the relay stops once its publish resolved")
+        .unwrap();
+    assert_eq!(recorder.counts().get(&id), Some(&1));
+    assert_eq!(db.lag().await.pending, 0);
+    assert_eq!(db.rows().await, 0);
 }
