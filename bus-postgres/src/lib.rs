@@ -32,6 +32,10 @@
 //! # }
 //! ```
 //!
+//! Without a broker, a relay delivers to the listeners of an `EventBus` in this process
+//! ([`LocalBus`]): in-process events that survive a crash between the commit and their
+//! delivery.
+//!
 //! # Guarantees
 //!
 //! - Committed: published at least once, whatever crashes; a deduplicating transport
@@ -82,12 +86,14 @@
 
 mod error;
 mod inbox;
+mod local;
 mod outbox;
 mod relay;
 mod schema;
 
 pub use crate::error::OutboxError;
 pub use crate::inbox::Inbox;
+pub use crate::local::LocalBus;
 pub use crate::outbox::{JSON, Lag, Outbox};
 pub use crate::relay::{PublishedRows, Relay, RelayBuilder};
 pub use crate::schema::{
