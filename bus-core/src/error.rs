@@ -149,6 +149,16 @@ pub enum EmitError {
         /// What serde said.
         reason: String,
     },
+    /// [`EventBus::try_emit_received`](crate::EventBus::try_emit_received) was given a
+    /// [`WireEvent`](crate::transport::WireEvent) whose attributes do not read back (a `time`
+    /// that is not RFC 3339).
+    #[error("cannot emit `{event}`: {reason}")]
+    Malformed {
+        /// The event name.
+        event: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Why an event emitted on a bus with a transport did not reach the broker. Listeners in

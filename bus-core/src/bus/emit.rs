@@ -255,6 +255,7 @@ impl EventBus {
         event_name: &str,
         event: E,
         strictness: Strictness,
+        received: Option<Meta>,
     ) -> Result<Emission, Refusal<E>>
     where
         E: Send + Sync + 'static,
@@ -280,10 +281,10 @@ impl EventBus {
         let clocked = !matches!(checked.publish, Publish::No)
             || !layers.only_tracing()
             || targets.iter().any(|entry| entry.observes_envelope());
-        let meta = if clocked {
-            Meta::now()
-        } else {
-            Meta::unclocked()
+        let meta = match received {
+            Some(meta) => meta,
+            None if clocked => Meta::now(),
+            None => Meta::unclocked(),
         };
         let mut outcomes = Outcomes::new(Arc::clone(&targets.name), checked.listeners);
         outcomes.set_event_id(meta.id.clone());

@@ -24,9 +24,7 @@ pub use self::register::ListenerBuilder;
 pub use self::stream::{EventStream, MAX_CAPACITY};
 pub use self::wait::WaitFor;
 use crate::delivery::{Dispatch, Emission, Engine, EngineRef, Listener, Outcomes, Snapshot};
-#[cfg(doc)]
-use crate::error::EmitError;
-use crate::error::{AddListenerError, TransportError, TryEmitError};
+use crate::error::{AddListenerError, EmitError, TransportError, TryEmitError};
 use crate::event::Event;
 use crate::id::ListenerId;
 use crate::info::ListenerInfo;
@@ -377,7 +375,7 @@ impl EventBus {
     where
         E: Send + Sync + 'static,
     {
-        match self.emit_with(event_name, event, Strictness::Lenient) {
+        match self.emit_with(event_name, event, Strictness::Lenient, None) {
             Ok(emission) => emission,
             // A lenient emit turns every error into failed deliveries.
             Err(refusal) => {
@@ -424,7 +422,7 @@ impl EventBus {
     {
         let mut event = event;
         loop {
-            let needed = match self.emit_with(event_name, event, Strictness::WaitForRoom) {
+            let needed = match self.emit_with(event_name, event, Strictness::WaitForRoom, None) {
                 Ok(emission) => return emission,
                 Err(refusal) => {
                     event = refusal.event;
@@ -478,7 +476,46 @@ impl EventBus {
     where
         E: Send + Sync + 'static,
     {
-        self.emit_with(event_name, event, Strictness::Strict)
+        self.emit_with(event_name, event, Strictness::Strict, None)
+            .map_err(|refusal| TryEmitError::new(refusal.error, refusal.event))
+    }
+
+    /// Like [`try_emit`](EventBus::try_emit), for an event that was emitted elsewhere and
+    /// kept: `event` is the payload of `wire`, decoded by the caller, and its listeners see
+    /// the attributes of `wire` as they see those of an event from a broker: its
+    /// [`id`](crate::Envelope::id), [`source`](crate::Envelope::source),
+    /// [time](crate::Envelope::emitted_at), [causation](crate::Envelope::causation) (the
+    /// `causationid` extension), content type and other extensions. It is emitted under
+    /// `wire.ty`.
+    ///
+    /// For the relays of durable stores (the outbox of `bus-postgres`), which deliver a kept
+    /// event to the listeners of this process once its report is in. Like every emit, on a
+    /// bus with a transport, an event whose type crosses the wire is published too (as this
+    /// bus's, with the kept id).
+    ///
+    /// # Errors
+    ///
+    /// As [`try_emit`](EventBus::try_emit), and [`EmitError::Malformed`] when the `time` of
+    /// `wire` is not an RFC 3339 timestamp.
+    pub fn try_emit_received<E>(
+        &self,
+        wire: &crate::transport::WireEvent,
+        event: E,
+    ) -> Result<Emission, TryEmitError<E>>
+    where
+        E: Send + Sync + 'static,
+    {
+        let meta = match crate::remote::meta_of(wire) {
+            Ok(meta) => meta,
+            Err(reason) => {
+                let error = EmitError::Malformed {
+                    event: wire.ty.clone(),
+                    reason,
+                };
+                return Err(TryEmitError::new(error, event));
+            }
+        };
+        self.emit_with(&wire.ty, event, Strictness::Strict, Some(meta))
             .map_err(|refusal| TryEmitError::new(refusal.error, refusal.event))
     }
 
@@ -660,5 +697,72 @@ mod tests {
         let bus = EventBus::new();
         let clone = bus.clone();
         assert!(Arc::ptr_eq(&bus.shared, &clone.shared));
+    }
+
+    /// `try_emit_received`: the listeners see the kept attributes, not new ones.
+    #[tokio::test]
+    async fn an_event_emitted_as_received_keeps_its_attributes() {
+        use crate::Envelope;
+        use crate::transport::{CAUSATION, WireEvent};
+        use std::time::{SystemTime, UNIX_EPOCH};
+
+        let bus = EventBus::builder().service("billing").build();
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        bus.add_listener(
+            "order.placed",
+            move |order: Arc<u64>, envelope: Envelope| {
+                let sender = sender.clone();
+                async move { sender.send((*order, envelope)).unwrap() }
+            },
+        );
+        let at: SystemTime = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let wire = WireEvent::new("py-order-3", "shop", "order.placed", "42")
+            .at(at)
+            .content_type("application/json")
+            .extension(CAUSATION, "cause-1")
+            .extension(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            );
+        let report = bus.try_emit_received(&wire, 42_u64).unwrap().await;
+        assert_eq!(report.delivered(), 1, "{report:?}");
+        let (order, envelope) = receiver.recv().await.unwrap();
+        assert_eq!(order, 42);
+        assert_eq!(envelope.name(), "order.placed");
+        assert_eq!(envelope.id().to_string(), "py-order-3");
+        assert_eq!(report.event_id(), Some(envelope.id()));
+        assert_eq!(envelope.source(), "shop");
+        assert_eq!(envelope.emitted_at(), at);
+        let causation = envelope.causation().map(ToString::to_string);
+        assert_eq!(causation.as_deref(), Some("cause-1"));
+        assert_eq!(
+            envelope.extension("traceparent"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(envelope.content_type(), Some("application/json"));
+    }
+
+    #[tokio::test]
+    async fn an_event_emitted_as_received_is_checked_as_by_try_emit() {
+        use crate::transport::WireEvent;
+
+        let bus = EventBus::new();
+        bus.add_listener("order.placed", |_: Arc<u64>| async {});
+        let mut wire = WireEvent::new("1", "shop", "order.placed", "42");
+        wire.time = Some("yesterday".into());
+        let error = bus.try_emit_received(&wire, 42_u64).unwrap_err();
+        assert!(
+            matches!(error.error(), EmitError::Malformed { event, .. } if event == "order.placed"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("yesterday"), "{error}");
+        assert_eq!(error.into_event(), 42);
+
+        let wire = WireEvent::new("1", "shop", "order.placed", "42");
+        let error = bus.try_emit_received(&wire, "text").unwrap_err();
+        assert!(
+            matches!(error.error(), EmitError::TypeMismatch { .. }),
+            "{error}"
+        );
     }
 }

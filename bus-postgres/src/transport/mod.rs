@@ -29,12 +29,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use self::error::PostgresTransportError;
-pub use self::schema::{DEFAULT_TABLE_PREFIX, MAX_TABLE_PREFIX_LEN};
 
 use self::error::{NAME, is_transient};
 use self::pattern::Matcher;
 use self::sql::{Sql, statement};
 use self::wake::Wakers;
+use crate::schema::DEFAULT_PREFIX;
 
 /// The default [`poll_interval`](PostgresTransportBuilder::poll_interval): 500 ms.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -156,10 +156,10 @@ pub struct PostgresTransportBuilder {
 impl PostgresTransportBuilder {
     /// The prefix of the three tables (`<prefix>events`, `<prefix>groups`,
     /// `<prefix>deliveries`) and of the `NOTIFY` channel (`<prefix>events`): lower-case ASCII
-    /// letters, digits and `_`, not starting with a digit, at most [`MAX_TABLE_PREFIX_LEN`]
+    /// letters, digits and `_`, not starting with a digit, at most [`MAX_PREFIX_LEN`](crate::MAX_PREFIX_LEN)
     /// bytes; written into SQL as it is, so nothing else is accepted ([`connect`](Self::connect)
     /// refuses it with [`TransportError::Invalid`]). Two transports share events when they
-    /// share a prefix and a database. Default: [`DEFAULT_TABLE_PREFIX`] (`bus_`).
+    /// share a prefix and a database. Default: [`DEFAULT_PREFIX`] (`bus_`).
     pub fn table_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -339,7 +339,7 @@ impl PostgresTransport {
     pub fn builder(to: impl Into<ConnectTo>) -> PostgresTransportBuilder {
         PostgresTransportBuilder {
             to: to.into(),
-            prefix: DEFAULT_TABLE_PREFIX.to_owned(),
+            prefix: DEFAULT_PREFIX.to_owned(),
             instance: None,
             poll_interval: DEFAULT_POLL_INTERVAL,
             batch_size: DEFAULT_BATCH_SIZE,

@@ -17,15 +17,10 @@
 
 use sqlx::PgPool;
 
-/// The default table prefix: `bus_`.
-pub const DEFAULT_TABLE_PREFIX: &str = "bus_";
-
-/// The longest table prefix: PostgreSQL names have 63 bytes, and the longest name made from
-/// the prefix is `<prefix>deliveries_seq` (15 more).
-pub const MAX_TABLE_PREFIX_LEN: usize = 40;
+use crate::schema::{MAX_PREFIX_LEN, SCHEMA_LOCK_KEY};
 
 /// Checks a table prefix: lower-case ASCII letters, digits and `_`, not starting with a
-/// digit, at most [`MAX_TABLE_PREFIX_LEN`] bytes. The prefix is written into SQL as it is, so
+/// digit, at most [`MAX_PREFIX_LEN`] bytes. The prefix is written into SQL as it is, so
 /// nothing else is accepted.
 ///
 /// # Errors
@@ -35,9 +30,9 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
     if prefix.is_empty() {
         return Err("it is empty: use something like `bus_`".to_owned());
     }
-    if prefix.len() > MAX_TABLE_PREFIX_LEN {
+    if prefix.len() > MAX_PREFIX_LEN {
         return Err(format!(
-            "it is {} bytes long, over the limit of {MAX_TABLE_PREFIX_LEN}",
+            "it is {} bytes long, over the limit of {MAX_PREFIX_LEN}",
             prefix.len()
         ));
     }
@@ -53,6 +48,15 @@ pub(crate) fn check_prefix(prefix: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The transport's tables as a part of [`Schema`](crate::Schema): [`ddl`] as one script, each
+/// statement ended by `;`, in the form of `migrations/0002_transport.sql`.
+pub(crate) fn part(prefix: &str) -> String {
+    ddl(prefix)
+        .into_iter()
+        .map(|statement| format!("\n{statement};\n"))
+        .collect()
 }
 
 /// The DDL of the transport's tables for `prefix` (checked by [`check_prefix`]), one statement
@@ -122,8 +126,9 @@ pub(crate) fn script(prefix: &str) -> String {
 /// on `CREATE TABLE IF NOT EXISTS` (which is not safe against itself).
 pub(crate) async fn create_schema(pool: &PgPool, prefix: &str) -> Result<(), sqlx::Error> {
     let mut transaction = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(format!("bus-postgres transport schema {prefix}"))
+    // The lock of `Schema::create`, which creates the same tables: the two never race.
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(SCHEMA_LOCK_KEY)
         .execute(&mut *transaction)
         .await?;
     for statement in ddl(prefix) {
@@ -147,19 +152,19 @@ mod tests {
         assert!(check_prefix("Bus").is_err());
         assert!(check_prefix("bus;drop").is_err());
         assert!(check_prefix("bus\"").is_err());
-        assert!(check_prefix(&"a".repeat(MAX_TABLE_PREFIX_LEN)).is_ok());
-        assert!(check_prefix(&"a".repeat(MAX_TABLE_PREFIX_LEN + 1)).is_err());
+        assert!(check_prefix(&"a".repeat(MAX_PREFIX_LEN)).is_ok());
+        assert!(check_prefix(&"a".repeat(MAX_PREFIX_LEN + 1)).is_err());
     }
 
     #[test]
     fn the_migration_is_the_ddl_of_the_default_prefix() {
         let migration = include_str!("../../migrations/0002_transport.sql");
-        assert_eq!(migration, script(DEFAULT_TABLE_PREFIX));
+        assert_eq!(migration, script(crate::schema::DEFAULT_PREFIX));
     }
 
     #[test]
     fn every_name_fits_in_a_postgres_identifier() {
-        let prefix = "a".repeat(MAX_TABLE_PREFIX_LEN);
+        let prefix = "a".repeat(MAX_PREFIX_LEN);
         let longest = format!("{prefix}deliveries_seq");
         assert!(longest.len() <= 63, "{longest}");
         for statement in ddl(&prefix) {
