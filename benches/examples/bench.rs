@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p bus-benches --example bench -- [--quick] [--runs N]
-//!     [--only a,b,c,d,d1,e,g,n,r] [--runtime mt|ct] [--system NAME,...]
+//!     [--only a,b,c,d,d1,e,f,g,h,n,r,p,o] [--runtime mt|ct] [--system NAME,...]
 //! ```
 //!
 //! Scenario `n` (issue 5) is the NATS JetStream transport beside a raw `async-nats` loop, on
@@ -11,7 +11,11 @@
 //! apply to it, and it is skipped, with the reason, when the server or JetStream is not there.
 //! Scenario `r` (issue 6) is the same for the Redis Streams transport beside a raw `redis`
 //! XADD / XREADGROUP loop, on the server at `REDIS_URL` (default `redis://127.0.0.1:6379`),
-//! skipped likewise when Redis (7 or later) is not there.
+//! skipped likewise when Redis (7 or later) is not there. Scenario `p` (issue 17) is the same
+//! for the PostgreSQL transport beside a raw `FOR UPDATE SKIP LOCKED` queue loop, on the server
+//! at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`), skipped likewise.
+//! Scenario `o` (issue 17) is the transactional outbox: what `Outbox::emit` adds to a
+//! transaction, and how fast a `Relay` moves committed events to NATS (both servers above).
 //!
 //! Progress goes to stderr, the tables to stdout. Scenario (g) runs each system in a fresh
 //! process (this program, re-executed with `--memory-child`), so peaks do not mix.
@@ -23,10 +27,10 @@ use std::time::Instant;
 use bus_benches::broker::{RowLabel, Runs};
 use bus_benches::{
     Contender, Flavor, Header, Job, NotApplicable, Output, Plan, Results, Scenario, Value,
-    contenders, load_average, machine, nats, redis,
+    contenders, load_average, machine, nats, outbox, postgres, redis,
 };
 
-const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,g,n,r] \
+const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,f,g,h,n,r,p,o] \
                      [--runtime mt|ct] [--system NAME,...]";
 
 struct Options {
@@ -39,6 +43,10 @@ struct Options {
     nats: bool,
     /// Scenario (r): the Redis Streams transport.
     redis: bool,
+    /// Scenario (p): the PostgreSQL transport.
+    postgres: bool,
+    /// Scenario (o): the transactional outbox.
+    outbox: bool,
 }
 
 fn main() -> ExitCode {
@@ -71,6 +79,12 @@ fn main() -> ExitCode {
     let transports: Vec<String> = [
         options.nats.then(|| nats_scenario(options.runs, divisor)),
         options.redis.then(|| redis_scenario(options.runs, divisor)),
+        options
+            .postgres
+            .then(|| postgres_scenario(options.runs, divisor)),
+        options
+            .outbox
+            .then(|| outbox_scenario(options.runs, divisor)),
     ]
     .into_iter()
     .flatten()
@@ -167,6 +181,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
         systems: None,
         nats: true,
         redis: true,
+        postgres: true,
+        outbox: true,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -185,12 +201,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 let ids = value()?;
                 options.nats = ids.split(',').any(|id| id == "n");
                 options.redis = ids.split(',').any(|id| id == "r");
+                options.postgres = ids.split(',').any(|id| id == "p");
+                options.outbox = ids.split(',').any(|id| id == "o");
                 options.scenarios = ids
                     .split(',')
-                    .filter(|&id| id != "n" && id != "r")
+                    .filter(|&id| !["n", "r", "p", "o"].contains(&id))
                     .map(|id| {
                         Scenario::from_id(id).ok_or_else(|| {
-                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, g, n, r (f waits for patterns, issue 4)")
+                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, f, g, h, n, r, p, o")
                         })
                     })
                     .collect::<Result<_, _>>()?;
@@ -316,6 +334,104 @@ fn redis_scenario(runs: usize, divisor: u64) -> String {
         counts.warmup,
         measured.elapsed_secs(),
         measured.table()
+    )
+}
+
+/// Scenario (p): every row of [`postgres::Row::ALL`] `runs` times, and its markdown section.
+/// Skipped, with the reason on stderr and in the section, when the server cannot be reached.
+fn postgres_scenario(runs: usize, divisor: u64) -> String {
+    let url = postgres::url();
+    let runtime = Flavor::MultiThread.runtime();
+    let version = match postgres::probe(&url, &runtime) {
+        Ok(version) => version,
+        Err(why) => {
+            eprintln!("p: skipped: {why}");
+            return format!("\n### (p) PostgreSQL transport\n\nSkipped: {why}.\n");
+        }
+    };
+    let counts = postgres::Counts::new(divisor);
+    let rows = postgres::Row::ALL;
+    let labels = rows
+        .iter()
+        .map(|row| RowLabel {
+            label: row.label(),
+            against: (row.client != postgres::Client::Raw)
+                .then(|| rows.iter().position(|r| *r == row.raw()))
+                .flatten()
+                .map(|raw| (raw, format!("raw (LIMIT {})", row.batch))),
+        })
+        .collect();
+    let measured = Runs::measure("p", labels, runs, |index, run| {
+        postgres::run(
+            rows[index],
+            counts,
+            &url,
+            &format!("r{run}_{index}"),
+            &runtime,
+        )
+    });
+    format!(
+        "\n### (p) PostgreSQL transport: `PostgresTransport` beside a raw `SKIP LOCKED` loop\n\n\
+         {} event(s) published with {} publishes in flight; end to end = {} events published \
+         while one consumer of a group receives and acks them all; latency = publish call to \
+         receipt, {} samples after {} warm-up. Server {url}, PostgreSQL {version}; {runs} run(s) \
+         per row, medians; PostgreSQL part {:.0} s.\n\n{}",
+        counts.published,
+        counts.window,
+        counts.events,
+        counts.samples,
+        counts.warmup,
+        measured.elapsed_secs(),
+        measured.table()
+    )
+}
+
+/// Scenario (o): the outbox `runs` times, and its markdown section. Skipped, with the reason,
+/// when PostgreSQL or NATS cannot be reached.
+fn outbox_scenario(runs: usize, divisor: u64) -> String {
+    let database = postgres::url();
+    let nats_url = nats::url();
+    let runtime = Flavor::MultiThread.runtime();
+    if let Err(why) = postgres::probe(&database, &runtime) {
+        eprintln!("o: skipped: {why}");
+        return format!("\n### (o) Transactional outbox\n\nSkipped: {why}.\n");
+    }
+    let counts = outbox::Counts::new(divisor);
+    let started = Instant::now();
+    let mut measures = Vec::new();
+    let mut failure = None;
+    for run in 1..=runs {
+        eprint!("o run {run}/{runs}: ");
+        match outbox::run(counts, &database, &nats_url, &format!("r{run}"), &runtime) {
+            Ok(m) => {
+                eprintln!(
+                    "{:.0} tx/s without, {:.0} tx/s with the outbox, relay {:.0} events/s",
+                    m.plain, m.with_outbox, m.relay
+                );
+                measures.push(m);
+            }
+            Err(why) => {
+                eprintln!("FAILED: {why}");
+                failure = Some(why);
+                break;
+            }
+        }
+    }
+    let failed = failure.map_or_else(String::new, |why| format!("\nA run failed: {why}\n"));
+    format!(
+        "\n### (o) Transactional outbox: a transaction with and without `Outbox::emit`, and the relay to NATS\n\n\
+         {} transactions per row, {} at a time on a pool of as many connections, each inserting \
+         an order (and emitting `order.placed` through the outbox) then committing; the relay \
+         row starts one `Relay` on an outbox holding {} events (those of the row above and {} \
+         more) and times it until every one is published to NATS ({nats_url}) and marked. PostgreSQL at {database}; {} run(s), \
+         medians; outbox part {:.0} s.\n\n{}{failed}",
+        counts.transactions,
+        counts.workers,
+        counts.transactions + counts.relayed,
+        counts.relayed,
+        measures.len(),
+        started.elapsed().as_secs_f64(),
+        outbox::table(&measures, counts),
     )
 }
 

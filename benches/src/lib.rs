@@ -15,6 +15,10 @@
 //!   `async-nats` loop, against a real server (the driver runs it; criterion does not).
 //! - [`redis`]: scenario (r) of issue 6, the Redis Streams transport beside a raw `redis`
 //!   XADD / XREADGROUP loop, against a real server (the driver runs it, likewise).
+//! - [`postgres`]: scenario (p) of issue 17, the PostgreSQL transport beside a raw
+//!   `FOR UPDATE SKIP LOCKED` queue loop, against a real server (likewise).
+//! - [`outbox`]: scenario (o) of issue 17, the transactional outbox: a transaction with and
+//!   without `Outbox::emit`, and the relay to NATS (likewise).
 //!
 //! `benches/dispatch.rs` (criterion, `cargo bench`) and `examples/bench.rs` (the driver that
 //! prints `BENCHMARKS.md`'s tables) both run through [`Contender::run`].
@@ -22,6 +26,8 @@
 pub mod broker;
 mod contender;
 pub mod nats;
+pub mod outbox;
+pub mod postgres;
 pub mod redis;
 mod report;
 mod run;
