@@ -1,21 +1,30 @@
 //! The brokers of the multi-process tests (`crash_recovery`, `graceful_shutdown`): which one,
-//! its URL, a transport on a run's own prefix, and deleting what a run created.
+//! its URL, a transport on a run's own prefix, and deleting what a run created. PostgreSQL
+//! (`PostgresTransport`, feature `postgres`) is one of them for `crash_recovery`; it has no
+//! [`Raw`] side (the tests that write and read behind the bus's back run on NATS and Redis).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bus::nats::NatsTransport;
+#[cfg(feature = "postgres")]
+use bus::postgres::PostgresTransport;
 use bus::redis::RedisTransport;
 use bus::transport::{Transport, TransportError};
 
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broker {
     Nats,
     Redis,
+    /// `PostgresTransport` on the tables `<prefix>_events`, `<prefix>_groups`,
+    /// `<prefix>_deliveries` of [`POSTGRES_URL`].
+    #[cfg(feature = "postgres")]
+    Postgres,
 }
 
 impl Broker {
@@ -23,6 +32,8 @@ impl Broker {
         match self {
             Broker::Nats => "nats",
             Broker::Redis => "redis",
+            #[cfg(feature = "postgres")]
+            Broker::Postgres => "postgres",
         }
     }
 
@@ -30,16 +41,22 @@ impl Broker {
         match self {
             Broker::Nats => NATS_URL,
             Broker::Redis => REDIS_URL,
+            #[cfg(feature = "postgres")]
+            Broker::Postgres => POSTGRES_URL,
         }
     }
 
     /// The transport of a run, as a user builds it, on `prefix` (the NATS subject prefix and
-    /// stream, the Redis key prefix). `redis_instance`: the Redis consumer instance's name
-    /// (default: a name of its own per process).
+    /// stream, the Redis key prefix, the PostgreSQL table prefix `<prefix>_`). `instance`: the
+    /// consumer instance's name (default: a name of its own per process); on Redis the
+    /// consumer in the group, whose pending entries a new instance of the same name takes
+    /// over at once; on PostgreSQL only the `claimed_by` of its deliveries, for a reader of
+    /// the tables (a killed instance's claims come back after the ack wait, whatever the
+    /// name); unused on NATS.
     pub async fn connect(
         self,
         prefix: &str,
-        redis_instance: Option<String>,
+        instance: Option<String>,
     ) -> Result<Arc<dyn Transport>, TransportError> {
         Ok(match self {
             Broker::Nats => Arc::new(
@@ -51,7 +68,17 @@ impl Broker {
             ),
             Broker::Redis => {
                 let builder = RedisTransport::builder(self.url()).key_prefix(prefix);
-                let builder = match redis_instance {
+                let builder = match instance {
+                    Some(instance) => builder.instance_name(instance),
+                    None => builder,
+                };
+                Arc::new(builder.connect().await?)
+            }
+            #[cfg(feature = "postgres")]
+            Broker::Postgres => {
+                let builder =
+                    PostgresTransport::builder(self.url()).table_prefix(table_prefix(prefix));
+                let builder = match instance {
                     Some(instance) => builder.instance_name(instance),
                     None => builder,
                 };
@@ -66,7 +93,15 @@ pub fn stream_name(prefix: &str) -> String {
     prefix.to_uppercase()
 }
 
-/// A prefix (NATS subject prefix, Redis key prefix) of this run alone: `<test>_<broker>_...`.
+/// The PostgreSQL table prefix of a run's prefix: its tables are `<prefix>_events`, ...
+/// The `_` also keeps it from being the start of another run's prefix.
+pub fn table_prefix(prefix: &str) -> String {
+    format!("{prefix}_")
+}
+
+/// A prefix (NATS subject prefix, Redis key prefix, PostgreSQL table prefix but its last `_`)
+/// of this run alone: `<test>_<broker>_<pid>_<nanos>`, lower case. PostgreSQL takes a table
+/// prefix of at most 32 bytes (`connect` refuses a longer one): `crash` fits.
 pub fn unique_prefix(test: &str, broker: Broker) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -110,6 +145,11 @@ impl Raw {
                     .connect()
                     .await,
             )?),
+            #[cfg(feature = "postgres")]
+            Broker::Postgres => panic!(
+                "{test}: PostgreSQL has no raw side here: the tests that write and read behind \
+                 the bus's back run on NATS and Redis"
+            ),
         };
         let cleanup = Cleanup {
             broker: which,
@@ -239,6 +279,8 @@ impl Drop for Cleanup {
                     match broker {
                         Broker::Nats => delete_stream(&stream_name(&prefix)).await,
                         Broker::Redis => delete_keys(&format!("{prefix}:*")).await,
+                        #[cfg(feature = "postgres")]
+                        Broker::Postgres => drop_tables(&table_prefix(&prefix)).await,
                     }
                 })
                 .await;
@@ -312,4 +354,36 @@ async fn delete_keys(glob: &str) -> Result<(), String> {
         }
         cursor = next;
     }
+}
+
+/// Drops every table of the current schema whose name starts with `table_prefix` (the
+/// transport's `events`, `groups` and `deliveries`, and whatever else it made).
+#[cfg(feature = "postgres")]
+async fn drop_tables(table_prefix: &str) -> Result<(), String> {
+    use bus::postgres::sqlx::{self, Connection, PgConnection};
+    let mut conn = PgConnection::connect(POSTGRES_URL)
+        .await
+        .map_err(|error| error.to_string())?;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables \
+         WHERE schemaname = current_schema() AND starts_with(tablename, $1)",
+    )
+    .bind(table_prefix)
+    .fetch_all(&mut conn)
+    .await
+    .map_err(|error| error.to_string())?;
+    if !tables.is_empty() {
+        let list = tables
+            .iter()
+            .map(|table| format!("\"{}\"", table.replace('"', "\"\"")))
+            .collect::<Vec<_>>()
+            .join(", ");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {list} CASCADE"
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(|error| error.to_string())?;
+    }
+    conn.close().await.map_err(|error| error.to_string())
 }
