@@ -24,6 +24,7 @@ use serde::Serialize;
 use tokio::runtime::Runtime;
 
 use crate::broker::guard;
+use crate::postgres::drop_prefix;
 
 /// The sizes of a run of scenario (o).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +97,7 @@ pub fn run(
             .await
             .map_err(|e| format!("PostgreSQL unreachable at {database}: {e}"))?;
         let outcome = measure(counts, &pool, nats, &prefix, &stream).await;
-        let dropped = drop_tables(&pool, &prefix).await;
+        let dropped = drop_prefix(&pool, &prefix).await;
         pool.close().await;
         if let Ok(admin) = async_nats::connect(nats).await {
             let _ = jetstream::new(admin.clone()).delete_stream(&stream).await;
@@ -238,22 +239,6 @@ async fn transactions(
         .try_for_each(|()| std::future::ready(Ok(())))
         .await?;
     Ok(counts.transactions as f64 / start.elapsed().as_secs_f64())
-}
-
-/// Drops every table whose name starts with `prefix`.
-async fn drop_tables(pool: &PgPool, prefix: &str) -> Result<(), sqlx::Error> {
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT tablename::text FROM pg_tables \
-         WHERE schemaname = current_schema() AND starts_with(tablename, $1)",
-    )
-    .bind(prefix)
-    .fetch_all(pool)
-    .await?;
-    if !tables.is_empty() {
-        let statement = format!("DROP TABLE IF EXISTS {} CASCADE", tables.join(", "));
-        sqlx::query(AssertSqlSafe(statement)).execute(pool).await?;
-    }
-    Ok(())
 }
 
 /// The markdown table of the runs' medians.

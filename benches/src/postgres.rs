@@ -195,7 +195,7 @@ async fn pool(url: &str, connections: u32) -> Result<PgPool, String> {
 }
 
 /// Drops every table whose name starts with `prefix` (the row's own).
-async fn drop_prefix(pool: &PgPool, prefix: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn drop_prefix(pool: &PgPool, prefix: &str) -> Result<(), sqlx::Error> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT tablename::text FROM pg_tables \
          WHERE schemaname = current_schema() AND starts_with(tablename, $1)",
