@@ -37,3 +37,5 @@ CREATE TABLE IF NOT EXISTS bus_deliveries (
 );
 
 CREATE INDEX IF NOT EXISTS bus_deliveries_seq ON bus_deliveries (seq);
+
+CREATE INDEX IF NOT EXISTS bus_deliveries_due ON bus_deliveries (group_name, available_at, seq);

@@ -129,7 +129,7 @@
 //! |---|---|---|
 //! | `<prefix>events` | event, every name in one table | `seq` (identity), `xid` (`pg_current_xact_id()` of the publishing transaction), `name`, `source`, `event_id`, `time`, `content_type`, `extensions` (jsonb object of strings), `data` (bytea), `published_at`; unique `(source, event_id)`; index on `xid` |
 //! | `<prefix>groups` | consumer group, and live subscription outside any group (`plain`) | `name`, `pattern`, `regex` (the pattern as a PostgreSQL regular expression), `horizon` (xid8), `plain`, `expires_at`, `created_at` |
-//! | `<prefix>deliveries` | event a group has still to settle | `group_name`, `seq`, `attempts`, `available_at`, `claimed_by`; deleted by the ack |
+//! | `<prefix>deliveries` | event a group has still to settle | `group_name`, `seq`, `attempts`, `available_at`, `claimed_by`; deleted by the ack; indexes on `seq` and on `(group_name, available_at, seq)` |
 //!
 //! **One events table with a name column**, not a table per name: a pattern subscription
 //! (`orders.>`) is then one indexed range scan with a regular-expression filter instead of a
@@ -148,7 +148,11 @@
 //! the snapshot's `xmin` has ended, so its events are visible now or never, whatever order
 //! their `seq`s were allocated and committed in. The records are then claimed with
 //! `FOR UPDATE SKIP LOCKED` (a batch of [`batch_size`](PostgresTransportBuilder::batch_size),
-//! in `seq` order), which makes the members of a group compete without blocking each other.
+//! those due first, and in `seq` order among the records due together: a fill's records are
+//! all due at once), which makes the members of a group compete without blocking each other.
+//! The claim walks the index `(group_name, available_at, seq)`, whose order is its own, so it
+//! stops at its `LIMIT` whatever statistics the planner holds of a table that is empty one
+//! minute and thousands of rows behind the next.
 //! Per-row records rather than a bare cursor because a group must also remember, per event,
 //! how many deliveries were made, until when one is claimed, and when a nacked one is due:
 //! the record is that state, and the ack deletes it.
@@ -168,7 +172,7 @@
 //! | wake-up | `LISTEN <prefix>events` on one connection per transport (from its first subscription); a notification wakes the subscriptions whose pattern matches the name it carries. Without one, a subscription polls every [`poll_interval`](PostgresTransportBuilder::poll_interval) |
 //! | `attempt()` | the record's `attempts`, counted by the claim |
 //! | retention | [`Retention::MaxAge`], [`Retention::MaxLen`]: `DELETE` of the events past it, at connect and every [`PURGE_INTERVAL`] |
-//! | `ack` | the record deleted |
+//! | `ack` | the record deleted; resolved once applied (every client sees it), without waiting for the WAL flush unless [`ack_sync`](PostgresTransportBuilder::ack_sync) (see *Acks without a flush* below) |
 //! | `nack(d)` | `available_at = now() + d`: claimed again once due (within a poll interval) |
 //! | `ack_wait` | a claim sets `available_at = now() + ack_wait`: a delivery left unsettled (a crashed or hung consumer) is claimed again by any member after it |
 //! | `reject`, or a failure on the last allowed attempt | the dead letter stored and the record deleted, in one statement |
@@ -188,6 +192,18 @@
 //! one after another: later publishes have later transaction ids and `seq`s), groups,
 //! deduplicates (for as long as the event is stored), and restartable when the builder says
 //! so ([`restartable`](PostgresTransportBuilder::restartable)).
+//!
+//! **Acks without a flush.** Unless [`ack_sync`](PostgresTransportBuilder::ack_sync), an ack,
+//! a subscription's fill and its claim commit with `synchronous_commit = off`, set for their
+//! own transaction (`set_config(.., true)` inside the statement, so a pool shared with the
+//! application and a pooler in transaction mode are unaffected): an ack does not wait for the
+//! disk, and a crash of the server (not of the client) within about three
+//! `wal_writer_delay`s (600 ms by default) may forget the last fills, claims and acks, whose
+//! events are then delivered again: at-least-once as always, the duplicate for an [`Inbox`]
+//! to absorb. Nothing is lost: a publish, a nack and a dead letter always wait for their
+//! flush, and a forgotten fill is made again from the events, which are durable.
+//! `ack_sync(true)` makes every ack durable when it resolves, at the price of one flush each
+//! (`BENCHMARKS.md` measures both).
 //!
 //! **Restarts.** A publish, an ack, a nack or a dead letter that meets a broken connection or
 //! a server starting up is retried until the

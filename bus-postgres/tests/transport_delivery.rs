@@ -468,3 +468,34 @@ async fn a_subscription_whose_row_was_removed_registers_again() {
     assert_eq!(delivery.event().id, sent.id);
     delivery.ack().await.expect("acked");
 }
+
+/// An ack settles the delivery for good whether or not it waits for the WAL flush
+/// (`ack_sync`); the unit tests of `transport::sql` check the setting each statement makes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_settles_with_and_without_ack_sync() {
+    for ack_sync in [false, true] {
+        let Some(pg) =
+            TestPostgres::connect("ack_sync", |builder| builder.ack_sync(ack_sync)).await
+        else {
+            return;
+        };
+        let name = format!("orders.{}", unique());
+        let mut subscription = pg
+            .subscribe(SubscribeOptions::new(&name).group("billing"))
+            .await
+            .expect("subscribed");
+        let sent = event(&name);
+        publish(&pg, &sent).await;
+        let delivery = next(&mut subscription, "the event").await;
+        assert_eq!(delivery.event().id, sent.id);
+        delivery.ack().await.expect("acked");
+        let left: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT count(*) FROM {}deliveries",
+            pg.prefix
+        )))
+        .fetch_one(&pg.pool)
+        .await
+        .expect("the records left");
+        assert_eq!(left, 0, "ack_sync({ack_sync}): the ack deleted the record");
+    }
+}

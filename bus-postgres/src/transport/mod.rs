@@ -23,6 +23,7 @@ use bus_core::transport::{
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -147,6 +148,7 @@ pub struct PostgresTransportBuilder {
     publish_deadline: Duration,
     max_payload: usize,
     max_connections: u32,
+    ack_sync: bool,
     connect_timeout: Duration,
     create_schema: bool,
     restartable: bool,
@@ -209,9 +211,28 @@ impl PostgresTransportBuilder {
 
     /// The size of the pool the transport opens from a URL (ignored for a pool given). Each
     /// transport also holds one more connection for `LISTEN`, from its first subscription on.
+    /// Publishes hold all but a fifth of the pool at most (at least one connection left over;
+    /// of a pool given too), so that a burst of them never keeps the subscriptions from
+    /// claiming and acking.
     /// Default: [`DEFAULT_MAX_CONNECTIONS`] (10).
     pub fn max_connections(mut self, connections: u32) -> Self {
         self.max_connections = connections.max(1);
+        self
+    }
+
+    /// Whether an ack (and a subscription's fill and claim) waits for its commit to be flushed
+    /// to PostgreSQL's WAL. Off (the default), those statements commit with
+    /// `synchronous_commit = off` (for their own transaction only): an ack resolves once
+    /// PostgreSQL has applied it (every client sees it) without waiting for the disk, and a
+    /// crash of the *server* within about three `wal_writer_delay`s (600 ms by default) may
+    /// forget the last acks and claims, whose events are then delivered again: at-least-once,
+    /// as always, and never an event lost, since a publish (and a nack, a dead letter) always
+    /// waits for its flush. On, an ack is durable when it resolves, at the price of one flush
+    /// each. Default: `false` (as [`NatsTransportBuilder::ack_sync`] of `bus-nats`).
+    ///
+    /// [`NatsTransportBuilder::ack_sync`]: https://docs.rs/bus-nats
+    pub fn ack_sync(mut self, durable: bool) -> Self {
+        self.ack_sync = durable;
         self
     }
 
@@ -308,8 +329,10 @@ impl PostgresTransportBuilder {
                 .instance
                 .clone()
                 .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), fastrand::u32(..)));
+            let publishers = publish_share(pool.options().get_max_connections());
             let inner = Arc::new(Inner {
-                sql: Sql::new(&self.prefix),
+                publishing: Semaphore::new(publishers),
+                sql: Sql::new(&self.prefix, self.ack_sync),
                 channel: format!("{}events", self.prefix),
                 prefix: self.prefix,
                 pool,
@@ -346,6 +369,7 @@ impl PostgresTransport {
             publish_deadline: DEFAULT_PUBLISH_DEADLINE,
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            ack_sync: false,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             create_schema: true,
             restartable: false,
@@ -446,6 +470,8 @@ impl Transport for PostgresTransport {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
+    /// Publishes in flight hold a permit: see [`publish_share`].
+    publishing: Semaphore,
     pub(crate) prefix: String,
     pub(crate) sql: Sql,
     /// The `NOTIFY` channel: `<prefix>events`.
@@ -536,6 +562,8 @@ impl Inner {
             TransportError::invalid(NAME, "event", &event.ty, error.to_string())
         })?;
         let columns = Columns::of(&event);
+        // Never closed: a permit is always given, in turn.
+        let _permit = self.publishing.acquire().await;
         let stored = self
             .retrying(|| {
                 columns
@@ -571,6 +599,16 @@ impl Inner {
     }
 }
 
+/// How many of a pool's `connections` publishes may hold at once: all but a fifth of them (at
+/// least one left over, at least one taken), so that a burst of publishes never takes them all
+/// and the subscriptions' fills, claims and acks, which need no permit, find a connection
+/// soon. Without it each statement of a consumer queued behind every publish in flight (64 in
+/// the benchmark).
+fn publish_share(connections: u32) -> usize {
+    let connections = usize::try_from(connections).unwrap_or(usize::MAX);
+    connections.saturating_sub((connections / 5).max(1)).max(1)
+}
+
 /// Checks a subscription's pattern and group for [`subscription::open`].
 pub(crate) fn check_options(options: &SubscribeOptions) -> Result<Matcher, TransportError> {
     check_pattern(&options.pattern)
@@ -586,4 +624,18 @@ pub(crate) fn check_options(options: &SubscribeOptions) -> Result<Matcher, Trans
         ));
     }
     Ok(Matcher::new(&options.pattern))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::publish_share;
+
+    #[test]
+    fn publishes_leave_connections_to_the_consumers() {
+        assert_eq!(publish_share(1), 1);
+        assert_eq!(publish_share(2), 1);
+        assert_eq!(publish_share(5), 4);
+        assert_eq!(publish_share(10), 8);
+        assert_eq!(publish_share(100), 80);
+    }
 }

@@ -14,6 +14,8 @@
 //! - `<prefix>deliveries`: one row per event a group has still to settle: how many deliveries
 //!   were made (`attempts`), from when it may be claimed (`available_at`: after a nack's
 //!   delay, or when a claim's ack wait is over), and who claimed it last. An ack deletes it.
+//!   Indexed by `seq` (for the deletes of retention) and by `(group_name, available_at, seq)`
+//!   (the claim's order: due first).
 
 use sqlx::PgPool;
 
@@ -103,6 +105,10 @@ pub(crate) fn ddl(prefix: &str) -> Vec<String> {
 )"
         ),
         format!("CREATE INDEX IF NOT EXISTS {p}deliveries_seq ON {p}deliveries (seq)"),
+        format!(
+            "CREATE INDEX IF NOT EXISTS {p}deliveries_due \
+             ON {p}deliveries (group_name, available_at, seq)"
+        ),
     ]
 }
 

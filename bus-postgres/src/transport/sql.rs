@@ -18,7 +18,8 @@ pub(crate) struct Sql {
     /// `$1` group → (added, exists): gives the group delivery records for the events whose
     /// transactions are all finished, and moves its horizon.
     pub(crate) materialize: Arc<str>,
-    /// `$1` group, `$2` limit, `$3` ack wait (s), `$4` instance → claimed rows with their event.
+    /// `$1` group, `$2` limit, `$3` ack wait (s), `$4` instance → claimed rows with their
+    /// event, those due first.
     pub(crate) claim: Arc<str>,
     /// `$1` group, `$2` seq: the delivery is done.
     pub(crate) ack: Arc<str>,
@@ -45,9 +46,17 @@ pub(crate) struct Sql {
 }
 
 impl Sql {
-    /// The statements on the tables of `p` (a checked prefix).
-    pub(crate) fn new(p: &str) -> Sql {
+    /// The statements on the tables of `p` (a checked prefix). Unless `ack_sync`, the fill,
+    /// the claim and the ack set `synchronous_commit = off` for their own transaction (in a
+    /// condition that is always true, evaluated once): see
+    /// [`ack_sync`](super::PostgresTransportBuilder::ack_sync).
+    pub(crate) fn new(p: &str, ack_sync: bool) -> Sql {
         let text = |sql: String| -> Arc<str> { sql.into() };
+        let no_flush = if ack_sync {
+            "true"
+        } else {
+            "(SELECT set_config('synchronous_commit', 'off', true) = 'off')"
+        };
         Sql {
             publish: text(format!(
                 "WITH ins AS (
@@ -78,7 +87,7 @@ impl Sql {
                 "WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin),
                  g AS (
                     SELECT name, regex, horizon FROM {p}groups
-                    WHERE name = $1 AND horizon < (SELECT xmin FROM snap)
+                    WHERE name = $1 AND horizon < (SELECT xmin FROM snap) AND {no_flush}
                     FOR UPDATE SKIP LOCKED),
                  ins AS (
                     INSERT INTO {p}deliveries (group_name, seq)
@@ -95,11 +104,17 @@ impl Sql {
                         (SELECT count(*) FROM upd) AS moved,
                         EXISTS (SELECT 1 FROM {p}groups WHERE name = $1) AS present"
             )),
+            // Due records first (`available_at`), in `seq` order among those due together
+            // (every record of one fill is due at the same instant), through the index
+            // `(group_name, available_at, seq)`, whose order is the claim's: its scan stops at
+            // the `LIMIT` whatever the table's statistics say. (Ordered by `seq` alone, a
+            // table analyzed while empty, or while its records were claimed, made the planner
+            // scan the whole backlog and sort it on every claim.)
             claim: text(format!(
                 "WITH c AS (
-                    SELECT group_name, seq FROM {p}deliveries
-                    WHERE group_name = $1 AND available_at <= now()
-                    ORDER BY seq
+                    SELECT group_name, seq, available_at FROM {p}deliveries
+                    WHERE group_name = $1 AND available_at <= now() AND {no_flush}
+                    ORDER BY available_at, seq
                     LIMIT $2
                     FOR UPDATE SKIP LOCKED),
                  u AS (
@@ -108,14 +123,14 @@ impl Sql {
                         available_at = now() + make_interval(secs => $3),
                         claimed_by = $4
                     FROM c WHERE d.group_name = c.group_name AND d.seq = c.seq
-                    RETURNING d.seq, d.attempts)
+                    RETURNING d.seq, d.attempts, c.available_at AS due)
                  SELECT u.seq, u.attempts, e.name, e.source, e.event_id, e.time,
                         e.content_type, e.extensions, e.data
                  FROM u JOIN {p}events e ON e.seq = u.seq
-                 ORDER BY u.seq"
+                 ORDER BY u.due, u.seq"
             )),
             ack: text(format!(
-                "DELETE FROM {p}deliveries WHERE group_name = $1 AND seq = $2"
+                "DELETE FROM {p}deliveries WHERE group_name = $1 AND seq = $2 AND {no_flush}"
             )),
             retry: text(format!(
                 "WITH u AS (
@@ -184,4 +199,201 @@ impl Sql {
 /// The query of `text`.
 pub(crate) fn statement(text: &Arc<str>) -> Statement {
     sqlx::AssertSqlSafe(Arc::clone(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bus_conformance::checks::{ci, skip, unique};
+    use sqlx::postgres::PgPoolOptions;
+    use sqlx::{AssertSqlSafe, Connection as _, Executor as _, PgConnection, PgPool};
+
+    use super::{Sql, statement};
+    use crate::transport::schema;
+
+    /// The shared server of the machine (and of CI).
+    const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// Tables under a fresh prefix, dropped by [`Tables::drop`]: a group `g` and 5,000 events
+    /// with a delivery record each, the table of records analyzed while it held twenty, all
+    /// claimed (due in 30 s). `None` when the server is down outside CI.
+    struct Tables {
+        pool: PgPool,
+        p: String,
+    }
+
+    impl Tables {
+        async fn create(test: &str) -> Option<Tables> {
+            let pool = match PgPoolOptions::new()
+                .max_connections(2)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(URL)
+                .await
+            {
+                Ok(pool) => pool,
+                Err(error) if !ci() => {
+                    skip(
+                        test,
+                        format_args!("PostgreSQL is not reachable at {URL}: {error}"),
+                    );
+                    return None;
+                }
+                Err(error) => panic!("cannot connect to PostgreSQL at {URL}: {error}"),
+            };
+            let p = format!("sql{}_", unique());
+            schema::create_schema(&pool, &p).await.expect("the tables");
+            let events = |from: u32, to: u32| {
+                format!(
+                    "INSERT INTO {p}events (name, source, event_id, data) \
+                     SELECT 'plan.e', 's', i::text, '' FROM generate_series({from}, {to}) i"
+                )
+            };
+            let setup = [
+                format!(
+                    "INSERT INTO {p}groups (name, pattern, regex, horizon) \
+                     VALUES ('g', 'plan.>', '^plan\\..+$', '0')"
+                ),
+                events(1, 20),
+                format!(
+                    "INSERT INTO {p}deliveries (group_name, seq, available_at) \
+                     SELECT 'g', seq, now() + interval '30 s' FROM {p}events"
+                ),
+                format!("ANALYZE {p}events, {p}groups, {p}deliveries"),
+                events(21, 5000),
+                format!(
+                    "INSERT INTO {p}deliveries (group_name, seq) \
+                     SELECT 'g', seq FROM {p}events ON CONFLICT DO NOTHING"
+                ),
+            ];
+            for statement in setup {
+                pool.execute(AssertSqlSafe(statement)).await.expect("setup");
+            }
+            Some(Tables { pool, p })
+        }
+
+        async fn drop(self) {
+            let p = &self.p;
+            self.pool
+                .execute(AssertSqlSafe(format!(
+                    "DROP TABLE {p}deliveries, {p}groups, {p}events"
+                )))
+                .await
+                .expect("dropping the tables");
+            self.pool.close().await;
+        }
+    }
+
+    /// The plan PostgreSQL keeps for `text` once prepared (the generic one, which a pooled
+    /// connection ends up using), for the parameters `args` (SQL literals).
+    async fn generic_plan(connection: &mut PgConnection, text: &str, args: &str) -> String {
+        connection
+            .execute("SET plan_cache_mode = force_generic_plan")
+            .await
+            .expect("SET");
+        connection
+            .execute(AssertSqlSafe(format!("PREPARE probe AS {text}")))
+            .await
+            .expect("PREPARE");
+        let lines: Vec<String> =
+            sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN EXECUTE probe({args})")))
+                .fetch_all(&mut *connection)
+                .await
+                .expect("EXPLAIN");
+        connection
+            .execute("DEALLOCATE probe; RESET plan_cache_mode")
+            .await
+            .expect("DEALLOCATE");
+        lines.join("\n")
+    }
+
+    /// A queue table is often analyzed while it holds few records, or only claimed ones (due
+    /// later). With those statistics and a backlog of thousands due now, the claim must still
+    /// walk its index and stop at its `LIMIT` (not scan the whole backlog and sort it), and
+    /// the fill must reach the events through the `xid` index (not scan them all).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn consumer_statements_use_the_indexes_whatever_the_statistics() {
+        let Some(tables) = Tables::create("plans").await else {
+            return;
+        };
+        let p = tables.p.clone();
+        let sql = Sql::new(&p, false);
+        let mut connection = tables.pool.acquire().await.expect("a connection");
+        let claim = generic_plan(&mut connection, &sql.claim, "'g', 16, 30.0, 'me'").await;
+        let materialize = generic_plan(&mut connection, &sql.materialize, "'g'").await;
+        drop(connection);
+        tables.drop().await;
+
+        assert!(
+            claim.contains(&format!("Index Scan using {p}deliveries_due")),
+            "claim:\n{claim}"
+        );
+        assert!(
+            !claim.contains(&format!("Scan on {p}deliveries ")),
+            "claim:\n{claim}"
+        );
+        assert!(
+            !claim.contains(&format!("Sort Key: {p}deliveries")),
+            "claim:\n{claim}"
+        );
+        assert!(
+            !materialize.contains(&format!("Seq Scan on {p}events")),
+            "materialize:\n{materialize}"
+        );
+        assert!(
+            materialize.contains(&format!("{p}events_xid")),
+            "materialize:\n{materialize}"
+        );
+    }
+
+    /// The fill, the claim and the ack turn `synchronous_commit` off for their transaction,
+    /// and for it only; with `ack_sync` they leave it as it is.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acks_skip_the_flush_for_their_own_transaction_unless_ack_sync() {
+        let Some(tables) = Tables::create("no_flush").await else {
+            return;
+        };
+        let mut connection = tables.pool.acquire().await.expect("a connection");
+        let show = "SHOW synchronous_commit";
+        let server: String = sqlx::query_scalar(show)
+            .fetch_one(&mut *connection)
+            .await
+            .expect("SHOW");
+        let mut seen = Vec::new();
+        for ack_sync in [false, true] {
+            let sql = Sql::new(&tables.p, ack_sync);
+            for (what, text) in [
+                ("fill", &sql.materialize),
+                ("claim", &sql.claim),
+                ("ack", &sql.ack),
+            ] {
+                let mut transaction = connection.begin().await.expect("BEGIN");
+                let query = sqlx::query(statement(text)).bind("g");
+                let query = match what {
+                    "claim" => query.bind(16_i64).bind(30.0_f64).bind("me"),
+                    "ack" => query.bind(25_i64),
+                    _ => query,
+                };
+                query.execute(&mut *transaction).await.expect(what);
+                let inside: String = sqlx::query_scalar(show)
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .expect("SHOW");
+                transaction.rollback().await.expect("ROLLBACK");
+                let after: String = sqlx::query_scalar(show)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .expect("SHOW");
+                seen.push((ack_sync, what, inside, after));
+            }
+        }
+        drop(connection);
+        tables.drop().await;
+
+        for (ack_sync, what, inside, after) in seen {
+            let expected = if ack_sync { server.as_str() } else { "off" };
+            assert_eq!(inside, expected, "{what} with ack_sync({ack_sync})");
+            assert_eq!(after, server, "after the {what}: the session's own setting");
+        }
+    }
 }
