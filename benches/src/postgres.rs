@@ -22,6 +22,10 @@
 //! counted, nack with a delay, dead letters, deduplication on (source, id), out-of-order
 //! commits held back until they are final, a subscription outside any group, decoding every
 //! row into a [`WireEvent`].
+//!
+//! The transport's rows run with its defaults, where claims and acks commit without waiting
+//! for the WAL flush (`ack_sync(false)`: a server crash may redeliver the last acked events);
+//! a last row runs with `ack_sync(true)`, where each of them waits for it.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -85,8 +89,11 @@ impl Counts {
 pub enum Client {
     /// The raw `SKIP LOCKED` queue loop.
     Raw,
-    /// `bus_postgres::PostgresTransport` through the `Transport` trait.
+    /// `bus_postgres::PostgresTransport` through the `Transport` trait (its default: acks
+    /// commit without waiting for the WAL flush).
     Transport,
+    /// The same with `ack_sync(true)`: every claim and ack waits for its flush.
+    TransportAckSync,
 }
 
 /// One row of the table: a client, and how many rows one claim takes at most.
@@ -100,7 +107,7 @@ pub struct Row {
 
 impl Row {
     /// The rows, in table order: each batch size with the raw loop first.
-    pub const ALL: [Row; 4] = [
+    pub const ALL: [Row; 5] = [
         Row {
             client: Client::Raw,
             batch: 1,
@@ -115,6 +122,10 @@ impl Row {
         },
         Row {
             client: Client::Transport,
+            batch: bus_postgres::DEFAULT_BATCH_SIZE,
+        },
+        Row {
+            client: Client::TransportAckSync,
             batch: bus_postgres::DEFAULT_BATCH_SIZE,
         },
     ];
@@ -127,6 +138,9 @@ impl Row {
                 format!("PostgresTransport (default batch_size {n})")
             }
             (Client::Transport, n) => format!("PostgresTransport, batch_size({n})"),
+            (Client::TransportAckSync, n) => {
+                format!("PostgresTransport, ack_sync(true), batch_size({n})")
+            }
         }
     }
 
@@ -317,10 +331,11 @@ struct Side {
 impl Side {
     async fn connect(row: Row, url: &str, prefix: &str) -> Result<Side, String> {
         let publisher = match row.client {
-            Client::Transport => {
+            Client::Transport | Client::TransportAckSync => {
                 let transport = PostgresTransport::builder(url)
                     .table_prefix(prefix)
                     .batch_size(row.batch)
+                    .ack_sync(row.client == Client::TransportAckSync)
                     .connect()
                     .await
                     .map_err(|e| e.to_string())?;
