@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::metrics::{Consumed, DeadLetter};
 use super::{Plan, RESUBSCRIBE_DELAY, Readiness, meta_of};
 use crate::delivery::attempt::{self, Attempt, Handled, Outcome, Scope};
 use crate::delivery::{Engine, EngineRef, Entry};
@@ -26,6 +27,8 @@ pub(crate) const DEFAULT_CONCURRENCY: usize = 64;
 
 pub(super) struct Consumer {
     pub(super) transport: Arc<dyn Transport>,
+    /// The labels of its deliveries' metrics.
+    pub(super) consumed: Consumed,
     pub(super) entry: Arc<Entry>,
     pub(super) plan: Plan,
     pub(super) engine: EngineRef,
@@ -107,8 +110,10 @@ impl Consumer {
         let Some(_tracked) = tasks.track() else {
             return;
         };
+        let received = tokio::time::Instant::now();
         let wire = delivery.event();
         let number = delivery.attempt();
+        self.consumed.received(number);
         let span = tracing::info_span!(
             "bus.deliver",
             event = %wire.ty,
@@ -123,7 +128,9 @@ impl Consumer {
             Ok(event) => event,
             Err(reason) => {
                 tracing::warn!(parent: &span, %reason, "event rejected: dead-lettered");
+                self.consumed.dead_lettered(DeadLetter::Rejected);
                 settle(delivery.reject(reason), &span).await;
+                self.consumed.settled(received.elapsed());
                 return;
             }
         };
@@ -137,9 +144,10 @@ impl Consumer {
             layers: &snapshot.layers,
         };
         let policy = self.entry.info.policy();
+        let last = number >= self.plan.options.max_deliveries;
         let attempt = Attempt {
             number,
-            last: number >= self.plan.options.max_deliveries,
+            last,
             timeout: policy.timeout_after(),
             dead_letter: engine.dead_letter.as_ref(),
         };
@@ -155,6 +163,7 @@ impl Consumer {
             // Still tracked: shutdown waits for the hand-back, so an exit right after it does
             // not leave the event waiting for the ack wait.
             settle(delivery.release(), &span).await;
+            self.consumed.settled(received.elapsed());
             return;
         };
         match outcome {
@@ -163,9 +172,13 @@ impl Consumer {
                 // The layers have logged the failure, and the dead letter if it was the last.
                 let reason = failure.reason(self.entry.info.name());
                 tracing::debug!(parent: &span, %reason, "nacked: the broker delivers it again or dead-letters it");
+                if last {
+                    self.consumed.dead_lettered(DeadLetter::Exhausted);
+                }
                 settle(delivery.nack(policy.delay_after(number), reason), &span).await;
             }
         }
+        self.consumed.settled(received.elapsed());
     }
 
     /// The event of `wire`, decoded as the listener's type; the reason when it cannot be: its

@@ -8,6 +8,7 @@
 
 pub(crate) mod codec;
 mod consumer;
+mod metrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -178,8 +179,14 @@ impl Remote {
         let id = entry.info.id();
         match Handle::try_current() {
             Ok(runtime) => {
+                let consumed = metrics::Consumed::new(
+                    self.transport.name(),
+                    plan.options.group.as_deref(),
+                    entry.info.name(),
+                );
                 let consumer = consumer::Consumer {
                     transport: Arc::clone(&self.transport),
+                    consumed,
                     entry,
                     plan: plan.clone(),
                     engine,
@@ -290,7 +297,10 @@ impl Remote {
             async move {
                 let _tracked = tracked;
                 let event = wire.ty.clone();
-                match transport.publish(wire).await {
+                let start = tokio::time::Instant::now();
+                let published = transport.publish(wire).await;
+                metrics::published(transport.name(), &event, start.elapsed(), published.is_ok());
+                match published {
                     Ok(()) => Ok(()),
                     Err(error) => {
                         let error = PublishError::Transport {
