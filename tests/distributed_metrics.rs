@@ -243,68 +243,46 @@ fn memory_publishes_and_deliveries_are_measured() {
     });
 }
 
-#[cfg(feature = "nats")]
+/// [`measured`] on `broker`, on a prefix of its own deleted at the end.
+#[cfg(all(feature = "nats", feature = "redis"))]
+fn on_broker(broker: common::brokers::Broker, test: &str) {
+    use common::brokers::{Cleanup, unique_prefix};
+    run(|recorded| async move {
+        let prefix = unique_prefix("metrics", broker);
+        let _cleanup = Cleanup {
+            broker,
+            prefix: prefix.clone(),
+        };
+        let Some(transport) = common::reachable(test, broker.connect(&prefix, None).await) else {
+            return;
+        };
+        measured(transport, recorded, true).await;
+    });
+}
+
+#[cfg(all(feature = "nats", feature = "redis"))]
 #[test]
 fn nats_publishes_and_deliveries_are_measured() {
-    run(|recorded| async move {
-        let prefix = format!("t{}", common::unique());
-        let stream = format!("TEST_{}", prefix.to_uppercase());
-        let connected = bus::nats::NatsTransport::builder("nats://127.0.0.1:4222")
-            .subject_prefix(prefix)
-            .stream_name(stream.clone())
-            .connect()
-            .await;
-        let Some(nats) = common::reachable("nats_publishes_and_deliveries_are_measured", connected)
-        else {
-            return;
-        };
-        let jetstream = nats.jetstream().clone();
-        let letters = nats.dead_letter_stream_name().map(str::to_owned);
-        measured(Arc::new(nats), recorded, true).await;
-        let _ = jetstream.delete_stream(&stream).await;
-        if let Some(letters) = letters {
-            let _ = jetstream.delete_stream(&letters).await;
-        }
-    });
+    on_broker(
+        common::brokers::Broker::Nats,
+        "nats_publishes_and_deliveries_are_measured",
+    );
 }
 
-#[cfg(feature = "redis")]
+#[cfg(all(feature = "nats", feature = "redis"))]
 #[test]
 fn redis_publishes_and_deliveries_are_measured() {
-    run(|recorded| async move {
-        let connected = bus::redis::RedisTransport::builder("redis://127.0.0.1:6379")
-            .key_prefix(format!("t{}", common::unique()))
-            .connect()
-            .await;
-        let Some(redis) =
-            common::reachable("redis_publishes_and_deliveries_are_measured", connected)
-        else {
-            return;
-        };
-        measured(Arc::new(redis), recorded, true).await;
-    });
+    on_broker(
+        common::brokers::Broker::Redis,
+        "redis_publishes_and_deliveries_are_measured",
+    );
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(all(feature = "nats", feature = "redis", feature = "postgres"))]
 #[test]
 fn postgres_publishes_and_deliveries_are_measured() {
-    run(|recorded| async move {
-        let prefix = format!("t{}_", common::unique());
-        let connected =
-            bus::postgres::PostgresTransport::builder("postgres://postgres@127.0.0.1:5432/test")
-                .table_prefix(prefix.clone())
-                .connect()
-                .await;
-        let Some(postgres) =
-            common::reachable("postgres_publishes_and_deliveries_are_measured", connected)
-        else {
-            return;
-        };
-        let pool = postgres.pool().clone();
-        measured(Arc::new(postgres), recorded, true).await;
-        let drop = format!("DROP TABLE {prefix}deliveries, {prefix}groups, {prefix}events");
-        let _ = bus::postgres::sqlx::query(bus::postgres::sqlx::AssertSqlSafe(drop))
-            .execute(&pool)
-            .await;
-    });
+    on_broker(
+        common::brokers::Broker::Postgres,
+        "postgres_publishes_and_deliveries_are_measured",
+    );
 }
