@@ -59,7 +59,6 @@ pub(crate) enum DeadLetter {
 pub(crate) fn published(transport: &str, event: &str, elapsed: Duration, stored: bool) {
     #[cfg(feature = "metrics")]
     {
-        describe();
         let labels = [
             ("transport", transport.to_owned()),
             ("event", event.to_owned()),
@@ -102,7 +101,6 @@ impl Consumed {
     pub(crate) fn received(&self, attempt: u32) {
         #[cfg(feature = "metrics")]
         {
-            describe();
             metrics::counter!(RECEIVED, &self.labels).increment(1);
             if attempt > 1 {
                 metrics::counter!(REDELIVERED, &self.labels).increment(1);
@@ -143,27 +141,29 @@ impl Consumed {
     }
 }
 
-/// Describes the metrics to whatever recorder is current: cheap, and a recorder installed late
-/// still gets the descriptions.
-#[cfg(feature = "metrics")]
-fn describe() {
-    use metrics::Unit;
-    metrics::describe_counter!(PUBLISHED, "Publishes the broker stored, per event name.");
-    metrics::describe_counter!(PUBLISH_FAILURES, "Publishes that failed, per event name.");
-    metrics::describe_histogram!(
-        PUBLISH_DURATION,
-        Unit::Seconds,
-        "From a publish to the broker's answer, per event name."
-    );
-    metrics::describe_counter!(RECEIVED, "Deliveries a consumer took from the broker.");
-    metrics::describe_counter!(REDELIVERED, "Deliveries past their first attempt.");
-    metrics::describe_counter!(
-        DEAD_LETTERED,
-        "Deliveries that ended as dead letters: rejected (unreadable) or exhausted."
-    );
-    metrics::describe_histogram!(
-        PROCESSING,
-        Unit::Seconds,
-        "From a delivery's receipt to its settlement."
-    );
+/// Describes the metrics to the recorder current when a bus with a transport is built, once:
+/// not on every publish and delivery, which would take the recorder's lock seven times each.
+pub(crate) fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::Unit;
+        metrics::describe_counter!(PUBLISHED, "Publishes the broker stored, per event name.");
+        metrics::describe_counter!(PUBLISH_FAILURES, "Publishes that failed, per event name.");
+        metrics::describe_histogram!(
+            PUBLISH_DURATION,
+            Unit::Seconds,
+            "From a publish to the broker's answer, per event name."
+        );
+        metrics::describe_counter!(RECEIVED, "Deliveries a consumer took from the broker.");
+        metrics::describe_counter!(REDELIVERED, "Deliveries past their first attempt.");
+        metrics::describe_counter!(
+            DEAD_LETTERED,
+            "Deliveries that ended as dead letters: rejected (unreadable) or exhausted."
+        );
+        metrics::describe_histogram!(
+            PROCESSING,
+            Unit::Seconds,
+            "From a delivery's receipt to its settlement."
+        );
+    }
 }

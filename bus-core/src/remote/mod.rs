@@ -88,6 +88,7 @@ impl Remote {
             "distributed event types: their listeners receive them through the broker; every \
              other type stays in process"
         );
+        metrics::describe();
         Remote {
             service,
             transport,
