@@ -88,6 +88,7 @@
 //! | `nats` | no | [`nats`]: the NATS JetStream transport ([`nats::NatsTransport`], crate `bus-nats`) |
 //! | `redis` | no | [`redis`]: the Redis Streams transport ([`redis::RedisTransport`], crate `bus-redis`) |
 //! | `postgres` | no | [`postgres`]: a transactional outbox, an idempotent inbox and a transport on PostgreSQL (crate `bus-postgres`) |
+//! | `opentelemetry` | no | the distributed path's `publish` and `process` spans join OpenTelemetry traces across services ([`trace`]) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -95,7 +96,7 @@ pub use bus_core::{
     AnyEvent, DeliveryReport, Dispatch, Emission, Envelope, Event, EventBus, EventBusBuilder,
     EventId, Policy, emit, emit_event, global, install_global, try_emit,
 };
-pub use bus_core::{error, event, layer, listener, policy, report, stream};
+pub use bus_core::{error, event, layer, listener, policy, report, stream, trace};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -2,7 +2,8 @@
 //! (`py-order-3`, an upper-case UUID), `bus::event::current_event_id()` and the envelope give
 //! that id, the source, the instant of a `time` written with an offset, the content type and
 //! the extensions; a reply emitted by the listener names the foreign id as its cause on the
-//! wire; and a `time` that is not RFC 3339 is dead-lettered with the reason.
+//! wire, with the foreign `traceparent` passed on; and a `time` that is not RFC 3339 is
+//! dead-lettered with the reason.
 
 #![cfg(all(feature = "nats", feature = "redis"))]
 
@@ -146,6 +147,13 @@ async fn foreign_events_keep_their_envelope(broker: Broker) {
         // the receipt listener with that cause.
         let receipt = next_event("the receipt on the wire", &mut receipts).await;
         assert_eq!(receipt.extensions[CAUSATION], id);
+        // The listener's reply passes the foreign trace context on, with or without the
+        // `opentelemetry` feature (no OpenTelemetry layer runs here).
+        assert_eq!(
+            receipt.extensions.get("traceparent").map(String::as_str),
+            Some(TRACEPARENT),
+            "the trace context passed on"
+        );
         assert_eq!(receipt.source, "billing");
         let (cause, source) = next("the receipt", &mut causes).await;
         assert_eq!(cause.map(|cause| cause.to_string()).as_deref(), Some(id));

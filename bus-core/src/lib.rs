@@ -14,7 +14,7 @@
 //! 2. [`layer`] (middleware) and `registry` (which listeners are under which name);
 //! 3. `tasks`: what is in flight, `max_in_flight`, drain and shutdown;
 //! 4. `delivery`: the one engine every delivery goes through (its module docs say how);
-//! 5. `remote` and [`transport`]: the broker side;
+//! 5. `remote`, [`trace`] and [`transport`]: the broker side;
 //! 6. `bus`: the [`EventBus`] handle, its builder, emit, registration, and the listeners it
 //!    makes for itself.
 #![forbid(unsafe_code)]
@@ -33,6 +33,7 @@ mod registry;
 mod remote;
 mod shared_map;
 mod tasks;
+pub mod trace;
 pub mod transport;
 
 #[doc(hidden)]

@@ -35,6 +35,7 @@ pub struct Policy {
     retries: u32,
     backoff: Duration,
     group: Group,
+    trace: Trace,
 }
 
 /// Which instances of a service share a distributed listener's events.
@@ -52,6 +53,23 @@ pub enum Group {
     Ungrouped,
     /// The group of this name, shared with whoever else names it (across services, too).
     Named(&'static str),
+}
+
+/// How the span of a delivery from a broker joins the trace of its publish (the
+/// `traceparent` it came with), with the `opentelemetry` feature.
+///
+/// Only matters on a bus with a [transport](crate::EventBusBuilder::transport).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Trace {
+    /// The delivery's `process <event>` span is a child of the `publish <event>` span: one
+    /// trace from the emit to the last listener. What most listeners want.
+    #[default]
+    Child,
+    /// The delivery's span starts a trace of its own, with a link to the publish span: for a
+    /// listener whose work should not lengthen the publisher's trace (a batch job, a report
+    /// built from many events).
+    Link,
 }
 
 /// An exponential backoff: `first` after the first failure, twice as long after each further
@@ -102,6 +120,7 @@ impl Policy {
             retries: 0,
             backoff: DEFAULT_BACKOFF,
             group: Group::Service,
+            trace: Trace::Child,
         }
     }
 
@@ -144,6 +163,18 @@ impl Policy {
     pub const fn group(mut self, group: Group) -> Self {
         self.group = group;
         self
+    }
+
+    /// On a distributed bus with the `opentelemetry` feature, how this listener's delivery spans
+    /// join the trace of the publish (see [`Trace`]); [`Trace::Child`] by default.
+    pub const fn trace(mut self, trace: Trace) -> Self {
+        self.trace = trace;
+        self
+    }
+
+    /// The [`trace`](Policy::trace) choice.
+    pub const fn tracing(&self) -> Trace {
+        self.trace
     }
 
     /// The [`group`](Policy::group) choice.

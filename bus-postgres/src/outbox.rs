@@ -195,7 +195,9 @@ impl Outbox {
     /// The event is a CloudEvent: a fresh `id` (32 hex digits in the groups of a UUID, as
     /// `bus` makes them), `source` the outbox's service, `type` the name, `time` now (RFC
     /// 3339), `datacontenttype` `application/json`, and, when emitted by a listener of a bus,
-    /// the extension `causationid` (the id of the event it handles). The statement also sends
+    /// the extension `causationid` (the id of the event it handles), and the trace context
+    /// of the emit (`traceparent`, `tracestate`: see [`bus_core::trace::current`]), which
+    /// the relay publishes as written. The statement also sends
     /// a `NOTIFY` on the channel named after the table, which PostgreSQL delivers at commit,
     /// to wake the relays.
     ///
@@ -218,8 +220,10 @@ impl Outbox {
     where
         E: Serialize + ?Sized,
     {
-        // Read before any await: the bus marks the event being handled around each poll.
+        // Read before any await: the bus marks the event being handled (and its trace
+        // context) around each poll.
         let causation = bus_core::event::current_event_id();
+        let trace = bus_core::trace::current();
         let data = serde_json::to_vec(payload).map_err(|source| OutboxError::Encode {
             event: name.to_owned(),
             source,
@@ -229,6 +233,9 @@ impl Outbox {
             .content_type(JSON);
         if let Some(causation) = causation {
             event = event.extension(CAUSATION, causation.to_string());
+        }
+        if let Some(trace) = trace {
+            trace.write_to(&mut event);
         }
         let id = event.id.clone();
         self.emit_wire(conn, event).await?;

@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bus_core::transport::{CAUSATION, WireEvent};
+use bus_core::trace::{TRACEPARENT as TRACEPARENT_NAME, TRACESTATE as TRACESTATE_NAME};
+use bus_core::transport::{CAUSATION, MemoryTransport, Transport, WireEvent};
 use bus_core::{Envelope, EventBus};
 use bus_postgres::sqlx::{self, AssertSqlSafe};
 use bus_postgres::{Outbox, OutboxError, Schema};
@@ -202,6 +203,60 @@ async fn an_event_emitted_by_a_listener_carries_its_causation() {
     assert_eq!(published[0].id, id);
     assert_eq!(published[0].extensions.get(CAUSATION), Some(&cause));
     relay.stop().await;
+}
+
+/// A listener of an event from a broker that came with a trace context writes the events
+/// it emits to the outbox with that context: the relay publishes them with it.
+#[tokio::test]
+async fn an_event_emitted_by_a_listener_carries_its_trace_context() {
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let Some(db) = TestDb::connect("an_event_emitted_by_a_listener_carries_its_trace_context")
+        .await
+    else {
+        return;
+    };
+    let outbox = db.outbox("shop");
+    let recorder = Recorder::new();
+    let relay = db.relay(recorder.shared()).start().unwrap();
+
+    let broker = MemoryTransport::new();
+    let bus = EventBus::builder()
+        .service("billing")
+        .transport(broker.clone())
+        .distributed::<i64>()
+        .build();
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let pool = db.pool.clone();
+        let outbox = outbox.clone();
+        bus.add_listener("order.paid", move |order: Arc<i64>| {
+            let (pool, outbox, sender) = (pool.clone(), outbox.clone(), sender.clone());
+            async move {
+                let mut tx = pool.begin().await.unwrap();
+                let id = outbox.emit(&mut tx, "order.ship", &*order).await.unwrap();
+                tx.commit().await.unwrap();
+                sender.send(id).unwrap();
+            }
+        });
+    }
+    bus.ready().await.unwrap();
+    let paid = WireEvent::new("paid-1", "payments", "order.paid", "7")
+        .content_type("application/json")
+        .extension(TRACEPARENT_NAME, TRACEPARENT)
+        .extension(TRACESTATE_NAME, "vendor=opaque");
+    broker.publish(paid).await.unwrap();
+    let id = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+        .await
+        .expect("the listener ran")
+        .unwrap();
+
+    let published = recorder.wait_for(1, "the listener's event").await;
+    assert_eq!(published[0].id, id);
+    let extension = |name| published[0].extensions.get(name).map(String::as_str);
+    assert_eq!(extension(TRACEPARENT_NAME), Some(TRACEPARENT));
+    assert_eq!(extension(TRACESTATE_NAME), Some("vendor=opaque"));
+    relay.stop().await;
+    bus.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]

@@ -20,6 +20,7 @@ use super::{Plan, RESUBSCRIBE_DELAY, Readiness, meta_of};
 use crate::delivery::attempt::{self, Attempt, Handled, Outcome, Scope};
 use crate::delivery::{Engine, EngineRef, Entry};
 use crate::event::ErasedEvent;
+use crate::trace::{Continued, TraceContext};
 use crate::transport::{Delivery, Transport, TransportError, TransportSubscription, WireEvent};
 
 /// How many deliveries of one listener run at once when its policy sets no concurrency.
@@ -114,15 +115,10 @@ impl Consumer {
         let wire = delivery.event();
         let number = delivery.attempt();
         self.consumed.received(number);
-        let span = tracing::info_span!(
-            "bus.deliver",
-            event = %wire.ty,
-            event_id = %wire.id,
-            listener = %self.entry.info.name(),
-            listener_id = self.entry.info.id().get(),
-            attempt = number,
-            source = %wire.source,
-        );
+        let trace = TraceContext::of(wire);
+        let span = self.deliver_span(wire, number);
+        #[cfg(feature = "opentelemetry")]
+        crate::trace::otel::continue_in(&span, trace.as_ref(), self.entry.info.policy().tracing());
         let decoded = meta_of(wire).and_then(|meta| Ok((meta, self.decode(wire)?)));
         let (meta, event) = match decoded {
             Ok(event) => event,
@@ -151,7 +147,10 @@ impl Consumer {
             timeout: policy.timeout_after(),
             dead_letter: engine.dead_letter.as_ref(),
         };
-        let running = Handled::new(meta.id.clone(), attempt::run(&scope, &event, attempt));
+        let running = Continued::new(
+            trace,
+            Handled::new(meta.id.clone(), attempt::run(&scope, &event, attempt)),
+        );
         let outcome = tokio::select! {
             biased;
             () = tasks.cancelled() => None,
@@ -179,6 +178,43 @@ impl Consumer {
             }
         }
         self.consumed.settled(received.elapsed());
+    }
+
+    /// The span of one delivery, named and described as the OpenTelemetry messaging
+    /// conventions say when the `opentelemetry` feature is on (`process <event>`, kind
+    /// consumer; `attempt` is the delivery count, 1 the first time).
+    fn deliver_span(&self, wire: &WireEvent, number: u32) -> tracing::Span {
+        let listener = self.entry.info.name();
+        let listener_id = self.entry.info.id().get();
+        #[cfg(feature = "opentelemetry")]
+        let span = tracing::info_span!(
+            "bus.deliver",
+            event = %wire.ty,
+            event_id = %wire.id,
+            listener = %listener,
+            listener_id,
+            attempt = number,
+            source = %wire.source,
+            otel.name = %format_args!("process {}", wire.ty),
+            otel.kind = "consumer",
+            messaging.system = self.transport.name(),
+            messaging.destination.name = %wire.ty,
+            messaging.message.id = %wire.id,
+            messaging.consumer.group.name = self.plan.options.group.as_deref(),
+            messaging.operation.name = "process",
+            messaging.operation.type = "process",
+        );
+        #[cfg(not(feature = "opentelemetry"))]
+        let span = tracing::info_span!(
+            "bus.deliver",
+            event = %wire.ty,
+            event_id = %wire.id,
+            listener = %listener,
+            listener_id,
+            attempt = number,
+            source = %wire.source,
+        );
+        span
     }
 
     /// The event of `wire`, decoded as the listener's type; the reason when it cannot be: its

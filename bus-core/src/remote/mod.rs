@@ -293,7 +293,9 @@ impl Remote {
     ) -> tokio::task::JoinHandle<Result<(), PublishError>> {
         let transport = Arc::clone(&self.transport);
         let tracked = tasks.track();
-        let span = tracing::debug_span!("bus.publish", event = %wire.ty, event_id = %id);
+        let span = publish_span(transport.name(), &wire);
+        let mut wire = wire;
+        crate::trace::write_publish(&mut wire, &span);
         runtime.spawn(tracing::Instrument::instrument(
             async move {
                 let _tracked = tracked;
@@ -318,16 +320,47 @@ impl Remote {
         ))
     }
 
-    /// The wire form of an event emitted here.
+    /// The wire form of an event emitted here: this service's, with its id, time and
+    /// causation; an event emitted as received (a relayed one) keeps its other extensions
+    /// too, its trace context among them.
     pub(crate) fn wire(&self, name: &str, meta: &Meta, data: Vec<u8>) -> WireEvent {
         let mut wire = WireEvent::new(meta.id.to_string(), self.service(), name, data)
             .at(meta.emitted_at())
             .content_type(codec::JSON);
+        if let Some(received) = &meta.received {
+            wire.extensions.clone_from(&received.extensions);
+        }
         if let Some(causation) = &meta.causation {
             wire = wire.extension(CAUSATION, causation.to_string());
         }
         wire
     }
+}
+
+/// The span of one publish, named and described as the OpenTelemetry messaging conventions
+/// say when the `opentelemetry` feature is on (`publish <event>`, kind producer).
+fn publish_span(transport: &str, wire: &WireEvent) -> tracing::Span {
+    #[cfg(feature = "opentelemetry")]
+    let span = tracing::info_span!(
+        "bus.publish",
+        event = %wire.ty,
+        event_id = %wire.id,
+        otel.name = %format_args!("publish {}", wire.ty),
+        otel.kind = "producer",
+        messaging.system = transport,
+        messaging.destination.name = %wire.ty,
+        messaging.message.id = %wire.id,
+        messaging.operation.name = "publish",
+        messaging.operation.type = "send",
+    );
+    #[cfg(not(feature = "opentelemetry"))]
+    let span = tracing::info_span!(
+        "bus.publish",
+        event = %wire.ty,
+        event_id = %wire.id,
+        transport,
+    );
+    span
 }
 
 /// The envelope of an event that came from the broker: its id and causation as they came
