@@ -49,6 +49,7 @@ macro_rules! __with_cases {
             fan_out
             wildcard_parity
             dedup
+            group_stats
         }
     };
 }

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bus_core::transport::{
-    Capabilities, Delivery, SubscribeOptions, Transport, TransportSubscription, WireEvent,
+    Capabilities, Delivery, GroupStats, SubscribeOptions, Transport, TransportSubscription,
+    WireEvent,
 };
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -44,6 +45,7 @@ pub(crate) enum Need {
     Groups,
     Deduplicates,
     Restartable,
+    GroupStats,
 }
 
 impl Need {
@@ -54,6 +56,7 @@ impl Need {
             Need::Groups => "groups",
             Need::Deduplicates => "deduplicates",
             Need::Restartable => "restartable",
+            Need::GroupStats => "group_stats",
         }
     }
 
@@ -64,6 +67,7 @@ impl Need {
             Need::Groups => capabilities.groups,
             Need::Deduplicates => capabilities.deduplicates,
             Need::Restartable => capabilities.restartable,
+            Need::GroupStats => capabilities.group_stats,
         }
     }
 }
@@ -326,6 +330,52 @@ impl<'h> Case<'h> {
             .await
         {
             self.fail(format!("{what}: {error}"));
+        }
+    }
+
+    /// The group's stats as `transport` reports them, failing the case when it errs.
+    pub(crate) async fn group_stats(
+        &self,
+        transport: &dyn Transport,
+        options: &SubscribeOptions,
+    ) -> Option<GroupStats> {
+        let what = format!("group_stats of {options:?}");
+        match self.guarded(&what, transport.group_stats(options)).await {
+            Ok(stats) => stats,
+            Err(error) => self.fail(format!("{what}: {error}")),
+        }
+    }
+
+    /// Asks for the stats of the group of `options` until `expected` holds of them, and
+    /// returns them; fails the case when the transport does not know the group, or when the
+    /// stats do not come to that within the guard (naming what `what` expects, and the last
+    /// stats seen). Stats move behind the deliveries and acks on some brokers: asked again
+    /// every 20 ms.
+    pub(crate) async fn group_stats_until(
+        &self,
+        transport: &dyn Transport,
+        options: &SubscribeOptions,
+        what: &str,
+        expected: impl Fn(GroupStats) -> bool,
+    ) -> GroupStats {
+        let deadline = tokio::time::Instant::now() + self.guard;
+        loop {
+            let Some(stats) = self.group_stats(transport, options).await else {
+                self.fail(format!(
+                    "group_stats of group {:?}, created by a subscription: None, expected {what}",
+                    options.group
+                ));
+            };
+            if expected(stats) {
+                return stats;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.fail(format!(
+                    "group_stats of group {:?}: expected {what}, still {stats:?} after {:?}",
+                    options.group, self.guard
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bus_conformance::{Harness, Size, cases};
 use bus_core::transport::{
-    BoxFuture, Capabilities, Delivery, MemoryTransport, SubscribeOptions, Transport,
+    BoxFuture, Capabilities, Delivery, GroupStats, MemoryTransport, SubscribeOptions, Transport,
     TransportError, TransportSubscription, WireEvent,
 };
 use futures_util::{Stream, StreamExt};
@@ -62,6 +62,12 @@ enum Bug {
     /// Declares `persistent` and `restartable`, but a restart loses everything the broker
     /// stored: it comes back empty, and the subscriptions opened before end (see [`World`]).
     RestartLoses,
+    /// `group_stats` answers zeros for every group it knows.
+    ZeroStats,
+    /// `group_stats` counts what is held unsettled as lag: `pending` is always 0.
+    NoPending,
+    /// `group_stats` answers stats for a group no subscription created.
+    StatsOfUnknownGroups,
 }
 
 /// The memory broker the connections of a harness reach, which a lossy restart replaces with
@@ -164,6 +170,27 @@ impl Transport for Mutant {
             _ => {}
         }
         Box::pin(async move { self.world.current().0.publish(event).await })
+    }
+
+    fn group_stats<'a>(
+        &'a self,
+        options: &'a SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Option<GroupStats>, TransportError>> {
+        let bug = self.bug;
+        Box::pin(async move {
+            let (broker, _) = self.world.current();
+            let stats = broker.group_stats(options).await?;
+            Ok(match (bug, stats) {
+                (Bug::ZeroStats, Some(_)) => Some(GroupStats::default()),
+                (Bug::NoPending, Some(stats)) => {
+                    Some(GroupStats::new(stats.lag + stats.pending, 0))
+                }
+                (Bug::StatsOfUnknownGroups, None) if options.group.is_some() => {
+                    Some(GroupStats::default())
+                }
+                (_, stats) => stats,
+            })
+        })
     }
 
     fn subscribe(
@@ -589,6 +616,26 @@ fn a_close_that_leaks_fails_concurrent_close() {
 #[should_panic(expected = "reading through the restarts: missing")]
 fn a_restart_that_loses_data_fails_broker_restart() {
     run(Bug::RestartLoses, |h| cases::broker_restart(h, Size::Short));
+}
+
+#[test]
+#[should_panic(expected = "expected lag + pending == 3")]
+fn zero_stats_fail_group_stats() {
+    run(Bug::ZeroStats, |h| cases::group_stats(h, Size::Short));
+}
+
+#[test]
+#[should_panic(expected = "expected pending >= 1")]
+fn stats_without_pending_fail_group_stats() {
+    run(Bug::NoPending, |h| cases::group_stats(h, Size::Short));
+}
+
+#[test]
+#[should_panic(expected = "a group no subscription created")]
+fn stats_of_unknown_groups_fail_group_stats() {
+    run(Bug::StatsOfUnknownGroups, |h| {
+        cases::group_stats(h, Size::Short)
+    });
 }
 
 /// The control of `broker_restart`: a broker whose restarts lose nothing passes, and the case

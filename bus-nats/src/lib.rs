@@ -178,7 +178,7 @@
 //!
 //! Spans: `bus.nats.connect` (url, stream), `bus.nats.publish` (subject, event id),
 //! `bus.nats.subscription` (subject, consumer, group), `bus.nats.settle` (subject, consumer,
-//! event id, attempt).
+//! event id, attempt), `bus.nats.group_stats` (group).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

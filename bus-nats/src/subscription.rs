@@ -14,7 +14,7 @@ use async_nats::jetstream::stream::{self, ConsumerErrorKind};
 use async_nats::{StatusCode, Subject};
 use bus_core::transport::support::Backoff;
 use bus_core::transport::{
-    Delivery, SubscribeOptions, TransportError, TransportSubscription, WireEvent,
+    Delivery, GroupStats, SubscribeOptions, TransportError, TransportSubscription, WireEvent,
 };
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
@@ -58,6 +58,54 @@ pub(crate) async fn open(
         1 => opened.swap_remove(0),
         _ => Box::pin(futures_util::stream::select_all(opened)),
     })
+}
+
+/// Where the group of `options` stands: the durable consumer of the group on each stream the
+/// pattern's events live in (one, or both for `>` and `*.…`), summed. `lag` is the consumers'
+/// `num_pending` (messages of their filter past their delivered sequence); `pending` their
+/// `num_ack_pending`, which holds every message delivered and not acked, those waiting for a
+/// nak's delay or to be delivered again included (`num_redelivered` counts some of the same
+/// messages again, so it is not added). `None` without a group, or when no stream has the
+/// group's consumer (never created, or deleted after its inactive threshold).
+pub(crate) async fn group_stats(
+    inner: &Inner,
+    options: &SubscribeOptions,
+) -> Result<Option<GroupStats>, TransportError> {
+    let Some(group) = &options.group else {
+        return Ok(None);
+    };
+    names::check_pattern(&options.pattern)
+        .map_err(|reason| invalid("pattern", &options.pattern, reason))?;
+    let consumer = names::consumer_name(group);
+    let mut found: Option<(u64, u64)> = None;
+    for route in inner.streams.routes(&options.pattern) {
+        let info = match route.stream.consumer_info(&consumer).await {
+            Ok(info) => info,
+            Err(error) if error.kind() == ConsumerInfoErrorKind::NotFound => continue,
+            Err(error) => {
+                let nats = NatsError::Consumer {
+                    stream: route.stream.cached_info().config.name.clone(),
+                    consumer,
+                    filter: route.filter,
+                    detail: error.to_string(),
+                };
+                return Err(match error.kind() {
+                    ConsumerInfoErrorKind::TimedOut
+                    | ConsumerInfoErrorKind::NoResponders
+                    | ConsumerInfoErrorKind::Request
+                    | ConsumerInfoErrorKind::Offline => nats.unreachable(),
+                    _ => nats.broker(),
+                });
+            }
+        };
+        let (lag, pending) = found.unwrap_or_default();
+        let acks = u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX);
+        found = Some((
+            lag.saturating_add(info.num_pending),
+            pending.saturating_add(acks),
+        ));
+    }
+    Ok(found.map(|(lag, pending)| GroupStats::new(lag, pending)))
 }
 
 /// Opens the part of a subscription on one stream.

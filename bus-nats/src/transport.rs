@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bus_core::transport::support::{self, Backoff, RootCertificates};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, Retention, ServerUrl, SubscribeOptions,
-    Transport, TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupStats, Retention, ServerUrl,
+    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
 };
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -653,7 +653,14 @@ impl Transport for NatsTransport {
         capabilities.groups = true;
         capabilities.deduplicates = true;
         capabilities.restartable = self.inner.config.restartable;
+        capabilities.group_stats = true;
         capabilities
+    }
+
+    /// The client's own state: `false` while it reconnects (publishes then wait, up to their
+    /// timeout, for the connection to come back).
+    fn is_connected(&self) -> Option<bool> {
+        Some(self.inner.client.connection_state() == async_nats::connection::State::Connected)
     }
 
     fn publish(&self, event: WireEvent) -> BoxFuture<'_, Result<(), TransportError>> {
@@ -670,6 +677,20 @@ impl Transport for NatsTransport {
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
         Box::pin(crate::subscription::open(Arc::clone(&self.inner), options))
+    }
+
+    /// The group's durable consumer ([`NatsTransport::consumer_name`]) on each stream of the
+    /// pattern: `lag` is its `num_pending`, `pending` its `num_ack_pending` (nak'd messages
+    /// waiting for their delay included). `None` when no stream has the consumer.
+    fn group_stats<'a>(
+        &'a self,
+        options: &'a SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Option<GroupStats>, TransportError>> {
+        let span = tracing::debug_span!(
+            "bus.nats.group_stats",
+            group = options.group.as_deref().unwrap_or("-"),
+        );
+        Box::pin(crate::subscription::group_stats(&self.inner, options).instrument(span))
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {

@@ -1,11 +1,12 @@
-//! Competing consumers within a group, fan-out across groups, and durable positions.
+//! Competing consumers within a group, fan-out across groups, durable positions, and where a
+//! group stands.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use bus_core::transport::{SubscribeOptions, Transport, TransportError, WireEvent};
+use bus_core::transport::{GroupStats, SubscribeOptions, Transport, TransportError, WireEvent};
 use bus_nats::NatsTransport;
 use common::{PATIENCE, TestNats, next, unique};
 use futures_util::StreamExt;
@@ -283,4 +284,78 @@ async fn a_group_takes_the_limits_of_its_latest_subscription() {
     let info = stream.consumer_info(&consumer).await.unwrap();
     assert_eq!(info.config.ack_wait, Duration::from_secs(10));
     assert_eq!(info.config.max_deliver, 3);
+}
+
+/// Asks for the stats of the group of `options` until `expected` holds of them, within
+/// [`PATIENCE`]: the server counts behind the publishes and acks.
+async fn stats_until(
+    nats: &NatsTransport,
+    options: &SubscribeOptions,
+    what: &str,
+    expected: impl Fn(GroupStats) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let stats = nats.group_stats(options).await.expect("group_stats");
+        if stats.is_some_and(&expected) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The stats of a group whose pattern covers both streams (`>`: one consumer on the events'
+/// stream, one on the dead letters'): the two consumers' counts, summed; a nak'd delivery,
+/// waiting for its delay, stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_stats_sum_the_consumers_of_both_streams() {
+    let Some(nats) =
+        TestNats::connect("group_stats_sum_the_consumers_of_both_streams", |b| b).await
+    else {
+        return;
+    };
+    assert!(
+        nats.dead_letter_stream_name().is_some(),
+        "dead letters apart"
+    );
+    let options = SubscribeOptions::new(">")
+        .group("everything")
+        .ack_wait(Duration::from_secs(3600));
+    drop(nats.subscribe(options.clone()).await.unwrap());
+    for (n, name) in [
+        "orders.created",
+        "orders.paid",
+        "dead-letter.orders.created",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let event = WireEvent::new(format!("stats-{n}-{}", unique()), "s", name, "{}");
+        nats.publish(event).await.unwrap();
+    }
+    stats_until(
+        &nats,
+        &options,
+        "2 events and 1 dead letter behind",
+        |stats| stats == GroupStats::new(3, 0),
+    )
+    .await;
+
+    let mut subscription = nats.subscribe(options.clone()).await.unwrap();
+    let delivery = next(&mut subscription, "a first delivery").await;
+    delivery
+        .nack(Duration::from_secs(3600), "later".to_owned())
+        .await
+        .unwrap();
+    stats_until(&nats, &options, "a nak'd delivery pending", |stats| {
+        stats.pending >= 1 && stats.lag + stats.pending == 3
+    })
+    .await;
+    let unknown = SubscribeOptions::new(">").group("nobody");
+    assert_eq!(nats.group_stats(&unknown).await.unwrap(), None);
+    drop(subscription);
 }

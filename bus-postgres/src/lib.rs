@@ -221,7 +221,7 @@
 //!
 //! **Logs.** Spans `bus.postgres.connect` (prefix), `bus.postgres.publish` (event, id),
 //! `bus.postgres.subscription` (pattern, group), `bus.postgres.settle` (how, event, id,
-//! attempt).
+//! attempt), `bus.postgres.group_stats` (group).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

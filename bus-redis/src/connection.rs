@@ -414,6 +414,52 @@ impl Inner {
         }
     }
 
+    /// The event names with a stream that `matcher` matches: those of the registry of names
+    /// (`SMEMBERS`) and of the keyspace (`SCAN`, for streams written by other clients), each
+    /// once, in the order found.
+    pub(crate) async fn names_matching(
+        &self,
+        matcher: &keys::Matcher,
+    ) -> Result<Vec<String>, TransportError> {
+        let mut conn = self.conn.clone();
+        let names_key = self.keys.names();
+        let mut names: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&names_key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|error| RedisError::command("SMEMBERS", &names_key, error))?;
+        let glob = self.keys.stream_glob();
+        let mut cursor = 0_u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&glob)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream")
+                .query_async(&mut conn)
+                .await
+                .map_err(|error| RedisError::command("SCAN", &glob, error))?;
+            names.extend(
+                found
+                    .iter()
+                    .filter_map(|key| self.keys.name_of(key))
+                    .map(str::to_owned),
+            );
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut seen = std::collections::HashSet::new();
+        names.retain(|name| {
+            keys::check_name(name).is_ok() && matcher.matches(name) && seen.insert(name.clone())
+        });
+        Ok(names)
+    }
+
     /// The server's clock, in milliseconds.
     pub(crate) async fn server_ms(&self) -> Result<u64, TransportError> {
         let mut conn = self.conn.clone();

@@ -346,6 +346,80 @@ pub(crate) fn pending_reply(value: &Value) -> Result<Vec<(String, String, u32)>,
         .collect()
 }
 
+/// One group of an `XINFO GROUPS` reply, as [`group_stats`](crate::RedisTransport) reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupInfo {
+    pub(crate) name: String,
+    /// The length of the group's pending list.
+    pub(crate) pending: u64,
+    /// The id of the last entry the group handed out (or the id it was created at).
+    pub(crate) last_delivered: String,
+    /// The entries not handed out yet; `None` when Redis cannot tell (a nil `lag`: the group
+    /// was created at an id between entries, or entries were deleted past it) or does not
+    /// say (before Redis 7).
+    pub(crate) lag: Option<u64>,
+}
+
+/// A count in a reply: an integer, or its text.
+fn count(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// An `XINFO GROUPS` reply: one map per group (RESP3), or a flat list of field and value
+/// (RESP2). `name`, `pending` and `last-delivered-id` are required; `lag` may be nil or
+/// missing.
+pub(crate) fn groups_reply(value: &Value) -> Result<Vec<GroupInfo>, String> {
+    let Some(list) = items(value) else {
+        return Err(format!("expected a list of groups, got {value:?}"));
+    };
+    list.iter()
+        .map(|group| {
+            let pairs: Vec<(&Value, &Value)> = match group {
+                Value::Map(pairs) => pairs.iter().map(|(k, v)| (k, v)).collect(),
+                other => match items(other) {
+                    Some(flat) if flat.len() % 2 == 0 => flat
+                        .chunks(2)
+                        .filter_map(|pair| match pair {
+                            [k, v] => Some((k, v)),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => return Err(format!("expected a group, got {other:?}")),
+                },
+            };
+            let field = |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| text(k).as_deref() == Some(name))
+                    .map(|(_, v)| *v)
+            };
+            let missing = |name: &str| format!("a group without `{name}`: {group:?}");
+            let name = field("name")
+                .and_then(text)
+                .ok_or_else(|| missing("name"))?;
+            let pending = field("pending")
+                .and_then(count)
+                .ok_or_else(|| missing("pending"))?;
+            let last_delivered = field("last-delivered-id")
+                .and_then(text)
+                .ok_or_else(|| missing("last-delivered-id"))?;
+            let lag = match field("lag") {
+                None | Some(Value::Nil) => None,
+                Some(lag) => Some(count(lag).ok_or_else(|| format!("a lag {lag:?}"))?),
+            };
+            Ok(GroupInfo {
+                name,
+                pending,
+                last_delivered,
+                lag,
+            })
+        })
+        .collect()
+}
+
 /// The entry id just before `ms`-0: reading or creating a group "after" it starts at
 /// millisecond `ms`.
 pub(crate) fn id_before_ms(ms: u64) -> String {
@@ -583,6 +657,96 @@ mod tests {
         assert_eq!(letter.datacontenttype.as_deref(), Some("text/plain"));
         assert_eq!(letter.extensions["tenant"], "acme");
         assert_eq!(&letter.data[..], b"hello");
+    }
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn xinfo_groups_parses_in_both_protocols() {
+        // RESP2: a flat list per group, as `redis-cli XINFO GROUPS` shows it.
+        let resp2 = Value::Array(vec![
+            Value::Array(vec![
+                bulk("name"),
+                bulk("billing"),
+                bulk("consumers"),
+                Value::Int(2),
+                bulk("pending"),
+                Value::Int(3),
+                bulk("last-delivered-id"),
+                bulk("1700000000000-4"),
+                bulk("entries-read"),
+                Value::Nil,
+                bulk("lag"),
+                Value::Nil,
+            ]),
+            Value::Array(vec![
+                bulk("name"),
+                bulk("shipping"),
+                bulk("pending"),
+                Value::Int(0),
+                bulk("last-delivered-id"),
+                bulk("0-0"),
+                bulk("lag"),
+                Value::Int(7),
+            ]),
+        ]);
+        let groups = groups_reply(&resp2).unwrap();
+        assert_eq!(
+            groups,
+            [
+                GroupInfo {
+                    name: "billing".to_owned(),
+                    pending: 3,
+                    last_delivered: "1700000000000-4".to_owned(),
+                    lag: None,
+                },
+                GroupInfo {
+                    name: "shipping".to_owned(),
+                    pending: 0,
+                    last_delivered: "0-0".to_owned(),
+                    lag: Some(7),
+                },
+            ]
+        );
+        // RESP3: a map per group; before Redis 7 there is no `lag` at all.
+        let resp3 = Value::Array(vec![Value::Map(vec![
+            (Value::SimpleString("name".to_owned()), bulk("billing")),
+            (bulk("pending"), Value::Int(1)),
+            (bulk("last-delivered-id"), bulk("5-0")),
+        ])]);
+        let groups = groups_reply(&resp3).unwrap();
+        assert_eq!(groups[0].name, "billing");
+        assert_eq!((groups[0].pending, groups[0].lag), (1, None));
+        assert!(groups_reply(&Value::Array(Vec::new())).unwrap().is_empty());
+    }
+
+    #[test]
+    fn xinfo_groups_garbage_is_an_error() {
+        assert!(groups_reply(&Value::Int(1)).is_err());
+        assert!(groups_reply(&Value::Array(vec![Value::Int(1)])).is_err());
+        // An odd list, a group without its pending count, a lag that is no number.
+        let odd = Value::Array(vec![Value::Array(vec![bulk("name")])]);
+        assert!(groups_reply(&odd).is_err());
+        let no_pending = Value::Array(vec![Value::Array(vec![
+            bulk("name"),
+            bulk("g"),
+            bulk("last-delivered-id"),
+            bulk("0-0"),
+        ])]);
+        assert!(groups_reply(&no_pending).unwrap_err().contains("pending"));
+        let bad_lag = Value::Array(vec![Value::Array(vec![
+            bulk("name"),
+            bulk("g"),
+            bulk("pending"),
+            Value::Int(0),
+            bulk("last-delivered-id"),
+            bulk("0-0"),
+            bulk("lag"),
+            Value::Int(-1),
+        ])]);
+        assert!(groups_reply(&bad_lag).is_err());
     }
 
     #[test]

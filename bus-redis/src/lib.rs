@@ -195,7 +195,7 @@
 //!
 //! Spans: `bus.redis.connect` (url, prefix, instance), `bus.redis.publish` (stream, event id),
 //! `bus.redis.subscription` (pattern, consumer, group), `bus.redis.settle` (stream, entry,
-//! consumer, event id, attempt).
+//! consumer, event id, attempt), `bus.redis.group_stats` (group).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -204,6 +204,7 @@ mod dedup;
 mod delivery;
 mod error;
 mod keys;
+mod stats;
 mod subscription;
 mod transport;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bus_core::transport::support::{self, RootCertificates};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, Retention, ServerUrl, SubscribeOptions,
-    Transport, TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupStats, Retention, ServerUrl,
+    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -576,6 +576,7 @@ impl Transport for RedisTransport {
         capabilities.groups = true;
         capabilities.deduplicates = !self.inner.config.duplicate_window.is_zero();
         capabilities.restartable = self.inner.config.restartable;
+        capabilities.group_stats = true;
         capabilities
     }
 
@@ -593,6 +594,20 @@ impl Transport for RedisTransport {
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
         Box::pin(crate::subscription::open(Arc::clone(&self.inner), options))
+    }
+
+    /// `XINFO GROUPS` on each stream of the group's pattern, summed: `pending` is the group's
+    /// pending list, `lag` its `lag` (counted with `XRANGE` in the server where Redis leaves it
+    /// nil). `None` when the group has no record and no stream has it.
+    fn group_stats<'a>(
+        &'a self,
+        options: &'a SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Option<GroupStats>, TransportError>> {
+        let span = tracing::debug_span!(
+            "bus.redis.group_stats",
+            group = options.group.as_deref().unwrap_or("-"),
+        );
+        Box::pin(crate::stats::group_stats(&self.inner, options).instrument(span))
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {

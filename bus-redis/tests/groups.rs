@@ -1,6 +1,6 @@
 //! Consumer groups on the shared server: slow consumers with frequent claims, fan-out without a
-//! group, the own pending entries re-read by the next life of an instance, and the claim of
-//! what a hung consumer holds.
+//! group, the own pending entries re-read by the next life of an instance, the claim of what a
+//! hung consumer holds, and a group's stats where Redis cannot count its lag.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bus_core::transport::{SubscribeOptions, Transport, WireEvent};
+use bus_core::transport::{GroupStats, SubscribeOptions, Transport, WireEvent};
 use bus_redis::redis::{self, Value};
 use common::{PATIENCE, TestRedis, assert_next_is, assert_quiet, next, publish_probe, unique};
 use futures_util::StreamExt;
@@ -272,4 +272,127 @@ async fn a_closed_subscription_hands_back_and_leaves_no_consumer() {
         }
     })
     .await;
+}
+
+/// The `lag` of group `group` on stream `key`, as `XINFO GROUPS` gives it (`None`: nil).
+async fn redis_lag(redis: &TestRedis, key: &str, group: &str) -> Option<i64> {
+    let mut conn = redis.connection();
+    let groups: Vec<Vec<Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("XINFO GROUPS");
+    let text = |value: &Value| match value {
+        Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        other => format!("{other:?}"),
+    };
+    let fields = groups
+        .iter()
+        .find(|fields| {
+            fields
+                .chunks(2)
+                .any(|pair| text(&pair[0]) == "name" && text(&pair[1]) == group)
+        })
+        .expect("the group on the stream");
+    match fields.chunks(2).find(|pair| text(&pair[0]) == "lag") {
+        Some([_, Value::Int(lag)]) => Some(*lag),
+        _ => None,
+    }
+}
+
+/// A group's stats where Redis cannot count the lag: a group created on a stream with history
+/// has a nil `lag` until it reads the stream's last entry, and so has one with an entry deleted
+/// past it; the transport counts those entries itself. A stream of the pattern the group is not
+/// on yet counts its entries since the group's start; one of another name counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_stats_count_the_lag_redis_leaves_nil() {
+    let Some(redis) = TestRedis::connect("group_stats_nil_lag", |b| b).await else {
+        return;
+    };
+    let event = |name: &str| WireEvent::new(format!("stats-{}", unique()), "s", name, "{}");
+    for _ in 0..2 {
+        redis.publish(event("hist.a")).await.expect("history");
+    }
+    // The group's start is a millisecond: past the history's.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let group = format!("stats-{}", unique());
+    let options = SubscribeOptions::new("hist.*")
+        .group(&group)
+        .ack_wait(Duration::from_secs(3600));
+    drop(redis.subscribe(options.clone()).await.expect("subscribed"));
+    for name in ["hist.a", "hist.a", "hist.a", "hist.b", "hist.b", "other.x"] {
+        redis.publish(event(name)).await.expect("published");
+    }
+    let key = redis.stream_key("hist.a");
+    assert_eq!(
+        redis_lag(&redis, &key, &group).await,
+        None,
+        "Redis's lag is nil"
+    );
+    let stats = redis.group_stats(&options).await.expect("group_stats");
+    // 3 on hist.a past the group's position, 2 on hist.b since the group's start.
+    assert_eq!(stats, Some(GroupStats::new(5, 0)));
+
+    // An entry deleted past the group's position no longer counts.
+    let mut conn = redis.connection();
+    let last: Value = redis::cmd("XREVRANGE")
+        .arg(&key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("XREVRANGE");
+    let Value::Array(entries) = last else {
+        panic!("XREVRANGE: {last:?}");
+    };
+    let Some(Value::Array(entry)) = entries.first() else {
+        panic!("no entry: {entries:?}");
+    };
+    let Some(Value::BulkString(deleted_id)) = entry.first() else {
+        panic!("no id: {entry:?}");
+    };
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&key)
+        .arg(deleted_id.as_slice())
+        .query_async(&mut conn)
+        .await
+        .expect("XDEL");
+    let stats = redis.group_stats(&options).await.expect("group_stats");
+    assert_eq!(stats, Some(GroupStats::new(4, 0)));
+
+    // A member holds one: pending; acked, all of them: nothing left.
+    let member = redis.another(|b| b).await;
+    let mut subscription = member.subscribe(options.clone()).await.expect("subscribed");
+    let held = next(&mut subscription, "the first event").await;
+    common::eventually("one held, pending", || {
+        let (redis, options) = (&redis, &options);
+        async move {
+            let stats = redis.group_stats(options).await.expect("group_stats");
+            stats.is_some_and(|stats| stats.pending >= 1 && stats.lag + stats.pending == 4)
+        }
+    })
+    .await;
+    held.ack().await.expect("acked");
+    for n in 1..4 {
+        let delivery = next(&mut subscription, &format!("event {n} more")).await;
+        assert_ne!(delivery.event().ty, "other.x");
+        delivery.ack().await.expect("acked");
+    }
+    common::eventually("nothing left", || {
+        let (redis, options) = (&redis, &options);
+        async move {
+            let stats = redis.group_stats(options).await.expect("group_stats");
+            stats == Some(GroupStats::new(0, 0))
+        }
+    })
+    .await;
+    let unknown = SubscribeOptions::new("hist.*").group(format!("never-{}", unique()));
+    assert_eq!(
+        redis.group_stats(&unknown).await.expect("group_stats"),
+        None
+    );
+    drop(subscription);
 }

@@ -1,5 +1,7 @@
-//! Cases on competing-consumer groups: sharing, durability, independence.
+//! Cases on competing-consumer groups: sharing, durability, independence, and where a group
+//! stands.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use bus_core::transport::SubscribeOptions;
@@ -285,4 +287,98 @@ pub async fn fan_out(harness: &dyn Harness, size: Size) {
             .map(|(consumer, what)| consumer.assert_quiet(&case, what)),
     )
     .await;
+}
+
+/// Where a group stands ([`Transport::group_stats`](bus_core::transport::Transport::group_stats),
+/// issue 5's lag and pending gauges): a group is created by a subscription that is then closed,
+/// and 3 events are published; the stats come to `lag + pending == 3`. A new instance receives
+/// one event and holds it: they come to `pending >= 1` and `lag + pending == 3`. It receives and
+/// acks the 3 events: they come to `lag == 0` and `pending == 0`. A group no subscription
+/// created, and options without a group, have no stats (`None`). Each "come to" is asked again
+/// until it holds, within the guard: brokers update their counts behind the deliveries.
+///
+/// # Panics
+///
+/// When the transport breaks the contract; see the [module documentation](crate::cases).
+pub async fn group_stats(harness: &dyn Harness, size: Size) {
+    let _ = size; // the same counts at every size: they are small already
+    const EVENTS: u64 = 3;
+    let (case, transport) = Case::start(harness, "group_stats").await;
+    if !case.requires(&[Need::Groups, Need::GroupStats]) {
+        return;
+    }
+    let name = case.name("events");
+    let options = SubscribeOptions::new(&name).group(case.group("stats"));
+    // The group is created, and its only member closed: nothing consumes while it is behind.
+    drop(case.subscribe(&*transport, options.clone()).await);
+    let events = case.events(&name, 3);
+    case.publish_all(std::slice::from_ref(&transport), &events, 1)
+        .await;
+    // The sum, not `lag == 3`: a closed subscription may have been handed some events already
+    // (a NATS pull request still open as it closed is answered, and the closing subscription
+    // naks what it brings), which then count as pending until they are delivered again.
+    case.group_stats_until(
+        &*transport,
+        &options,
+        "lag + pending == 3 for the 3 events published behind the group",
+        |stats| stats.lag + stats.pending == EVENTS,
+    )
+    .await;
+
+    let connection = case.connect().await;
+    let mut subscription = case.subscribe(&*connection, options.clone()).await;
+    let expected = ids(&events);
+    let mut acked = HashSet::new();
+    let held = case
+        .next(&mut subscription, "the first of the 3 events")
+        .await;
+    case.check(expected.contains(&held.event().id), || {
+        format!(
+            "got an event it should not: {}",
+            describe(held.event(), held.attempt())
+        )
+    });
+    // Held, not acked: pending; the other two in either count (a transport may hand out, or
+    // claim, more than one delivery at a time).
+    case.group_stats_until(
+        &*transport,
+        &options,
+        "pending >= 1 and lag + pending == 3 with one delivery held",
+        |stats| stats.pending >= 1 && stats.lag + stats.pending == EVENTS,
+    )
+    .await;
+    acked.insert(held.event().id.clone());
+    case.ack(held).await;
+    while acked.len() < expected.len() {
+        let delivery = case
+            .next(&mut subscription, format!("event {} of 3", acked.len() + 1))
+            .await;
+        case.check(expected.contains(&delivery.event().id), || {
+            format!(
+                "got an event it should not: {}",
+                describe(delivery.event(), delivery.attempt())
+            )
+        });
+        acked.insert(delivery.event().id.clone());
+        case.ack(delivery).await;
+    }
+    case.group_stats_until(
+        &*transport,
+        &options,
+        "lag == 0 and pending == 0 once the 3 events are acked",
+        |stats| stats.lag == 0 && stats.pending == 0,
+    )
+    .await;
+
+    let unknown = SubscribeOptions::new(&name).group(case.group("never-subscribed"));
+    let stats = case.group_stats(&*transport, &unknown).await;
+    case.check(stats.is_none(), || {
+        format!("group_stats of a group no subscription created: {stats:?}, expected None")
+    });
+    let plain = SubscribeOptions::new(&name);
+    let stats = case.group_stats(&*transport, &plain).await;
+    case.check(stats.is_none(), || {
+        format!("group_stats of options without a group: {stats:?}, expected None")
+    });
+    drop(subscription);
 }

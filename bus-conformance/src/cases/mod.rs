@@ -27,6 +27,7 @@
 //! | [`fan_out`] | (issue 5) | 2 services x 2 instances: each service handles each of 100 events once (quiet period) | groups |
 //! | [`wildcard_parity`] | (issue 5) | each pattern of a fixed set receives exactly the names that in-process matching (and NATS semantics) accept (quiet period) | |
 //! | [`dedup`] | (issue 5) | an event published twice with one source and id is delivered once, the same id from another source too (plain and group; quiet period) | deduplicates |
+//! | [`group_stats`] | (issue 5) | a group's stats: `lag + pending` 3 for 3 events published behind it; `pending >= 1` with one held; 0 and 0 once all are acked; `None` for an unknown group and without a group | groups, group_stats |
 
 mod basics;
 mod failures;
@@ -42,5 +43,5 @@ pub use self::failures::{
 };
 pub use self::groups::{
     concurrent_close, concurrent_subscribe, consumer_groups, continue_after_subscribe_close,
-    fan_out,
+    fan_out, group_stats,
 };

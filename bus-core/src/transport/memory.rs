@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Capabilities, Delivery, SubscribeOptions, Transport, TransportError,
+    BoxFuture, Capabilities, Delivery, GroupStats, SubscribeOptions, Transport, TransportError,
     TransportSubscription, WireEvent,
 };
 use crate::name::pattern::Pattern;
@@ -305,6 +305,7 @@ impl Transport for MemoryTransport {
             groups: true,
             deduplicates: true,
             restartable: false,
+            group_stats: true,
         }
     }
 
@@ -326,6 +327,43 @@ impl Transport for MemoryTransport {
     ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
         Box::pin(std::future::ready(self.open(options)))
     }
+
+    /// Always connected: the broker is this process.
+    fn is_connected(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    /// `lag`: the events of the log past the group's cursor that match its pattern. `pending`:
+    /// its deliveries in flight (an expired one included, until a member takes it back) and
+    /// those in line to be delivered again (nacked, released, returned by a closed
+    /// subscription). `None` for a group no subscription created.
+    fn group_stats<'a>(
+        &'a self,
+        options: &'a SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Option<GroupStats>, TransportError>> {
+        let stats = options.group.as_ref().and_then(|group| {
+            let state = self.broker.lock();
+            let group = state.groups.get(&group_key(group))?;
+            let lag = state.log[group.cursor.min(state.log.len())..]
+                .iter()
+                .filter(|event| group.pattern.matches(&event.ty))
+                .count();
+            let pending = group.in_flight.len() + group.redeliver.len();
+            Some(GroupStats::new(count(lag), count(pending)))
+        });
+        Box::pin(std::future::ready(Ok(stats)))
+    }
+}
+
+/// The key of the durable group `group` in [`State::groups`] (apart from the private groups of
+/// subscriptions outside any group).
+fn group_key(group: &str) -> String {
+    format!("group:{group}")
+}
+
+/// A count as the `u64` of [`GroupStats`].
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
 }
 
 impl MemoryTransport {
@@ -340,7 +378,7 @@ impl MemoryTransport {
             .map_err(|error| invalid("pattern", &options.pattern, error.to_string()))?;
         let subscription = self.broker.next_id();
         let (group_name, durable, label) = match &options.group {
-            Some(group) => (format!("group:{group}"), true, group.clone()),
+            Some(group) => (group_key(group), true, group.clone()),
             None => (
                 format!("private:{subscription}"),
                 false,
@@ -463,5 +501,47 @@ impl Delivery for MemoryDelivery {
 
     fn reject(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), TransportError>> {
         (*self).settle(Settle::Reject { reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    async fn stats(broker: &MemoryTransport, options: &SubscribeOptions) -> Option<GroupStats> {
+        broker.group_stats(options).await.expect("stats")
+    }
+
+    /// Lag is what the group's cursor has not passed (other names aside); pending is what is
+    /// in flight and what waits to be delivered again, a nack's delay included.
+    #[tokio::test]
+    async fn group_stats_follow_the_cursor_and_the_unsettled() {
+        let broker = MemoryTransport::new();
+        let options = SubscribeOptions::new("a.*").group("g");
+        assert_eq!(stats(&broker, &options).await, None, "no group yet");
+        let mut subscription = broker.subscribe(options.clone()).await.expect("subscribed");
+        for (id, name) in [("1", "a.x"), ("2", "b.x"), ("3", "a.y"), ("4", "a.z")] {
+            broker
+                .publish(WireEvent::new(id, "s", name, "{}"))
+                .await
+                .expect("published");
+        }
+        assert_eq!(stats(&broker, &options).await, Some(GroupStats::new(3, 0)));
+        let first = subscription.next().await.expect("open").expect("delivery");
+        assert_eq!(stats(&broker, &options).await, Some(GroupStats::new(2, 1)));
+        first
+            .nack(Duration::from_secs(3600), "later".to_owned())
+            .await
+            .expect("nacked");
+        assert_eq!(stats(&broker, &options).await, Some(GroupStats::new(2, 1)));
+        for _ in 0..2 {
+            let delivery = subscription.next().await.expect("open").expect("delivery");
+            delivery.ack().await.expect("acked");
+        }
+        assert_eq!(stats(&broker, &options).await, Some(GroupStats::new(0, 1)));
+        let plain = SubscribeOptions::new("a.*");
+        assert_eq!(stats(&broker, &plain).await, None, "no group");
     }
 }

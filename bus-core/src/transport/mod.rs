@@ -38,6 +38,11 @@ pub use crate::error::TransportError;
 /// held ([`Transport::flush`]): 5 s.
 pub const HAND_BACK_GRACE: Duration = Duration::from_secs(5);
 
+/// How often, by default, each consumer of a group samples the group's lag and pending count
+/// into the gauges ([`EventBusBuilder::group_stats_interval`](crate::EventBusBuilder::group_stats_interval)):
+/// 15 s, a common scrape interval.
+pub const DEFAULT_GROUP_STATS_INTERVAL: Duration = Duration::from_secs(15);
+
 /// A boxed future, as the dyn-compatible transport traits return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -72,6 +77,58 @@ pub trait Transport: Send + Sync + 'static {
     /// The default resolves at once: for a transport with no such background work.
     fn flush(&self) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
+    }
+
+    /// Whether the connection to the broker is up right now, as far as the transport knows
+    /// without a round trip to it; `None` when it cannot tell (then
+    /// [`EventBus::health`](crate::EventBus::health) learns it from the group stats it asks
+    /// for). The default is `None`.
+    fn is_connected(&self) -> Option<bool> {
+        None
+    }
+
+    /// Where the consumer group of `options` stands on the broker: how many events of its
+    /// pattern it has not been handed yet, and how many it holds unsettled. `Ok(None)` when
+    /// `options` names no group, when the broker does not know the group (no subscription
+    /// ever created it), or when the transport cannot tell ([`Capabilities::group_stats`] is
+    /// `false`). The bus samples it for its consumers into the `bus_consumer_lag` and
+    /// `bus_consumer_pending` gauges and reports it in [`EventBus::health`](crate::EventBus::health).
+    ///
+    /// The default resolves to `Ok(None)`.
+    fn group_stats<'a>(
+        &'a self,
+        options: &'a SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Option<GroupStats>, TransportError>> {
+        let _ = options;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+/// Where one consumer group stands on the broker: [`Transport::group_stats`].
+///
+/// An event counts in one of the two at most: first in `lag`, then, once handed to a member
+/// of the group, in `pending` until it is settled (acked, or dead-lettered). "Handed" includes
+/// what a subscription fetched or claimed ahead and has not yielded yet (NATS `fetch_batch`,
+/// Redis `read_batch`, PostgreSQL `batch_size`), and a nacked event waiting for its delay
+/// counts in `pending` on every transport. Brokers may update their counts a little after the
+/// deliveries and acks (NATS); asking can cost in proportion to the lag (Redis when its own
+/// count is unknown, PostgreSQL for events not yet filled into the group), which is why the bus
+/// samples on an interval. The stats are of the pattern the group was created with where the
+/// broker keeps it (memory, Redis, PostgreSQL); on NATS, of the streams `options.pattern`
+/// routes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// Events matching the group's pattern that no member has been handed yet.
+    pub lag: u64,
+    /// Events handed to a member (or waiting to be handed again) and not yet settled.
+    pub pending: u64,
+}
+
+impl GroupStats {
+    /// Stats of `lag` events not handed out yet and `pending` unsettled.
+    pub fn new(lag: u64, pending: u64) -> Self {
+        GroupStats { lag, pending }
     }
 }
 
@@ -225,4 +282,6 @@ pub struct Capabilities {
     pub deduplicates: bool,
     /// The test can restart the broker (a private server it starts itself).
     pub restartable: bool,
+    /// [`Transport::group_stats`] counts a group's lag and pending events.
+    pub group_stats: bool,
 }

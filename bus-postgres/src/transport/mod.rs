@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bus_core::transport::support::{self, check_pattern};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, Retention, ServerUrl, SubscribeOptions,
-    Transport, TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupStats, Retention, ServerUrl,
+    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -428,7 +428,7 @@ impl Transport for PostgresTransport {
 
     /// Persistent (the tables), ordered (a single subscriber gets each name's events in the
     /// order they were published one after the other), groups, deduplicates (a unique index on
-    /// source and id), restartable as the builder said.
+    /// source and id), group stats, restartable as the builder said.
     fn capabilities(&self) -> Capabilities {
         let mut capabilities = Capabilities::default();
         capabilities.persistent = true;
@@ -436,6 +436,7 @@ impl Transport for PostgresTransport {
         capabilities.groups = true;
         capabilities.deduplicates = true;
         capabilities.restartable = self.inner.restartable;
+        capabilities.group_stats = true;
         capabilities
     }
 
@@ -453,6 +454,43 @@ impl Transport for PostgresTransport {
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<TransportSubscription, TransportError>> {
         Box::pin(subscription::open(Arc::clone(&self.inner), options))
+    }
+
+    /// One statement on the group's row and records: `lag` is the events of its pattern
+    /// committed past its horizon (not given a record yet) plus its records never claimed;
+    /// `pending` its records claimed and not settled (held, past their ack wait, or waiting
+    /// for a nack's delay). `None` for a group without a row. One attempt: a caller that
+    /// samples asks again later.
+    fn group_stats<'a>(
+        &'a self,
+        options: &'a SubscribeOptions,
+    ) -> BoxFuture<'a, Result<Option<GroupStats>, TransportError>> {
+        let span = tracing::debug_span!(
+            "bus.postgres.group_stats",
+            group = options.group.as_deref().unwrap_or("-"),
+        );
+        Box::pin(
+            async move {
+                let Some(group) = &options.group else {
+                    return Ok(None);
+                };
+                let inner = &self.inner;
+                let row: Option<(i64, i64)> = sqlx::query_as(statement(&inner.sql.group_stats))
+                    .bind(group)
+                    .fetch_optional(&inner.pool)
+                    .await
+                    .map_err(|error| {
+                        error::statement(
+                            format!("stats of the group `{group}`"),
+                            format!("{}deliveries", inner.prefix),
+                            error,
+                        )
+                    })?;
+                let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                Ok(row.map(|(lag, pending)| GroupStats::new(count(lag), count(pending))))
+            }
+            .instrument(span),
+        )
     }
 
     /// Waits for the hand-backs of deliveries dropped unsettled and of subscriptions closed.

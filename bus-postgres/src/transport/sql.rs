@@ -43,6 +43,9 @@ pub(crate) struct Sql {
     pub(crate) purge_age: Arc<str>,
     /// `$1` count kept, `$2` batch: deletes up to a batch of the events but the newest ones.
     pub(crate) purge_len: Arc<str>,
+    /// `$1` group → (lag, pending), no row for a group that does not exist: the events of its
+    /// pattern past its horizon plus its records never claimed, and its records claimed.
+    pub(crate) group_stats: Arc<str>,
 }
 
 impl Sql {
@@ -192,6 +195,21 @@ impl Sql {
                     WHERE seq <= (SELECT seq FROM {p}events ORDER BY seq DESC OFFSET $1 LIMIT 1)
                     ORDER BY seq LIMIT $2)"
             )),
+            // In one snapshot, so that a fill running meanwhile counts either before or after:
+            // an event is past the horizon (no record yet) or has a record, never both. A
+            // record never claimed (`attempts` 0: filled, or a claim handed back unused) is
+            // lag; one claimed (`attempts` > 0: held, past its ack wait, nacked and waiting for
+            // its delay, or released) is pending until its ack or dead letter deletes it.
+            group_stats: text(format!(
+                "SELECT (SELECT count(*) FROM {p}events e
+                         WHERE e.xid >= g.horizon AND e.name ~ g.regex) + d.fresh AS lag,
+                        d.held AS pending
+                 FROM {p}groups g,
+                      LATERAL (SELECT count(*) FILTER (WHERE attempts = 0) AS fresh,
+                                      count(*) FILTER (WHERE attempts > 0) AS held
+                               FROM {p}deliveries WHERE group_name = g.name) d
+                 WHERE g.name = $1 AND NOT g.plain"
+            )),
         }
     }
 }
@@ -223,26 +241,37 @@ mod tests {
         p: String,
     }
 
+    /// A pool on the shared server; `None` when it is down outside CI.
+    async fn connect(test: &str) -> Option<PgPool> {
+        match PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(URL)
+            .await
+        {
+            Ok(pool) => Some(pool),
+            Err(error) if !ci() => {
+                skip(
+                    test,
+                    format_args!("PostgreSQL is not reachable at {URL}: {error}"),
+                );
+                None
+            }
+            Err(error) => panic!("cannot connect to PostgreSQL at {URL}: {error}"),
+        }
+    }
+
     impl Tables {
-        async fn create(test: &str) -> Option<Tables> {
-            let pool = match PgPoolOptions::new()
-                .max_connections(2)
-                .acquire_timeout(Duration::from_secs(10))
-                .connect(URL)
-                .await
-            {
-                Ok(pool) => pool,
-                Err(error) if !ci() => {
-                    skip(
-                        test,
-                        format_args!("PostgreSQL is not reachable at {URL}: {error}"),
-                    );
-                    return None;
-                }
-                Err(error) => panic!("cannot connect to PostgreSQL at {URL}: {error}"),
-            };
+        /// The tables of a fresh prefix, empty.
+        async fn empty(test: &str) -> Option<Tables> {
+            let pool = connect(test).await?;
             let p = format!("sql{}_", unique());
             schema::create_schema(&pool, &p).await.expect("the tables");
+            Some(Tables { pool, p })
+        }
+
+        async fn create(test: &str) -> Option<Tables> {
+            let Tables { pool, p } = Tables::empty(test).await?;
             let events = |from: u32, to: u32| {
                 format!(
                     "INSERT INTO {p}events (name, source, event_id, data) \
@@ -344,6 +373,78 @@ mod tests {
             materialize.contains(&format!("{p}events_xid")),
             "materialize:\n{materialize}"
         );
+    }
+
+    /// A group's stats: the events of its pattern past its horizon and its records never
+    /// claimed are lag; its records claimed (held, or nacked and waiting for their delay) are
+    /// pending; events of other names, a subscription outside any group and an unknown group
+    /// count nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_stats_count_what_is_not_filled_not_claimed_and_claimed() {
+        let Some(tables) = Tables::empty("group_stats").await else {
+            return;
+        };
+        let p = tables.p.clone();
+        let regex = crate::transport::pattern::Matcher::new("st.>").regex();
+        let events = |rows: &str| {
+            format!("INSERT INTO {p}events (name, source, event_id, data) VALUES {rows}")
+        };
+        // Each statement is a transaction of its own: the horizon, set by the third, is past
+        // the events of the second and before those of the fifth.
+        let setup = [
+            format!(
+                "INSERT INTO {p}groups (name, pattern, regex, horizon) \
+                 VALUES ('g', 'st.>', '{regex}', '0')"
+            ),
+            events(
+                "('st.a', 's', '1', ''), ('st.a', 's', '2', ''), ('st.a', 's', '3', ''), \
+                    ('zz.x', 's', '4', '')",
+            ),
+            format!(
+                "INSERT INTO {p}groups (name, pattern, regex, horizon, plain) \
+                 VALUES ('p', '>', '^.+$', pg_current_xact_id(), true), \
+                        ('idle', 'st.>', '{regex}', pg_current_xact_id(), false); \
+                 UPDATE {p}groups SET horizon = pg_current_xact_id() WHERE name = 'g'"
+            ),
+            // Filled and never claimed; claimed and held; claimed, nacked, due in a minute.
+            format!(
+                "INSERT INTO {p}deliveries (group_name, seq, attempts, available_at, claimed_by) \
+                 SELECT 'g', seq, \
+                        CASE event_id WHEN '1' THEN 0 WHEN '2' THEN 1 ELSE 2 END, \
+                        CASE event_id WHEN '1' THEN now() ELSE now() + interval '1 min' END, \
+                        CASE event_id WHEN '2' THEN 'me' END \
+                 FROM {p}events WHERE event_id IN ('1', '2', '3')"
+            ),
+            events(
+                "('st.b', 's', '5', ''), ('st.c.d', 's', '6', ''), ('zz.y', 's', '7', ''), \
+                    ('st', 's', '8', '')",
+            ),
+        ];
+        for statement in setup {
+            tables
+                .pool
+                .execute(AssertSqlSafe(statement))
+                .await
+                .expect("setup");
+        }
+        let sql = Sql::new(&p, false);
+        let mut seen = Vec::new();
+        for group in ["g", "idle", "p", "nobody"] {
+            let row: Option<(i64, i64)> = sqlx::query_as(statement(&sql.group_stats))
+                .bind(group)
+                .fetch_optional(&tables.pool)
+                .await
+                .expect("group_stats");
+            seen.push(row);
+        }
+        tables.drop().await;
+
+        // `g`: st.b and st.c.d past the horizon, plus record 1; records 2 and 3.
+        assert_eq!(seen[0], Some((3, 2)), "g");
+        // `idle`: no record yet; st.b and st.c.d were published after it was registered.
+        assert_eq!(seen[1], Some((2, 0)), "idle");
+        assert_eq!(seen[2], None, "a subscription outside any group");
+        assert_eq!(seen[3], None, "an unknown group");
     }
 
     /// The fill, the claim and the ack turn `synchronous_commit` off for their transaction,

@@ -153,41 +153,8 @@ impl Streams {
         if let Some(entry) = keys::entries(&last).ok().and_then(|mut e| e.pop()) {
             self.log_cursor = entry.id;
         }
-        let names_key = inner.keys.names();
-        let mut names: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&names_key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|error| RedisError::command("SMEMBERS", &names_key, error))?;
-        let glob = inner.keys.stream_glob();
-        let mut cursor = 0_u64;
-        loop {
-            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&glob)
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("stream")
-                .query_async(&mut conn)
-                .await
-                .map_err(|error| RedisError::command("SCAN", &glob, error))?;
-            names.extend(
-                found
-                    .iter()
-                    .filter_map(|key| inner.keys.name_of(key))
-                    .map(str::to_owned),
-            );
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        for name in names {
-            if keys::check_name(&name).is_ok() && self.matcher.matches(&name) {
-                self.add(inner, &name);
-            }
+        for name in inner.names_matching(&self.matcher).await? {
+            self.add(inner, &name);
         }
         Ok(())
     }
