@@ -96,7 +96,7 @@ pub use bus_core::{
     AnyEvent, DeliveryReport, Dispatch, Emission, Envelope, Event, EventBus, EventBusBuilder,
     EventId, Policy, emit, emit_event, global, install_global, try_emit,
 };
-pub use bus_core::{error, event, layer, listener, policy, report, stream, trace};
+pub use bus_core::{error, event, health, layer, listener, policy, report, stream, trace};
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -1,6 +1,7 @@
 //! The metrics of the distributed path (feature `metrics`): publishes stored and failed with
 //! their latency, and a consumer's deliveries received, redelivered, dead-lettered (rejected or
-//! exhausted) with their processing time, labelled by transport, event, group and listener. On
+//! exhausted) with their processing time, labelled by transport, event, group and listener; and
+//! a group's lag and pending gauges rising while its consumer is held up and falling after. On
 //! the in-memory transport, NATS JetStream, Redis Streams and PostgreSQL.
 //!
 //! Each run records into a `DebuggingRecorder` of its own, the local recorder of its thread,
@@ -12,11 +13,14 @@ mod common;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bus::transport::{MemoryTransport, Transport, WireEvent};
 use bus::{EventBus, Policy, policy::Group};
+use metrics::{
+    Counter, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::{CompositeKey, MetricKind};
 use serde::{Deserialize, Serialize};
@@ -28,6 +32,8 @@ const RECEIVED: &str = "bus_consumer_received_total";
 const REDELIVERED: &str = "bus_consumer_redelivered_total";
 const DEAD_LETTERED: &str = "bus_consumer_dead_lettered_total";
 const PROCESSING: &str = "bus_consumer_processing_seconds";
+const LAG: &str = "bus_consumer_lag";
+const PENDING: &str = "bus_consumer_pending";
 
 /// How long a run waits for the deliveries it expects before it fails.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -41,10 +47,80 @@ struct Order {
     note: String,
 }
 
-/// Everything the recorder got so far, summed over snapshots (each hands a value over once).
+/// Everything the recorder got so far, summed over snapshots (each hands a value over once);
+/// gauges as their last value set.
 struct Recorded {
     snapshotter: Snapshotter,
     totals: RefCell<HashMap<CompositeKey, (u64, usize)>>,
+    gauges: Gauges,
+}
+
+/// The last value set on each gauge. The debugging recorder's snapshot resets a gauge to 0 as
+/// it reads it, which a test could not tell from a gauge set to 0.
+#[derive(Clone, Default)]
+struct Gauges(Arc<Mutex<HashMap<Key, f64>>>);
+
+impl Gauges {
+    fn set(&self, key: &Key, value: impl FnOnce(f64) -> f64) {
+        let mut gauges = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let gauge = gauges.entry(key.clone()).or_default();
+        *gauge = value(*gauge);
+    }
+}
+
+/// One gauge of [`Gauges`].
+struct LastValue {
+    key: Key,
+    gauges: Gauges,
+}
+
+impl GaugeFn for LastValue {
+    fn increment(&self, value: f64) {
+        self.gauges.set(&self.key, |gauge| gauge + value);
+    }
+
+    fn decrement(&self, value: f64) {
+        self.gauges.set(&self.key, |gauge| gauge - value);
+    }
+
+    fn set(&self, value: f64) {
+        self.gauges.set(&self.key, |_| value);
+    }
+}
+
+/// The debugging recorder, with its gauges kept in [`Gauges`] instead.
+struct TestRecorder {
+    inner: DebuggingRecorder,
+    gauges: Gauges,
+}
+
+impl Recorder for TestRecorder {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        self.inner.register_counter(key, metadata)
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(Arc::new(LastValue {
+            key: key.clone(),
+            gauges: self.gauges.clone(),
+        }))
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        self.inner.register_histogram(key, metadata)
+    }
 }
 
 impl Recorded {
@@ -90,6 +166,24 @@ impl Recorded {
         self.total(MetricKind::Histogram, name, labels)
     }
 
+    /// The last value of the gauge `name` with exactly `labels`.
+    fn gauge(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.gauges
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(key, _)| {
+                key.name() == name
+                    && key.labels().count() == labels.len()
+                    && labels.iter().all(|(label, value)| {
+                        key.labels()
+                            .any(|have| have.key() == *label && have.value() == *value)
+                    })
+            })
+            .map(|(_, value)| *value)
+    }
+
     fn describe(&self) -> String {
         self.take();
         let mut lines: Vec<String> = self
@@ -109,10 +203,14 @@ where
     F: FnOnce(Recorded) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let recorder = DebuggingRecorder::new();
+    let recorder = TestRecorder {
+        inner: DebuggingRecorder::new(),
+        gauges: Gauges::default(),
+    };
     let recorded = Recorded {
-        snapshotter: recorder.snapshotter(),
+        snapshotter: recorder.inner.snapshotter(),
         totals: RefCell::default(),
+        gauges: recorder.gauges.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -236,6 +334,104 @@ async fn measured(transport: Arc<dyn Transport>, recorded: Recorded, refuses_lar
     );
 }
 
+/// Waits until the lag and pending gauges of group `held` satisfy `done`.
+async fn wait_for_gauges(
+    recorded: &Recorded,
+    label: &str,
+    what: &str,
+    done: impl Fn(f64, f64) -> bool,
+) {
+    let labels = [("transport", label), ("group", "held")];
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let lag = recorded.gauge(LAG, &labels);
+        let pending = recorded.gauge(PENDING, &labels);
+        if let (Some(lag), Some(pending)) = (lag, pending)
+            && done(lag, pending)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{label}: {what} within {PATIENCE:?}; lag {lag:?}, pending {pending:?}; recorded:\n{}",
+            recorded.describe()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A consumer held up (its listener waits on a gate, one delivery at a time) while five
+/// orders are published: its group's lag and pending gauges, sampled every 50 ms, come to
+/// count all five between them (how they split depends on how many the transport fetched
+/// ahead); once the gate opens, both fall to zero.
+async fn lag_measured(transport: Arc<dyn Transport>, recorded: Recorded) {
+    let label = transport.name().to_owned();
+    let publisher = EventBus::builder()
+        .service("shop")
+        .shared_transport(Arc::clone(&transport))
+        .build();
+    let bus = EventBus::builder()
+        .service("billing")
+        .shared_transport(Arc::clone(&transport))
+        .group_stats_interval(Duration::from_millis(50))
+        .build();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    bus.on("metrics.order", move |_: Arc<Order>| {
+        let mut gate = gate.clone();
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+        }
+    })
+    .policy(Policy::new().group(Group::Named("held")).concurrency(1))
+    .add();
+    bus.ready().await.expect("subscribed");
+    wait_for_gauges(
+        &recorded,
+        &label,
+        "the group sampled, empty",
+        |lag, pending| lag + pending == 0.0,
+    )
+    .await;
+
+    for seq in 0..5 {
+        let report = publisher
+            .emit_event(Order {
+                seq,
+                note: String::new(),
+            })
+            .await;
+        assert!(report.is_ok(), "{label}: order {seq}: {report:?}");
+    }
+    wait_for_gauges(
+        &recorded,
+        &label,
+        "five orders outstanding",
+        |lag, pending| lag + pending == 5.0 && pending >= 1.0,
+    )
+    .await;
+
+    open.send_replace(true);
+    wait_for_gauges(&recorded, &label, "nothing outstanding", |lag, pending| {
+        lag == 0.0 && pending == 0.0
+    })
+    .await;
+    let health = bus.health().await;
+    assert!(health.is_healthy(), "{label}: {health}");
+    let consumer = &health.consumers()[0];
+    assert_eq!(consumer.group(), Some("held"), "{label}");
+    let stats = consumer.stats().expect("read").expect("a group");
+    assert_eq!((stats.lag, stats.pending), (0, 0), "{label}");
+    bus.shutdown(Duration::from_secs(5)).await;
+    publisher.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn memory_lag_and_pending_are_sampled() {
+    run(|recorded| async move {
+        lag_measured(Arc::new(MemoryTransport::new()), recorded).await;
+    });
+}
+
 #[test]
 fn memory_publishes_and_deliveries_are_measured() {
     run(|recorded| async move {
@@ -243,9 +439,10 @@ fn memory_publishes_and_deliveries_are_measured() {
     });
 }
 
-/// [`measured`] on `broker`, on a prefix of its own deleted at the end.
+/// [`measured`] (or, `lag`, [`lag_measured`]) on `broker`, on a prefix of its own deleted
+/// at the end.
 #[cfg(all(feature = "nats", feature = "redis"))]
-fn on_broker(broker: common::brokers::Broker, test: &str) {
+fn on_broker(broker: common::brokers::Broker, test: &str, lag: bool) {
     use common::brokers::{Cleanup, unique_prefix};
     run(|recorded| async move {
         let prefix = unique_prefix("metrics", broker);
@@ -256,7 +453,11 @@ fn on_broker(broker: common::brokers::Broker, test: &str) {
         let Some(transport) = common::reachable(test, broker.connect(&prefix, None).await) else {
             return;
         };
-        measured(transport, recorded, true).await;
+        if lag {
+            lag_measured(transport, recorded).await;
+        } else {
+            measured(transport, recorded, true).await;
+        }
     });
 }
 
@@ -266,6 +467,7 @@ fn nats_publishes_and_deliveries_are_measured() {
     on_broker(
         common::brokers::Broker::Nats,
         "nats_publishes_and_deliveries_are_measured",
+        false,
     );
 }
 
@@ -275,6 +477,7 @@ fn redis_publishes_and_deliveries_are_measured() {
     on_broker(
         common::brokers::Broker::Redis,
         "redis_publishes_and_deliveries_are_measured",
+        false,
     );
 }
 
@@ -284,5 +487,36 @@ fn postgres_publishes_and_deliveries_are_measured() {
     on_broker(
         common::brokers::Broker::Postgres,
         "postgres_publishes_and_deliveries_are_measured",
+        false,
+    );
+}
+
+#[cfg(all(feature = "nats", feature = "redis"))]
+#[test]
+fn nats_lag_and_pending_are_sampled() {
+    on_broker(
+        common::brokers::Broker::Nats,
+        "nats_lag_and_pending_are_sampled",
+        true,
+    );
+}
+
+#[cfg(all(feature = "nats", feature = "redis"))]
+#[test]
+fn redis_lag_and_pending_are_sampled() {
+    on_broker(
+        common::brokers::Broker::Redis,
+        "redis_lag_and_pending_are_sampled",
+        true,
+    );
+}
+
+#[cfg(all(feature = "nats", feature = "redis", feature = "postgres"))]
+#[test]
+fn postgres_lag_and_pending_are_sampled() {
+    on_broker(
+        common::brokers::Broker::Postgres,
+        "postgres_lag_and_pending_are_sampled",
+        true,
     );
 }

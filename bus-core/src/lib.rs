@@ -14,7 +14,7 @@
 //! 2. [`layer`] (middleware) and `registry` (which listeners are under which name);
 //! 3. `tasks`: what is in flight, `max_in_flight`, drain and shutdown;
 //! 4. `delivery`: the one engine every delivery goes through (its module docs say how);
-//! 5. `remote`, [`trace`] and [`transport`]: the broker side;
+//! 5. [`health`], `remote`, [`trace`] and [`transport`]: the broker side;
 //! 6. `bus`: the [`EventBus`] handle, its builder, emit, registration, and the listeners it
 //!    makes for itself.
 #![forbid(unsafe_code)]
@@ -24,6 +24,7 @@ mod bus;
 mod delivery;
 pub mod error;
 pub mod event;
+pub mod health;
 mod id;
 mod info;
 pub mod layer;

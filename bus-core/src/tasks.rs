@@ -21,6 +21,8 @@ use tokio::sync::futures::OwnedNotified;
 pub(crate) struct Tasks {
     in_flight: AtomicUsize,
     aborted: AtomicUsize,
+    /// Deliveries dropped because the bus was full (`max_in_flight`), for `health`.
+    shed: AtomicUsize,
     /// Set by `shutdown`: no delivery task starts after it.
     closed: AtomicBool,
     /// Callers of [`idle`](Tasks::idle) waiting right now: the last delivery to finish only
@@ -140,6 +142,16 @@ impl Tasks {
             }
             notified.await;
         }
+    }
+
+    /// Deliveries shed so far: dropped because the bus held `max_in_flight` deliveries.
+    pub(crate) fn shed(&self) -> usize {
+        self.shed.load(Ordering::Relaxed)
+    }
+
+    /// Counts `deliveries` shed by one emit.
+    pub(crate) fn count_shed(&self, deliveries: usize) {
+        self.shed.fetch_add(deliveries, Ordering::Relaxed);
     }
 
     /// Counts one task aborted by shutdown.

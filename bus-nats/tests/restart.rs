@@ -1,5 +1,7 @@
 //! A private nats-server, killed and started again while 1,000 events are published: every
 //! publish that returned `Ok` is stored once, and a group's subscription resumes by itself.
+//! And the transport's connection state (`is_connected`, which `EventBus::health` reports)
+//! follows the server going down and coming back.
 
 mod common;
 
@@ -102,4 +104,33 @@ async fn nothing_acknowledged_is_lost_across_restarts() {
         delivery.ack().await.unwrap();
     }
     assert_eq!(seen, expected);
+}
+
+/// Waits until `is_connected` says `connected`.
+async fn connection_becomes(nats: &TestNats, connected: bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while nats.is_connected() != Some(connected) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("is_connected() became Some({connected}) within {PATIENCE:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_state_follows_the_server() {
+    let test = "the_connection_state_follows_the_server";
+    let Some(mut server) = PrivateNatsServer::start(test) else {
+        return;
+    };
+    let url = server.url();
+    let Some(nats) = TestNats::connect_to(&url, test, |builder| builder.restartable(true)).await
+    else {
+        panic!("{test}: the private server at {url} is not reachable");
+    };
+    assert_eq!(nats.is_connected(), Some(true));
+    server.stop();
+    connection_becomes(&nats, false).await;
+    server.launch();
+    connection_becomes(&nats, true).await;
 }

@@ -210,8 +210,8 @@ async fn an_event_emitted_by_a_listener_carries_its_causation() {
 #[tokio::test]
 async fn an_event_emitted_by_a_listener_carries_its_trace_context() {
     const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-    let Some(db) = TestDb::connect("an_event_emitted_by_a_listener_carries_its_trace_context")
-        .await
+    let Some(db) =
+        TestDb::connect("an_event_emitted_by_a_listener_carries_its_trace_context").await
     else {
         return;
     };

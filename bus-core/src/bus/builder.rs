@@ -2,6 +2,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
@@ -12,7 +13,7 @@ use crate::registry::Registry;
 use crate::remote::Remote;
 use crate::remote::codec::Codec;
 use crate::tasks::Tasks;
-use crate::transport::Transport;
+use crate::transport::{DEFAULT_GROUP_STATS_INTERVAL, Transport};
 
 /// Builds an [`EventBus`] with other settings than the defaults.
 ///
@@ -31,6 +32,8 @@ pub struct EventBusBuilder {
     transport: Option<Arc<dyn Transport>>,
     codecs: Vec<Codec>,
     annotated: bool,
+    /// `None`: [`DEFAULT_GROUP_STATS_INTERVAL`].
+    stats_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for EventBusBuilder {
@@ -148,6 +151,16 @@ impl EventBusBuilder {
         self
     }
 
+    /// How often each consumer of a group samples the group's lag and pending count into the
+    /// `bus_consumer_lag` and `bus_consumer_pending` gauges (feature `metrics`, on a bus with
+    /// a transport that can tell: [`Transport::group_stats`]). One round trip to the broker
+    /// per consumer and interval. [`DEFAULT_GROUP_STATS_INTERVAL`] when not set; at least
+    /// 10 ms.
+    pub fn group_stats_interval(mut self, interval: Duration) -> Self {
+        self.stats_interval = Some(interval.max(Duration::from_millis(10)));
+        self
+    }
+
     /// Registers every `#[bus::listener]` fn linked into the binary on the bus being built,
     /// as [`EventBus::with_annotated_listeners`] does.
     pub fn annotated_listeners(mut self) -> Self {
@@ -163,9 +176,14 @@ impl EventBusBuilder {
             layers: self.layers,
         };
         let service = self.service.unwrap_or_else(|| Arc::from("bus"));
-        let remote = self
-            .transport
-            .map(|transport| Remote::new(Arc::clone(&service), transport, &self.codecs));
+        let remote = self.transport.map(|transport| {
+            Remote::new(
+                Arc::clone(&service),
+                transport,
+                &self.codecs,
+                self.stats_interval.unwrap_or(DEFAULT_GROUP_STATS_INTERVAL),
+            )
+        });
         let engine = Engine {
             snapshot: ArcSwap::from_pointee(snapshot),
             tasks: Arc::new(Tasks::new(self.max_in_flight)),

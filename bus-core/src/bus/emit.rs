@@ -318,6 +318,7 @@ impl EventBus {
                 // still gets it: the limit bounds this process's work.
                 targets.tell_passed_by(layers, &info);
                 layers.each("on_shed", |layer| layer.on_shed(&info));
+                self.shared.engine.tasks.count_shed(listeners);
                 for entry in targets.iter() {
                     record_not_delivered(&mut outcomes, &targets.name, entry, full.clone());
                 }

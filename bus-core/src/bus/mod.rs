@@ -592,6 +592,34 @@ impl EventBus {
         self.shared.engine.tasks.in_flight()
     }
 
+    /// The bus's state for a probe or an operator: open or closed, deliveries in flight and
+    /// shed, and on a bus with a transport, whether it is connected and, per distributed
+    /// listener, its subscription's state and its group's lag and pending count, read from
+    /// the broker now ([`Transport::group_stats`](crate::transport::Transport::group_stats):
+    /// one round trip per distributed listener). [`Health::is_healthy`](crate::health::Health::is_healthy)
+    /// is the verdict; its `Display` is one line per part.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn health(&self) -> crate::health::Health {
+        let tasks = &self.shared.engine.tasks;
+        let (transport, consumers) = match &self.shared.remote {
+            Some(remote) => {
+                let (transport, consumers) = remote.health().await;
+                (Some(transport), consumers)
+            }
+            None => (None, Vec::new()),
+        };
+        crate::health::Health::new(
+            tasks.is_closed(),
+            tasks.in_flight(),
+            tasks.shed(),
+            transport,
+            consumers,
+        )
+    }
+
     /// Resolves once the subscription of every distributed listener added so far is in place
     /// at the broker: from then on, every event published (by any instance) reaches them.
     /// Resolves at once on a bus without a transport.

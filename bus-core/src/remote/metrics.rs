@@ -13,6 +13,12 @@
 //! | `bus_consumer_redelivered_total` | counter | `transport`, `group`, `listener` |
 //! | `bus_consumer_dead_lettered_total` | counter | `transport`, `group`, `listener`, `reason` |
 //! | `bus_consumer_processing_seconds` | histogram | `transport`, `group`, `listener` |
+//! | `bus_consumer_lag` | gauge | `transport`, `group` |
+//! | `bus_consumer_pending` | gauge | `transport`, `group` |
+//!
+//! The two gauges are [`Transport::group_stats`](crate::transport::Transport::group_stats),
+//! sampled by each consumer of a group on the bus's
+//! [`group_stats_interval`](crate::EventBusBuilder::group_stats_interval) while it runs.
 //!
 //! `group` is empty for a listener outside any group. `reason` is `rejected` (the event could
 //! not be read: its time, content type or payload) or `exhausted` (its last allowed delivery
@@ -41,6 +47,13 @@ const DEAD_LETTERED: &str = "bus_consumer_dead_lettered_total";
 /// From a delivery's receipt to its settlement: [`Consumed::settled`].
 #[cfg(feature = "metrics")]
 const PROCESSING: &str = "bus_consumer_processing_seconds";
+
+/// Events of a group's pattern no member was handed yet: [`sample_groups`].
+#[cfg(feature = "metrics")]
+const LAG: &str = "bus_consumer_lag";
+/// Events handed to a group's members and not settled yet: [`sample_groups`].
+#[cfg(feature = "metrics")]
+const PENDING: &str = "bus_consumer_pending";
 
 /// Why a delivery ends as a dead letter.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +154,40 @@ impl Consumed {
     }
 }
 
+/// Samples the lag and pending count of the group of `options` every `interval` into the
+/// gauges, until `stop`. A sample that fails is logged and skipped (the gauges keep their last
+/// value); a group the broker does not know yet is not recorded.
+#[cfg(feature = "metrics")]
+pub(crate) async fn sample_groups(
+    transport: std::sync::Arc<dyn crate::transport::Transport>,
+    options: crate::transport::SubscribeOptions,
+    interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Some(group) = options.group.clone() else {
+        return;
+    };
+    let labels = [("transport", transport.name().to_owned()), ("group", group)];
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        match transport.group_stats(&options).await {
+            Ok(Some(stats)) => {
+                metrics::gauge!(LAG, &labels).set(stats.lag as f64);
+                metrics::gauge!(PENDING, &labels).set(stats.pending as f64);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(%error, group = %labels[1].1, "group stats not sampled");
+            }
+        }
+    }
+}
+
 /// Describes the metrics to the recorder current when a bus with a transport is built, once:
 /// not on every publish and delivery, which would take the recorder's lock seven times each.
 pub(crate) fn describe() {
@@ -164,6 +211,11 @@ pub(crate) fn describe() {
             PROCESSING,
             Unit::Seconds,
             "From a delivery's receipt to its settlement."
+        );
+        metrics::describe_gauge!(LAG, "Events of a group's pattern no member was handed yet.");
+        metrics::describe_gauge!(
+            PENDING,
+            "Events handed to a group's members and not settled yet."
         );
     }
 }

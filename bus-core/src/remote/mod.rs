@@ -23,6 +23,7 @@ use self::codec::{Codec, Codecs};
 use crate::delivery::{EngineRef, Entry};
 use crate::error::PublishError;
 use crate::event::{Meta, Received};
+use crate::health::{ConsumerHealth, SubscriptionState, TransportHealth};
 use crate::id::{EventId, ListenerId};
 use crate::policy::{Group, Policy};
 use crate::tasks::Tasks;
@@ -52,7 +53,9 @@ enum Readiness {
 
 /// One listener's consumer.
 struct Consumer {
-    group: Option<String>,
+    /// The listener's name, for [`Remote::health`].
+    listener: String,
+    options: SubscribeOptions,
     stop: CancellationToken,
     ready: watch::Receiver<Readiness>,
 }
@@ -74,12 +77,23 @@ pub(crate) struct Remote {
     closed: CancellationToken,
     /// The consumers' tasks, which shutdown waits for: each ends by closing its subscription.
     running: TaskTracker,
+    /// How often a consumer of a group samples its lag and pending count into the gauges.
+    #[cfg_attr(
+        not(feature = "metrics"),
+        allow(dead_code, reason = "read only with the feature `metrics`")
+    )]
+    stats_interval: Duration,
 }
 
 impl Remote {
     /// The transport side of a bus; logs the event types that travel, so that which listeners
     /// go through the broker is never a surprise.
-    pub(crate) fn new(service: Arc<str>, transport: Arc<dyn Transport>, extra: &[Codec]) -> Self {
+    pub(crate) fn new(
+        service: Arc<str>,
+        transport: Arc<dyn Transport>,
+        extra: &[Codec],
+        stats_interval: Duration,
+    ) -> Self {
         let codecs = Codecs::linked_and(extra);
         tracing::info!(
             service = &*service,
@@ -96,6 +110,7 @@ impl Remote {
             consumers: Mutex::new(HashMap::new()),
             closed: CancellationToken::new(),
             running: TaskTracker::new(),
+            stats_interval,
         }
     }
 
@@ -161,7 +176,7 @@ impl Remote {
         let taken = |candidate: &str| {
             consumers
                 .values()
-                .any(|consumer| consumer.group.as_deref() == Some(candidate))
+                .any(|consumer| consumer.options.group.as_deref() == Some(candidate))
         };
         if !taken(&group) {
             return group;
@@ -195,6 +210,16 @@ impl Remote {
                     ready: ready_tx,
                 };
                 self.running.spawn_on(consumer.run(), &runtime);
+                #[cfg(feature = "metrics")]
+                if plan.options.group.is_some() && self.transport.capabilities().group_stats {
+                    let sampled = metrics::sample_groups(
+                        Arc::clone(&self.transport),
+                        plan.options.clone(),
+                        self.stats_interval,
+                        stop.clone(),
+                    );
+                    self.running.spawn_on(sampled, &runtime);
+                }
             }
             Err(_) => {
                 let error = TransportError::Closed {
@@ -214,7 +239,8 @@ impl Remote {
             .insert(
                 id,
                 Consumer {
-                    group: plan.options.group,
+                    listener,
+                    options: plan.options,
                     stop,
                     ready,
                 },
@@ -279,6 +305,50 @@ impl Remote {
             }
         }
         Ok(())
+    }
+
+    /// The transport's and the consumers' side of [`EventBus::health`](crate::EventBus::health):
+    /// each consumer's subscription state and its group's stats, asked of the broker now.
+    pub(crate) async fn health(&self) -> (TransportHealth, Vec<ConsumerHealth>) {
+        let consumers: Vec<(String, SubscribeOptions, Readiness)> = self
+            .consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(|consumer| {
+                let state = consumer.ready.borrow().clone();
+                (consumer.listener.clone(), consumer.options.clone(), state)
+            })
+            .collect();
+        let mut healths = Vec::with_capacity(consumers.len());
+        for (listener, options, state) in consumers {
+            let subscription = match state {
+                Readiness::Starting => SubscriptionState::Starting,
+                Readiness::Ready => SubscriptionState::Subscribed,
+                Readiness::Failed(error) => SubscriptionState::Failed(error.to_string()),
+            };
+            let asked = tokio::time::timeout(HEALTH_TIMEOUT, self.transport.group_stats(&options));
+            let stats = match asked.await {
+                Ok(stats) => stats.map_err(|error| error.to_string()),
+                Err(_) => Err(format!(
+                    "the broker did not answer within {HEALTH_TIMEOUT:?} ({})",
+                    self.transport.name()
+                )),
+            };
+            healths.push(ConsumerHealth::new(
+                listener,
+                options.pattern,
+                options.group,
+                subscription,
+                stats,
+            ));
+        }
+        healths.sort_by(|a, b| a.listener().cmp(b.listener()));
+        let transport = TransportHealth::new(
+            self.transport.name().to_owned(),
+            self.transport.is_connected(),
+        );
+        (transport, healths)
     }
 
     /// Publishes `wire` on `runtime`, counted in flight by `tasks` until the broker has it.
@@ -405,6 +475,9 @@ fn parse_time(text: &str) -> Option<SystemTime> {
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
     Some(SystemTime::from(time))
 }
+
+/// How long [`Remote::health`] waits for the stats of one group.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a consumer waits before subscribing again after a failure.
 pub(crate) const RESUBSCRIBE_DELAY: Duration = Duration::from_secs(1);

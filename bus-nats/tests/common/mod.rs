@@ -211,7 +211,8 @@ impl PrivateNatsServer {
         self.launch();
     }
 
-    fn launch(&mut self) {
+    /// Starts it again after [`stop`](PrivateNatsServer::stop), on the same port and store.
+    pub fn launch(&mut self) {
         let child = Command::new(&self.binary)
             .args([
                 "-a",
@@ -239,6 +240,11 @@ impl PrivateNatsServer {
             "nats-server did not listen on port {} within 10 s",
             self.port
         );
+    }
+
+    /// Kills it (SIGKILL), until [`launch`](PrivateNatsServer::launch).
+    pub fn stop(&mut self) {
+        self.kill();
     }
 
     fn kill(&mut self) {
