@@ -4,7 +4,7 @@
 //! B's `process` span is a child of A's `publish` span (same trace, that parent), C continues
 //! the same trace from B's `publish`, a listener that asks for a link starts a trace of its
 //! own linked to the publish, and a `traceparent` written by hand by a foreign producer is
-//! continued. On the in-memory transport, NATS JetStream and Redis Streams.
+//! continued. On the in-memory transport, NATS JetStream, Redis Streams and PostgreSQL.
 #![cfg(feature = "opentelemetry")]
 
 mod common;
@@ -346,6 +346,16 @@ async fn one_trace_across_services_on_redis() {
     on_broker(
         common::brokers::Broker::Redis,
         "one_trace_across_services_on_redis",
+    )
+    .await;
+}
+
+#[cfg(all(feature = "nats", feature = "redis", feature = "postgres"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_across_services_on_postgres() {
+    on_broker(
+        common::brokers::Broker::Postgres,
+        "one_trace_across_services_on_postgres",
     )
     .await;
 }
