@@ -88,6 +88,7 @@
 //! | `nats` | no | [`nats`]: the NATS JetStream transport ([`nats::NatsTransport`], crate `bus-nats`) |
 //! | `redis` | no | [`redis`]: the Redis Streams transport ([`redis::RedisTransport`], crate `bus-redis`) |
 //! | `postgres` | no | [`postgres`]: a transactional outbox, an idempotent inbox and a transport on PostgreSQL (crate `bus-postgres`) |
+//! | `testing` | no | [`testing`]: a harness that records what a bus does, and assertions that wait on the events |
 //! | `opentelemetry` | no | the distributed path's `publish` and `process` spans join OpenTelemetry traces across services ([`trace`]) |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -97,6 +98,10 @@ pub use bus_core::{
     EventId, Policy, emit, emit_event, global, install_global, try_emit,
 };
 pub use bus_core::{error, event, health, layer, listener, policy, report, stream, trace};
+
+#[cfg(feature = "testing")]
+#[doc(inline)]
+pub use bus_core::testing;
 
 #[cfg(feature = "macros")]
 #[doc(inline)]

@@ -11,7 +11,8 @@
 //! 1. leaves: `id` (event and listener ids), [`error`], `name` (names, patterns and their
 //!    index), [`event`] (events and envelopes), [`policy`], `info` (what a listener is said to
 //!    be), `shared_map`;
-//! 2. [`layer`] (middleware) and `registry` (which listeners are under which name);
+//! 2. [`layer`] (middleware), `registry` (which listeners are under which name) and `testing`
+//!    (the test kit's recorder, feature `testing`);
 //! 3. `tasks`: what is in flight, `max_in_flight`, drain and shutdown;
 //! 4. `delivery`: the one engine every delivery goes through (its module docs say how);
 //! 5. [`health`], `remote`, [`trace`] and [`transport`]: the broker side;
@@ -34,6 +35,8 @@ mod registry;
 mod remote;
 mod shared_map;
 mod tasks;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod trace;
 pub mod transport;
 

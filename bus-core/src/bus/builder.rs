@@ -34,6 +34,8 @@ pub struct EventBusBuilder {
     annotated: bool,
     /// `None`: [`DEFAULT_GROUP_STATS_INTERVAL`].
     stats_interval: Option<Duration>,
+    #[cfg(feature = "testing")]
+    probe: Option<Arc<crate::testing::Probe>>,
 }
 
 impl std::fmt::Debug for EventBusBuilder {
@@ -161,6 +163,17 @@ impl EventBusBuilder {
         self
     }
 
+    /// Records what the bus does into `harness` (feature `testing`): every emit with its
+    /// payload, every delivery attempt with its outcome, every dead letter and shed. The
+    /// harness's assertions then wait on them; see [`testing`](crate::testing).
+    #[cfg(feature = "testing")]
+    pub fn harness(self, harness: &crate::testing::Harness) -> Self {
+        let probe = Arc::clone(harness.probe());
+        let mut this = self.layer(crate::testing::Recording(Arc::clone(&probe)));
+        this.probe = Some(probe);
+        this
+    }
+
     /// Registers every `#[bus::listener]` fn linked into the binary on the bus being built,
     /// as [`EventBus::with_annotated_listeners`] does.
     pub fn annotated_listeners(mut self) -> Self {
@@ -190,6 +203,8 @@ impl EventBusBuilder {
             mode: self.dispatch,
             dead_letter: self.dead_letter,
             service,
+            #[cfg(feature = "testing")]
+            probe: self.probe,
         };
         let bus = EventBus {
             shared: Arc::new(Shared {

@@ -319,6 +319,8 @@ impl EventBus {
                 targets.tell_passed_by(layers, &info);
                 layers.each("on_shed", |layer| layer.on_shed(&info));
                 self.shared.engine.tasks.count_shed(listeners);
+                #[cfg(feature = "testing")]
+                self.probe_emitted(&info, event);
                 for entry in targets.iter() {
                     record_not_delivered(&mut outcomes, &targets.name, entry, full.clone());
                 }
@@ -462,6 +464,8 @@ impl EventBus {
     {
         let (event_name, meta) = (info.name, info.meta);
         if info.listeners == 0 {
+            #[cfg(feature = "testing")]
+            self.probe_emitted(info, event);
             if !layers.only_tracing() {
                 layers.each("on_emit", |layer| layer.on_emit(info));
             }
@@ -494,6 +498,8 @@ impl EventBus {
             meta,
             layers,
             dead_letter: engine.dead_letter.as_ref(),
+            #[cfg(feature = "testing")]
+            probe: engine.probe.as_ref().map(|probe| (probe, info.listeners)),
             runtime: std::cell::OnceCell::new(),
         };
         let mismatched = deliver_all(&context, targets.iter(), event, reserved, outcomes);
@@ -502,6 +508,23 @@ impl EventBus {
                 let reason = mismatch::<E>(event_name, &entry);
                 not_delivered(outcomes, &targets.name, &entry, reason);
             }
+        }
+    }
+
+    /// Tells the test kit's harness, if one is attached, of an emit that no listener here
+    /// receives (none, or shed).
+    #[cfg(feature = "testing")]
+    #[cold]
+    fn probe_emitted<E: Send + Sync + 'static>(&self, info: &EmitInfo<'_>, event: E) {
+        if let Some(probe) = &self.shared.engine.probe {
+            let type_name = std::any::type_name::<E>();
+            probe.emitted(
+                info.name,
+                info.meta,
+                type_name,
+                info.listeners,
+                Arc::new(event),
+            );
         }
     }
 

@@ -95,6 +95,9 @@ pub(crate) struct Engine {
     pub(crate) dead_letter: Option<DeadLetterHook>,
     /// The bus's service: the `source` of the events emitted on it.
     pub(crate) service: Arc<str>,
+    /// The test kit's recorder of emits, when a harness is attached.
+    #[cfg(feature = "testing")]
+    pub(crate) probe: Option<Arc<crate::testing::Probe>>,
 }
 
 /// How a consumer reaches the engine of its bus without keeping the bus alive: a weak handle

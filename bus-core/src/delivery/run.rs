@@ -83,6 +83,10 @@ pub(crate) struct EmitContext<'a> {
     pub(crate) meta: &'a Meta,
     pub(crate) layers: &'a Layers,
     pub(crate) dead_letter: Option<&'a DeadLetterHook>,
+    /// The test kit's recorder of emits, when a harness is attached, and the emit's listener
+    /// count.
+    #[cfg(feature = "testing")]
+    pub(crate) probe: Option<(&'a Arc<crate::testing::Probe>, usize)>,
     /// The runtime of the emitting thread, looked up by the first delivery that goes to a
     /// lane (the lookup clones an `Arc`: once per emit, not per delivery).
     pub(crate) runtime: std::cell::OnceCell<Option<(Handle, tokio::runtime::Id)>>,
@@ -109,6 +113,16 @@ where
     // What the listeners emit while they are polled here records this event as its cause.
     let _handling = Handling::enter(&context.meta.id);
     let mut event: Option<ErasedEvent> = Some(Arc::new(event));
+    #[cfg(feature = "testing")]
+    if let (Some((probe, listeners)), Some(payload)) = (context.probe, &event) {
+        probe.emitted(
+            context.event_name,
+            context.meta,
+            std::any::type_name::<E>(),
+            listeners,
+            Arc::clone(payload),
+        );
+    }
     let mut any_event: Option<ErasedEvent> = None;
     let mut targets = targets.peekable();
     while let Some(entry) = targets.next() {
