@@ -50,6 +50,8 @@ macro_rules! __with_cases {
             wildcard_parity
             dedup
             group_stats
+            list_groups
+            stored_dead_letters
         }
     };
 }

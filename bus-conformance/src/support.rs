@@ -46,6 +46,8 @@ pub(crate) enum Need {
     Deduplicates,
     Restartable,
     GroupStats,
+    ListGroups,
+    StoredDeadLetters,
 }
 
 impl Need {
@@ -57,6 +59,8 @@ impl Need {
             Need::Deduplicates => "deduplicates",
             Need::Restartable => "restartable",
             Need::GroupStats => "group_stats",
+            Need::ListGroups => "list_groups",
+            Need::StoredDeadLetters => "stored_dead_letters",
         }
     }
 
@@ -68,6 +72,8 @@ impl Need {
             Need::Deduplicates => capabilities.deduplicates,
             Need::Restartable => capabilities.restartable,
             Need::GroupStats => capabilities.group_stats,
+            Need::ListGroups => capabilities.list_groups,
+            Need::StoredDeadLetters => capabilities.stored_dead_letters,
         }
     }
 }

@@ -48,13 +48,15 @@ fn every_case_is_send() {
     assert_send(cases::wildcard_parity(h, size));
     assert_send(cases::dedup(h, size));
     assert_send(cases::group_stats(h, size));
+    assert_send(cases::list_groups(h, size));
+    assert_send(cases::stored_dead_letters(h, size));
 }
 
 #[test]
 fn the_cases_are_listed_once_each() {
     let unique: HashSet<&str> = CASES.iter().copied().collect();
     assert_eq!(unique.len(), CASES.len());
-    assert_eq!(CASES.len(), 20);
+    assert_eq!(CASES.len(), 22);
     assert_eq!(CASES[0], "publish_subscribe");
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bus_conformance::{Harness, Size, cases};
 use bus_core::transport::{
-    BoxFuture, Capabilities, Delivery, GroupStats, MemoryTransport, SubscribeOptions, Transport,
-    TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, Delivery, GroupInfo, GroupStats, MemoryTransport, StoredDeadLetter,
+    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
 };
 use futures_util::{Stream, StreamExt};
 use tokio::sync::watch;
@@ -68,6 +68,10 @@ enum Bug {
     NoPending,
     /// `group_stats` answers stats for a group no subscription created.
     StatsOfUnknownGroups,
+    /// `groups` forgets the groups whose subscriptions all closed.
+    ListsOpenGroupsOnly,
+    /// `delete_dead_letters` counts the letters as deleted and keeps them.
+    DeleteKeepsLetters,
 }
 
 /// The memory broker the connections of a harness reach, which a lossy restart replaces with
@@ -190,6 +194,42 @@ impl Transport for Mutant {
                 }
                 (_, stats) => stats,
             })
+        })
+    }
+
+    fn groups(&self) -> BoxFuture<'_, Result<Option<Vec<GroupInfo>>, TransportError>> {
+        let bug = self.bug;
+        Box::pin(async move {
+            let groups = self.world.current().0.groups().await?;
+            Ok(match bug {
+                Bug::ListsOpenGroupsOnly => groups.map(|groups| {
+                    groups
+                        .into_iter()
+                        .filter(|group| group.consumers != Some(0))
+                        .collect()
+                }),
+                _ => groups,
+            })
+        })
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        events: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredDeadLetter>>, TransportError>> {
+        Box::pin(async move { self.world.current().0.dead_letters(events).await })
+    }
+
+    fn delete_dead_letters<'a>(
+        &'a self,
+        letters: &'a [StoredDeadLetter],
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>> {
+        let bug = self.bug;
+        Box::pin(async move {
+            match bug {
+                Bug::DeleteKeepsLetters => Ok(Some(letters.len() as u64)),
+                _ => self.world.current().0.delete_dead_letters(letters).await,
+            }
         })
     }
 
@@ -635,6 +675,22 @@ fn stats_without_pending_fail_group_stats() {
 fn stats_of_unknown_groups_fail_group_stats() {
     run(Bug::StatsOfUnknownGroups, |h| {
         cases::group_stats(h, Size::Short)
+    });
+}
+
+#[test]
+#[should_panic(expected = "expected groups")]
+fn groups_forgotten_fail_list_groups() {
+    run(Bug::ListsOpenGroupsOnly, |h| {
+        cases::list_groups(h, Size::Short)
+    });
+}
+
+#[test]
+#[should_panic(expected = "dead letters left after deleting them all")]
+fn letters_kept_fail_stored_dead_letters() {
+    run(Bug::DeleteKeepsLetters, |h| {
+        cases::stored_dead_letters(h, Size::Short)
     });
 }
 

@@ -146,6 +146,20 @@ pub enum NatsError {
         /// What went wrong.
         detail: String,
     },
+    /// A request of the operator's methods (listing the groups, reading or deleting dead
+    /// letters) failed.
+    #[error(
+        "cannot {what} of JetStream stream `{stream}`: {detail}; check that the server runs \
+         and that this user may use the JetStream API on the stream"
+    )]
+    Admin {
+        /// What was asked (`list the consumers`, `delete a dead letter`).
+        what: &'static str,
+        /// The stream name.
+        stream: String,
+        /// What the client or the server said.
+        detail: String,
+    },
 }
 
 impl NatsError {

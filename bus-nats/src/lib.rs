@@ -51,6 +51,9 @@
 //! | [`replicas`](NatsTransportBuilder::replicas) | `num_replicas` of a new stream; default 1 |
 //! | existing stream | keeps its limits and replicas (logged at `info` when they differ); its subjects and duplicate window are brought to the transport's |
 //! | pull requests | one message at a time, asked for when the subscription is polled ([`fetch_batch`](NatsTransportBuilder::fetch_batch)) |
+//! | `Transport::groups` | the durable consumers of both streams: group and pattern from the consumer's description, lag `num_pending`, pending `num_ack_pending`, consumers `num_waiting` (the pull requests waiting) |
+//! | `Transport::dead_letters` | the dead letters' stream under the pattern's filter, read from its first message by an ephemeral consumer without acks (deleted after); position: the stream sequence |
+//! | `Transport::delete_dead_letters` | `STREAM.MSG.DELETE` of each letter's sequence, once the message there is checked to be that letter (its `ce-id`) |
 //!
 //! **Groups.** A new group starts with the events published after it was created; an existing
 //! group resumes where it stood, even across restarts of its services. Subscribing to an
@@ -178,10 +181,12 @@
 //!
 //! Spans: `bus.nats.connect` (url, stream), `bus.nats.publish` (subject, event id),
 //! `bus.nats.subscription` (subject, consumer, group), `bus.nats.settle` (subject, consumer,
-//! event id, attempt), `bus.nats.group_stats` (group).
+//! event id, attempt), `bus.nats.group_stats` (group), `bus.nats.groups`,
+//! `bus.nats.dead_letters` (events), `bus.nats.delete_dead_letters` (letters).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 mod connection;
 mod delivery;
 mod error;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use bus_core::transport::support::{self, Backoff, RootCertificates};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupStats, Retention, ServerUrl,
-    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupInfo, GroupStats, Retention, ServerUrl,
+    StoredDeadLetter, SubscribeOptions, Transport, TransportError, TransportSubscription,
+    WireEvent,
 };
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -654,6 +655,8 @@ impl Transport for NatsTransport {
         capabilities.deduplicates = true;
         capabilities.restartable = self.inner.config.restartable;
         capabilities.group_stats = true;
+        capabilities.list_groups = true;
+        capabilities.stored_dead_letters = true;
         capabilities
     }
 
@@ -691,6 +694,51 @@ impl Transport for NatsTransport {
             group = options.group.as_deref().unwrap_or("-"),
         );
         Box::pin(crate::subscription::group_stats(&self.inner, options).instrument(span))
+    }
+
+    /// The durable consumers of the streams, each a group: its name and pattern from the
+    /// consumer's description (which the subscriptions write), `lag` its `num_pending`,
+    /// `pending` its `num_ack_pending` (summed over both streams for `>`), and as members the
+    /// pull requests waiting on it (`num_waiting`: about one per idle subscription).
+    fn groups(&self) -> BoxFuture<'_, Result<Option<Vec<GroupInfo>>, TransportError>> {
+        let span = tracing::debug_span!("bus.nats.groups");
+        Box::pin(async move { crate::admin::groups(&self.inner).await.map(Some) }.instrument(span))
+    }
+
+    /// The messages of the dead letters' stream under `<prefix>-dead-letter.<events>`, read
+    /// from the first by an ephemeral consumer without acks; a letter's position is its stream
+    /// sequence.
+    fn dead_letters<'a>(
+        &'a self,
+        events: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredDeadLetter>>, TransportError>> {
+        let span = tracing::debug_span!("bus.nats.dead_letters", events);
+        Box::pin(
+            async move {
+                crate::admin::dead_letters(&self.inner, events)
+                    .await
+                    .map(Some)
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Deletes each letter's message from the dead letters' stream (`STREAM.MSG.DELETE`),
+    /// once the message at its sequence is checked to be that letter; the consumers that held
+    /// it skip it.
+    fn delete_dead_letters<'a>(
+        &'a self,
+        letters: &'a [StoredDeadLetter],
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>> {
+        let span = tracing::debug_span!("bus.nats.delete_dead_letters", letters = letters.len());
+        Box::pin(
+            async move {
+                crate::admin::delete_dead_letters(&self.inner, letters)
+                    .await
+                    .map(Some)
+            }
+            .instrument(span),
+        )
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {

@@ -80,6 +80,16 @@ impl Keys {
     pub(crate) fn group(&self, group: &str) -> String {
         format!("{}:group:{group}", self.prefix)
     }
+
+    /// The `SCAN MATCH` pattern of every group record of the prefix.
+    pub(crate) fn group_glob(&self) -> String {
+        format!("{}:group:*", self.prefix)
+    }
+
+    /// The group whose record is `key`, if it is one of this prefix's.
+    pub(crate) fn group_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(&self.prefix)?.strip_prefix(":group:")
+    }
 }
 
 /// A subscription pattern in NATS token syntax: `*` is one token, a last `>` one or more.
@@ -358,6 +368,8 @@ pub(crate) struct GroupInfo {
     /// was created at an id between entries, or entries were deleted past it) or does not
     /// say (before Redis 7).
     pub(crate) lag: Option<u64>,
+    /// The group's consumers on the stream; `None` when the reply does not say.
+    pub(crate) consumers: Option<u64>,
 }
 
 /// A count in a reply: an integer, or its text.
@@ -410,11 +422,13 @@ pub(crate) fn groups_reply(value: &Value) -> Result<Vec<GroupInfo>, String> {
                 None | Some(Value::Nil) => None,
                 Some(lag) => Some(count(lag).ok_or_else(|| format!("a lag {lag:?}"))?),
             };
+            let consumers = field("consumers").and_then(count);
             Ok(GroupInfo {
                 name,
                 pending,
                 last_delivered,
                 lag,
+                consumers,
             })
         })
         .collect()
@@ -483,6 +497,9 @@ mod tests {
         assert_eq!(keys.stream("a.b"), "p:stream:a.b");
         assert_eq!(keys.name_of("p:stream:a.b"), Some("a.b"));
         assert_eq!(keys.name_of("q:stream:a.b"), None);
+        assert_eq!(keys.group_glob(), "p:group:*");
+        assert_eq!(keys.group_of(&keys.group("billing.eu")), Some("billing.eu"));
+        assert_eq!(keys.group_of("q:group:x"), None);
     }
 
     #[test]
@@ -701,12 +718,14 @@ mod tests {
                     pending: 3,
                     last_delivered: "1700000000000-4".to_owned(),
                     lag: None,
+                    consumers: Some(2),
                 },
                 GroupInfo {
                     name: "shipping".to_owned(),
                     pending: 0,
                     last_delivered: "0-0".to_owned(),
                     lag: Some(7),
+                    consumers: None,
                 },
             ]
         );

@@ -50,6 +50,9 @@
 //! | `attempt()` | the entry's delivery count in the pending list (1 for a first read) |
 //! | `ack` / `nack(d)` / `reject` | `XACK` / claimed back by the same consumer after `d` / dead letter then `XACK` |
 //! | dead letter | `dead-letter.<name>` under the same prefix, id `<id>.dead.<group>` |
+//! | `Transport::groups` | the group records (`SCAN MATCH <prefix>:group:*`), each with the stats of `group_stats` and as consumers the most it has on one of its streams (`XINFO GROUPS`) |
+//! | `Transport::dead_letters` | `XRANGE` of the streams `dead-letter.<name>` the pattern matches, oldest first; position: the entry id |
+//! | `Transport::delete_dead_letters` | one script per stream: `XACK` in every group of the stream, then `XDEL`, of the entries whose `ce-id` is the letter's |
 //!
 //! **Groups.** A new group starts with the events published after its first subscription
 //! (Redis's clock); an existing group resumes where it stood. Subscribing to an existing group
@@ -195,10 +198,12 @@
 //!
 //! Spans: `bus.redis.connect` (url, prefix, instance), `bus.redis.publish` (stream, event id),
 //! `bus.redis.subscription` (pattern, consumer, group), `bus.redis.settle` (stream, entry,
-//! consumer, event id, attempt), `bus.redis.group_stats` (group).
+//! consumer, event id, attempt), `bus.redis.group_stats` (group), `bus.redis.groups`,
+//! `bus.redis.dead_letters` (events), `bus.redis.delete_dead_letters` (letters).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod admin;
 mod connection;
 mod dedup;
 mod delivery;

@@ -34,6 +34,18 @@ struct OnStream {
     has_group: bool,
     lag: u64,
     pending: u64,
+    /// The group's consumers on the stream.
+    consumers: u64,
+}
+
+/// Where a group stands, over the streams of its pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Summary {
+    /// The pattern of the group's record (or the one asked about, for a group without one).
+    pub(crate) pattern: String,
+    pub(crate) stats: GroupStats,
+    /// The most consumers the group has on one of its streams.
+    pub(crate) consumers: u64,
 }
 
 /// The group's stats, summed over the streams of its pattern (the pattern of its record, which
@@ -65,6 +77,19 @@ pub(crate) async fn group_stats(
     };
     keys::check_pattern(&options.pattern)
         .map_err(|reason| invalid("pattern", &options.pattern, reason))?;
+    Ok(summary(inner, group, &options.pattern)
+        .await?
+        .map(|summary| summary.stats))
+}
+
+/// Where `group` stands (see [`group_stats`]), and its consumers; `pattern_asked` for a group
+/// without a record. `None` for a group with neither a record nor a consumer group on any stream of
+/// the pattern.
+pub(crate) async fn summary(
+    inner: &Inner,
+    group: &str,
+    pattern_asked: &str,
+) -> Result<Option<Summary>, TransportError> {
     let record = inner.keys.group(group);
     let mut conn = inner.conn.clone();
     let (pattern, start): (Option<String>, Option<String>) = redis::cmd("HMGET")
@@ -78,22 +103,27 @@ pub(crate) async fn group_stats(
     let start = start
         .and_then(|ms| ms.parse::<u64>().ok())
         .map(keys::id_before_ms);
-    let pattern = pattern.unwrap_or_else(|| options.pattern.clone());
+    let pattern = pattern.unwrap_or_else(|| pattern_asked.to_owned());
     let matcher = Matcher::new(&pattern);
     let names = if matcher.is_literal() {
-        vec![pattern]
+        vec![pattern.clone()]
     } else {
         inner.names_matching(&matcher).await?
     };
     let mut known = start.is_some();
-    let (mut lag, mut pending) = (0_u64, 0_u64);
+    let (mut lag, mut pending, mut consumers) = (0_u64, 0_u64, 0_u64);
     for name in names {
         let on = on_stream(inner, &inner.keys.stream(&name), group, start.as_deref()).await?;
         known |= on.has_group;
         lag = lag.saturating_add(on.lag);
         pending = pending.saturating_add(on.pending);
+        consumers = consumers.max(on.consumers);
     }
-    Ok(known.then(|| GroupStats::new(lag, pending)))
+    Ok(known.then(|| Summary {
+        pattern,
+        stats: GroupStats::new(lag, pending),
+        consumers,
+    }))
 }
 
 /// What stream `key` says of `group`; a stream that does not exist has no entries and no
@@ -135,6 +165,7 @@ async fn on_stream(
             has_group: false,
             lag,
             pending: 0,
+            consumers: 0,
         });
     };
     let lag = match info.lag {
@@ -145,6 +176,7 @@ async fn on_stream(
         has_group: true,
         lag,
         pending: info.pending,
+        consumers: info.consumers.unwrap_or(0),
     })
 }
 

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bus_core::transport::support::{self, RootCertificates};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupStats, Retention, ServerUrl,
-    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupInfo, GroupStats, Retention, ServerUrl,
+    StoredDeadLetter, SubscribeOptions, Transport, TransportError, TransportSubscription,
+    WireEvent,
 };
 use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -577,6 +578,8 @@ impl Transport for RedisTransport {
         capabilities.deduplicates = !self.inner.config.duplicate_window.is_zero();
         capabilities.restartable = self.inner.config.restartable;
         capabilities.group_stats = true;
+        capabilities.list_groups = true;
+        capabilities.stored_dead_letters = true;
         capabilities
     }
 
@@ -608,6 +611,50 @@ impl Transport for RedisTransport {
             group = options.group.as_deref().unwrap_or("-"),
         );
         Box::pin(crate::stats::group_stats(&self.inner, options).instrument(span))
+    }
+
+    /// The groups with a record (`<prefix>:group:<group>`), by name: the record's pattern,
+    /// the stats of [`group_stats`](Transport::group_stats), and as members the most
+    /// consumers the group has on one of its streams (`XINFO GROUPS` `consumers`: a consumer
+    /// stays until its subscription closes with nothing pending on it).
+    fn groups(&self) -> BoxFuture<'_, Result<Option<Vec<GroupInfo>>, TransportError>> {
+        let span = tracing::debug_span!("bus.redis.groups");
+        Box::pin(async move { crate::admin::groups(&self.inner).await.map(Some) }.instrument(span))
+    }
+
+    /// The entries of the streams `<prefix>:stream:dead-letter.<name>` the pattern matches
+    /// (`XRANGE`), oldest first; a letter's position is its entry id.
+    fn dead_letters<'a>(
+        &'a self,
+        events: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredDeadLetter>>, TransportError>> {
+        let span = tracing::debug_span!("bus.redis.dead_letters", events);
+        Box::pin(
+            async move {
+                crate::admin::dead_letters(&self.inner, events)
+                    .await
+                    .map(Some)
+            }
+            .instrument(span),
+        )
+    }
+
+    /// In one script per stream: `XACK` of the letters in every group of their stream (a
+    /// [`DeadLetterQueue`](bus_core::transport::DeadLetterQueue) holding one never finds it
+    /// missing), then `XDEL`; an entry is deleted only if its `ce-id` is the letter's.
+    fn delete_dead_letters<'a>(
+        &'a self,
+        letters: &'a [StoredDeadLetter],
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>> {
+        let span = tracing::debug_span!("bus.redis.delete_dead_letters", letters = letters.len());
+        Box::pin(
+            async move {
+                crate::admin::delete_dead_letters(&self.inner, letters)
+                    .await
+                    .map(Some)
+            }
+            .instrument(span),
+        )
     }
 
     fn flush(&self) -> BoxFuture<'_, ()> {

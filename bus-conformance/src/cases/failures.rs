@@ -803,3 +803,146 @@ async fn resubscribe(
         tokio::time::sleep(RETRY_PAUSE).await;
     }
 }
+
+/// Dead letters read back and deleted ([`Transport::dead_letters`],
+/// [`Transport::delete_dead_letters`]): a keeper group subscribes to the dead letters of the
+/// case first; two events, `<prefix>.x.one` then `<prefix>.y.two`, are rejected by a group.
+/// Reading the dead letters of `<prefix>.>` comes to the two letters (each the dead letter of
+/// its event, with the group and reason), in that order; of `<prefix>.x.>` to the first only.
+/// The keeper takes the first letter and holds it; both are deleted (2 counted), then read
+/// back as none, and deleting them again counts 0. The held letter's ack still succeeds; a
+/// new member of the keeper group, after a probe letter published under the case's dead-letter
+/// names, gets the probe next: nothing deleted is delivered again. An ordinary event is never
+/// deleted as a letter.
+///
+/// # Panics
+///
+/// When the transport breaks the contract; see the [module documentation](crate::cases).
+pub async fn stored_dead_letters(harness: &dyn Harness, size: Size) {
+    let _ = size; // the same counts at every size: they are small already
+    let (case, transport) = Case::start(harness, "stored_dead_letters").await;
+    if !case.requires(&[Need::Groups, Need::StoredDeadLetters]) {
+        return;
+    }
+    let group = case.group("rejecting");
+    let keeper = SubscribeOptions::new(dead_letter_name(&case.name(">")))
+        .group(case.group("keeper"))
+        .max_deliveries(u32::MAX);
+    let mut kept = case.subscribe(&*transport, keeper.clone()).await;
+    let mut subscription = case
+        .subscribe(
+            &*transport,
+            SubscribeOptions::new(case.name(">"))
+                .group(&group)
+                .max_deliveries(1),
+        )
+        .await;
+    let originals = [
+        case.event(&case.name("x.one")),
+        case.event(&case.name("y.two")),
+    ];
+    for original in &originals {
+        case.publish(&*transport, original.clone()).await;
+        let delivery = case.next(&mut subscription, "the event to reject").await;
+        case.check(delivery.event().id == original.id, || {
+            format!(
+                "expected {}, got {}",
+                original.id,
+                describe(delivery.event(), delivery.attempt())
+            )
+        });
+        case.reject(delivery, "conformance: stored").await;
+    }
+    let read = |events: String| {
+        let case = &case;
+        let transport = &transport;
+        async move {
+            let what = format!("reading the dead letters of `{events}`");
+            match case.guarded(&what, transport.dead_letters(&events)).await {
+                Ok(Some(letters)) => letters,
+                Ok(None) => case.fail(format!(
+                    "{what}: None though the transport says stored_dead_letters"
+                )),
+                Err(error) => case.fail(format!("{what}: {error}")),
+            }
+        }
+    };
+    let deadline = tokio::time::Instant::now() + case.guard();
+    let letters = loop {
+        let letters = read(case.name(">")).await;
+        if letters.len() >= 2 || tokio::time::Instant::now() >= deadline {
+            break letters;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let names: Vec<&str> = letters.iter().map(|l| l.letter.ty.as_str()).collect();
+    let expected: Vec<String> = originals.iter().map(|e| dead_letter_name(&e.ty)).collect();
+    case.check(names == expected, || {
+        format!("the dead letters of the case are {names:?}, expected {expected:?} in order")
+    });
+    for (original, stored) in originals.iter().zip(&letters) {
+        check_dead_letter(
+            &case,
+            original,
+            &stored.letter,
+            &group,
+            1,
+            Some("conformance: stored"),
+        );
+    }
+    let first_only = read(case.name("x.>")).await;
+    case.check(first_only.len() == 1 && first_only[0] == letters[0], || {
+        format!("the dead letters of `x.>` are {first_only:?}, expected the first only")
+    });
+    let held = case.next(&mut kept, "the first letter, kept").await;
+    case.check(held.event().id == letters[0].letter.id, || {
+        format!(
+            "the keeper got {}, expected the first letter",
+            describe(held.event(), held.attempt())
+        )
+    });
+    let what = "deleting the two letters";
+    let deleted = case
+        .guarded(what, transport.delete_dead_letters(&letters))
+        .await;
+    case.check(matches!(deleted, Ok(Some(2))), || {
+        format!("{what}: {deleted:?}, expected Ok(Some(2))")
+    });
+    let left = read(case.name(">")).await;
+    case.check(left.is_empty(), || {
+        format!("dead letters left after deleting them all: {left:?}")
+    });
+    let again = case
+        .guarded(what, transport.delete_dead_letters(&letters))
+        .await;
+    case.check(matches!(again, Ok(Some(0))), || {
+        format!("deleting the letters again: {again:?}, expected Ok(Some(0))")
+    });
+    case.ack(held).await;
+    drop(kept);
+    let mut member = case.subscribe(&*transport, keeper).await;
+    let probe = case.event(&dead_letter_name(&case.name("probe")));
+    case.publish(&*transport, probe.clone()).await;
+    let next = case.next(&mut member, "the probe letter").await;
+    case.check(next.event().id == probe.id, || {
+        format!(
+            "a deleted letter was delivered again: {}",
+            describe(next.event(), next.attempt())
+        )
+    });
+    case.ack(next).await;
+    // An ordinary event, even given with a letter's position, is never deleted as a letter.
+    let ordinary = bus_core::transport::StoredDeadLetter::new(
+        originals[0].clone(),
+        letters[0].position.clone(),
+    );
+    let none = case
+        .guarded(
+            "deleting an ordinary event",
+            transport.delete_dead_letters(&[ordinary]),
+        )
+        .await;
+    case.check(matches!(none, Ok(Some(0))), || {
+        format!("deleting an event that is not a dead letter: {none:?}, expected Ok(Some(0))")
+    });
+}

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bus_core::transport::SubscribeOptions;
 use futures_util::future::join_all;
@@ -381,4 +382,89 @@ pub async fn group_stats(harness: &dyn Harness, size: Size) {
         format!("group_stats of options without a group: {stats:?}, expected None")
     });
     drop(subscription);
+}
+
+/// The groups as the broker lists them ([`Transport::groups`](bus_core::transport::Transport::groups)):
+/// a group on `<prefix>.a.>` with an open subscription and 2 events published behind it, and a
+/// group on `<prefix>.b` whose only subscription was closed, come to be listed under their
+/// names, with the patterns they were created with, `lag + pending == 2` for the first and 0
+/// and 0 for the second (no stats at all is allowed), and for the second no members
+/// (`consumers` `None` or 0, once its subscription's close is through). A subscription outside
+/// any group is never listed. Listed again until that holds, within the guard: brokers update
+/// their counts behind the deliveries.
+///
+/// # Panics
+///
+/// When the transport breaks the contract; see the [module documentation](crate::cases).
+pub async fn list_groups(harness: &dyn Harness, size: Size) {
+    let _ = size; // the same counts at every size: they are small already
+    let (case, transport) = Case::start(harness, "list_groups").await;
+    if !case.requires(&[Need::Groups, Need::ListGroups]) {
+        return;
+    }
+    let (busy, idle) = (case.group("busy"), case.group("idle"));
+    let (busy_pattern, idle_pattern) = (case.name("a.>"), case.name("b"));
+    let plain_pattern = case.name("plain.*");
+    let _busy = case
+        .subscribe(
+            &*transport,
+            SubscribeOptions::new(&busy_pattern).group(&busy),
+        )
+        .await;
+    drop(
+        case.subscribe(
+            &*transport,
+            SubscribeOptions::new(&idle_pattern).group(&idle),
+        )
+        .await,
+    );
+    let _plain = case
+        .subscribe(&*transport, SubscribeOptions::new(&plain_pattern))
+        .await;
+    let events = case.events(&case.name("a.x"), 2);
+    case.publish_all(std::slice::from_ref(&transport), &events, 1)
+        .await;
+    let deadline = tokio::time::Instant::now() + case.guard();
+    loop {
+        let what = "listing the groups";
+        let groups = match case.guarded(what, transport.groups()).await {
+            Ok(Some(groups)) => groups,
+            Ok(None) => case.fail("groups() is None though the transport says list_groups"),
+            Err(error) => case.fail(format!("{what}: {error}")),
+        };
+        case.check(
+            groups.iter().all(|group| group.pattern != plain_pattern),
+            || format!("a subscription outside any group is listed: {groups:?}"),
+        );
+        let mine: Vec<_> = groups
+            .iter()
+            .filter(|group| group.name.starts_with(case.token()))
+            .collect();
+        let found = |name: &str| mine.iter().find(|group| group.name == name);
+        let busy_ok = found(&busy).is_some_and(|group| {
+            group.pattern == busy_pattern
+                && group
+                    .stats
+                    .is_none_or(|stats| stats.lag + stats.pending == 2)
+        });
+        let idle_ok = found(&idle).is_some_and(|group| {
+            group.pattern == idle_pattern
+                && group
+                    .stats
+                    .is_none_or(|stats| stats.lag == 0 && stats.pending == 0)
+                && group.consumers.is_none_or(|members| members == 0)
+        });
+        if busy_ok && idle_ok && mine.len() == 2 {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            case.fail(format!(
+                "expected groups `{busy}` on `{busy_pattern}` (lag + pending 2) and `{idle}` on \
+                 `{idle_pattern}` (0, 0, no members), and no other of this case; still {mine:?} \
+                 after {:?}",
+                case.guard()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -28,6 +28,8 @@
 //! | [`wildcard_parity`] | (issue 5) | each pattern of a fixed set receives exactly the names that in-process matching (and NATS semantics) accept (quiet period) | |
 //! | [`dedup`] | (issue 5) | an event published twice with one source and id is delivered once, the same id from another source too (plain and group; quiet period) | deduplicates |
 //! | [`group_stats`] | (issue 5) | a group's stats: `lag + pending` 3 for 3 events published behind it; `pending >= 1` with one held; 0 and 0 once all are acked; `None` for an unknown group and without a group | groups, group_stats |
+//! | [`list_groups`] | (issue 19) | the broker lists a case's two groups under their names and patterns, with their stats (`lag + pending` 2 behind one, 0 and 0 and no members for the other, whose subscription closed), and never a subscription outside any group | groups, list_groups |
+//! | [`stored_dead_letters`] | (issue 19) | two rejected events' dead letters are read back in order (all, or those of one pattern), deleted (2, then 0 again), never read or delivered again (a group holding one acks it, a new member gets a later probe next), and an ordinary event is never deleted as a letter | groups, stored_dead_letters |
 
 mod basics;
 mod failures;
@@ -39,9 +41,9 @@ pub use self::basics::{
 };
 pub use self::failures::{
     broker_restart, continue_after_errors, crashed_poison_dead_letter, killed_consumer,
-    poison_dead_letter, resend_on_error, subscription_cancel,
+    poison_dead_letter, resend_on_error, stored_dead_letters, subscription_cancel,
 };
 pub use self::groups::{
     concurrent_close, concurrent_subscribe, consumer_groups, continue_after_subscribe_close,
-    fan_out, group_stats,
+    fan_out, group_stats, list_groups,
 };

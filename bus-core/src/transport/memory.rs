@@ -11,8 +11,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Capabilities, Delivery, GroupStats, SubscribeOptions, Transport, TransportError,
-    TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEAD_LETTER_PREFIX, Delivery, GroupInfo, GroupStats, StoredDeadLetter,
+    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
+    dead_letter_name,
 };
 use crate::name::pattern::Pattern;
 
@@ -63,6 +64,9 @@ struct State {
     /// The `(source, id)` of every event stored so far: a second publish of one is dropped
     /// (an id alone does not identify an event: another source may use it too).
     ids: HashSet<(String, String)>,
+    /// The log indexes of the dead letters deleted ([`Transport::delete_dead_letters`]):
+    /// skipped by every group from then on.
+    deleted: HashSet<usize>,
     groups: HashMap<String, Group>,
 }
 
@@ -82,6 +86,8 @@ struct Group {
     durable: bool,
     /// The name dead letters give: the group's, or `subscription-<n>` for a private one.
     label: String,
+    /// The subscriptions open on the group.
+    members: usize,
 }
 
 struct InFlight {
@@ -132,6 +138,10 @@ impl State {
         let Some(group) = self.groups.get_mut(key) else {
             return;
         };
+        if self.deleted.contains(&flight.index) {
+            // A dead letter deleted while in flight: settled for good.
+            return;
+        }
         if flight.attempt >= group.options.max_deliveries {
             let reason = format!("{reason} (after {} deliveries)", flight.attempt);
             self.dead_letter(key, flight.index, flight.attempt, &reason);
@@ -179,12 +189,20 @@ impl Broker {
         for flight in &expired {
             state.requeue(group_name, flight, now, "not settled within the ack wait");
         }
-        let State { log, groups, .. } = &mut *state;
+        let State {
+            log,
+            groups,
+            deleted,
+            ..
+        } = &mut *state;
         let Some(group) = groups.get_mut(group_name) else {
             return Err(TransportError::Closed {
                 transport: "memory".to_owned(),
             });
         };
+        group
+            .redeliver
+            .retain(|(index, _, _)| !deleted.contains(index));
         let due = group.redeliver.iter().position(|(_, _, at)| *at <= now);
         let next = match due {
             Some(position) => group
@@ -194,7 +212,11 @@ impl Broker {
             None => {
                 let found = log[group.cursor..]
                     .iter()
-                    .position(|event| group.pattern.matches(&event.ty));
+                    .enumerate()
+                    .position(|(offset, event)| {
+                        !deleted.contains(&(group.cursor + offset))
+                            && group.pattern.matches(&event.ty)
+                    });
                 match found {
                     Some(offset) => {
                         let index = group.cursor + offset;
@@ -272,6 +294,7 @@ impl Broker {
             state.groups.remove(group_name);
             return;
         }
+        group.members = group.members.saturating_sub(1);
         let returned = group.take_in_flight(|flight| flight.subscription == subscription);
         let now = Instant::now();
         for flight in &returned {
@@ -306,6 +329,8 @@ impl Transport for MemoryTransport {
             deduplicates: true,
             restartable: false,
             group_stats: true,
+            list_groups: true,
+            stored_dead_letters: true,
         }
     }
 
@@ -344,14 +369,105 @@ impl Transport for MemoryTransport {
         let stats = options.group.as_ref().and_then(|group| {
             let state = self.broker.lock();
             let group = state.groups.get(&group_key(group))?;
-            let lag = state.log[group.cursor.min(state.log.len())..]
-                .iter()
-                .filter(|event| group.pattern.matches(&event.ty))
-                .count();
-            let pending = group.in_flight.len() + group.redeliver.len();
-            Some(GroupStats::new(count(lag), count(pending)))
+            Some(state.stats(group))
         });
         Box::pin(std::future::ready(Ok(stats)))
+    }
+
+    /// The durable groups, by name: their pattern, stats (as [`group_stats`](Self::group_stats))
+    /// and open subscriptions.
+    fn groups(&self) -> BoxFuture<'_, Result<Option<Vec<GroupInfo>>, TransportError>> {
+        let state = self.broker.lock();
+        let mut groups: Vec<GroupInfo> = state
+            .groups
+            .values()
+            .filter(|group| group.durable)
+            .map(|group| {
+                GroupInfo::new(group.label.clone(), group.pattern.as_str())
+                    .with_stats(state.stats(group))
+                    .with_consumers(count(group.members))
+            })
+            .collect();
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Box::pin(std::future::ready(Ok(Some(groups))))
+    }
+
+    /// The dead letters of the log that match, not deleted; a letter's position is its index
+    /// in the log.
+    fn dead_letters<'a>(
+        &'a self,
+        events: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredDeadLetter>>, TransportError>> {
+        let letters = Pattern::parse(&dead_letter_name(events))
+            .map_err(|error| TransportError::Invalid {
+                transport: "memory".to_owned(),
+                what: "pattern",
+                value: events.to_owned(),
+                reason: error.to_string(),
+            })
+            .map(|pattern| {
+                let state = self.broker.lock();
+                let letters = state
+                    .log
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, letter)| {
+                        !state.deleted.contains(index) && pattern.matches(&letter.ty)
+                    })
+                    .map(|(index, letter)| {
+                        StoredDeadLetter::new(WireEvent::clone(letter), index.to_string())
+                    })
+                    .collect();
+                Some(letters)
+            });
+        Box::pin(std::future::ready(letters))
+    }
+
+    /// Marks the letters deleted: every group skips them from then on, those in flight
+    /// included (their settling does nothing more).
+    fn delete_dead_letters<'a>(
+        &'a self,
+        letters: &'a [StoredDeadLetter],
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>> {
+        let mut state = self.broker.lock();
+        let mut deleted = 0_u64;
+        for stored in letters {
+            let Ok(index) = stored.position.parse::<usize>() else {
+                continue;
+            };
+            let is_letter = state
+                .log
+                .get(index)
+                .is_some_and(|letter| letter.id == stored.letter.id && is_dead_letter(&letter.ty));
+            if is_letter && state.deleted.insert(index) {
+                deleted += 1;
+            }
+        }
+        Box::pin(std::future::ready(Ok(Some(deleted))))
+    }
+}
+
+/// Whether `name` is a dead letter's: `dead-letter.<event>`.
+fn is_dead_letter(name: &str) -> bool {
+    name.strip_prefix(DEAD_LETTER_PREFIX)
+        .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+}
+
+impl State {
+    /// Where `group` stands. `lag`: the events of the log past its cursor that match its
+    /// pattern (deleted letters aside); `pending`: its deliveries in flight and those in line
+    /// to be delivered again.
+    fn stats(&self, group: &Group) -> GroupStats {
+        let start = group.cursor.min(self.log.len());
+        let lag = self.log[start..]
+            .iter()
+            .enumerate()
+            .filter(|(offset, event)| {
+                !self.deleted.contains(&(start + offset)) && group.pattern.matches(&event.ty)
+            })
+            .count();
+        let pending = group.in_flight.len() + group.redeliver.len();
+        GroupStats::new(count(lag), count(pending))
     }
 }
 
@@ -400,6 +516,7 @@ impl MemoryTransport {
                     wake: Arc::new(Notify::new()),
                     durable,
                     label,
+                    members: 0,
                 });
             if group.pattern.as_str() != pattern.as_str() {
                 return Err(invalid(
@@ -411,6 +528,7 @@ impl MemoryTransport {
                     ),
                 ));
             }
+            group.members += 1;
             Arc::clone(&group.wake)
         };
         let open = Open {
@@ -543,5 +661,118 @@ mod tests {
         assert_eq!(stats(&broker, &options).await, Some(GroupStats::new(0, 1)));
         let plain = SubscribeOptions::new("a.*");
         assert_eq!(stats(&broker, &plain).await, None, "no group");
+    }
+
+    /// The durable groups are listed with their pattern, stats and open subscriptions; the
+    /// private group of a subscription outside any group is not.
+    #[tokio::test]
+    async fn groups_are_listed_with_their_members() {
+        let broker = MemoryTransport::new();
+        let listed = |broker: MemoryTransport| async move {
+            broker
+                .groups()
+                .await
+                .expect("groups")
+                .expect("memory lists its groups")
+        };
+        assert_eq!(listed(broker.clone()).await, Vec::new());
+        let first = broker
+            .subscribe(SubscribeOptions::new("a.*").group("g"))
+            .await
+            .expect("subscribed");
+        let second = broker
+            .subscribe(SubscribeOptions::new("a.*").group("g"))
+            .await
+            .expect("subscribed");
+        let _plain = broker
+            .subscribe(SubscribeOptions::new(">"))
+            .await
+            .expect("subscribed");
+        broker
+            .publish(WireEvent::new("1", "s", "a.x", "{}"))
+            .await
+            .expect("published");
+        let groups = listed(broker.clone()).await;
+        assert_eq!(
+            groups,
+            vec![
+                GroupInfo::new("g", "a.*")
+                    .with_stats(GroupStats::new(1, 0))
+                    .with_consumers(2)
+            ]
+        );
+        drop((first, second));
+        let groups = listed(broker.clone()).await;
+        assert_eq!(
+            groups[0].consumers,
+            Some(0),
+            "the group outlives its members"
+        );
+    }
+
+    /// Dead letters are read back from the log and deleted: a deleted letter is neither read
+    /// again nor delivered to a group that had not reached it, and deleting it twice counts
+    /// once.
+    #[tokio::test]
+    async fn dead_letters_are_read_and_deleted() {
+        let broker = MemoryTransport::new();
+        let mut work = broker
+            .subscribe(SubscribeOptions::new("a.*").group("worker"))
+            .await
+            .expect("subscribed");
+        let mut keeper = broker
+            .subscribe(SubscribeOptions::new("dead-letter.>").group("keeper"))
+            .await
+            .expect("subscribed");
+        for id in ["1", "2"] {
+            broker
+                .publish(WireEvent::new(id, "s", "a.x", "{}"))
+                .await
+                .expect("published");
+            let delivery = work.next().await.expect("open").expect("delivery");
+            delivery
+                .reject("broken".to_owned())
+                .await
+                .expect("rejected");
+        }
+        let letters = broker
+            .dead_letters(">")
+            .await
+            .expect("read")
+            .expect("memory keeps them");
+        let ids: Vec<&str> = letters.iter().map(|l| l.letter.id.as_str()).collect();
+        assert_eq!(ids, ["1.dead.worker", "2.dead.worker"]);
+        assert_eq!(letters[0].letter.ty, "dead-letter.a.x");
+        let none = broker
+            .dead_letters("b.>")
+            .await
+            .expect("read")
+            .expect("kept");
+        assert!(none.is_empty());
+        // The keeper takes the first letter and holds it; the second is deleted before it
+        // gets there.
+        let held = keeper.next().await.expect("open").expect("delivery");
+        assert_eq!(held.event().id, "1.dead.worker");
+        let deleted = broker.delete_dead_letters(&letters).await.expect("deleted");
+        assert_eq!(deleted, Some(2));
+        assert_eq!(
+            broker.delete_dead_letters(&letters).await.expect("again"),
+            Some(0)
+        );
+        let left = broker.dead_letters(">").await.expect("read").expect("kept");
+        assert!(left.is_empty(), "{left:?}");
+        held.nack(Duration::ZERO, "later".to_owned())
+            .await
+            .expect("nacked");
+        let options = SubscribeOptions::new("dead-letter.>").group("keeper");
+        assert_eq!(stats(&broker, &options).await, Some(GroupStats::new(0, 0)));
+        let quiet = tokio::time::timeout(Duration::from_millis(50), keeper.next()).await;
+        assert!(quiet.is_err(), "a deleted letter was delivered");
+        // An event that is not a dead letter is never deleted.
+        let plain = StoredDeadLetter::new(WireEvent::new("1", "s", "a.x", "{}"), "0");
+        assert_eq!(
+            broker.delete_dead_letters(&[plain]).await.expect("ok"),
+            Some(0)
+        );
     }
 }

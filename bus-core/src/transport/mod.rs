@@ -102,6 +102,119 @@ pub trait Transport: Send + Sync + 'static {
         let _ = options;
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    /// Every durable consumer group the broker knows, by name: the pattern it was created
+    /// with, where it stands ([`GroupStats`], as [`group_stats`](Transport::group_stats) gives
+    /// them) and how many members the broker sees, for an operator's overview (the `bus
+    /// groups` command). Subscriptions outside any group are not listed. `Ok(None)` when the
+    /// transport cannot list its groups ([`Capabilities::list_groups`] is `false`).
+    ///
+    /// The default resolves to `Ok(None)`.
+    fn groups(&self) -> BoxFuture<'_, Result<Option<Vec<GroupInfo>>, TransportError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// The dead letters the broker stores of the events matching `events` (an event name or a
+    /// pattern, as listeners take: `>` for every dead letter), oldest first: every letter still
+    /// kept (within the broker's retention), whether or not a group read it. A letter that
+    /// does not decode as an event (written by another client) is left out. `Ok(None)` when
+    /// the transport cannot read them back ([`Capabilities::stored_dead_letters`] is `false`).
+    /// For the operator's tools (`bus dead-letters`): it reads them all, into memory.
+    ///
+    /// The default resolves to `Ok(None)`.
+    fn dead_letters<'a>(
+        &'a self,
+        events: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredDeadLetter>>, TransportError>> {
+        let _ = events;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Deletes `letters` (as [`dead_letters`](Transport::dead_letters) gave them) from the
+    /// broker: no subscription, no group and no later [`dead_letters`](Transport::dead_letters)
+    /// sees them again, including the groups that hold one unsettled (a
+    /// [`DeadLetterQueue`]'s). Resolves to how many were deleted: a letter already gone, or
+    /// one that is not a dead letter, is not counted. `Ok(None)` when the transport cannot
+    /// delete them ([`Capabilities::stored_dead_letters`] is `false`).
+    ///
+    /// The default resolves to `Ok(None)`.
+    fn delete_dead_letters<'a>(
+        &'a self,
+        letters: &'a [StoredDeadLetter],
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>> {
+        let _ = letters;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+/// One durable consumer group, as [`Transport::groups`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GroupInfo {
+    /// The group's name, as given to [`SubscribeOptions::group`].
+    pub name: String,
+    /// The pattern the group subscribes to (on NATS, the event names its consumer's filter
+    /// stands for).
+    pub pattern: String,
+    /// Where the group stands, as [`Transport::group_stats`] counts it; `None` when the
+    /// transport cannot tell.
+    pub stats: Option<GroupStats>,
+    /// How many members the broker sees: the open subscriptions of the group (memory), the
+    /// consumers of the group (Redis, the most on one of its streams; a consumer stays until
+    /// its subscription closes cleanly), the pull requests waiting on its consumer (NATS: about
+    /// one per idle subscription; 0 while every member is busy). `None` when the broker does
+    /// not know its members (PostgreSQL).
+    pub consumers: Option<u64>,
+}
+
+impl GroupInfo {
+    /// The group `name` on `pattern`, without stats or members yet.
+    pub fn new(name: impl Into<String>, pattern: impl Into<String>) -> Self {
+        GroupInfo {
+            name: name.into(),
+            pattern: pattern.into(),
+            stats: None,
+            consumers: None,
+        }
+    }
+
+    /// Sets [`stats`](GroupInfo::stats).
+    #[must_use]
+    pub fn with_stats(mut self, stats: GroupStats) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// Sets [`consumers`](GroupInfo::consumers).
+    #[must_use]
+    pub fn with_consumers(mut self, consumers: u64) -> Self {
+        self.consumers = Some(consumers);
+        self
+    }
+}
+
+/// A dead letter as the broker stores it: [`Transport::dead_letters`] reads them,
+/// [`Transport::delete_dead_letters`] deletes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredDeadLetter {
+    /// The letter: the event under [`dead_letter_name`], with the extensions
+    /// [`DEAD_LETTER_OF`], [`DEAD_LETTER_REASON`], [`DEAD_LETTER_GROUP`] and
+    /// [`DEAD_LETTER_ATTEMPTS`].
+    pub letter: WireEvent,
+    /// Where the broker keeps it, in the transport's own terms (a stream sequence, a stream
+    /// entry id, a row number): what [`Transport::delete_dead_letters`] finds it by.
+    pub position: String,
+}
+
+impl StoredDeadLetter {
+    /// `letter`, stored at `position`.
+    pub fn new(letter: WireEvent, position: impl Into<String>) -> Self {
+        StoredDeadLetter {
+            letter,
+            position: position.into(),
+        }
+    }
 }
 
 /// Where one consumer group stands on the broker: [`Transport::group_stats`].
@@ -284,4 +397,9 @@ pub struct Capabilities {
     pub restartable: bool,
     /// [`Transport::group_stats`] counts a group's lag and pending events.
     pub group_stats: bool,
+    /// [`Transport::groups`] lists the consumer groups.
+    pub list_groups: bool,
+    /// [`Transport::dead_letters`] reads the stored dead letters back, and
+    /// [`Transport::delete_dead_letters`] deletes them.
+    pub stored_dead_letters: bool,
 }

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use bus_core::transport::support::{self, check_pattern};
 use bus_core::transport::{
-    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupStats, Retention, ServerUrl,
-    SubscribeOptions, Transport, TransportError, TransportSubscription, WireEvent,
+    BoxFuture, Capabilities, DEFAULT_MAX_PAYLOAD, GroupInfo, GroupStats, Retention, ServerUrl,
+    StoredDeadLetter, SubscribeOptions, Transport, TransportError, TransportSubscription,
+    WireEvent, dead_letter_name,
 };
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -437,6 +438,8 @@ impl Transport for PostgresTransport {
         capabilities.deduplicates = true;
         capabilities.restartable = self.inner.restartable;
         capabilities.group_stats = true;
+        capabilities.list_groups = true;
+        capabilities.stored_dead_letters = true;
         capabilities
     }
 
@@ -488,6 +491,116 @@ impl Transport for PostgresTransport {
                     })?;
                 let count = |n: i64| u64::try_from(n).unwrap_or(0);
                 Ok(row.map(|(lag, pending)| GroupStats::new(count(lag), count(pending))))
+            }
+            .instrument(span),
+        )
+    }
+
+    /// The rows of `<prefix>groups` (not the subscriptions outside any group), by name, with
+    /// the stats of [`group_stats`](Transport::group_stats), in one statement. No members:
+    /// PostgreSQL does not know a group's subscriptions (`consumers` is `None`).
+    fn groups(&self) -> BoxFuture<'_, Result<Option<Vec<GroupInfo>>, TransportError>> {
+        let span = tracing::debug_span!("bus.postgres.groups");
+        Box::pin(
+            async move {
+                let inner = &self.inner;
+                let rows: Vec<(String, String, i64, i64)> =
+                    sqlx::query_as(statement(&inner.sql.groups))
+                        .fetch_all(&inner.pool)
+                        .await
+                        .map_err(|error| {
+                            error::statement(
+                                "listing the groups".to_owned(),
+                                format!("{}groups", inner.prefix),
+                                error,
+                            )
+                        })?;
+                let count = |n: i64| u64::try_from(n).unwrap_or(0);
+                Ok(Some(
+                    rows.into_iter()
+                        .map(|(name, pattern, lag, pending)| {
+                            GroupInfo::new(name, pattern)
+                                .with_stats(GroupStats::new(count(lag), count(pending)))
+                        })
+                        .collect(),
+                ))
+            }
+            .instrument(span),
+        )
+    }
+
+    /// The rows of `<prefix>events` named `dead-letter.<name>` for the names the pattern
+    /// matches, by `seq`; a letter's position is its `seq`.
+    fn dead_letters<'a>(
+        &'a self,
+        events: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredDeadLetter>>, TransportError>> {
+        let span = tracing::debug_span!("bus.postgres.dead_letters", events);
+        Box::pin(
+            async move {
+                check_pattern(events)
+                    .map_err(|reason| TransportError::invalid(NAME, "pattern", events, reason))?;
+                let inner = &self.inner;
+                let regex = Matcher::new(&dead_letter_name(events)).regex();
+                let failed = |error| {
+                    error::statement(
+                        format!("reading the dead letters of `{events}`"),
+                        format!("{}events", inner.prefix),
+                        error,
+                    )
+                };
+                let rows = sqlx::query(statement(&inner.sql.dead_letters))
+                    .bind(regex)
+                    .fetch_all(&inner.pool)
+                    .await
+                    .map_err(failed)?;
+                let mut letters = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let seq: i64 = sqlx::Row::try_get(row, "seq").map_err(failed)?;
+                    let letter = subscription::event_of(row).map_err(failed)?;
+                    letters.push(StoredDeadLetter::new(letter, seq.to_string()));
+                }
+                Ok(Some(letters))
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Deletes the rows of the letters (their `seq` and event id must match, and their name be
+    /// a dead letter's) in one statement; their delivery records go with them (`ON DELETE
+    /// CASCADE`), so no group gets them again.
+    fn delete_dead_letters<'a>(
+        &'a self,
+        letters: &'a [StoredDeadLetter],
+    ) -> BoxFuture<'a, Result<Option<u64>, TransportError>> {
+        let span =
+            tracing::debug_span!("bus.postgres.delete_dead_letters", letters = letters.len());
+        Box::pin(
+            async move {
+                let inner = &self.inner;
+                let (seqs, ids): (Vec<i64>, Vec<&str>) = letters
+                    .iter()
+                    .filter_map(|stored| {
+                        let seq = stored.position.parse::<i64>().ok()?;
+                        Some((seq, stored.letter.id.as_str()))
+                    })
+                    .unzip();
+                if seqs.is_empty() {
+                    return Ok(Some(0));
+                }
+                let done = sqlx::query(statement(&inner.sql.delete_dead_letters))
+                    .bind(&seqs)
+                    .bind(&ids)
+                    .execute(&inner.pool)
+                    .await
+                    .map_err(|error| {
+                        error::statement(
+                            "deleting dead letters".to_owned(),
+                            format!("{}events", inner.prefix),
+                            error,
+                        )
+                    })?;
+                Ok(Some(done.rows_affected()))
             }
             .instrument(span),
         )

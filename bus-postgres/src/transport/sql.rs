@@ -46,6 +46,14 @@ pub(crate) struct Sql {
     /// `$1` group → (lag, pending), no row for a group that does not exist: the events of its
     /// pattern past its horizon plus its records never claimed, and its records claimed.
     pub(crate) group_stats: Arc<str>,
+    /// → (name, pattern, lag, pending) of every group (not the subscriptions outside any
+    /// group), by name: as `group_stats`.
+    pub(crate) groups: Arc<str>,
+    /// `$1` regex of the letters' names → every event whose name matches, by `seq`.
+    pub(crate) dead_letters: Arc<str>,
+    /// `$1` seqs, `$2` event ids: deletes the dead letters among those rows (their delivery
+    /// records go with them) → how many.
+    pub(crate) delete_dead_letters: Arc<str>,
 }
 
 impl Sql {
@@ -209,6 +217,29 @@ impl Sql {
                                       count(*) FILTER (WHERE attempts > 0) AS held
                                FROM {p}deliveries WHERE group_name = g.name) d
                  WHERE g.name = $1 AND NOT g.plain"
+            )),
+            groups: text(format!(
+                "SELECT g.name, g.pattern,
+                        (SELECT count(*) FROM {p}events e
+                         WHERE e.xid >= g.horizon AND e.name ~ g.regex) + d.fresh AS lag,
+                        d.held AS pending
+                 FROM {p}groups g,
+                      LATERAL (SELECT count(*) FILTER (WHERE attempts = 0) AS fresh,
+                                      count(*) FILTER (WHERE attempts > 0) AS held
+                               FROM {p}deliveries WHERE group_name = g.name) d
+                 WHERE NOT g.plain
+                 ORDER BY g.name"
+            )),
+            dead_letters: text(format!(
+                "SELECT seq, name, source, event_id, time, content_type, extensions, data
+                 FROM {p}events WHERE name ~ $1 ORDER BY seq"
+            )),
+            // `^dead-letter\.`: never an event that is not a dead letter, whatever is asked.
+            delete_dead_letters: text(format!(
+                "DELETE FROM {p}events e
+                 USING unnest($1::bigint[], $2::text[]) AS l(seq, event_id)
+                 WHERE e.seq = l.seq AND e.event_id = l.event_id
+                   AND e.name ~ '^dead-letter\\.'"
             )),
         }
     }

@@ -277,6 +277,15 @@ impl Polling {
 
 /// A claimed row: its record and its event, as stored (checked when handed out).
 fn decode(row: &PgRow) -> Result<Claimed, sqlx::Error> {
+    Ok(Claimed {
+        seq: row.try_get("seq")?,
+        attempts: row.try_get("attempts")?,
+        event: event_of(row)?,
+    })
+}
+
+/// The event of a row with the columns of `<prefix>events`, as stored.
+pub(crate) fn event_of(row: &PgRow) -> Result<WireEvent, sqlx::Error> {
     let extensions: serde_json::Value = row.try_get("extensions")?;
     let data: Vec<u8> = row.try_get("data")?;
     let mut event = WireEvent::new(
@@ -296,11 +305,7 @@ fn decode(row: &PgRow) -> Result<Claimed, sqlx::Error> {
             event.extensions.insert(name, value);
         }
     }
-    Ok(Claimed {
-        seq: row.try_get("seq")?,
-        attempts: row.try_get("attempts")?,
-        event,
-    })
+    Ok(event)
 }
 
 impl Drop for Polling {
