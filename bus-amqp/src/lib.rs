@@ -20,7 +20,7 @@
 //! | a deployment | one durable **topic exchange** (builder option [`exchange`](AmqpTransportBuilder::exchange), default `bus`) |
 //! | event name `orders.eu.created` | the routing key of the message |
 //! | pattern `orders.*.created`, `orders.>` | binding key `orders.*.created`, `orders.*.#` (a last `>` is one token or more; AMQP's `#` alone would also match none) |
-//! | consumer group `billing` | a durable **quorum queue** `<exchange>.billing`, bound with the pattern (a later subscription with another pattern adds a binding) |
+//! | consumer group `billing` | a durable **quorum queue** `<exchange>.billing`, bound with the pattern (a later subscription with another pattern adds a binding). A group with other characters than ASCII letters, digits, `-`, `_` and `.` (the bus's `<service>.<module>::<listener>`), or too long, is named by its readable part, `_` for the others, and a hash of the whole name |
 //! | subscription outside any group | a server-named **exclusive, auto-delete** queue: it gets the events published while it is open, and goes with it |
 //! | attributes (binary mode) | the CloudEvents AMQP binding, §3.1: each attribute a `cloudEvents_<name>` header (the `_` separator the binding says SHOULD be preferred; `cloudEvents:` is read too) holding an AMQP string; `datacontenttype` is the `content-type` property, `id` also the `message-id` |
 //! | publish | persistent message, **publisher confirm**: `Ok` once the broker confirmed it. Not `mandatory`: an event no queue is bound for is dropped by the exchange, as nobody subscribed to it (confirmed all the same) |
