@@ -61,6 +61,40 @@ pub enum AmqpError {
         /// The subscription's ack wait.
         ack_wait: Duration,
     },
+    /// A delivery was settled after the channel that delivered it closed (its connection was
+    /// lost, or the broker closed the channel): it can no longer be acknowledged, and the
+    /// broker delivers it again.
+    #[error(
+        "the channel that delivered `{event}` closed before it was settled (connection or \
+         channel lost): it can no longer be acknowledged, and RabbitMQ delivers it again"
+    )]
+    DeliveryLost {
+        /// The event name.
+        event: String,
+    },
+    /// An ack was pending when its channel was lost, or was not sent within the publish
+    /// timeout: whether it reached the broker is unknown. If it did not, the broker delivers
+    /// the event again.
+    #[error(
+        "the ack of `{event}` is uncertain: its channel was lost as it was sent, or it was not \
+         sent within {after:?}; RabbitMQ delivers the event again if the ack did not reach it"
+    )]
+    AckUncertain {
+        /// The event name.
+        event: String,
+        /// The timeout ([`publish_timeout`](crate::AmqpTransportBuilder::publish_timeout)).
+        after: Duration,
+    },
+    /// The broker cancelled a subscription's consumer (its queue was deleted, or the node
+    /// holding it went away): the subscription declares its queue and consumes again.
+    #[error(
+        "RabbitMQ cancelled the consumer of queue `{queue}` (was the queue deleted?): \
+         subscribing again"
+    )]
+    ConsumerCancelled {
+        /// The queue consumed.
+        queue: String,
+    },
 }
 
 /// A failed channel operation as a [`TransportError`]: `Unreachable` when the connection is

@@ -32,6 +32,7 @@
 //! | back-pressure | `basic.qos` prefetch per subscription ([`prefetch`](AmqpTransportBuilder::prefetch), default 64) |
 //! | dropped subscription | its consumer is cancelled; what it yielded and did not settle is handed back as another attempt; what it received and never yielded goes back uncounted (published again with its count, then acked); then its channel closes |
 //! | `release` | the delivery is handed back at once (another attempt; its dead letter on the last) |
+//! | lost channel or connection | the subscription yields the error and subscribes again by itself (see [Reconnects](#reconnects)) |
 //! | ordering | one queue per group, delivered in publish order; a redelivery goes to the back of the queue |
 //! | deduplication | none: RabbitMQ keeps no id window (`deduplicates: false`); listeners must be idempotent, as at-least-once asks anyway |
 //! | retention | events wait in their group's queue until acked, with no age or size limit of the bus's own (set queue policies, `x-max-length`, on the broker); events no group's queue matched are not stored |
@@ -47,10 +48,35 @@
 //!   the connection closes, each counted as an attempt by the quorum queue's
 //!   `x-delivery-count`, the ones it had only prefetched too. An event whose count passed
 //!   `max_deliveries` that way is dead-lettered when it next arrives.
-//! - No reconnection of subscriptions: when the connection breaks, each subscription yields
-//!   the error and ends, and the bus subscribes again; publishing reconnects on its next call.
+//! - A subscription outside any group is a new exclusive queue after each reconnection: the
+//!   events published while it was disconnected are lost to it (as on the other transports;
+//!   a group's queue keeps them).
 //! - The conformance suite's `broker_restart` case needs a broker the test restarts: this
 //!   crate's tests use the machine's RabbitMQ, which they do not restart (`restartable: false`).
+//!
+//! # Reconnects
+//!
+//! The transport shares one connection. When it breaks (or a subscription's channel is closed,
+//! or the broker cancels its consumer), each subscription yields the error as an `Err` item
+//! (the bus's consumer logs it and goes on) and subscribes again by itself: 100 ms after the
+//! loss, then with a backoff doubling up to 2 s, forever. The first to need the connection
+//! opens it again (within the [connect timeout](AmqpTransportBuilder::connect_timeout)), the
+//! others find it open; a publish does the same on its next call. Subscribing again declares
+//! the queues and bindings again: a group's durable quorum queue kept what was published
+//! meanwhile, a subscription outside any group gets a new exclusive queue. Only errors that
+//! trying again does not cure (the broker refusing a declaration) are yielded while it tries.
+//!
+//! The deliveries the lost channel had delivered and not settled are the broker's again: it
+//! delivers them again (counted as an attempt by the quorum queue). Settling them is an
+//! error ([`AmqpError::DeliveryLost`]), and nothing is published for them (no copy handed
+//! back); `release` and dropping them do nothing. What the lost channel had delivered and the
+//! subscription not yielded yet is forgotten the same way. An ack pending as its channel is
+//! lost returns [`AmqpError::AckUncertain`] at once (lapin may never complete it): the broker
+//! delivers the event again if the ack did not reach it. Every ack is bounded by the
+//! [publish timeout](AmqpTransportBuilder::publish_timeout) too.
+//!
+//! [`is_connected`](bus_core::transport::Transport::is_connected) says whether the shared
+//! connection is open: `false` from the loss until someone opened it again.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

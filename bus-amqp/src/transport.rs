@@ -66,7 +66,8 @@ impl AmqpTransportBuilder {
         self
     }
 
-    /// How long a publish waits for the broker's confirm (default 10 s).
+    /// How long a publish waits for the broker's confirm, and an ack for the client to send it
+    /// (default 10 s).
     pub fn publish_timeout(mut self, timeout: Duration) -> Self {
         self.publish_timeout = timeout;
         self
@@ -139,7 +140,8 @@ pub(crate) struct Inner {
     pub(crate) exchange: String,
     pub(crate) prefetch: u16,
     connect_timeout: Duration,
-    publish_timeout: Duration,
+    /// Also how long an ack may take.
+    pub(crate) publish_timeout: Duration,
     pub(crate) max_payload: usize,
     pub(crate) source: String,
     connection: tokio::sync::Mutex<Option<Link>>,
