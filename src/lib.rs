@@ -87,6 +87,7 @@
 //! | `metrics` | no | [`MetricsLayer`](layer::MetricsLayer): the bus's emits and deliveries as counters, a gauge and a histogram, through the [`metrics`](https://docs.rs/metrics) facade |
 //! | `nats` | no | [`nats`]: the NATS JetStream transport ([`nats::NatsTransport`], crate `bus-nats`) |
 //! | `redis` | no | [`redis`]: the Redis Streams transport ([`redis::RedisTransport`], crate `bus-redis`) |
+//! | `amqp` | no | [`amqp`]: the RabbitMQ transport ([`amqp::AmqpTransport`], crate `bus-amqp`) |
 //! | `postgres` | no | [`postgres`]: a transactional outbox, an idempotent inbox and a transport on PostgreSQL (crate `bus-postgres`) |
 //! | `testing` | no | [`testing`]: a harness that records what a bus does, and assertions that wait on the events |
 //! | `opentelemetry` | no | the distributed path's `publish` and `process` spans join OpenTelemetry traces across services ([`trace`]) |
@@ -121,6 +122,10 @@ pub use bus_nats as nats;
 /// The Redis Streams transport: [`redis::RedisTransport`] (crate `bus-redis`).
 #[cfg(feature = "redis")]
 pub use bus_redis as redis;
+
+/// The RabbitMQ (AMQP 0-9-1) transport: [`amqp::AmqpTransport`] (crate `bus-amqp`).
+#[cfg(feature = "amqp")]
+pub use bus_amqp as amqp;
 
 /// PostgreSQL: a transactional outbox, an idempotent inbox and a transport (crate `bus-postgres`).
 #[cfg(feature = "postgres")]
