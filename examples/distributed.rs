@@ -1,10 +1,11 @@
 //! Two services, two instances each, as four separate processes on one broker: NATS
-//! JetStream or Redis Streams, chosen by the URL's scheme.
+//! JetStream, Redis Streams or RabbitMQ (with the feature `amqp`), chosen by the URL's scheme.
 //!
 //! ```sh
 //! cargo run --example distributed --features nats,redis                               # NATS, 127.0.0.1:4222
 //! cargo run --example distributed --features nats,redis -- redis://127.0.0.1:6379     # Redis Streams
 //! cargo run --example distributed --features nats,redis -- nats://host:4222
+//! cargo run --example distributed --features nats,redis,amqp -- amqp://guest:guest@127.0.0.1:5672/%2f
 //! ```
 //!
 //! This process starts the four workers (itself, run as `distributed worker <url> <service>
@@ -64,7 +65,8 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
 
 /// The transport for `url`: `nats://` is NATS JetStream, `redis://` (or `rediss://`) Redis
-/// Streams. The keys, subjects and streams of the demo live under the prefix `demo`.
+/// Streams, `amqp://` RabbitMQ. The keys, subjects, streams and the exchange of the demo live
+/// under the prefix `demo`.
 async fn connect(url: &str) -> Result<Arc<dyn Transport>, Error> {
     let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
     Ok(match scheme {
@@ -80,10 +82,17 @@ async fn connect(url: &str) -> Result<Arc<dyn Transport>, Error> {
                 .connect()
                 .await?,
         ),
+        #[cfg(feature = "amqp")]
+        "amqp" => Arc::new(
+            bus::amqp::AmqpTransport::builder(url)
+                .exchange("demo")
+                .connect()
+                .await?,
+        ),
         _ => {
             return Err(format!(
-                "`{url}`: expected a nats:// or redis:// URL, e.g. {DEFAULT_URL} or \
-                 redis://127.0.0.1:6379"
+                "`{url}`: expected a nats://, redis:// or (with the feature `amqp`) amqp:// \
+                 URL, e.g. {DEFAULT_URL} or redis://127.0.0.1:6379"
             )
             .into());
         }
@@ -99,7 +108,9 @@ async fn main() -> Result<(), Error> {
         }
         [url] => run_demo(url).await,
         [] => run_demo(DEFAULT_URL).await,
-        _ => Err("usage: distributed [nats://host:port | redis://host:port]".into()),
+        _ => Err(
+            "usage: distributed [nats://host:port | redis://host:port | amqp://host:port]".into(),
+        ),
     }
 }
 
@@ -195,7 +206,8 @@ impl Signals {
 async fn run_demo(url: &str) -> Result<(), Error> {
     // Fails here, before any worker starts, on a URL of another kind or a broker that is down.
     let transport = connect(url).await?;
-    println!("broker: {url} ({})", transport.name());
+    let shown = bus::transport::ServerUrl::new(url);
+    println!("broker: {shown} ({})", transport.name());
     let exe = std::env::current_exe()?;
     let mut workers: Vec<(String, Child)> = Vec::new();
     for service in SERVICES {
