@@ -51,9 +51,9 @@ pub(crate) struct Connection {
         global = true,
         value_name = "URL",
         help = "The broker: nats://[user:password@]host:4222 (or tls://, or a comma-separated \
-                list), redis://[user:password@]host:6379[/db] (rediss:// for TLS), or \
-                postgres://user[:password]@host:5432/database. Credentials never show in the \
-                output"
+                list), redis://[user:password@]host:6379[/db] (rediss:// for TLS), \
+                postgres://user[:password]@host:5432/database, or \
+                amqp://user:password@host:5672/vhost. Credentials never show in the output"
     )]
     pub(crate) url: Option<String>,
 
@@ -74,6 +74,10 @@ pub(crate) struct Connection {
     /// (default: bus_).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub(crate) table_prefix: Option<String>,
+
+    /// RabbitMQ: the topic exchange the events are published to (default: bus).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) exchange: Option<String>,
 
     /// NATS and Redis over TLS: trust the CA certificates of this PEM file for the server's
     /// certificate.

@@ -21,6 +21,8 @@ pub(crate) enum Kind {
     Redis,
     /// `postgres://`, `postgresql://`: PostgreSQL.
     Postgres,
+    /// `amqp://`: RabbitMQ.
+    Amqp,
 }
 
 impl Kind {
@@ -34,10 +36,11 @@ impl Kind {
             Some("nats" | "tls") => Ok(Kind::Nats),
             Some("redis" | "rediss") => Ok(Kind::Redis),
             Some("postgres" | "postgresql") => Ok(Kind::Postgres),
+            Some("amqp") => Ok(Kind::Amqp),
             _ => Err(CliError::usage(
                 format!("`{url}` is not a URL of a broker `bus` knows"),
-                "write nats://host:4222 (or tls://), redis://host:6379 (or rediss://) or \
-                 postgres://user@host:5432/database",
+                "write nats://host:4222 (or tls://), redis://host:6379 (or rediss://), \
+                 postgres://user@host:5432/database or amqp://user:password@host:5672/%2f",
             )),
         }
     }
@@ -48,6 +51,7 @@ impl Kind {
             Kind::Nats => "NATS",
             Kind::Redis => "Redis",
             Kind::Postgres => "PostgreSQL",
+            Kind::Amqp => "AMQP",
         }
     }
 }
@@ -113,9 +117,18 @@ pub(crate) fn check(connection: &Connection) -> Result<(Kind, ServerUrl), CliErr
         "--table-prefix",
         connection.table_prefix.is_some(),
     )?;
-    if kind == Kind::Postgres && connection.tls_ca.is_some() {
+    only_for(
+        kind,
+        Kind::Amqp,
+        "--exchange",
+        connection.exchange.is_some(),
+    )?;
+    if matches!(kind, Kind::Postgres | Kind::Amqp) && connection.tls_ca.is_some() {
         return Err(CliError::usage(
-            "--tls-ca is a NATS and Redis setting, and the URL is a PostgreSQL one",
+            format!(
+                "--tls-ca is a NATS and Redis setting, and the URL is a {} one",
+                kind.name()
+            ),
             "leave --tls-ca out",
         ));
     }
@@ -161,6 +174,13 @@ pub(crate) async fn connect(connection: &Connection) -> Result<Broker, CliError>
                 }
                 Arc::new(builder.connect().await?)
             }
+            Kind::Amqp => {
+                let mut builder = bus_amqp::AmqpTransport::builder(url.expose());
+                if let Some(exchange) = &connection.exchange {
+                    builder = builder.exchange(exchange);
+                }
+                Arc::new(builder.connect().await?)
+            }
         };
         Ok::<_, TransportError>(transport)
     };
@@ -187,6 +207,7 @@ mod tests {
             stream: None,
             key_prefix: None,
             table_prefix: None,
+            exchange: None,
             tls_ca: None,
         }
     }
@@ -201,10 +222,11 @@ mod tests {
             ("rediss://h", Kind::Redis),
             ("postgres://u:p@h/db", Kind::Postgres),
             ("postgresql://h/db", Kind::Postgres),
+            ("amqp://guest:guest@h:5672/%2f", Kind::Amqp),
         ] {
             assert_eq!(Kind::of(&ServerUrl::new(url)).expect(url), kind, "{url}");
         }
-        for bad in ["127.0.0.1:4222", "http://h", "", "amqp://u:s3cret@h"] {
+        for bad in ["127.0.0.1:4222", "http://h", "", "amqps://u:s3cret@h"] {
             let error = Kind::of(&ServerUrl::new(bad)).expect_err(bad);
             assert!(!error.to_string().contains("s3cret"), "{error}");
         }
@@ -222,6 +244,11 @@ mod tests {
         let mut postgres = connection("postgres://h/db");
         postgres.stream = Some("S".to_owned());
         assert!(check(&postgres).is_err());
+        let mut amqp = connection("amqp://h");
+        amqp.exchange = Some("shop".to_owned());
+        assert!(check(&amqp).is_ok());
+        amqp.table_prefix = Some("x".to_owned());
+        assert!(check(&amqp).is_err(), "a PostgreSQL setting on RabbitMQ");
         let none = Connection {
             url: None,
             ..connection("")

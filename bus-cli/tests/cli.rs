@@ -1,5 +1,5 @@
 //! The `bus` binary end to end, against the real brokers (NATS, Redis and PostgreSQL on this
-//! machine), each test on a prefix of its own: publish and tail, dead letters made by a group
+//! machine, and RabbitMQ for publish and tail), each test on a prefix of its own: publish and tail, dead letters made by a group
 //! that rejects an event (list, show, replay, purge), groups and their lag; and, without a
 //! broker, what a wrong command line, an unreachable broker and credentials in the URL give.
 
@@ -46,6 +46,15 @@ macro_rules! on_every_broker {
 }
 
 on_every_broker!(publish_then_tail, dead_letters, groups_with_their_lag);
+
+/// RabbitMQ keeps no dead letters the tool can list and no groups it can enumerate
+/// (`stored_dead_letters` and `list_groups` are off): following and publishing work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_tail_on_rabbitmq() {
+    if let Some(target) = Target::connect(Kind::Amqp, "publish_then_tail_on_rabbitmq").await {
+        publish_then_tail(target).await;
+    }
+}
 
 /// How long a test waits for the broker to show what it expects.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -351,6 +360,7 @@ async fn an_unreachable_broker_exits_3_and_masks_the_password() {
         "nats://alice:s3cret-nats@127.0.0.1:1",
         "redis://alice:s3cret-redis@127.0.0.1:1",
         "postgres://alice:s3cret-pg@127.0.0.1:1/test",
+        "amqp://alice:s3cret-pg@127.0.0.1:1/%2f",
     ] {
         let run = run(&strings(&["--url", url, "groups"])).await;
         run.expect_code(3);
@@ -369,7 +379,7 @@ async fn a_wrong_command_line_exits_2() {
     for (args, says) in [
         (vec!["groups"], "no broker URL"),
         (
-            vec!["--url", "amqp://bob:s3cret-pg@host", "groups"],
+            vec!["--url", "amqps://bob:s3cret-pg@host", "groups"],
             "bob:***@host",
         ),
         (

@@ -20,12 +20,14 @@ pub const NATS_URL_WITH_PASSWORD: &str = "nats://cli:s3cret-nats@127.0.0.1:4222"
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// The default user of a Redis without passwords takes any password.
 pub const REDIS_URL_WITH_PASSWORD: &str = "redis://default:s3cret-redis@127.0.0.1:6379";
+/// RabbitMQ's default user, whose password must not show either.
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// The server trusts local connections: the password is not checked.
 pub const POSTGRES_URL_WITH_PASSWORD: &str = "postgres://postgres:s3cret-pg@127.0.0.1:5432/test";
 
 /// The secrets of the URLs above, which no output may contain.
-pub const SECRETS: [&str; 3] = ["s3cret-nats", "s3cret-redis", "s3cret-pg"];
+pub const SECRETS: [&str; 4] = ["s3cret-nats", "s3cret-redis", "s3cret-pg", "guest:guest"];
 
 /// How long one run of the binary may take.
 pub const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -102,6 +104,8 @@ pub enum Kind {
     Nats,
     Redis,
     Postgres,
+    /// RabbitMQ, its prefix the exchange's name.
+    Amqp,
 }
 
 /// A broker under a fresh prefix: a transport of the test on it, and the arguments that point
@@ -136,6 +140,11 @@ impl Target {
                 .connect()
                 .await
                 .map(|transport| Arc::new(transport) as Arc<dyn Transport>),
+            Kind::Amqp => bus_amqp::AmqpTransport::builder(AMQP_URL)
+                .exchange(&prefix)
+                .connect()
+                .await
+                .map(|transport| Arc::new(transport) as Arc<dyn Transport>),
         };
         let transport = match connected {
             Ok(transport) => transport,
@@ -153,6 +162,7 @@ impl Target {
                 "--table-prefix",
                 format!("{prefix}_"),
             ),
+            Kind::Amqp => (AMQP_URL, "--exchange", prefix.clone()),
         };
         Some(Target {
             kind,
@@ -266,6 +276,16 @@ async fn delete(kind: Kind, prefix: String) {
                     return;
                 }
                 cursor = next;
+            }
+        }
+        Kind::Amqp => {
+            // The tail's queue was exclusive and went with it: the exchange is what is left.
+            if let Ok(transport) = bus_amqp::AmqpTransport::builder(AMQP_URL)
+                .exchange(&prefix)
+                .connect()
+                .await
+            {
+                let _ = transport.delete_exchange().await;
             }
         }
         Kind::Postgres => {
