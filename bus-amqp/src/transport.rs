@@ -42,6 +42,7 @@ pub struct AmqpTransportBuilder {
     publish_timeout: Duration,
     max_payload: usize,
     source: String,
+    restartable: bool,
 }
 
 impl AmqpTransportBuilder {
@@ -85,6 +86,13 @@ impl AmqpTransportBuilder {
         self
     }
 
+    /// For test harnesses: declare in [`Capabilities::restartable`] that the test owns this
+    /// broker (a private RabbitMQ node it started) and may restart it. Default: `false`.
+    pub fn restartable(mut self, restartable: bool) -> Self {
+        self.restartable = restartable;
+        self
+    }
+
     /// Connects, enables publisher confirms on the publishing channel and declares the
     /// exchange (a durable topic exchange).
     ///
@@ -110,6 +118,7 @@ impl AmqpTransportBuilder {
             publish_timeout: self.publish_timeout,
             max_payload: self.max_payload,
             source: self.source,
+            restartable: self.restartable,
             connection: tokio::sync::Mutex::new(None),
             connected: AtomicBool::new(false),
             tasks: TaskTracker::new(),
@@ -144,6 +153,8 @@ pub(crate) struct Inner {
     pub(crate) publish_timeout: Duration,
     pub(crate) max_payload: usize,
     pub(crate) source: String,
+    /// What [`Capabilities::restartable`] says: set by test harnesses only.
+    restartable: bool,
     connection: tokio::sync::Mutex<Option<Link>>,
     connected: AtomicBool,
     /// Hand-backs and subscription cleanups still running: [`Transport::flush`] awaits them.
@@ -313,6 +324,7 @@ impl AmqpTransport {
             publish_timeout: Duration::from_secs(10),
             max_payload: DEFAULT_MAX_PAYLOAD,
             source: NAME.to_owned(),
+            restartable: false,
         }
     }
 
@@ -401,7 +413,7 @@ impl Transport for AmqpTransport {
         capabilities.ordered = true;
         capabilities.groups = true;
         capabilities.deduplicates = false;
-        capabilities.restartable = false;
+        capabilities.restartable = self.inner.restartable;
         capabilities.group_stats = true;
         capabilities
     }

@@ -188,6 +188,12 @@ async fn a_group_subscription_survives_a_lost_connection() {
             match subscription.next().await {
                 Some(Ok(delivery)) => {
                     let id = delivery.event().id.clone();
+                    // An AMQP ack is not confirmed: one written just before the cut may never
+                    // reach the broker, which then delivers the event again (at least once).
+                    if id == acked.id {
+                        delivery.ack().await.expect("acked");
+                        continue;
+                    }
                     assert!(expected.contains(&id), "an unexpected event {id}");
                     if id == held.id {
                         assert!(delivery.attempt() >= 2, "the held event comes again");
