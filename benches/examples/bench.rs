@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p bus-benches --example bench -- [--quick] [--runs N]
-//!     [--only a,b,c,d,d1,e,f,g,h,n,r,p,o] [--runtime mt|ct] [--system NAME,...]
+//!     [--only a,b,c,d,d1,e,f,g,h,n,r,p,q,o] [--runtime mt|ct] [--system NAME,...]
 //! ```
 //!
 //! Scenario `n` (issue 5) is the NATS JetStream transport beside a raw `async-nats` loop, on
@@ -14,6 +14,9 @@
 //! skipped likewise when Redis (7 or later) is not there. Scenario `p` (issue 17) is the same
 //! for the PostgreSQL transport beside a raw `FOR UPDATE SKIP LOCKED` queue loop, on the server
 //! at `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`), skipped likewise.
+//! Scenario `q` (issue 20) is the same for the RabbitMQ transport beside a raw `lapin` loop
+//! (publisher confirms, quorum queues, manual acks), on the broker at `AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`), skipped likewise.
 //! Scenario `o` (issue 17) is the transactional outbox: what `Outbox::emit` adds to a
 //! transaction, and how fast a `Relay` moves committed events to NATS (both servers above).
 //!
@@ -26,11 +29,11 @@ use std::time::Instant;
 
 use bus_benches::broker::{RowLabel, Runs};
 use bus_benches::{
-    Contender, Flavor, Header, Job, NotApplicable, Output, Plan, Results, Scenario, Value,
+    Contender, Flavor, Header, Job, NotApplicable, Output, Plan, Results, Scenario, Value, amqp,
     contenders, load_average, machine, nats, outbox, postgres, redis,
 };
 
-const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,f,g,h,n,r,p,o] \
+const USAGE: &str = "usage: bench [--quick] [--runs N] [--only a,b,c,d,d1,e,f,g,h,n,r,p,q,o] \
                      [--runtime mt|ct] [--system NAME,...]";
 
 struct Options {
@@ -45,6 +48,8 @@ struct Options {
     redis: bool,
     /// Scenario (p): the PostgreSQL transport.
     postgres: bool,
+    /// Scenario (q): the RabbitMQ transport.
+    amqp: bool,
     /// Scenario (o): the transactional outbox.
     outbox: bool,
 }
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         options
             .postgres
             .then(|| postgres_scenario(options.runs, divisor)),
+        options.amqp.then(|| amqp_scenario(options.runs, divisor)),
         options
             .outbox
             .then(|| outbox_scenario(options.runs, divisor)),
@@ -182,6 +188,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         nats: true,
         redis: true,
         postgres: true,
+        amqp: true,
         outbox: true,
     };
     let mut args = args.iter();
@@ -202,13 +209,14 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 options.nats = ids.split(',').any(|id| id == "n");
                 options.redis = ids.split(',').any(|id| id == "r");
                 options.postgres = ids.split(',').any(|id| id == "p");
+                options.amqp = ids.split(',').any(|id| id == "q");
                 options.outbox = ids.split(',').any(|id| id == "o");
                 options.scenarios = ids
                     .split(',')
-                    .filter(|&id| !["n", "r", "p", "o"].contains(&id))
+                    .filter(|&id| !["n", "r", "p", "q", "o"].contains(&id))
                     .map(|id| {
                         Scenario::from_id(id).ok_or_else(|| {
-                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, f, g, h, n, r, p, o")
+                            format!("unknown scenario `{id}`, expected one of: a, b, c, d, d1, e, f, g, h, n, r, p, q, o")
                         })
                     })
                     .collect::<Result<_, _>>()?;
@@ -381,6 +389,55 @@ fn postgres_scenario(runs: usize, divisor: u64) -> String {
         counts.events,
         counts.samples,
         counts.warmup,
+        measured.elapsed_secs(),
+        measured.table()
+    )
+}
+
+/// Scenario (q): every row of [`amqp::Row::ALL`] `runs` times, and its markdown section.
+/// Skipped, with the reason on stderr and in the section, when the broker cannot be reached.
+fn amqp_scenario(runs: usize, divisor: u64) -> String {
+    let url = amqp::url();
+    let runtime = Flavor::MultiThread.runtime();
+    if let Err(why) = amqp::probe(&url, &runtime) {
+        eprintln!("q: skipped: {why}");
+        return format!("\n### (q) RabbitMQ transport\n\nSkipped: {why}.\n");
+    }
+    let phases = amqp::phases(divisor);
+    let rows = amqp::Row::ALL;
+    let labels = rows
+        .iter()
+        .map(|row| RowLabel {
+            label: row.label(),
+            against: (row.client != amqp::Client::Raw)
+                .then(|| rows.iter().position(|r| *r == row.raw()))
+                .flatten()
+                .map(|raw| (raw, format!("raw (prefetch {})", row.prefetch))),
+        })
+        .collect();
+    let measured = Runs::measure("q", labels, runs, |index, run| {
+        amqp::run(
+            rows[index],
+            phases,
+            &url,
+            &format!("r{run}_{index}"),
+            &runtime,
+        )
+    });
+    // The password is not shown.
+    let shown = url.split_once('@').map_or(url.as_str(), |(_, host)| host);
+    format!(
+        "\n### (q) RabbitMQ transport: `AmqpTransport` beside a raw `lapin` loop\n\n\
+         {} persistent event(s) published with {} publisher confirms awaited in flight, routed \
+         to one quorum queue; end to end = {} events published while one consumer of a group \
+         (a quorum queue, the same prefetch) receives and acks them all; latency = publish \
+         call to receipt, {} samples after {} warm-up. Broker {shown}; {runs} run(s) \
+         per row, medians; RabbitMQ part {:.0} s.\n\n{}",
+        phases.published,
+        phases.window,
+        phases.events,
+        phases.samples,
+        phases.warmup,
         measured.elapsed_secs(),
         measured.table()
     )

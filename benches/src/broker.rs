@@ -1,9 +1,24 @@
-//! What the broker scenarios (n) and (r) share: the event they publish, the guard on each
-//! phase, the measure of one run, and the driver's loop over the rows with its table.
+//! What the broker scenarios (n), (r), (p) and (q) share: the event they publish, the guard on
+//! each phase, the measure of one run, and the driver's loop over the rows with its table.
+//!
+//! Scenario (q) (`crate::amqp`) also runs its rows through the trait-shaped part: a broker
+//! client is a `Side` (publish, subscribe to `GROUP`) whose consumer is a `Consume`
+//! yielding `Received` messages, and `measure_side` runs the three phases on any of them;
+//! `TransportSide` is that for any `Transport`, and `measure_bus` the three phases
+//! through an `EventBus` on any transport. (n), (r) and (p) predate it and keep their own
+//! copies of those loops.
 
+use std::collections::HashSet;
+use std::future::IntoFuture;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bus_core::transport::WireEvent;
+use bus::EventBus;
+use bus_core::transport::{
+    Delivery, SubscribeOptions, Transport, TransportSubscription, WireEvent,
+};
+use futures_util::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 
 /// How long any phase of a row may take before the row fails.
 pub(crate) const PHASE_GUARD: Duration = Duration::from_secs(60);
@@ -60,6 +75,301 @@ pub(crate) fn event(prefix: &str, tag: &str, seq: u64) -> WireEvent {
     )
     .at(SystemTime::now())
     .content_type("application/json")
+}
+
+/// The sizes of the three phases of a run of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    /// Events published in the publish phase.
+    pub published: u64,
+    /// Events published and consumed in the end-to-end phase.
+    pub events: u64,
+    /// Publishes in flight at most (awaiting their confirm).
+    pub window: usize,
+    /// Untimed latency round trips first.
+    pub warmup: u64,
+    /// Timed latency samples.
+    pub samples: u64,
+}
+
+/// A broker client of a row: publishes, and subscribes to [`EVENT`] in [`GROUP`].
+pub(crate) trait Side: Clone + Send + Sync + 'static {
+    /// What [`subscribe`](Side::subscribe) opens.
+    type Consumer: Consume;
+
+    /// Publishes one event and waits for the broker's confirm.
+    fn publish(&self, event: WireEvent) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// Joins [`GROUP`] from now on.
+    async fn subscribe(&self) -> Result<Self::Consumer, String>;
+}
+
+/// A subscription of a [`Side`].
+pub(crate) trait Consume {
+    /// One message received.
+    type Received: Received;
+
+    /// The next message.
+    async fn receive(&mut self) -> Result<Self::Received, String>;
+}
+
+/// A message a [`Consume`] received.
+pub(crate) trait Received {
+    /// The event's id.
+    fn id(&self) -> &str;
+
+    /// Acknowledges it.
+    async fn ack(self) -> Result<(), String>;
+}
+
+/// Publishes `count` events of phase `tag` with `window` in flight.
+async fn publish_all<S: Side>(
+    side: &S,
+    prefix: &str,
+    tag: &str,
+    count: u64,
+    window: usize,
+) -> Result<(), String> {
+    futures_util::stream::iter(0..count)
+        .map(|seq| side.publish(event(prefix, tag, seq)))
+        .buffered(window)
+        .try_for_each(|()| std::future::ready(Ok(())))
+        .await
+}
+
+/// The three phases through `side`: publish ([`Phases::published`] events, [`Phases::window`]
+/// in flight, timed until the last confirm); `between` (untimed: what the row does between
+/// the two, e.g. removing what stored the first phase's events); end to end (the group
+/// subscribed first, then [`Phases::events`] published by another task while this one
+/// receives and acks each, every id checked, timed until the last ack and the last confirm);
+/// latency (one event at a time, publish call to receipt).
+pub(crate) async fn measure_side<S: Side>(
+    side: &S,
+    phases: Phases,
+    prefix: &str,
+    between: impl Future<Output = Result<(), String>>,
+) -> Result<Measure, String> {
+    // 1. Publish.
+    let start = Instant::now();
+    guard(
+        "publish",
+        publish_all(side, prefix, "p", phases.published, phases.window),
+    )
+    .await??;
+    let publish = rate(phases.published, start.elapsed());
+    between.await?;
+
+    // 2. End to end.
+    let mut consumer = side.subscribe().await?;
+    let start = Instant::now();
+    let (publisher, prefix_owned) = (side.clone(), prefix.to_owned());
+    let publishing = tokio::spawn(async move {
+        publish_all(&publisher, &prefix_owned, "e", phases.events, phases.window).await
+    });
+    let expected = format!("{prefix}-e-");
+    let mut seen = HashSet::with_capacity(usize::try_from(phases.events).unwrap_or(0));
+    guard("end to end", async {
+        while (seen.len() as u64) < phases.events {
+            let received = consumer.receive().await?;
+            let id = received.id();
+            let seq = id
+                .strip_prefix(&expected)
+                .and_then(|seq| seq.parse::<u64>().ok())
+                .filter(|&seq| seq < phases.events)
+                .ok_or_else(|| format!("unexpected event {id}"))?;
+            if !seen.insert(seq) {
+                return Err(format!("event {id} delivered twice"));
+            }
+            received.ack().await?;
+        }
+        Ok::<_, String>(())
+    })
+    .await??;
+    guard("end to end (publishes)", publishing)
+        .await?
+        .map_err(|e| format!("publishing task: {e}"))??;
+    let end_to_end = rate(phases.events, start.elapsed());
+
+    // 3. Latency.
+    let mut times = Vec::with_capacity(usize::try_from(phases.samples).unwrap_or(0));
+    guard("latency", async {
+        for seq in 0..phases.warmup + phases.samples {
+            let event = event(prefix, "l", seq);
+            let id = event.id.clone();
+            let start = Instant::now();
+            let (published, received) = tokio::join!(side.publish(event), async {
+                let received = consumer.receive().await;
+                (start.elapsed(), received)
+            });
+            published?;
+            let (elapsed, received) = received;
+            let received = received?;
+            if received.id() != id {
+                return Err(format!("expected {id}, received {}", received.id()));
+            }
+            received.ack().await?;
+            if seq >= phases.warmup {
+                times.push(elapsed.as_nanos() as f64);
+            }
+        }
+        Ok::<_, String>(())
+    })
+    .await??;
+    times.sort_by(f64::total_cmp);
+    drop(consumer);
+    Ok(Measure {
+        publish,
+        end_to_end,
+        p50: percentile(&times, 0.50),
+        p99: percentile(&times, 0.99),
+    })
+}
+
+/// Any [`Transport`] as a [`Side`], through the trait only.
+#[derive(Clone)]
+pub(crate) struct TransportSide<T>(pub(crate) T);
+
+impl<T: Transport + Clone> Side for TransportSide<T> {
+    type Consumer = TransportSubscription;
+
+    fn publish(&self, event: WireEvent) -> impl Future<Output = Result<(), String>> + Send {
+        let published = self.0.publish(event);
+        async move { published.await.map_err(|e| e.to_string()) }
+    }
+
+    async fn subscribe(&self) -> Result<TransportSubscription, String> {
+        self.0
+            .subscribe(SubscribeOptions::new(EVENT).group(GROUP))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Consume for TransportSubscription {
+    type Received = Box<dyn Delivery>;
+
+    async fn receive(&mut self) -> Result<Box<dyn Delivery>, String> {
+        match self.next().await {
+            Some(Ok(delivery)) => Ok(delivery),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the subscription ended".to_owned()),
+        }
+    }
+}
+
+impl Received for Box<dyn Delivery> {
+    fn id(&self) -> &str {
+        &self.event().id
+    }
+
+    async fn ack(self) -> Result<(), String> {
+        Delivery::ack(self).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The event a bus row emits: serde, so the bus publishes it (JSON) and its listener is
+/// distributed.
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    seq: u64,
+}
+
+/// The three phases through an `EventBus` of service `bench` wired to `transport`: awaiting
+/// an `Emission` waits for the broker's confirm; the listener (a distributed one, group
+/// `bench.<listener>`, the default concurrency) gets each event from the broker, and the bus
+/// acks it when the listener returns. End to end is timed until every event was handled and
+/// every publish confirmed (the acks are sent as each listener returns, not awaited).
+/// `between` as in [`measure_side`].
+pub(crate) async fn measure_bus<T: Transport + Clone>(
+    transport: T,
+    phases: Phases,
+    between: impl Future<Output = Result<(), String>>,
+) -> Result<Measure, String> {
+    let bus = EventBus::builder()
+        .service("bench")
+        .transport(transport)
+        .distributed::<Order>()
+        .build();
+    let emit_all = |bus: EventBus, base: u64, count: u64| async move {
+        futures_util::stream::iter(base..base + count)
+            .map(|seq| bus.emit(EVENT, Order { seq }).into_future())
+            .buffered(phases.window)
+            .map(|report| match report.published() {
+                Some(Ok(())) => Ok(()),
+                Some(Err(error)) => Err(format!("publish failed: {error}")),
+                None => Err("the emit was not published".to_owned()),
+            })
+            .try_for_each(|()| std::future::ready(Ok(())))
+            .await
+    };
+
+    // 1. Publish (no listener yet).
+    let start = Instant::now();
+    guard("publish", emit_all(bus.clone(), 0, phases.published)).await??;
+    let publish = rate(phases.published, start.elapsed());
+    between.await?;
+
+    // 2. End to end, through a listener whose consumer exists before the first emit.
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    bus.add_listener(EVENT, move |order: Arc<Order>| {
+        let _ = sender.send(order.seq);
+        async {}
+    });
+    bus.ready().await.map_err(|e| e.to_string())?;
+    let base = phases.published;
+    let start = Instant::now();
+    let publishing = tokio::spawn(emit_all(bus.clone(), base, phases.events));
+    let mut seen = HashSet::with_capacity(usize::try_from(phases.events).unwrap_or(0));
+    guard("end to end", async {
+        while (seen.len() as u64) < phases.events {
+            let seq = received
+                .recv()
+                .await
+                .ok_or("the listener is gone".to_owned())?;
+            if !(base..base + phases.events).contains(&seq) || !seen.insert(seq) {
+                return Err(format!("event {seq} delivered twice or out of phase"));
+            }
+        }
+        Ok::<_, String>(())
+    })
+    .await??;
+    guard("end to end (publishes)", publishing)
+        .await?
+        .map_err(|e| format!("publishing task: {e}"))??;
+    let end_to_end = rate(phases.events, start.elapsed());
+
+    // 3. Latency: emit to the listener's call.
+    let mut times = Vec::with_capacity(usize::try_from(phases.samples).unwrap_or(0));
+    let base = phases.published + phases.events;
+    guard("latency", async {
+        for seq in base..base + phases.warmup + phases.samples {
+            let start = Instant::now();
+            let (report, got) = tokio::join!(bus.emit(EVENT, Order { seq }), async {
+                let got = received.recv().await;
+                (start.elapsed(), got)
+            });
+            if !matches!(report.published(), Some(Ok(()))) {
+                return Err(format!("event {seq} not published: {report:?}"));
+            }
+            let (elapsed, got) = got;
+            if got != Some(seq) {
+                return Err(format!("expected {seq}, received {got:?}"));
+            }
+            if seq >= base + phases.warmup {
+                times.push(elapsed.as_nanos() as f64);
+            }
+        }
+        Ok::<_, String>(())
+    })
+    .await??;
+    times.sort_by(f64::total_cmp);
+    bus.shutdown(Duration::from_secs(5)).await;
+    Ok(Measure {
+        publish,
+        end_to_end,
+        p50: percentile(&times, 0.50),
+        p99: percentile(&times, 0.99),
+    })
 }
 
 /// A row as the table shows it.

@@ -9,7 +9,7 @@
 //!   each handler counts itself, and the runner waits for the count, under a guard timeout that
 //!   panics. A system that loses events can never produce a number.
 //!
-//! - [`broker`]: what (n) and (r) share: the event, the phase guard, the measure of a run, the
+//! - [`broker`]: what the broker scenarios share: the event, the phase guard, the measure of a run, the
 //!   loop over the rows and the table.
 //! - [`nats`]: scenario (n) of issue 5, the NATS JetStream transport beside a raw
 //!   `async-nats` loop, against a real server (the driver runs it; criterion does not).
@@ -17,12 +17,15 @@
 //!   XADD / XREADGROUP loop, against a real server (the driver runs it, likewise).
 //! - [`postgres`]: scenario (p) of issue 17, the PostgreSQL transport beside a raw
 //!   `FOR UPDATE SKIP LOCKED` queue loop, against a real server (likewise).
+//! - [`amqp`]: scenario (q) of issue 20, the RabbitMQ transport beside a raw `lapin` loop
+//!   (publisher confirms, manual acks), against a real broker (likewise).
 //! - [`outbox`]: scenario (o) of issue 17, the transactional outbox: a transaction with and
 //!   without `Outbox::emit`, and the relay to NATS (likewise).
 //!
 //! `benches/dispatch.rs` (criterion, `cargo bench`) and `examples/bench.rs` (the driver that
 //! prints `BENCHMARKS.md`'s tables) both run through [`Contender::run`].
 
+pub mod amqp;
 pub mod broker;
 mod contender;
 pub mod nats;
