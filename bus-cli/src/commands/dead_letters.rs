@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bus_core::transport::{
     DEAD_LETTER_ATTEMPTS, DEAD_LETTER_GROUP, DEAD_LETTER_OF, DEAD_LETTER_PREFIX,
-    DEAD_LETTER_REASON, DeadLetterQueue, REPLAY_OF, StoredDeadLetter, WireEvent,
+    DEAD_LETTER_REASON, DeadLetterQueue, StoredDeadLetter, WireEvent, revived,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
@@ -192,33 +192,6 @@ async fn show_one(broker: &Broker, show: &Show, output: &Output) -> Result<(), C
         }
     }
     Ok(())
-}
-
-/// The event a dead letter was made from, to publish again, as [`DeadLetterQueue`] makes it:
-/// the letter's attributes and payload under the original name, the id `<letter id>.replay`,
-/// the extension [`REPLAY_OF`] (the letter's id), without the dead-letter extensions. `None`
-/// for a letter that is not one of a bus (no original name or id).
-pub(crate) fn revived(letter: &WireEvent) -> Option<WireEvent> {
-    let name = letter
-        .ty
-        .strip_prefix(DEAD_LETTER_PREFIX)?
-        .strip_prefix('.')?;
-    letter.extensions.get(DEAD_LETTER_OF)?;
-    let mut event = letter.clone();
-    event.ty = name.to_owned();
-    event.id = format!("{}.replay", letter.id);
-    for extension in [
-        DEAD_LETTER_OF,
-        DEAD_LETTER_REASON,
-        DEAD_LETTER_GROUP,
-        DEAD_LETTER_ATTEMPTS,
-    ] {
-        event.extensions.remove(extension);
-    }
-    event
-        .extensions
-        .insert(REPLAY_OF.to_owned(), letter.id.clone());
-    Some(event)
 }
 
 /// A progress bar of `len` steps on the standard error, hidden when that is not a terminal or

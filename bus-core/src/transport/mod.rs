@@ -24,7 +24,7 @@ use std::time::Duration;
 use futures_util::Stream;
 
 pub use self::memory::MemoryTransport;
-pub use self::replay::{DeadLetterQueue, REPLAY_OF, ReplayReport};
+pub use self::replay::{DeadLetterQueue, REPLAY_OF, ReplayReport, revived};
 pub use self::retention::Retention;
 pub use self::server_url::ServerUrl;
 pub use self::wire::{

@@ -136,9 +136,12 @@ impl DeadLetterQueue {
     }
 }
 
-/// The event a dead letter was made from, to be published again; `None` for a letter that is
-/// not one of the bus's.
-fn revived(letter: &WireEvent) -> Option<WireEvent> {
+/// The event a dead letter was made from, to publish again, as [`DeadLetterQueue`] replays
+/// it: the letter's attributes and payload under the original name, the id
+/// `<letter id>.replay`, the extension [`REPLAY_OF`] (the letter's id), without the
+/// dead-letter extensions. `None` for a letter that is not one of a bus (no original name or
+/// id). For tools that replay stored letters themselves (`bus dead-letters replay`).
+pub fn revived(letter: &WireEvent) -> Option<WireEvent> {
     let name = letter
         .ty
         .strip_prefix(DEAD_LETTER_PREFIX)?
